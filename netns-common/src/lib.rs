@@ -1,0 +1,9 @@
+//! Types and pure logic shared by the eBPF programs (`netns-ebpf`) and user space
+//! (`netns-user`). `no_std`, so that everything here can run in the kernel and be tested on
+//! the host.
+#![no_std]
+
+pub mod counters;
+pub mod csum;
+pub mod names;
+pub mod net;

@@ -1,0 +1,658 @@
+//! The lab description: a TOML file of namespaces, bridges, veth pairs, routes, sysctls and
+//! NAT settings. [`LabConfig::parse`] refuses anything the kernel would refuse later, so a
+//! bad file fails before anything is created.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+};
+
+use netns_common::net::{Ipv4Cidr, NetError, validate_ifname, validate_ns_name};
+use serde::{Deserialize, Serialize};
+
+/// The built-in default: the reference scenario.
+pub const REFERENCE_TOML: &str = include_str!("../labs/reference.toml");
+
+/// Longest lab prefix accepted (namespace names are prefix + name).
+pub const PREFIX_MAX: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid lab file: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("the lab has no namespace")]
+    NoNamespace,
+    #[error("namespace name {name:?} {source}")]
+    BadNamespaceName { name: String, source: NetError },
+    #[error("namespace {0:?} is declared twice")]
+    DuplicateNamespace(String),
+    #[error("{what} names namespace {ns:?}, which is not declared under [[namespace]]")]
+    UnknownNamespace { what: String, ns: String },
+    #[error("interface name {name:?} in namespace {ns:?} {source}")]
+    BadIfname {
+        ns: String,
+        name: String,
+        source: NetError,
+    },
+    #[error("interface {name:?} appears twice in namespace {ns:?}")]
+    DuplicateIfname { ns: String, name: String },
+    #[error("{port:?} in namespace {ns:?} has master {master:?}, which is not a bridge there")]
+    UnknownBridge {
+        ns: String,
+        port: String,
+        master: String,
+    },
+    #[error(
+        "route to {to} in namespace {ns:?}: gateway {via} is on none of the namespace's \
+         networks (a forgotten netmask, such as /24, on its address?)"
+    )]
+    GatewayUnreachable { ns: String, to: Cidr, via: Ipv4Addr },
+    #[error(
+        "route to {to} in namespace {ns:?}: host bits are set; the network is {}",
+        to.0.network()
+    )]
+    RouteNotNetwork { ns: String, to: Cidr },
+    #[error("route to {to} in namespace {ns:?}: device {dev:?} is not an interface there")]
+    UnknownRouteDevice { ns: String, to: Cidr, dev: String },
+    #[error("route to {to} in namespace {ns:?} has neither `via` nor `dev`")]
+    RouteWithoutNextHop { ns: String, to: Cidr },
+    #[error(
+        "sysctl {0:?}: only per-namespace keys under net.ipv4. and net.ipv6. are allowed, \
+         written with dots"
+    )]
+    BadSysctl(String),
+    #[error("[nat] uplink {uplink:?} is not an interface of the router namespace {router:?}")]
+    UnknownUplink { router: String, uplink: String },
+    #[error("[nat] uplink {0:?} has no address to masquerade to")]
+    UplinkWithoutAddress(String),
+    #[error("[nat] needs at least one internal prefix")]
+    NoInternalPrefix,
+    #[error("[[nat.forward]] port {0}: ports must be 1 to 65535")]
+    BadForwardPort(u16),
+    #[error("[[nat.forward]] {protocol} port {port} is declared twice")]
+    DuplicateForward { protocol: L4Proto, port: u16 },
+    #[error("lab prefix {prefix:?} {why}")]
+    BadPrefix { prefix: String, why: String },
+}
+
+/// An IPv4 address with prefix length, written `a.b.c.d/len`; `default` means `0.0.0.0/0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr(pub Ipv4Cidr);
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "default" {
+            return Ok(Cidr(Ipv4Cidr {
+                addr: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+            }));
+        }
+        s.parse::<Ipv4Cidr>().map(Cidr).map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len == 0 && self.0.addr.is_unspecified() {
+            f.write_str("default")
+        } else {
+            self.0.fmt(f)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    #[serde(rename = "namespace", default)]
+    pub namespaces: Vec<NamespaceSpec>,
+    #[serde(rename = "bridge", default)]
+    pub bridges: Vec<BridgeSpec>,
+    #[serde(rename = "veth", default)]
+    pub veths: Vec<VethSpec>,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(rename = "sysctl", default)]
+    pub sysctls: Vec<SysctlSpec>,
+    #[serde(default)]
+    pub nat: Option<NatSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSpec {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSpec {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethSpec {
+    pub a: VethEnd,
+    pub b: VethEnd,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethEnd {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+    /// A bridge in the same namespace to enslave this end to.
+    #[serde(default)]
+    pub master: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub namespace: String,
+    /// Destination network, or `default`.
+    pub to: Cidr,
+    #[serde(default)]
+    pub via: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dev: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysctlSpec {
+    pub namespace: String,
+    /// Dotted key, e.g. `net.ipv4.ip_forward`.
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatSpec {
+    /// The namespace that routes and translates.
+    pub router: String,
+    /// The router's interface towards the outside; SNAT takes its address.
+    pub uplink: String,
+    /// Source prefixes that are masqueraded.
+    pub internal: Vec<Cidr>,
+    #[serde(rename = "forward", default)]
+    pub forwards: Vec<ForwardSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    pub protocol: L4Proto,
+    /// Port on the uplink's address.
+    pub port: u16,
+    /// Internal address and port it goes to.
+    pub to: SocketAddrV4,
+}
+
+/// One interface of the lab, wherever it is declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interface<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub addresses: &'a [Cidr],
+}
+
+impl LabConfig {
+    /// Parses and validates a lab file.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: LabConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The reference scenario.
+    pub fn reference() -> Self {
+        Self::parse(REFERENCE_TOML).expect("the built-in reference lab is valid")
+    }
+
+    /// The file form, as written to the lab's state directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a lab config always serialises")
+    }
+
+    /// Every interface (bridges and veth ends), in declaration order.
+    pub fn interfaces(&self) -> Vec<Interface<'_>> {
+        let bridges = self.bridges.iter().map(|b| Interface {
+            namespace: &b.namespace,
+            name: &b.name,
+            addresses: &b.addresses,
+        });
+        let ends = self.veths.iter().flat_map(|v| [&v.a, &v.b]).map(|e| Interface {
+            namespace: &e.namespace,
+            name: &e.name,
+            addresses: &e.addresses,
+        });
+        bridges.chain(ends).collect()
+    }
+
+    /// First address of the NAT uplink: the address SNAT translates to.
+    pub fn uplink_address(&self) -> Option<Ipv4Addr> {
+        let nat = self.nat.as_ref()?;
+        self.interfaces()
+            .into_iter()
+            .find(|i| i.namespace == nat.router && i.name == nat.uplink)
+            .and_then(|i| i.addresses.first().map(|c| c.0.addr))
+    }
+
+    /// Checks a prefix for use with this lab: namespace names are prefix + name.
+    pub fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+        let bad = |why: String| ConfigError::BadPrefix {
+            prefix: prefix.to_owned(),
+            why,
+        };
+        if prefix.len() > PREFIX_MAX {
+            return Err(bad(format!("is longer than {PREFIX_MAX} bytes")));
+        }
+        validate_ns_name(prefix).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Checks everything [`LabConfig::parse`] checks (for configs built in code).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.namespaces.is_empty() {
+            return Err(ConfigError::NoNamespace);
+        }
+        let mut namespaces = HashSet::new();
+        for ns in &self.namespaces {
+            validate_ns_name(&ns.name).map_err(|source| ConfigError::BadNamespaceName {
+                name: ns.name.clone(),
+                source,
+            })?;
+            if !namespaces.insert(ns.name.as_str()) {
+                return Err(ConfigError::DuplicateNamespace(ns.name.clone()));
+            }
+        }
+        let known = |what: String, ns: &str| {
+            if namespaces.contains(ns) {
+                Ok(())
+            } else {
+                Err(ConfigError::UnknownNamespace {
+                    what,
+                    ns: ns.to_owned(),
+                })
+            }
+        };
+
+        // Interfaces: valid, unique per namespace.
+        let mut ifaces: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for i in self.interfaces() {
+            known(format!("interface {:?}", i.name), i.namespace)?;
+            validate_ifname(i.name).map_err(|source| ConfigError::BadIfname {
+                ns: i.namespace.to_owned(),
+                name: i.name.to_owned(),
+                source,
+            })?;
+            if !ifaces.entry(i.namespace).or_default().insert(i.name) {
+                return Err(ConfigError::DuplicateIfname {
+                    ns: i.namespace.to_owned(),
+                    name: i.name.to_owned(),
+                });
+            }
+        }
+        for end in self.veths.iter().flat_map(|v| [&v.a, &v.b]) {
+            if let Some(master) = &end.master
+                && !self
+                    .bridges
+                    .iter()
+                    .any(|b| b.namespace == end.namespace && &b.name == master)
+            {
+                return Err(ConfigError::UnknownBridge {
+                    ns: end.namespace.clone(),
+                    port: end.name.clone(),
+                    master: master.clone(),
+                });
+            }
+        }
+
+        for r in &self.routes {
+            known(format!("route to {}", r.to), &r.namespace)?;
+            if r.to.0.network() != r.to.0 {
+                return Err(ConfigError::RouteNotNetwork {
+                    ns: r.namespace.clone(),
+                    to: r.to,
+                });
+            }
+            // Every namespace has a loopback.
+            if let Some(dev) = &r.dev
+                && dev != "lo"
+                && !ifaces
+                    .get(r.namespace.as_str())
+                    .is_some_and(|s| s.contains(dev.as_str()))
+            {
+                return Err(ConfigError::UnknownRouteDevice {
+                    ns: r.namespace.clone(),
+                    to: r.to,
+                    dev: dev.clone(),
+                });
+            }
+            match r.via {
+                None if r.dev.is_none() => {
+                    return Err(ConfigError::RouteWithoutNextHop {
+                        ns: r.namespace.clone(),
+                        to: r.to,
+                    });
+                }
+                None => {}
+                Some(via) => {
+                    let on_link = self
+                        .interfaces()
+                        .iter()
+                        .filter(|i| i.namespace == r.namespace)
+                        .flat_map(|i| i.addresses)
+                        .any(|a| a.0.contains(via));
+                    if !on_link {
+                        return Err(ConfigError::GatewayUnreachable {
+                            ns: r.namespace.clone(),
+                            to: r.to,
+                            via,
+                        });
+                    }
+                }
+            }
+        }
+
+        for s in &self.sysctls {
+            known(format!("sysctl {}", s.key), &s.namespace)?;
+            validate_sysctl_key(&s.key)?;
+        }
+
+        if let Some(nat) = &self.nat {
+            known("[nat] router".to_owned(), &nat.router)?;
+            if !ifaces
+                .get(nat.router.as_str())
+                .is_some_and(|s| s.contains(nat.uplink.as_str()))
+            {
+                return Err(ConfigError::UnknownUplink {
+                    router: nat.router.clone(),
+                    uplink: nat.uplink.clone(),
+                });
+            }
+            if self.uplink_address().is_none() {
+                return Err(ConfigError::UplinkWithoutAddress(nat.uplink.clone()));
+            }
+            if nat.internal.is_empty() {
+                return Err(ConfigError::NoInternalPrefix);
+            }
+            let mut seen = HashSet::new();
+            for f in &nat.forwards {
+                for port in [f.port, f.to.port()] {
+                    if port == 0 {
+                        return Err(ConfigError::BadForwardPort(port));
+                    }
+                }
+                if !seen.insert((f.protocol, f.port)) {
+                    return Err(ConfigError::DuplicateForward {
+                        protocol: f.protocol,
+                        port: f.port,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Only keys that are per network namespace: a lab must never change the machine's own
+/// settings, and keys outside net.ipv4/net.ipv6 may be global.
+fn validate_sysctl_key(key: &str) -> Result<(), ConfigError> {
+    let per_ns = key.starts_with("net.ipv4.") || key.starts_with("net.ipv6.");
+    let clean = key.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if per_ns && clean {
+        Ok(())
+    } else {
+        Err(ConfigError::BadSysctl(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(edit: impl FnOnce(&mut String)) -> Result<LabConfig, ConfigError> {
+        let mut text = REFERENCE_TOML.to_owned();
+        edit(&mut text);
+        LabConfig::parse(&text)
+    }
+
+    fn replace(from: &'static str, to: &'static str) -> Result<LabConfig, ConfigError> {
+        with(|t| {
+            assert!(t.contains(from), "test edit does not apply: {from}");
+            *t = t.replacen(from, to, 1);
+        })
+    }
+
+    #[test]
+    fn reference_lab_is_the_scenario() {
+        let cfg = LabConfig::reference();
+        let names: Vec<_> = cfg.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["red", "blue", "host", "lan"]);
+        assert_eq!(cfg.uplink_address(), Some(Ipv4Addr::new(192, 168, 1, 2)));
+        let nat = cfg.nat.as_ref().unwrap();
+        assert_eq!(nat.internal[0].to_string(), "192.168.15.0/24");
+        assert_eq!(nat.forwards[0].to, "192.168.15.2:80".parse().unwrap());
+        assert_eq!(cfg.interfaces().len(), 7);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = LabConfig::reference();
+        assert_eq!(LabConfig::parse(&cfg.to_toml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn malformed_toml_says_where() {
+        let err = LabConfig::parse("[[namespace]\nname = 'red'").unwrap_err();
+        assert!(matches!(err, ConfigError::Toml(_)));
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = replace("name = \"red\"", "name = \"red\"\ncolour = 1").unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_refused() {
+        let err = replace("192.168.15.1/24", "192.168.15.300/24").unwrap_err();
+        assert!(err.to_string().contains("192.168.15.300/24"), "{err}");
+        let err = replace("192.168.15.1/24", "192.168.15.1/40").unwrap_err();
+        assert!(err.to_string().contains("prefix length"), "{err}");
+    }
+
+    #[test]
+    fn forgotten_netmask_is_refused_with_a_hint() {
+        let err = replace("\"192.168.15.1/24\"", "\"192.168.15.1\"").unwrap_err();
+        assert!(err.to_string().contains("missing prefix length"), "{err}");
+        // With /32 the address parses, but red's gateway is then off-link.
+        let err = replace("\"192.168.15.1/24\"", "\"192.168.15.1/32\"").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::GatewayUnreachable { ref ns, .. } if ns == "red"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("forgotten netmask"), "{err}");
+    }
+
+    #[test]
+    fn long_interface_name_is_refused() {
+        let err = replace("\"veth-red-br\"", "\"veth-red-bridge0\"").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::BadIfname {
+                    source: NetError::NameTooLong { len: 16 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 15"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let err = replace("name = \"blue\"", "name = \"red\"").unwrap_err();
+        assert!(matches!(err, ConfigError::DuplicateNamespace(ref n) if n == "red"));
+        let err = replace("\"veth-blue-br\"", "\"veth-red-br\"").unwrap_err();
+        assert!(matches!(err, ConfigError::DuplicateIfname { ref name, .. } if name == "veth-red-br"));
+    }
+
+    #[test]
+    fn references_must_exist() {
+        let err = replace(
+            "namespace = \"lan\", name = \"lan0\"",
+            "namespace = \"wan\", name = \"lan0\"",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownNamespace { ref ns, .. } if ns == "wan"),
+            "{err}"
+        );
+        let err = replace(
+            "master = \"v-net-0\" }\n\n[[veth]]\na = { namespace = \"blue\"",
+            "master = \"br9\" }\n\n[[veth]]\na = { namespace = \"blue\"",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownBridge { ref master, .. } if master == "br9"),
+            "{err}"
+        );
+        let err = replace("uplink = \"uplink\"", "uplink = \"eth0\"").unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownUplink { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_namespace_name_is_refused() {
+        let err = replace("name = \"lan\"", "name = \"../lan\"").unwrap_err();
+        assert!(matches!(err, ConfigError::BadNamespaceName { .. }), "{err}");
+    }
+
+    #[test]
+    fn route_destination_must_be_a_network() {
+        let err = with(|t| {
+            t.push_str("\n[[route]]\nnamespace = \"lan\"\nto = \"10.0.0.1/8\"\nvia = \"192.168.1.2\"\n");
+        });
+        assert!(matches!(err, Err(ConfigError::RouteNotNetwork { .. })), "{err:?}");
+        let mut cfg = LabConfig::reference();
+        cfg.routes.push(RouteSpec {
+            namespace: "lan".into(),
+            to: "10.0.0.1/8".parse().unwrap(),
+            via: Some(Ipv4Addr::new(192, 168, 1, 2)),
+            dev: None,
+        });
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+        cfg.routes.last_mut().unwrap().to = "10.0.0.0/8".parse().unwrap();
+        cfg.validate().unwrap();
+        cfg.routes.last_mut().unwrap().via = None;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RouteWithoutNextHop { .. })
+        ));
+        cfg.routes.last_mut().unwrap().dev = Some("nope0".into());
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::UnknownRouteDevice { .. })
+        ));
+        cfg.routes.last_mut().unwrap().dev = Some("lan0".into());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn only_per_namespace_sysctls() {
+        for key in [
+            "kernel.panic",
+            "net.core.rmem_max",
+            "net.ipv4..x",
+            "net.ipv4.a/../b",
+            "net/ipv4/ip_forward",
+        ] {
+            let mut cfg = LabConfig::reference();
+            cfg.sysctls[0].key = key.into();
+            assert!(matches!(cfg.validate(), Err(ConfigError::BadSysctl(_))), "{key}");
+        }
+    }
+
+    #[test]
+    fn nat_settings_are_checked() {
+        let mut cfg = LabConfig::reference();
+        cfg.nat.as_mut().unwrap().internal.clear();
+        assert!(matches!(cfg.validate(), Err(ConfigError::NoInternalPrefix)));
+
+        let mut cfg = LabConfig::reference();
+        let f = cfg.nat.as_ref().unwrap().forwards[0].clone();
+        cfg.nat.as_mut().unwrap().forwards.push(f);
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DuplicateForward { port: 80, .. })
+        ));
+
+        let mut cfg = LabConfig::reference();
+        cfg.nat.as_mut().unwrap().forwards[0].port = 0;
+        assert!(matches!(cfg.validate(), Err(ConfigError::BadForwardPort(0))));
+
+        let mut cfg = LabConfig::reference();
+        cfg.veths[2].a.addresses.clear();
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::UplinkWithoutAddress(_))
+        ));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        LabConfig::validate_prefix("t1-").unwrap();
+        assert!(LabConfig::validate_prefix("a/b").is_err());
+        assert!(LabConfig::validate_prefix("").is_err());
+        assert!(LabConfig::validate_prefix(&"x".repeat(PREFIX_MAX + 1)).is_err());
+    }
+}

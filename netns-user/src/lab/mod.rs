@@ -1,0 +1,423 @@
+//! A lab: namespaces, links, addresses, routes and sysctls built from a [`LabConfig`] over
+//! rtnetlink, a NAT backend in the router, and the state that `down` and `status` read.
+//!
+//! Everything is created inside namespaces the lab owns; the machine's own namespace is
+//! only ever read. A failure part-way removes whatever was made.
+
+pub mod netlink;
+
+use std::{
+    fs, io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{ConfigError, LabConfig},
+    ebpf::{self, EbpfError, UplinkCounters},
+    nat::{NatError, NatKind},
+    netns::{self, NetnsError},
+};
+pub use netlink::{NetlinkError, NsSnapshot};
+
+/// Where labs keep their state, one directory per prefix (tmpfs: gone at reboot, as are
+/// the namespaces themselves).
+pub const STATE_ROOT: &str = "/run/netns-nat";
+/// The prefix used when none is given.
+pub const DEFAULT_PREFIX: &str = "nn-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("netns-nat needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_BPF): run it as root")]
+    NotRoot,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "a lab with prefix {0:?} already exists: use another --prefix, or remove it with \
+         `netns-nat down --prefix {0}`"
+    )]
+    Exists(String),
+    #[error(
+        "namespace {0} already exists (another lab, or something else on this machine): \
+         choose another --prefix"
+    )]
+    NamespaceTaken(String),
+    #[error("no lab with prefix {0:?} (see `netns-nat list`)")]
+    NoSuchLab(String),
+    #[error("--nat {0} needs a [nat] section in the lab file")]
+    NoNatSection(NatKind),
+    #[error("lab state {path}: {detail}")]
+    State { path: PathBuf, detail: String },
+    #[error("sysctl {key} in namespace {ns}: {source}")]
+    Sysctl {
+        ns: String,
+        key: String,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Nat(#[from] NatError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+}
+
+type Result<T, E = LabError> = std::result::Result<T, E>;
+
+/// Refuses to go on unless running as root.
+pub fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+/// What a lab records about itself in `STATE_ROOT/<prefix>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LabState {
+    pub prefix: String,
+    pub nat: NatKind,
+    /// Full names of every namespace the lab creates (written before the first is made, so
+    /// `down` finds a half-built lab's too).
+    pub namespaces: Vec<String>,
+    /// Whether `up` finished.
+    pub ready: bool,
+    /// Seconds since the Unix epoch when `up` started.
+    pub created_unix: u64,
+}
+
+/// A lab that exists (or is being built).
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub config: LabConfig,
+    pub state: LabState,
+}
+
+fn state_dir(prefix: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(prefix)
+}
+
+fn state_err(path: &Path, detail: impl ToString) -> LabError {
+    LabError::State {
+        path: path.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Prefixes of the labs on this machine.
+pub fn list() -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(STATE_ROOT)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("state.json").exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+impl Lab {
+    /// Full name of lab namespace `name` (`prefix` + `name`).
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.state.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.state.prefix
+    }
+
+    /// Builds the lab and applies `nat`. `progress` hears about each step. On error,
+    /// everything made so far is removed before the error is returned.
+    pub fn up(config: &LabConfig, prefix: &str, nat: NatKind, progress: &mut dyn FnMut(&str)) -> Result<Lab> {
+        require_root()?;
+        LabConfig::validate_prefix(prefix)?;
+        config.validate()?;
+        if nat != NatKind::None && config.nat.is_none() {
+            return Err(LabError::NoNatSection(nat));
+        }
+        let lab = Lab {
+            config: config.clone(),
+            state: LabState {
+                prefix: prefix.to_owned(),
+                nat,
+                namespaces: config
+                    .namespaces
+                    .iter()
+                    .map(|n| format!("{prefix}{}", n.name))
+                    .collect(),
+                ready: false,
+                created_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+        };
+        // Taken namespaces are refused before anything is written, so the error leaves the
+        // other lab (or whatever owns the name) alone.
+        if let Some(taken) = lab.state.namespaces.iter().find(|n| netns::exists(n)) {
+            return Err(LabError::NamespaceTaken(taken.clone()));
+        }
+        lab.claim()?;
+        match lab.build(progress) {
+            Ok(()) => {
+                let mut lab = lab;
+                lab.state.ready = true;
+                lab.save()?;
+                Ok(lab)
+            }
+            Err(e) => {
+                progress(&format!("failed ({e}); removing what was made"));
+                if let Err(cleanup) = down(prefix) {
+                    progress(&format!("cleanup after the failure also failed: {cleanup}"));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a lab's state and config.
+    pub fn open(prefix: &str) -> Result<Lab> {
+        let dir = state_dir(prefix);
+        let state_path = dir.join("state.json");
+        let text = fs::read_to_string(&state_path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => LabError::NoSuchLab(prefix.to_owned()),
+            _ => state_err(&state_path, e),
+        })?;
+        let state: LabState = serde_json::from_str(&text).map_err(|e| state_err(&state_path, e))?;
+        let cfg_path = dir.join("lab.toml");
+        let cfg_text = fs::read_to_string(&cfg_path).map_err(|e| state_err(&cfg_path, e))?;
+        let config = LabConfig::parse(&cfg_text).map_err(|e| state_err(&cfg_path, e))?;
+        Ok(Lab { config, state })
+    }
+
+    /// Creates the state directory: the lock that makes a prefix one lab's.
+    fn claim(&self) -> Result<()> {
+        fs::create_dir_all(STATE_ROOT).map_err(|e| state_err(Path::new(STATE_ROOT), e))?;
+        let dir = state_dir(self.prefix());
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(LabError::Exists(self.prefix().to_owned()));
+            }
+            Err(e) => return Err(state_err(&dir, e)),
+        }
+        let cfg_path = dir.join("lab.toml");
+        fs::write(&cfg_path, self.config.to_toml()).map_err(|e| state_err(&cfg_path, e))?;
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = state_dir(self.prefix()).join("state.json");
+        let text = serde_json::to_string_pretty(&self.state).expect("lab state serialises");
+        fs::write(&path, text).map_err(|e| state_err(&path, e))
+    }
+
+    fn build(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let cfg = &self.config;
+        progress(&format!("creating {} namespaces", cfg.namespaces.len()));
+        for ns in &self.state.namespaces {
+            netns::create(ns)?;
+            netlink::in_ns(ns, |r| async move { r.set_up("lo").await })?;
+        }
+
+        progress(&format!(
+            "creating {} bridges and {} veth pairs",
+            cfg.bridges.len(),
+            cfg.veths.len()
+        ));
+        for br in &cfg.bridges {
+            netlink::in_ns(&self.ns(&br.namespace), |r| async move {
+                r.add_bridge(&br.name).await
+            })?;
+        }
+        for v in &cfg.veths {
+            let peer_ns = netns::open(&self.ns(&v.b.namespace))?;
+            let fd = peer_ns.as_raw_fd();
+            netlink::in_ns(&self.ns(&v.a.namespace), |r| async move {
+                r.add_veth(&v.a.name, &v.b.name, fd).await
+            })?;
+        }
+
+        progress("enslaving ports, adding addresses, setting links up");
+        for br in &cfg.bridges {
+            netlink::in_ns(&self.ns(&br.namespace), |r| async move {
+                for a in &br.addresses {
+                    r.add_address(&br.name, a.0).await?;
+                }
+                r.set_up(&br.name).await
+            })?;
+        }
+        for end in cfg.veths.iter().flat_map(|v| [&v.a, &v.b]) {
+            netlink::in_ns(&self.ns(&end.namespace), |r| async move {
+                if let Some(master) = &end.master {
+                    r.set_master(&end.name, master).await?;
+                }
+                for a in &end.addresses {
+                    r.add_address(&end.name, a.0).await?;
+                }
+                r.set_up(&end.name).await
+            })?;
+        }
+
+        if !cfg.sysctls.is_empty() {
+            progress(&format!("setting {} sysctls", cfg.sysctls.len()));
+        }
+        for s in &cfg.sysctls {
+            let ns = self.ns(&s.namespace);
+            // /proc/sys/net shows the namespace of the thread that opens it.
+            let path = format!("/proc/sys/{}", s.key.replace('.', "/"));
+            netns::run_in(&ns, || fs::write(&path, &s.value))?.map_err(|source| LabError::Sysctl {
+                ns: ns.clone(),
+                key: s.key.clone(),
+                source,
+            })?;
+        }
+
+        if !cfg.routes.is_empty() {
+            progress(&format!("adding {} routes", cfg.routes.len()));
+        }
+        for rt in &cfg.routes {
+            netlink::in_ns(&self.ns(&rt.namespace), |r| async move {
+                r.add_route(rt.to.0, rt.via, rt.dev.as_deref()).await
+            })?;
+        }
+
+        if let Some(nat) = &cfg.nat {
+            let router = self.ns(&nat.router);
+            progress(&format!(
+                "attaching the eBPF uplink counters to {} in {router}",
+                nat.uplink
+            ));
+            ebpf::attach_uplink_counters(&router, &nat.uplink, self.prefix())?;
+            if let Some(backend) = self.state.nat.backend() {
+                progress(&format!("applying {} NAT in {router}", self.state.nat));
+                backend.apply(&router, nat)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What is there now: namespaces with their links and routes, NAT, counters.
+    pub fn status(&self) -> Result<LabStatus> {
+        let mut namespaces = Vec::new();
+        for spec in &self.config.namespaces {
+            let full = self.ns(&spec.name);
+            let snapshot = if netns::exists(&full) {
+                Some(netlink::in_ns(&full, |r| async move { r.snapshot().await })?)
+            } else {
+                None
+            };
+            namespaces.push(NsStatus {
+                name: spec.name.clone(),
+                netns: full,
+                present: snapshot.is_some(),
+                links: snapshot.as_ref().map(|s| s.links.clone()).unwrap_or_default(),
+                routes: snapshot.map(|s| s.routes).unwrap_or_default(),
+            });
+        }
+        let nat = self.config.nat.as_ref();
+        let nat_rules = match (nat, self.state.nat.backend()) {
+            (Some(n), Some(b)) => Some(b.describe(&self.ns(&n.router))?),
+            _ => None,
+        };
+        Ok(LabStatus {
+            prefix: self.prefix().to_owned(),
+            ready: self.state.ready,
+            nat: self.state.nat,
+            router: nat.map(|n| self.ns(&n.router)),
+            uplink: nat.map(|n| n.uplink.clone()),
+            uplink_address: self.config.uplink_address().map(|a| a.to_string()),
+            namespaces,
+            nat_rules,
+            uplink_counters: nat.and_then(|_| ebpf::read_uplink_counters(self.prefix()).ok()),
+            pin_dir: ebpf::pin_dir(self.prefix()).display().to_string(),
+        })
+    }
+}
+
+/// `status --json`: field names are part of the interface (see README).
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    pub prefix: String,
+    pub ready: bool,
+    pub nat: NatKind,
+    pub router: Option<String>,
+    pub uplink: Option<String>,
+    pub uplink_address: Option<String>,
+    pub namespaces: Vec<NsStatus>,
+    /// The NAT rules as the backend lists them (kernel backends).
+    pub nat_rules: Option<String>,
+    pub uplink_counters: Option<UplinkCounters>,
+    pub pin_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NsStatus {
+    /// Name in the lab file.
+    pub name: String,
+    /// Name of the network namespace (prefix + name).
+    pub netns: String,
+    pub present: bool,
+    pub links: Vec<netlink::LinkStatus>,
+    pub routes: Vec<netlink::RouteStatus>,
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DownReport {
+    pub namespaces: Vec<String>,
+    pub pins_removed: bool,
+    pub state_removed: bool,
+}
+
+impl DownReport {
+    pub fn found_anything(&self) -> bool {
+        !self.namespaces.is_empty() || self.pins_removed || self.state_removed
+    }
+}
+
+/// Removes every namespace, pinned object and state file of lab `prefix`, and nothing
+/// else. Works on a half-built lab; a lab that is not there is not an error.
+pub fn down(prefix: &str) -> Result<DownReport> {
+    require_root()?;
+    LabConfig::validate_prefix(prefix)?;
+    let dir = state_dir(prefix);
+    let names: Vec<String> = match fs::read_to_string(dir.join("state.json")) {
+        Ok(text) => match serde_json::from_str::<LabState>(&text) {
+            Ok(state) => state.namespaces,
+            Err(_) => fallback_names(prefix),
+        },
+        Err(_) => fallback_names(prefix),
+    };
+    let mut report = DownReport::default();
+    // Links, addresses, routes and kernel NAT rules all live in the namespaces.
+    for name in names {
+        if netns::delete(&name)? {
+            report.namespaces.push(name);
+        }
+    }
+    report.pins_removed = ebpf::remove_pins(prefix).map_err(|e| state_err(&ebpf::pin_dir(prefix), e))?;
+    report.state_removed = match fs::remove_dir_all(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(state_err(&dir, e)),
+    };
+    Ok(report)
+}
+
+/// With no readable state, the lab can only be the reference one: its names, nothing more.
+fn fallback_names(prefix: &str) -> Vec<String> {
+    LabConfig::reference()
+        .namespaces
+        .iter()
+        .map(|n| format!("{prefix}{}", n.name))
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! netns-nat: network namespace labs over netlink, with their NAT done by eBPF programs or
+//! by the kernel's iptables/nftables for comparison.
+
+pub mod config;
+pub mod ebpf;
+pub mod lab;
+pub mod nat;
+pub mod netns;
+pub mod probe;

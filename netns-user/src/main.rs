@@ -1,0 +1,271 @@
+//! `netns-nat`: the command line. Parsing and printing only; the work is in the library.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use netns_user::{
+    config::LabConfig,
+    lab::{self, DEFAULT_PREFIX, Lab, LabStatus},
+    nat::NatKind,
+    netns, probe,
+};
+
+/// Network namespace labs over netlink, with their NAT in eBPF or in the kernel
+/// (iptables, nftables) for comparison.
+///
+/// The default lab is the classic walkthrough: namespaces red (192.168.15.1) and blue
+/// (192.168.15.2) on bridge v-net-0 in a router namespace "host" (192.168.15.254, uplink
+/// 192.168.1.2), and a LAN namespace "lan" (192.168.1.3). The router masquerades
+/// 192.168.15.0/24 out of its uplink and forwards TCP port 80 to blue.
+/// Every namespace name gets the lab prefix, so labs never collide; nothing is created in
+/// the machine's own namespace. Needs root.
+#[derive(Parser)]
+#[command(name = "netns-nat", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct PrefixArg {
+    /// Lab prefix: namespace names are PREFIX + the name in the lab file (nn-red, ...).
+    #[arg(long, short, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a lab and return when it is ready; it stays until `down`.
+    Up {
+        /// Lab file (TOML); the built-in default is the reference lab
+        /// (netns-user/labs/reference.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// NAT in the router namespace.
+        #[arg(long, value_enum, default_value_t = NatKind::Iptables)]
+        nat: NatKind,
+    },
+    /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
+    /// Works on a half-built lab; a lab that is not there is not an error.
+    Down {
+        #[command(flatten)]
+        prefix: PrefixArg,
+    },
+    /// Show a lab: namespaces, links, addresses, routes, NAT rules and uplink counters.
+    Status {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Machine-readable output (field names in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the labs on this machine (their prefixes).
+    List,
+    /// Run a command inside lab namespace NAME (like `ip netns exec`).
+    ///
+    /// Example: netns-nat exec red -- ip addr
+    Exec {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Namespace name as in the lab file (red, blue, host, lan).
+        name: String,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Play the scenario's acceptance exchanges (ICMP, UDP, TCP, HTTP through the port
+    /// forward) and say whether each behaves as the lab's NAT should. Exits non-zero if not.
+    Check {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netns-nat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up { config, prefix, nat } => {
+            let cfg = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    LabConfig::parse(&text).with_context(|| format!("in {}", path.display()))?
+                }
+                None => LabConfig::reference(),
+            };
+            let lab = Lab::up(&cfg, &prefix.prefix, nat, &mut |step| eprintln!("  {step}"))?;
+            print_summary(&lab);
+        }
+        Command::Down { prefix } => {
+            let report = lab::down(&prefix.prefix)?;
+            if report.found_anything() {
+                eprintln!(
+                    "removed lab {:?}: namespaces [{}]{}",
+                    prefix.prefix,
+                    report.namespaces.join(", "),
+                    if report.pins_removed {
+                        ", pinned eBPF objects"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                eprintln!("no lab with prefix {:?}: nothing to remove", prefix.prefix);
+            }
+        }
+        Command::Status { prefix, json } => {
+            lab::require_root()?;
+            let status = Lab::open(&prefix.prefix)?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::List => {
+            for p in lab::list() {
+                let nat = Lab::open(&p)
+                    .map(|l| l.state.nat.to_string())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                println!("{p}\tnat={nat}");
+            }
+        }
+        Command::Exec {
+            prefix,
+            name,
+            command,
+        } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            if !lab.config.namespaces.iter().any(|n| n.name == name) {
+                let names: Vec<_> = lab.config.namespaces.iter().map(|n| n.name.as_str()).collect();
+                bail!(
+                    "lab {:?} has no namespace {name:?} (it has: {})",
+                    prefix.prefix,
+                    names.join(", ")
+                );
+            }
+            netns::enter_for_exec(&lab.ns(&name))?;
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            bail!("cannot run {:?}: {err}", command[0]);
+        }
+        Command::Check { prefix, wait, json } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            let checks = probe::check(&lab, Duration::from_secs_f64(wait))?;
+            let passed = checks.iter().filter(|c| c.passed).count();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                println!(
+                    "acceptance exchanges, lab {:?}, nat {}:",
+                    lab.prefix(),
+                    lab.state.nat
+                );
+                for c in &checks {
+                    let expect = if c.expect_ok { "should pass" } else { "should fail" };
+                    let verdict = if c.passed { "ok  " } else { "FAIL" };
+                    println!("  {verdict} {:<60} {expect}: {}", c.name, c.detail);
+                }
+                println!("{passed} passed, {} failed", checks.len() - passed);
+            }
+            if passed != checks.len() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(lab: &Lab) {
+    let p = lab.prefix();
+    println!("lab {p:?} is up (nat: {}).", lab.state.nat);
+    println!("  namespaces: {}", lab.state.namespaces.join(", "));
+    if let Some(addr) = lab.config.uplink_address() {
+        println!("  router uplink address: {addr}");
+    }
+    let first = lab
+        .config
+        .namespaces
+        .first()
+        .map(|n| n.name.as_str())
+        .unwrap_or("red");
+    println!("try:");
+    println!("  netns-nat exec --prefix {p} {first} -- ip addr");
+    println!("  netns-nat check --prefix {p}      # the scenario's exchanges");
+    println!("  netns-nat status --prefix {p}");
+    println!("  netns-nat down --prefix {p}");
+}
+
+fn print_status(s: &LabStatus) {
+    println!(
+        "lab {:?}: {}, nat {}{}",
+        s.prefix,
+        if s.ready {
+            "ready"
+        } else {
+            "NOT READY (half-built: run down)"
+        },
+        s.nat,
+        s.router.as_ref().map(|r| format!(" in {r}")).unwrap_or_default()
+    );
+    for ns in &s.namespaces {
+        println!(
+            "  {} ({}){}",
+            ns.name,
+            ns.netns,
+            if ns.present { "" } else { ": MISSING" }
+        );
+        for l in &ns.links {
+            println!(
+                "    {:<15} {:<6} {:<5} {}{}",
+                l.name,
+                l.kind.as_deref().unwrap_or("-"),
+                if l.up { "up" } else { "down" },
+                l.addresses.join(" "),
+                l.master
+                    .as_ref()
+                    .map(|m| format!(" master {m}"))
+                    .unwrap_or_default()
+            );
+        }
+        for r in &ns.routes {
+            println!(
+                "    route {}{}{}",
+                r.to,
+                r.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default(),
+                r.dev.as_ref().map(|d| format!(" dev {d}")).unwrap_or_default()
+            );
+        }
+    }
+    if let Some(rules) = &s.nat_rules {
+        println!("  nat rules:");
+        for line in rules.lines() {
+            println!("    {line}");
+        }
+    }
+    if let Some(c) = &s.uplink_counters {
+        println!(
+            "  uplink counters (eBPF): in {} pkts / {} B, out {} pkts / {} B",
+            c.ingress_packets, c.ingress_bytes, c.egress_packets, c.egress_bytes
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The scenario's acceptance exchanges, through each kernel NAT backend and without NAT:
+//! real namespaces, real packets, the peers' view checked.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use netns_tests::{LabGuard, privileged};
+use netns_user::{ebpf, nat::NatKind, probe};
+
+const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const WAIT: Duration = Duration::from_secs(3);
+
+fn scenario_passes_with(nat: NatKind, tag: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let g = LabGuard::up(tag, nat);
+    let checks = probe::check(&g.lab, WAIT).unwrap();
+    // red and blue ping, red's UDP and TCP, lan's HTTP through the forward.
+    assert_eq!(checks.len(), 5, "{checks:#?}");
+    for c in &checks {
+        assert!(c.ok && c.passed, "{nat}: {} failed: {}", c.name, c.detail);
+        let seen = c.seen.expect("a successful exchange records what the peer saw");
+        if c.name.starts_with("http") {
+            // DNAT keeps the client's own address.
+            assert_eq!(seen.source, LAN, "{}", c.name);
+        } else {
+            // SNAT: lan sees the router's uplink address, never 192.168.15.x.
+            assert_eq!(seen.source, UPLINK, "{}", c.name);
+        }
+    }
+    // The lab's eBPF program on the uplink saw the traffic both ways.
+    let counters = ebpf::read_uplink_counters(g.prefix()).unwrap();
+    assert!(
+        counters.egress_packets >= 5 && counters.ingress_packets >= 5,
+        "{counters:?}"
+    );
+    // The 1 MiB TCP payload left by the uplink.
+    assert!(counters.egress_bytes >= probe::TCP_PAYLOAD as u64, "{counters:?}");
+}
+
+#[test]
+fn iptables_nat_passes_the_scenario() {
+    scenario_passes_with(NatKind::Iptables, "ipt");
+}
+
+#[test]
+fn nftables_nat_passes_the_scenario() {
+    scenario_passes_with(NatKind::Nftables, "nft");
+}
+
+#[test]
+fn without_nat_replies_have_no_way_back() {
+    if !privileged("without_nat") {
+        return;
+    }
+    let g = LabGuard::up("none", NatKind::None);
+    let red = g.lab.ns("red");
+    let lan = g.lab.ns("lan");
+    let wait = Duration::from_millis(800);
+    // lan gets the ping from red's own address, but cannot answer it.
+    assert!(probe::icmp_echo(&red, &lan, LAN, wait).is_err());
+    assert!(probe::udp_echo(&red, &lan, SocketAddrV4::new(LAN, probe::UDP_PORT), wait).is_err());
+    assert!(probe::tcp_hash(&red, &lan, SocketAddrV4::new(LAN, probe::TCP_PORT), wait).is_err());
+    assert!(probe::http_get(&lan, &g.lab.ns("blue"), 80, SocketAddrV4::new(UPLINK, 80), wait).is_err());
+    // ...while the same lab routes fine inside the bridge, so the failure is the NAT's.
+    let blue = g.lab.ns("blue");
+    let seen = probe::udp_echo(
+        &red,
+        &blue,
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 15, 2), 9000),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(seen.source, Ipv4Addr::new(192, 168, 15, 1));
+    // The combined verdict agrees: every exchange "should fail" and did.
+    let checks = probe::check(&g.lab, wait).unwrap();
+    assert!(checks.iter().all(|c| !c.ok && c.passed), "{checks:#?}");
+}

@@ -1,0 +1,177 @@
+//! The `netns-nat` binary as a user runs it: up, status, exec, check, down, and its errors.
+
+use std::process::{Command, Output};
+
+use netns_tests::{assert_gone, bin, prefix, privileged};
+use netns_user::netns;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("netns-nat runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn up_status_exec_check_down() {
+    if !privileged("cli") {
+        return;
+    }
+    let p = prefix("cli");
+    let out = run(&["up", "--prefix", &p, "--nat", "iptables"]);
+    // Take the lab down whatever happens below.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(bin()).args(["down", "--prefix", &self.0]).output();
+        }
+    }
+    let _down = Down(p.clone());
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("is up") && said.contains(&format!("netns-nat exec --prefix {p}")),
+        "{said}"
+    );
+
+    let out = run(&["status", "--prefix", &p, "--json"]);
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["nat"], "iptables");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["uplink_address"], "192.168.1.2");
+    let host = status["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "host")
+        .unwrap();
+    assert_eq!(host["netns"], format!("{p}host"));
+    let port = host["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "veth-red-br")
+        .unwrap();
+    assert_eq!(port["master"], "v-net-0");
+    assert!(status["nat_rules"].as_str().unwrap().contains("MASQUERADE"));
+
+    // exec runs inside the namespace: red's own interfaces, not the machine's.
+    let out = run(&["exec", "--prefix", &p, "red", "--", "cat", "/proc/net/dev"]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    let dev = text(&out.stdout);
+    assert!(dev.contains("veth-red") && !dev.contains("uplink"), "{dev}");
+    let out = run(&["exec", "--prefix", &p, "mars", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no namespace \"mars\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["check", "--prefix", &p]);
+    assert!(
+        out.status.success(),
+        "check: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("5 passed, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&["list"]);
+    assert!(text(&out.stdout).contains(&format!("{p}\tnat=iptables")));
+
+    let out = run(&["up", "--prefix", &p]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["down", "--prefix", &p]);
+    assert!(out.status.success(), "down: {}", text(&out.stderr));
+    assert_gone(&p);
+}
+
+#[test]
+fn a_bad_lab_file_is_refused_before_anything_is_made() {
+    if !privileged("cli_bad_file") {
+        return;
+    }
+    let p = prefix("bad");
+    let dir = std::env::temp_dir().join(format!("{p}cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("veth-red-br", "veth-red-bridge0", "at most 15"),
+        ("192.168.15.1/24", "192.168.15.1", "missing prefix length"),
+        ("192.168.1.3/24", "192.168.1.300/24", "not an IPv4 address"),
+        ("[[route]]", "[[route]", "invalid lab file"),
+    ];
+    for (from, to, expect) in cases {
+        let file = dir.join("lab.toml");
+        let text_in = netns_user::config::REFERENCE_TOML.replacen(from, to, 1);
+        std::fs::write(&file, text_in).unwrap();
+        let out = run(&["up", "--prefix", &p, "--config", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{from} -> {to} was accepted");
+        let err = text(&out.stderr);
+        assert!(err.contains(expect), "{from} -> {to}: {err}");
+        assert_gone(&p);
+    }
+    let out = run(&["up", "--prefix", "a/b"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("lab prefix"), "{}", text(&out.stderr));
+    let out = run(&["up", "--prefix", &p, "--config", "/nonexistent/lab.toml"]);
+    assert!(
+        text(&out.stderr).contains("reading /nonexistent/lab.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_gone(&p);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn without_root_it_says_so_and_does_nothing() {
+    if !privileged("cli_not_root") {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let p = prefix("nr");
+    for args in [vec!["up", "--prefix", &p], vec!["down", "--prefix", &p]] {
+        let out = Command::new(bin())
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded as nobody");
+        assert!(
+            text(&out.stderr).contains("needs root"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!netns::list().iter().any(|n| n.starts_with(&p)));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in ["up", "down", "status", "exec", "check", "list", "192.168.15.0/24"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+    let out = run(&["up", "--help"]);
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("iptables") && help.contains("nftables") && help.contains("--prefix"),
+        "{help}"
+    );
+}
