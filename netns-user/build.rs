@@ -10,6 +10,9 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("netns-user has no parent directory"))?
         .join("netns-ebpf");
     let root_dir = ebpf.to_str().context("non-UTF-8 path to netns-ebpf")?;
+    // aya-build watches the eBPF crate only; the programs also compile netns-common.
+    let common = ebpf.with_file_name("netns-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);

@@ -72,3 +72,112 @@ mod tests {
         }
     }
 }
+
+/// Outcomes counted by the eBPF NAT, one per-CPU slot each (map `NAT_COUNTERS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum NatCounter {
+    /// Packets translated leaving by the uplink, per protocol.
+    OutTcp = 0,
+    OutUdp,
+    OutIcmp,
+    /// Packets translated arriving on the uplink, per protocol.
+    InTcp,
+    InUdp,
+    InIcmp,
+    /// ICMP errors whose quoted packet was translated, per direction.
+    IcmpErrorOut,
+    IcmpErrorIn,
+    /// Non-first fragments translated through the fragment table.
+    Fragments,
+    /// Endpoint-independent mappings (bindings) created.
+    NewMappings,
+    /// Flows created.
+    NewFlows,
+    /// Packets turned around inside the router (internal host to the external address).
+    Hairpinned,
+    /// Packets that were not the NAT's business (the router's own traffic, other prefixes).
+    Passed,
+    /// Dropped: every port of the range is taken.
+    DropNoPort,
+    /// Dropped: inbound with a mapping but no flow, under address-and-port-dependent filtering.
+    DropUnsolicited,
+    /// Dropped: headers too short or inconsistent.
+    DropMalformed,
+    /// Dropped: a conntrack or binding table is full.
+    DropMapFull,
+    /// Dropped (or passed, by configuration): a protocol the NAT does not translate.
+    DropUnsupported,
+    /// Inbound to the external address on a port no mapping or forward owns (passed to the
+    /// router's own stack, where nothing listens).
+    InUnmapped,
+    /// A non-first fragment whose first fragment was not seen.
+    DropFragmentUnknown,
+}
+
+impl NatCounter {
+    pub const ALL: [NatCounter; 20] = [
+        NatCounter::OutTcp,
+        NatCounter::OutUdp,
+        NatCounter::OutIcmp,
+        NatCounter::InTcp,
+        NatCounter::InUdp,
+        NatCounter::InIcmp,
+        NatCounter::IcmpErrorOut,
+        NatCounter::IcmpErrorIn,
+        NatCounter::Fragments,
+        NatCounter::NewMappings,
+        NatCounter::NewFlows,
+        NatCounter::Hairpinned,
+        NatCounter::Passed,
+        NatCounter::DropNoPort,
+        NatCounter::DropUnsolicited,
+        NatCounter::DropMalformed,
+        NatCounter::DropMapFull,
+        NatCounter::DropUnsupported,
+        NatCounter::InUnmapped,
+        NatCounter::DropFragmentUnknown,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable name used in `stats --json`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            NatCounter::OutTcp => "out_tcp",
+            NatCounter::OutUdp => "out_udp",
+            NatCounter::OutIcmp => "out_icmp",
+            NatCounter::InTcp => "in_tcp",
+            NatCounter::InUdp => "in_udp",
+            NatCounter::InIcmp => "in_icmp",
+            NatCounter::IcmpErrorOut => "icmp_error_out",
+            NatCounter::IcmpErrorIn => "icmp_error_in",
+            NatCounter::Fragments => "fragments",
+            NatCounter::NewMappings => "new_mappings",
+            NatCounter::NewFlows => "new_flows",
+            NatCounter::Hairpinned => "hairpinned",
+            NatCounter::Passed => "passed",
+            NatCounter::DropNoPort => "drop_no_port",
+            NatCounter::DropUnsolicited => "drop_unsolicited",
+            NatCounter::DropMalformed => "drop_malformed",
+            NatCounter::DropMapFull => "drop_map_full",
+            NatCounter::DropUnsupported => "drop_unsupported",
+            NatCounter::InUnmapped => "in_unmapped",
+            NatCounter::DropFragmentUnknown => "drop_fragment_unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod nat_counter_tests {
+    use super::NatCounter;
+
+    #[test]
+    fn nat_counters_are_dense_and_named_uniquely() {
+        for (i, c) in NatCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for d in &NatCounter::ALL[i + 1..] {
+                assert_ne!(c.name(), d.name());
+            }
+        }
+    }
+}

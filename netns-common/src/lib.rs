@@ -6,4 +6,5 @@
 pub mod counters;
 pub mod csum;
 pub mod names;
+pub mod nat;
 pub mod net;

@@ -3,42 +3,60 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    bindings::TC_ACT_PIPE,
-    macros::{classifier, map},
-    maps::PerCpuArray,
-    programs::TcContext,
-};
+mod maps;
+mod nat;
+mod packet;
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use netns_common::counters::{Counter, Direction};
 
-/// Per-CPU packet and byte counters of the uplink, indexed by [`Counter`].
-#[map(name = "UPLINK_COUNTERS")]
-static UPLINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+use crate::{
+    maps::{UPLINK_COUNTERS, bump, count},
+    packet::NEXT,
+};
 
 #[classifier]
 pub fn uplink_count_ingress(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::Ingress)
+    count_uplink(&ctx, Direction::Ingress)
 }
 
 #[classifier]
 pub fn uplink_count_egress(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::Egress)
+    count_uplink(&ctx, Direction::Egress)
 }
 
 /// Adds one packet and its length to the direction's counters, then lets the packet go on
-/// (`TC_ACT_PIPE`, so programs after this one on the same TCX hook still run).
-fn count(ctx: &TcContext, dir: Direction) -> i32 {
-    let (packets, bytes) = dir.counters();
-    bump(packets, 1);
-    bump(bytes, u64::from(ctx.len()));
-    TC_ACT_PIPE
+/// (`NEXT`, so programs after this one on the same TCX hook still run).
+fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
+    let (packets, bytes): (Counter, Counter) = dir.counters();
+    bump(&UPLINK_COUNTERS, packets as u32, 1);
+    bump(&UPLINK_COUNTERS, bytes as u32, u64::from(ctx.len()));
+    NEXT
 }
 
-fn bump(counter: Counter, by: u64) {
-    if let Some(slot) = UPLINK_COUNTERS.get_ptr_mut(counter as u32) {
-        // Safety: the pointer comes from a successful per-CPU array lookup, so it is valid
-        // and only this CPU touches it while the program runs.
-        unsafe { *slot += by };
+#[classifier]
+pub fn nat_egress(ctx: TcContext) -> i32 {
+    verdict(nat::egress(&ctx))
+}
+
+#[classifier]
+pub fn nat_ingress(ctx: TcContext) -> i32 {
+    verdict(nat::ingress(&ctx))
+}
+
+#[classifier]
+pub fn nat_hairpin(ctx: TcContext) -> i32 {
+    verdict(nat::hairpin(&ctx))
+}
+
+/// Drops are counted by reason; everything else carries its own verdict.
+fn verdict(r: Result<i32, nat::Drop>) -> i32 {
+    match r {
+        Ok(v) => v,
+        Err(d) => {
+            count(d.counter());
+            TC_ACT_SHOT as i32
+        }
     }
 }
 

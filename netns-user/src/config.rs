@@ -73,6 +73,8 @@ pub enum ConfigError {
     BadForwardPort(u16),
     #[error("[[nat.forward]] {protocol} port {port} is declared twice")]
     DuplicateForward { protocol: L4Proto, port: u16 },
+    #[error("[nat.ebpf] {0}")]
+    BadEbpfNat(String),
     #[error("lab prefix {prefix:?} {why}")]
     BadPrefix { prefix: String, why: String },
 }
@@ -217,6 +219,122 @@ pub struct NatSpec {
     pub internal: Vec<Cidr>,
     #[serde(rename = "forward", default)]
     pub forwards: Vec<ForwardSpec>,
+    /// Settings of the eBPF NAT (the kernel backends use the kernel's own).
+    #[serde(default)]
+    pub ebpf: EbpfNatSpec,
+}
+
+/// Filtering of inbound packets to a mapping (RFC 4787 section 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Only remotes the internal endpoint has sent to may answer (the default, as iptables).
+    #[default]
+    AddressAndPortDependent,
+    /// Anyone may reach an internal endpoint through its mapping ("full cone").
+    EndpointIndependent,
+}
+
+/// What to do with IP protocols the NAT does not translate, leaving by the uplink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unsupported {
+    #[default]
+    Pass,
+    Drop,
+}
+
+/// An inclusive port range written `min-max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ports {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl TryFrom<String> for Ports {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?}: write a port range as min-max, e.g. 1024-65535");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (min, max) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if min > max {
+            return Err(format!("{s:?}: the range is empty (min > max)"));
+        }
+        Ok(Ports { min, max })
+    }
+}
+
+impl From<Ports> for String {
+    fn from(p: Ports) -> String {
+        format!("{}-{}", p.min, p.max)
+    }
+}
+
+/// Idle timeouts in seconds (defaults from RFC 4787, 5382 and 5508).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutSpec {
+    pub udp: u64,
+    pub tcp_established: u64,
+    pub tcp_transitory: u64,
+    pub icmp: u64,
+    /// Accept a UDP timeout under the RFC 4787 minimum of 120 s (for tests).
+    pub allow_short: bool,
+}
+
+impl Default for TimeoutSpec {
+    fn default() -> Self {
+        TimeoutSpec {
+            udp: 300,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            icmp: 60,
+            allow_short: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfNatSpec {
+    pub filtering: Filtering,
+    pub unsupported: Unsupported,
+    /// External ports for internal ports >= 1024.
+    pub ports: Ports,
+    /// External ports for internal ports < 1024.
+    pub low_ports: Ports,
+    /// External ICMP echo identifiers.
+    pub icmp_ids: Ports,
+    /// Capacity of the flow table.
+    pub flows: u32,
+    /// Capacity of the binding table (two entries per mapping).
+    pub bindings: u32,
+    pub timeouts: TimeoutSpec,
+    /// How often the sweeper reclaims expired entries and checks the uplink's address.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for EbpfNatSpec {
+    fn default() -> Self {
+        EbpfNatSpec {
+            filtering: Filtering::default(),
+            unsupported: Unsupported::default(),
+            ports: Ports {
+                min: 1024,
+                max: 65535,
+            },
+            low_ports: Ports { min: 1, max: 1023 },
+            icmp_ids: Ports { min: 1, max: 65535 },
+            flows: 262_144,
+            bindings: 262_144,
+            timeouts: TimeoutSpec::default(),
+            sweep_interval_ms: 1000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -431,6 +549,45 @@ impl LabConfig {
                     });
                 }
             }
+            nat.ebpf.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl EbpfNatSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::BadEbpfNat(m));
+        let t = &self.timeouts;
+        if t.udp < 120 && !t.allow_short {
+            return bad(format!(
+                "timeouts.udp = {} s is under the RFC 4787 minimum of 120 s (set timeouts.allow_short \
+                 = true to accept it, for tests)",
+                t.udp
+            ));
+        }
+        if [t.udp, t.tcp_established, t.tcp_transitory, t.icmp].contains(&0) {
+            return bad("timeouts must be at least 1 s".into());
+        }
+        if self.ports.min < 1024 {
+            return bad(format!(
+                "ports {} must not go below 1024 (those are low_ports)",
+                String::from(self.ports)
+            ));
+        }
+        if self.low_ports.min == 0 || self.low_ports.max > 1023 {
+            return bad(format!(
+                "low_ports {} must lie in 1-1023",
+                String::from(self.low_ports)
+            ));
+        }
+        for (name, n) in [("flows", self.flows), ("bindings", self.bindings)] {
+            if !(2..=1 << 24).contains(&n) {
+                return bad(format!("{name} = {n}: a table holds 2 to 16777216 entries"));
+            }
+        }
+        if self.sweep_interval_ms < 10 {
+            return bad("sweep_interval_ms must be at least 10".into());
         }
         Ok(())
     }
@@ -646,6 +803,35 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::UplinkWithoutAddress(_))
         ));
+    }
+
+    #[test]
+    fn ebpf_nat_settings_are_checked() {
+        let nat = |extra: &str| LabConfig::parse(&format!("{REFERENCE_TOML}\n[nat.ebpf]\n{extra}\n"));
+        let cfg = nat("filtering = \"endpoint-independent\"\nports = \"40000-40007\"").unwrap();
+        let e = &cfg.nat.unwrap().ebpf;
+        assert_eq!(e.filtering, Filtering::EndpointIndependent);
+        assert_eq!(
+            e.ports,
+            Ports {
+                min: 40000,
+                max: 40007
+            }
+        );
+        for (bad, expect) in [
+            ("ports = \"900-2000\"", "below 1024"),
+            ("ports = \"5000-4000\"", "empty"),
+            ("ports = \"5000\"", "min-max"),
+            ("low_ports = \"1-2000\"", "1-1023"),
+            ("flows = 1", "2 to 16777216"),
+            ("timeouts = { udp = 30 }", "RFC 4787"),
+            ("timeouts = { icmp = 0 }", "at least 1 s"),
+            ("filtering = \"full-cone\"", "unknown variant"),
+        ] {
+            let err = nat(bad).unwrap_err().to_string();
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
+        nat("timeouts = { udp = 2, allow_short = true }").unwrap();
     }
 
     #[test]

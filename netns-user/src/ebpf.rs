@@ -7,13 +7,18 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
-    maps::{Map, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, links::FdLink},
 };
 use netns_common::{
-    counters::Counter,
-    names::{MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS},
+    counters::{Counter, NatCounter},
+    names::{
+        MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS,
+        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS,
+        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
+    },
+    nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
 use nix::{
     fcntl::{Flock, FlockArg},
@@ -134,72 +139,233 @@ fn release_bpffs() {
 /// Loads the counters, attaches them to `uplink` in namespace `ns` (TCX ingress and egress)
 /// and pins links and map under `pin_dir(prefix)`. A failure detaches whatever it attached.
 pub fn attach_uplink_counters(ns: &str, uplink: &str, prefix: &str) -> Result<()> {
-    if OBJECT.is_empty() {
-        return Err(EbpfError::NotBuilt);
-    }
-    let dir = pin_dir(prefix);
-    {
-        // Once the lab's directory exists, no other lab's teardown removes the root or
-        // unmounts bpffs under it.
-        let _lock = pins_lock()?;
-        ensure_bpffs()?;
-        fs::create_dir_all(&dir).map_err(|e| EbpfError::Pin {
-            path: dir.clone(),
-            detail: e.to_string(),
-        })?;
-    }
-    let res = netns::run_in(ns, || attach_here(uplink, &dir))?;
+    let dir = prepare_pin_dir(prefix)?;
+    let res = netns::run_in(ns, || {
+        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        let links = attach(
+            &mut ebpf,
+            &[
+                (PROG_UPLINK_COUNT_INGRESS, uplink, TcAttachType::Ingress),
+                (PROG_UPLINK_COUNT_EGRESS, uplink, TcAttachType::Egress),
+            ],
+        )?;
+        pin(&ebpf, &dir, &[MAP_UPLINK_COUNTERS], links)
+    })?;
     if res.is_err() {
         let _ = remove_pins(prefix);
     }
     res
 }
 
-fn attach_here(uplink: &str, dir: &Path) -> Result<()> {
-    let mut ebpf = Ebpf::load(OBJECT).map_err(EbpfError::Load)?;
+/// A port forward as the eBPF NAT holds it: a static binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticBinding {
+    pub proto: u8,
+    /// External port, wire order.
+    pub ext_port: u16,
+    /// Internal address and port, wire order.
+    pub int_addr: u32,
+    pub int_port: u16,
+}
+
+/// What the eBPF NAT is loaded with.
+#[derive(Clone, Debug)]
+pub struct NatLoad {
+    pub config: NatConfig,
+    pub forwards: Vec<StaticBinding>,
+    pub flows: u32,
+    pub bindings: u32,
+}
+
+fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
+    move |source| EbpfError::Map {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Loads the NAT programs, fills their configuration and port forwards, attaches them (TC
+/// egress and ingress on `uplink`, TC ingress on each internal interface for hairpinning)
+/// in namespace `ns`, and pins maps and links under `pin_dir(prefix)`. A failure detaches
+/// whatever it attached and leaves no pin.
+pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, load: &NatLoad) -> Result<()> {
+    let dir = prepare_pin_dir(prefix)?;
+    let res = netns::run_in(ns, || {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_NAT_FLOWS, load.flows)
+            .map_max_entries(MAP_NAT_BINDINGS, load.bindings)
+            .load(object()?)
+            .map_err(EbpfError::Load)?;
+        {
+            let map = ebpf
+                .map_mut(MAP_NAT_CONFIG)
+                .ok_or(EbpfError::Missing(MAP_NAT_CONFIG))?;
+            let mut cfg: Array<_, NatConfig> = Array::try_from(map).map_err(map_err(MAP_NAT_CONFIG))?;
+            cfg.set(0, load.config, 0).map_err(map_err(MAP_NAT_CONFIG))?;
+        }
+        {
+            let map = ebpf
+                .map_mut(MAP_NAT_BINDINGS)
+                .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
+            let mut bindings: HashMap<_, BindingKey, Binding> =
+                HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
+            install_forwards(&mut bindings, load.config.ext_addr, &load.forwards)
+                .map_err(map_err(MAP_NAT_BINDINGS))?;
+        }
+        let mut hooks = vec![
+            (PROG_NAT_EGRESS, uplink, TcAttachType::Egress),
+            (PROG_NAT_INGRESS, uplink, TcAttachType::Ingress),
+        ];
+        for iface in internal {
+            hooks.push((PROG_NAT_HAIRPIN, iface.as_str(), TcAttachType::Ingress));
+        }
+        let links = attach(&mut ebpf, &hooks)?;
+        pin(
+            &ebpf,
+            &dir,
+            &[
+                MAP_NAT_CONFIG,
+                MAP_NAT_BINDINGS,
+                MAP_NAT_FLOWS,
+                MAP_NAT_FRAGS,
+                MAP_NAT_COUNTERS,
+            ],
+            links,
+        )
+    })?;
+    if res.is_err() {
+        let _ = remove_pins(prefix);
+    }
+    res
+}
+
+/// Writes both entries of every port forward for external address `ext_addr`.
+pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
+    bindings: &mut HashMap<T, BindingKey, Binding>,
+    ext_addr: u32,
+    forwards: &[StaticBinding],
+) -> Result<(), aya::maps::MapError> {
+    for f in forwards {
+        let b = Binding {
+            int_addr: f.int_addr,
+            ext_addr,
+            int_port: f.int_port,
+            ext_port: f.ext_port,
+            flags: BINDING_STATIC,
+            expires_ns: u64::MAX,
+        };
+        bindings.insert(BindingKey::external(f.proto, ext_addr, f.ext_port), b, 0)?;
+        bindings.insert(BindingKey::internal(f.proto, f.int_addr, f.int_port), b, 0)?;
+    }
+    Ok(())
+}
+
+fn object() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        Err(EbpfError::NotBuilt)
+    } else {
+        Ok(OBJECT)
+    }
+}
+
+/// Creates the lab's pin directory. Under the lock, and once it exists, no other lab's
+/// teardown removes the root or unmounts bpffs under it.
+fn prepare_pin_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = pin_dir(prefix);
+    let _lock = pins_lock()?;
+    ensure_bpffs()?;
+    fs::create_dir_all(&dir).map_err(|e| EbpfError::Pin {
+        path: dir.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(dir)
+}
+
+/// Loads and attaches each (program, interface, hook). The links are owned, so an early
+/// return (a failed later attach) detaches the earlier ones.
+fn attach(ebpf: &mut Ebpf, hooks: &[(&'static str, &str, TcAttachType)]) -> Result<Vec<(String, FdLink)>> {
     let mut links = Vec::new();
-    for (name, hook) in [
-        (PROG_UPLINK_COUNT_INGRESS, TcAttachType::Ingress),
-        (PROG_UPLINK_COUNT_EGRESS, TcAttachType::Egress),
-    ] {
+    for &(name, iface, hook) in hooks {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
             .map_err(|source| EbpfError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        let id = prog.attach(uplink, hook).map_err(|source| EbpfError::Attach {
+        // One program may serve several interfaces: load it once.
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        let id = prog.attach(iface, hook).map_err(|source| EbpfError::Attach {
             name,
-            iface: uplink.to_owned(),
+            iface: iface.to_owned(),
             source,
         })?;
-        // Owned links detach when dropped: an early return rolls back the first attach.
         let link = prog
             .take_link(id)
             .map_err(|source| EbpfError::Program { name, source })?;
         let link: FdLink = link.try_into().map_err(|e| EbpfError::Pin {
-            path: dir.into(),
-            detail: format!("{name} is not a TCX link ({e}); a kernel >= 6.6 is needed"),
+            path: PathBuf::from(name),
+            detail: format!("not a TCX link ({e}); a kernel >= 6.6 is needed"),
         })?;
-        links.push((name, link));
+        let hook = if hook == TcAttachType::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
+        links.push((format!("link_{name}_{iface}_{hook}"), link));
     }
-    let map = ebpf
-        .map(MAP_UPLINK_COUNTERS)
-        .ok_or(EbpfError::Missing(MAP_UPLINK_COUNTERS))?;
-    let map_path = dir.join(MAP_UPLINK_COUNTERS);
-    map.pin(&map_path).map_err(|e| EbpfError::Pin {
-        path: map_path,
-        detail: e.to_string(),
-    })?;
+    Ok(links)
+}
+
+/// Pins the named maps and the links in `dir`.
+fn pin(ebpf: &Ebpf, dir: &Path, maps: &[&'static str], links: Vec<(String, FdLink)>) -> Result<()> {
+    for &name in maps {
+        let map = ebpf.map(name).ok_or(EbpfError::Missing(name))?;
+        let path = dir.join(name);
+        map.pin(&path).map_err(|e| EbpfError::Pin {
+            path,
+            detail: e.to_string(),
+        })?;
+    }
     for (name, link) in links {
-        let path = dir.join(format!("link_{name}"));
+        let path = dir.join(name);
         link.pin(&path).map_err(|e| EbpfError::Pin {
             path,
             detail: e.to_string(),
         })?;
     }
     Ok(())
+}
+
+/// Opens one of a lab's pinned maps.
+pub fn pinned_map(prefix: &str, name: &str) -> Result<Map> {
+    let path = pin_dir(prefix).join(name);
+    let fail = |source| EbpfError::Map {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(fail)?;
+    Map::from_map_data(data).map_err(fail)
+}
+
+/// Sums a pinned per-CPU u64 array over CPUs, slot by slot.
+fn per_cpu_sums(prefix: &str, name: &str, slots: u32) -> Result<Vec<u64>> {
+    let path = pin_dir(prefix).join(name);
+    let fail = |source| EbpfError::Map {
+        path: path.clone(),
+        source,
+    };
+    let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(pinned_map(prefix, name)?).map_err(fail)?;
+    (0..slots)
+        .map(|i| Ok(array.get(&i, 0).map_err(fail)?.iter().sum()))
+        .collect()
+}
+
+/// The eBPF NAT's counters, by name, summed over CPUs.
+pub fn read_nat_counters(prefix: &str) -> Result<Vec<(&'static str, u64)>> {
+    let sums = per_cpu_sums(prefix, MAP_NAT_COUNTERS, NatCounter::COUNT)?;
+    Ok(NatCounter::ALL.iter().map(|c| c.name()).zip(sums).collect())
 }
 
 /// Removes a lab's pinned objects: unpinning the links detaches the programs. Returns
@@ -231,24 +397,12 @@ pub struct UplinkCounters {
 
 /// Reads a lab's pinned uplink counters.
 pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
-    let path = pin_dir(prefix).join(MAP_UPLINK_COUNTERS);
-    let fail = |source| EbpfError::Map {
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(fail)?;
-    let map = Map::from_map_data(data).map_err(fail)?;
-    let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(fail)?;
-    let mut out = UplinkCounters::default();
-    for c in Counter::ALL {
-        let total: u64 = array.get(&(c as u32), 0).map_err(fail)?.iter().sum();
-        let slot = match c {
-            Counter::IngressPackets => &mut out.ingress_packets,
-            Counter::IngressBytes => &mut out.ingress_bytes,
-            Counter::EgressPackets => &mut out.egress_packets,
-            Counter::EgressBytes => &mut out.egress_bytes,
-        };
-        *slot = total;
-    }
-    Ok(out)
+    let sums = per_cpu_sums(prefix, MAP_UPLINK_COUNTERS, Counter::COUNT)?;
+    let at = |c: Counter| sums[c as usize];
+    Ok(UplinkCounters {
+        ingress_packets: at(Counter::IngressPackets),
+        ingress_bytes: at(Counter::IngressBytes),
+        egress_packets: at(Counter::EgressPackets),
+        egress_bytes: at(Counter::EgressBytes),
+    })
 }

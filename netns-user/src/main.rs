@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use netns_user::{
     config::LabConfig,
     lab::{self, DEFAULT_PREFIX, Lab, LabStatus},
-    nat::NatKind,
+    nat::{NatKind, ebpf as nat_ebpf},
     netns, probe,
 };
 
@@ -45,7 +45,7 @@ enum Command {
         #[command(flatten)]
         prefix: PrefixArg,
         /// NAT in the router namespace.
-        #[arg(long, value_enum, default_value_t = NatKind::Iptables)]
+        #[arg(long, value_enum, default_value_t = NatKind::Ebpf)]
         nat: NatKind,
     },
     /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
@@ -75,6 +75,27 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// List the eBPF NAT's live flows and mappings (its BPF conntrack tables).
+    Conntrack {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Machine-readable output (field names in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the NAT's counters (eBPF labs) and the uplink's packet counters (every lab).
+    Stats {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the eBPF NAT's sweeper for a lab (started by `up`; not for direct use).
+    #[command(hide = true)]
+    Sweep {
+        #[command(flatten)]
+        prefix: PrefixArg,
     },
     /// Play the scenario's acceptance exchanges (ICMP, UDP, TCP, HTTP through the port
     /// forward) and say whether each behaves as the lab's NAT should. Exits non-zero if not.
@@ -167,6 +188,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("cannot run {:?}: {err}", command[0]);
         }
+        Command::Conntrack { prefix, json } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            if lab.state.nat != NatKind::Ebpf {
+                bail!(
+                    "lab {:?} uses {} NAT: its state is in the kernel's conntrack \
+                     (netns-nat exec --prefix {} <router> -- conntrack -L)",
+                    prefix.prefix,
+                    lab.state.nat,
+                    prefix.prefix
+                );
+            }
+            let flows = nat_ebpf::live_flows(&prefix.prefix)?;
+            let mappings = nat_ebpf::mappings(&prefix.prefix)?;
+            if json {
+                let out = serde_json::json!({ "flows": flows, "mappings": mappings });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{} flows:", flows.len());
+                for f in &flows {
+                    println!(
+                        "  {:<4} {:<21} -> {:<21} as {:<21} {:<11} {:<8} age {:>6.1}s expires {:>7.1}s  out {}p/{}B in {}p/{}B",
+                        f.protocol,
+                        f.internal,
+                        f.remote,
+                        f.external,
+                        f.state,
+                        f.origin,
+                        f.age_s,
+                        f.expires_in_s,
+                        f.packets_out,
+                        f.bytes_out,
+                        f.packets_in,
+                        f.bytes_in
+                    );
+                }
+                println!("{} mappings:", mappings.len());
+                for m in &mappings {
+                    let exp = m
+                        .expires_in_s
+                        .map(|e| format!("expires {e:.1}s"))
+                        .unwrap_or_else(|| "static".into());
+                    println!(
+                        "  {:<4} {:<21} <-> {:<21} {exp}",
+                        m.protocol, m.internal, m.external
+                    );
+                }
+            }
+        }
+        Command::Stats { prefix, json } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            let out = if lab.state.nat == NatKind::Ebpf {
+                serde_json::to_value(nat_ebpf::stats(&prefix.prefix)?)?
+            } else {
+                serde_json::json!({ "uplink": netns_user::ebpf::read_uplink_counters(&prefix.prefix)? })
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_stats(&out);
+            }
+        }
+        Command::Sweep { prefix } => {
+            lab::require_root()?;
+            nat_ebpf::sweep_forever(&prefix.prefix)?;
+        }
         Command::Check { prefix, wait, json } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
@@ -213,6 +301,22 @@ fn print_summary(lab: &Lab) {
     println!("  netns-nat check --prefix {p}      # the scenario's exchanges");
     println!("  netns-nat status --prefix {p}");
     println!("  netns-nat down --prefix {p}");
+}
+
+fn print_stats(v: &serde_json::Value) {
+    if let Some(c) = v.get("counters").and_then(|c| c.as_object()) {
+        println!("eBPF NAT counters:");
+        for (name, n) in c {
+            println!("  {name:<24} {n}");
+        }
+        println!("  {:<24} {}", "live flows", v["flows"]);
+        println!("  {:<24} {}", "live mappings", v["mappings"]);
+    }
+    let u = &v["uplink"];
+    println!(
+        "uplink: in {} packets / {} bytes, out {} packets / {} bytes",
+        u["ingress_packets"], u["ingress_bytes"], u["egress_packets"], u["egress_bytes"]
+    );
 }
 
 fn print_status(s: &LabStatus) {

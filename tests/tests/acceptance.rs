@@ -53,6 +53,11 @@ fn nftables_nat_passes_the_scenario() {
 }
 
 #[test]
+fn ebpf_nat_passes_the_scenario() {
+    scenario_passes_with(NatKind::Ebpf, "ebp");
+}
+
+#[test]
 fn without_nat_replies_have_no_way_back() {
     if !privileged("without_nat") {
         return;

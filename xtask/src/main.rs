@@ -36,8 +36,8 @@ enum Cmd {
         /// Play the scenario's acceptance exchanges, tear down, and exit with their result.
         #[arg(long)]
         check: bool,
-        /// NAT backend (see `netns-nat up --help`).
-        #[arg(long, default_value = "iptables")]
+        /// NAT backend: ebpf, iptables, nftables or none (see `netns-nat up --help`).
+        #[arg(long, default_value = "ebpf")]
         nat: String,
         /// Lab prefix.
         #[arg(long, default_value = "nn-")]
@@ -181,7 +181,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     sh(cargo(root).arg("test").args(args).env("NETNS_NAT_BIN", &bin))?;
     if args.is_empty() {
         // The README's other command, end to end.
-        run_lab(&bin, true, "iptables", "xt-", None)?;
+        run_lab(&bin, true, "ebpf", "xt-", None)?;
     }
     Ok(())
 }

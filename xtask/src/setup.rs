@@ -13,7 +13,16 @@ use crate::sh;
 const BPF_LINKER_VERSION: &str = "^0.13";
 
 /// Debian packages the labs and tests use at run time.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3"];
+// conntrack: tests show the kernel conntrack is unused by the eBPF NAT; ethtool: tests turn
+// veth checksum offload off and on.
+const RUNTIME_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iperf3",
+    "conntrack",
+    "ethtool",
+];
 
 pub fn run() -> Result<()> {
     let llvm = nightly_llvm_major()?;

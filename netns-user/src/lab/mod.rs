@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{ConfigError, LabConfig},
     ebpf::{self, EbpfError, UplinkCounters},
-    nat::{NatError, NatKind},
+    nat::{NatError, NatKind, NatTarget},
     netns::{self, NetnsError},
 };
 pub use netlink::{NetlinkError, NsSnapshot};
@@ -61,10 +61,23 @@ pub enum LabError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    // Boxed: these carry aya's errors and would make every lab Result large.
     #[error(transparent)]
-    Nat(#[from] NatError),
+    Nat(Box<NatError>),
     #[error(transparent)]
-    Ebpf(#[from] EbpfError),
+    Ebpf(Box<EbpfError>),
+}
+
+impl From<NatError> for LabError {
+    fn from(e: NatError) -> Self {
+        LabError::Nat(Box::new(e))
+    }
+}
+
+impl From<EbpfError> for LabError {
+    fn from(e: EbpfError) -> Self {
+        LabError::Ebpf(Box::new(e))
+    }
 }
 
 type Result<T, E = LabError> = std::result::Result<T, E>;
@@ -99,7 +112,8 @@ pub struct Lab {
     pub state: LabState,
 }
 
-fn state_dir(prefix: &str) -> PathBuf {
+/// Where lab `prefix` keeps its state.
+pub fn state_dir(prefix: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(prefix)
 }
 
@@ -290,19 +304,42 @@ impl Lab {
             })?;
         }
 
-        if let Some(nat) = &cfg.nat {
-            let router = self.ns(&nat.router);
+        if let Some(target) = self.nat_target() {
+            let router = &target.router_ns;
             progress(&format!(
                 "attaching the eBPF uplink counters to {} in {router}",
-                nat.uplink
+                target.nat.uplink
             ));
-            ebpf::attach_uplink_counters(&router, &nat.uplink, self.prefix())?;
+            ebpf::attach_uplink_counters(router, &target.nat.uplink, self.prefix())?;
             if let Some(backend) = self.state.nat.backend() {
                 progress(&format!("applying {} NAT in {router}", self.state.nat));
-                backend.apply(&router, nat)?;
+                backend.apply(&target)?;
             }
         }
         Ok(())
+    }
+
+    /// Where the lab's NAT lives, if it has a `[nat]` section.
+    pub fn nat_target(&self) -> Option<NatTarget<'_>> {
+        let nat = self.config.nat.as_ref()?;
+        let internal_ifaces = self
+            .config
+            .interfaces()
+            .into_iter()
+            .filter(|i| {
+                i.namespace == nat.router
+                    && i.addresses
+                        .iter()
+                        .any(|a| nat.internal.iter().any(|n| n.0.contains(a.0.addr)))
+            })
+            .map(|i| i.name.to_owned())
+            .collect();
+        Some(NatTarget {
+            prefix: self.prefix(),
+            router_ns: self.ns(&nat.router),
+            nat,
+            internal_ifaces,
+        })
     }
 
     /// What is there now: namespaces with their links and routes, NAT, counters.
@@ -324,8 +361,8 @@ impl Lab {
             });
         }
         let nat = self.config.nat.as_ref();
-        let nat_rules = match (nat, self.state.nat.backend()) {
-            (Some(n), Some(b)) => Some(b.describe(&self.ns(&n.router))?),
+        let nat_rules = match (self.nat_target(), self.state.nat.backend()) {
+            (Some(t), Some(b)) => Some(b.describe(&t)?),
             _ => None,
         };
         Ok(LabStatus {
@@ -398,6 +435,7 @@ pub fn down(prefix: &str) -> Result<DownReport> {
         Err(_) => fallback_names(prefix),
     };
     let mut report = DownReport::default();
+    crate::nat::ebpf::stop_sweeper(prefix);
     // Links, addresses, routes and kernel NAT rules all live in the namespaces.
     for name in names {
         if netns::delete(&name)? {

@@ -169,6 +169,32 @@ impl Rtnl {
             .map_err(self.fail(format!("adding route to {to}")))
     }
 
+    /// IPv4 addresses of interface `name`, in the kernel's order.
+    pub async fn ipv4_addresses(&self, name: &str) -> Result<Vec<Ipv4Cidr>> {
+        let idx = self.link_index(name).await?;
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.fail(format!("listing addresses of {name}")))?;
+        Ok(addrs
+            .iter()
+            .filter(|a| a.header.index == idx)
+            .flat_map(|a| {
+                a.attributes.iter().filter_map(move |attr| match attr {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
+                        Ipv4Cidr::new(*ip, a.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Links, addresses and IPv4 routes of the main table: what `status` shows.
     pub async fn snapshot(&self) -> Result<NsSnapshot> {
         let links: Vec<LinkMessage> = self

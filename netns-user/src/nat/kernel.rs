@@ -6,7 +6,7 @@ use std::{
     process::{Output, Stdio},
 };
 
-use super::{NatBackend, NatError};
+use super::{NatBackend, NatError, NatTarget};
 use crate::{config::NatSpec, netns};
 
 /// iptables (on Debian 12 the nf_tables backend: the same datapath as nftables).
@@ -106,16 +106,16 @@ fn run(
 }
 
 impl NatBackend for Iptables {
-    fn apply(&self, router_ns: &str, nat: &NatSpec) -> Result<(), NatError> {
-        for rule in iptables_rules(nat) {
-            run(router_ns, "iptables", "iptables", &rule, None)?;
+    fn apply(&self, t: &NatTarget) -> Result<(), NatError> {
+        for rule in iptables_rules(t.nat) {
+            run(&t.router_ns, "iptables", "iptables", &rule, None)?;
         }
         Ok(())
     }
 
-    fn describe(&self, router_ns: &str) -> Result<String, NatError> {
+    fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
         let out = run(
-            router_ns,
+            &t.router_ns,
             "iptables",
             "iptables",
             &["-w".into(), "-t".into(), "nat".into(), "-S".into()],
@@ -126,20 +126,20 @@ impl NatBackend for Iptables {
 }
 
 impl NatBackend for Nftables {
-    fn apply(&self, router_ns: &str, nat: &NatSpec) -> Result<(), NatError> {
+    fn apply(&self, t: &NatTarget) -> Result<(), NatError> {
         run(
-            router_ns,
+            &t.router_ns,
             "nft",
             "nftables",
             &["-f".into(), "-".into()],
-            Some(&nft_ruleset(nat)),
+            Some(&nft_ruleset(t.nat)),
         )?;
         Ok(())
     }
 
-    fn describe(&self, router_ns: &str) -> Result<String, NatError> {
+    fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
         let args = ["list".into(), "table".into(), "ip".into(), NFT_TABLE.into()];
-        let out = run(router_ns, "nft", "nftables", &args, None)?;
+        let out = run(&t.router_ns, "nft", "nftables", &args, None)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -1,11 +1,12 @@
 //! NAT backends. Each applies the lab's `[nat]` settings inside the router namespace; none
 //! knows about the others. Rules live in the router namespace and go with it on `down`.
 
+pub mod ebpf;
 pub mod kernel;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::NatSpec, netns::NetnsError};
+use crate::{config::NatSpec, ebpf::EbpfError, lab::NetlinkError, netns::NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -16,6 +17,12 @@ pub enum NatError {
         tool: &'static str,
         package: &'static str,
     },
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("the sweeper of lab {prefix}: {detail}")]
+    Sweeper { prefix: String, detail: String },
     #[error("`{command}` in namespace {ns} failed: {detail}")]
     Command {
         ns: String,
@@ -34,6 +41,8 @@ pub enum NatKind {
     Iptables,
     /// The kernel's NAT through an nftables ruleset.
     Nftables,
+    /// eBPF programs (TC) with BPF conntrack maps; no iptables, nftables or kernel conntrack.
+    Ebpf,
 }
 
 impl NatKind {
@@ -42,6 +51,7 @@ impl NatKind {
             NatKind::None => "none",
             NatKind::Iptables => "iptables",
             NatKind::Nftables => "nftables",
+            NatKind::Ebpf => "ebpf",
         }
     }
 
@@ -51,6 +61,7 @@ impl NatKind {
             NatKind::None => None,
             NatKind::Iptables => Some(Box::new(kernel::Iptables)),
             NatKind::Nftables => Some(Box::new(kernel::Nftables)),
+            NatKind::Ebpf => Some(Box::new(ebpf::EbpfNat)),
         }
     }
 }
@@ -61,12 +72,23 @@ impl std::fmt::Display for NatKind {
     }
 }
 
+/// Where a backend applies the lab's `[nat]` settings.
+#[derive(Debug, Clone)]
+pub struct NatTarget<'a> {
+    pub prefix: &'a str,
+    /// Full name of the router namespace.
+    pub router_ns: String,
+    pub nat: &'a NatSpec,
+    /// The router's interfaces on internal networks (where hairpinned traffic arrives).
+    pub internal_ifaces: Vec<String>,
+}
+
 /// A NAT implementation for the router namespace.
 pub trait NatBackend {
     /// Installs SNAT masquerade for the internal prefixes out of the uplink, and the port
-    /// forwards, in namespace `router_ns`.
-    fn apply(&self, router_ns: &str, nat: &NatSpec) -> Result<(), NatError>;
+    /// forwards, in the router namespace.
+    fn apply(&self, target: &NatTarget) -> Result<(), NatError>;
 
     /// What is installed, in the backend's own words (for `status`).
-    fn describe(&self, router_ns: &str) -> Result<String, NatError>;
+    fn describe(&self, target: &NatTarget) -> Result<String, NatError>;
 }

@@ -1,0 +1,564 @@
+//! The eBPF NAT's maps (keys, values, configuration) and its pure logic: TCP state
+//! transitions, timeouts and external port choice. Shared by the programs and user space.
+//!
+//! Byte order: every address and port field named `*_addr`/`*_port` holds the bytes as they
+//! are on the wire (network order) in a native integer, exactly as the program reads them
+//! from the packet; use [`addr_from_wire`]/[`port_from_wire`] and their inverses to convert.
+//! Types are `#[repr(C)]` with explicit padding, zeroed before use, so that a key is the same
+//! bytes wherever it is built.
+
+use core::net::Ipv4Addr;
+
+/// IP protocol numbers the NAT translates.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A wire-order address field as an address.
+pub const fn addr_from_wire(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from_bits(u32::from_be(a))
+}
+/// An address as a wire-order field.
+pub const fn addr_to_wire(a: Ipv4Addr) -> u32 {
+    a.to_bits().to_be()
+}
+/// A wire-order port field as a number.
+pub const fn port_from_wire(p: u16) -> u16 {
+    u16::from_be(p)
+}
+/// A port number as a wire-order field.
+pub const fn port_to_wire(p: u16) -> u16 {
+    p.to_be()
+}
+
+/// Which side of a binding a [`BindingKey`] names.
+pub const SIDE_INTERNAL: u8 = 0;
+pub const SIDE_EXTERNAL: u8 = 1;
+
+/// Key of the endpoint-independent mapping table: each binding is two entries, one keyed by
+/// its internal endpoint (`SIDE_INTERNAL`: internal address and port) and one by its
+/// external endpoint (`SIDE_EXTERNAL`: external address and port). Both are created and
+/// removed together. For ICMP echo the port is the identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindingKey {
+    pub proto: u8,
+    pub side: u8,
+    pub _pad: u16,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad2: u16,
+}
+
+impl BindingKey {
+    pub const fn internal(proto: u8, addr: u32, port: u16) -> Self {
+        Self {
+            proto,
+            side: SIDE_INTERNAL,
+            _pad: 0,
+            addr,
+            port,
+            _pad2: 0,
+        }
+    }
+    pub const fn external(proto: u8, addr: u32, port: u16) -> Self {
+        Self {
+            proto,
+            side: SIDE_EXTERNAL,
+            _pad: 0,
+            addr,
+            port,
+            _pad2: 0,
+        }
+    }
+}
+
+/// The binding is a port forward (DNAT): installed by user space, never expires.
+pub const BINDING_STATIC: u32 = 1;
+
+/// Value of both entries of a binding: internal endpoint <-> external endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub int_addr: u32,
+    pub ext_addr: u32,
+    pub int_port: u16,
+    pub ext_port: u16,
+    pub flags: u32,
+    /// CLOCK_MONOTONIC ns after which the binding is free (static ones: never). Kept at the
+    /// latest expiry of the flows that use it.
+    pub expires_ns: u64,
+}
+
+impl Binding {
+    pub const fn is_static(&self) -> bool {
+        self.flags & BINDING_STATIC != 0
+    }
+    pub const fn expired(&self, now_ns: u64) -> bool {
+        !self.is_static() && now_ns >= self.expires_ns
+    }
+}
+
+/// Key of the flow table: one entry per (internal endpoint, remote endpoint), found from
+/// both directions (inbound packets reach it through the binding), so a flow has no halves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub int_addr: u32,
+    pub rem_addr: u32,
+    pub int_port: u16,
+    /// Remote port; 0 for ICMP echo.
+    pub rem_port: u16,
+}
+
+impl FlowKey {
+    pub const fn new(proto: u8, int_addr: u32, int_port: u16, rem_addr: u32, rem_port: u16) -> Self {
+        Self {
+            proto,
+            _pad: [0; 3],
+            int_addr,
+            rem_addr,
+            int_port,
+            rem_port,
+        }
+    }
+}
+
+/// The flow was opened from inside (SNAT) or from outside (a port forward, or
+/// endpoint-independent filtering).
+pub const ORIGIN_OUTBOUND: u8 = 0;
+pub const ORIGIN_INBOUND: u8 = 1;
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub ext_addr: u32,
+    pub ext_port: u16,
+    /// A [`TcpState`] for TCP; 0 otherwise.
+    pub state: u8,
+    pub origin: u8,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub expires_ns: u64,
+    /// The binding's expiry as this flow last pushed it: the binding is only written when
+    /// the flow's expiry passes it, not on every packet.
+    pub binding_expires_ns: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+}
+
+/// Key of the fragment table: the first fragment's ports, for the fragments that follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// An internal prefix: address and mask, both in wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: u32,
+    pub mask: u32,
+}
+
+/// How many internal prefixes the configuration holds.
+pub const MAX_INTERNAL: usize = 8;
+
+/// Filtering of inbound packets to a dynamic binding (RFC 4787 section 5).
+pub const FLAG_ENDPOINT_INDEPENDENT_FILTERING: u32 = 1;
+/// Drop (rather than pass) IP protocols the NAT cannot translate, leaving by the uplink.
+pub const FLAG_DROP_UNSUPPORTED: u32 = 2;
+
+/// Inclusive range of host-order port numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub const fn new(min: u16, max: u16) -> Self {
+        Self { min, max }
+    }
+    pub const fn contains(&self, p: u16) -> bool {
+        self.min <= p && p <= self.max
+    }
+    /// Number of ports in the range (0 if empty).
+    pub const fn len(&self) -> u32 {
+        if self.max < self.min {
+            0
+        } else {
+            self.max as u32 - self.min as u32 + 1
+        }
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Timeouts in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub udp_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_transitory_ns: u64,
+    pub icmp_ns: u64,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+impl Timeouts {
+    /// The BCP defaults: UDP 5 min (RFC 4787 REQ-5), TCP established 2 h 4 min and
+    /// transitory 4 min (RFC 5382 REQ-5), ICMP query 60 s (RFC 5508 REQ-1).
+    pub const DEFAULT: Timeouts = Timeouts {
+        udp_ns: 300 * SEC,
+        tcp_established_ns: 7440 * SEC,
+        tcp_transitory_ns: 240 * SEC,
+        icmp_ns: 60 * SEC,
+    };
+}
+
+/// The single entry of the configuration array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The uplink's address, wire order: what new flows are translated to.
+    pub ext_addr: u32,
+    pub flags: u32,
+    pub internal: [Prefix; MAX_INTERNAL],
+    pub n_internal: u32,
+    /// Ports for internal ports >= 1024.
+    pub ports: PortRange,
+    /// Ports for internal ports < 1024 (RFC 4787: low ports map to low ports).
+    pub low_ports: PortRange,
+    /// ICMP echo identifiers.
+    pub icmp_ids: PortRange,
+    pub timeouts: Timeouts,
+}
+
+impl NatConfig {
+    /// Whether `addr` (wire order) is in one of the internal prefixes.
+    pub fn is_internal(&self, addr: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_INTERNAL {
+            if (i as u32) < self.n_internal {
+                let p = self.internal[i];
+                if addr & p.mask == p.addr & p.mask {
+                    return true;
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The external range for internal port/identifier `port` (host order) of `proto`.
+    pub const fn range_for(&self, proto: u8, port: u16) -> PortRange {
+        if proto == PROTO_ICMP {
+            self.icmp_ids
+        } else if port < 1024 {
+            self.low_ports
+        } else {
+            self.ports
+        }
+    }
+
+    /// Idle timeout of a flow of `proto` in TCP state `state`.
+    pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        match proto {
+            PROTO_TCP => {
+                if state == TcpState::Established as u8 {
+                    self.timeouts.tcp_established_ns
+                } else {
+                    self.timeouts.tcp_transitory_ns
+                }
+            }
+            PROTO_UDP => self.timeouts.udp_ns,
+            _ => self.timeouts.icmp_ns,
+        }
+    }
+}
+
+/// How many external ports one new mapping may try before giving up (bounded for the
+/// verifier; a range up to this size is searched exhaustively).
+pub const MAX_PORT_TRIES: u32 = 64;
+
+/// The `i`-th external port to try (host order) for internal port `orig`: first the
+/// internal port itself when it is in range (port preservation, RFC 4787 REQ-3 is a MAY;
+/// users expect it), then consecutive ports from a random start, wrapping in the range.
+pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> Option<u16> {
+    let len = range.len();
+    if len == 0 {
+        return None;
+    }
+    if i == 0 && range.contains(orig) {
+        return Some(orig);
+    }
+    let start = seed % len;
+    let off = (start + i) % len;
+    Some((range.min as u32 + off) as u16)
+}
+
+/// TCP connection tracking states (after RFC 6146's simplified machine).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    /// No packet seen (never stored).
+    None = 0,
+    /// SYN seen from inside only.
+    SynOut = 1,
+    /// SYN seen from outside only.
+    SynIn = 2,
+    /// SYN seen both ways (or a connection picked up mid-stream).
+    Established = 3,
+    /// FIN seen from inside.
+    FinOut = 4,
+    /// FIN seen from outside.
+    FinIn = 5,
+    /// FIN seen both ways, or RST: on the transitory timeout until reclaimed.
+    Closed = 6,
+}
+
+impl TcpState {
+    pub const fn from_u8(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynOut,
+            2 => TcpState::SynIn,
+            3 => TcpState::Established,
+            4 => TcpState::FinOut,
+            5 => TcpState::FinIn,
+            6 => TcpState::Closed,
+            _ => TcpState::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "none",
+            TcpState::SynOut => "syn_out",
+            TcpState::SynIn => "syn_in",
+            TcpState::Established => "established",
+            TcpState::FinOut => "fin_out",
+            TcpState::FinIn => "fin_in",
+            TcpState::Closed => "closed",
+        }
+    }
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The state after a segment with `flags` travelling outbound (`outbound`) or inbound.
+pub const fn tcp_next(state: TcpState, outbound: bool, flags: u8) -> TcpState {
+    use TcpState::*;
+    if flags & TCP_RST != 0 {
+        return Closed;
+    }
+    let syn = flags & TCP_SYN != 0;
+    let fin = flags & TCP_FIN != 0;
+    match state {
+        None => {
+            if syn {
+                if outbound { SynOut } else { SynIn }
+            } else {
+                // Picked up mid-stream (e.g. after the NAT was reloaded): let it live.
+                Established
+            }
+        }
+        SynOut if syn && !outbound => Established,
+        SynIn if syn && outbound => Established,
+        Established | FinOut | FinIn if fin => match (state, outbound) {
+            (FinOut, false) | (FinIn, true) => Closed,
+            (Established, true) => FinOut,
+            (Established, false) => FinIn,
+            _ => state,
+        },
+        // A new SYN on a closed tuple (port reuse after TIME_WAIT) starts over.
+        Closed if syn => {
+            if outbound {
+                SynOut
+            } else {
+                SynIn
+            }
+        }
+        _ => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        // Sum of field sizes == size: nothing the compiler added that we did not zero.
+        assert_eq!(core::mem::size_of::<BindingKey>(), 1 + 1 + 2 + 4 + 2 + 2);
+        assert_eq!(core::mem::size_of::<Binding>(), 4 + 4 + 2 + 2 + 4 + 8);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
+        assert_eq!(core::mem::size_of::<Flow>(), 4 + 2 + 1 + 1 + 8 * 8);
+        assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
+        assert_eq!(core::mem::size_of::<Timeouts>(), 32);
+        assert_eq!(
+            core::mem::size_of::<NatConfig>(),
+            4 + 4 + 8 * MAX_INTERNAL + 4 + 4 + 4 + 4 + 32
+        );
+    }
+
+    #[test]
+    fn wire_order_round_trips() {
+        let a = Ipv4Addr::new(192, 168, 1, 2);
+        assert_eq!(addr_from_wire(addr_to_wire(a)), a);
+        // The wire bytes, as they sit in memory, are the dotted-quad order.
+        assert_eq!(addr_to_wire(a).to_ne_bytes(), [192, 168, 1, 2]);
+        assert_eq!(port_to_wire(80).to_ne_bytes(), [0, 80]);
+    }
+
+    fn cfg() -> NatConfig {
+        let mut c = NatConfig {
+            ports: PortRange::new(1024, 65535),
+            low_ports: PortRange::new(1, 1023),
+            icmp_ids: PortRange::new(0, 65535),
+            timeouts: Timeouts::DEFAULT,
+            n_internal: 1,
+            ..Default::default()
+        };
+        c.internal[0] = Prefix {
+            addr: addr_to_wire(Ipv4Addr::new(192, 168, 15, 0)),
+            mask: addr_to_wire(Ipv4Addr::new(255, 255, 255, 0)),
+        };
+        c
+    }
+
+    #[test]
+    fn internal_prefixes() {
+        let c = cfg();
+        assert!(c.is_internal(addr_to_wire(Ipv4Addr::new(192, 168, 15, 1))));
+        assert!(!c.is_internal(addr_to_wire(Ipv4Addr::new(192, 168, 1, 3))));
+        let mut none = c;
+        none.n_internal = 0;
+        assert!(!none.is_internal(addr_to_wire(Ipv4Addr::new(192, 168, 15, 1))));
+    }
+
+    #[test]
+    fn low_ports_map_low() {
+        let c = cfg();
+        assert_eq!(c.range_for(PROTO_UDP, 53), PortRange::new(1, 1023));
+        assert_eq!(c.range_for(PROTO_TCP, 40000), PortRange::new(1024, 65535));
+        assert_eq!(c.range_for(PROTO_ICMP, 5), PortRange::new(0, 65535));
+    }
+
+    #[test]
+    fn timeouts_follow_state() {
+        let c = cfg();
+        assert_eq!(c.timeout_ns(PROTO_TCP, TcpState::Established as u8), 7440 * SEC);
+        assert_eq!(c.timeout_ns(PROTO_TCP, TcpState::SynOut as u8), 240 * SEC);
+        assert_eq!(c.timeout_ns(PROTO_TCP, TcpState::Closed as u8), 240 * SEC);
+        assert_eq!(c.timeout_ns(PROTO_UDP, 0), 300 * SEC);
+        assert_eq!(c.timeout_ns(PROTO_ICMP, 0), 60 * SEC);
+    }
+
+    #[test]
+    fn tcp_handshake_and_close() {
+        use TcpState::*;
+        let s = tcp_next(None, true, TCP_SYN);
+        assert_eq!(s, SynOut);
+        let s = tcp_next(s, false, TCP_SYN | TCP_ACK);
+        assert_eq!(s, Established);
+        let s = tcp_next(s, true, TCP_ACK);
+        assert_eq!(s, Established);
+        let s = tcp_next(s, true, TCP_FIN | TCP_ACK);
+        assert_eq!(s, FinOut);
+        let s = tcp_next(s, true, TCP_ACK);
+        assert_eq!(s, FinOut);
+        let s = tcp_next(s, false, TCP_FIN | TCP_ACK);
+        assert_eq!(s, Closed);
+        // Inbound (port forward) handshake.
+        let s = tcp_next(None, false, TCP_SYN);
+        assert_eq!(s, SynIn);
+        assert_eq!(tcp_next(s, true, TCP_SYN | TCP_ACK), Established);
+        // A SYN retransmit does not establish.
+        assert_eq!(tcp_next(SynOut, true, TCP_SYN), SynOut);
+        // RST closes from anywhere; a new SYN reopens a closed tuple.
+        assert_eq!(tcp_next(Established, false, TCP_RST | TCP_ACK), Closed);
+        assert_eq!(tcp_next(Closed, true, TCP_SYN), SynOut);
+        // Mid-stream pickup.
+        assert_eq!(tcp_next(None, true, TCP_ACK), Established);
+    }
+
+    proptest! {
+        #[test]
+        fn state_codes_round_trip(v in 0u8..=6) {
+            prop_assert_eq!(TcpState::from_u8(v) as u8, v);
+        }
+
+        #[test]
+        fn rst_always_closes(s in 0u8..=6, out: bool, flags: u8) {
+            prop_assert_eq!(tcp_next(TcpState::from_u8(s), out, flags | TCP_RST), TcpState::Closed);
+        }
+
+        #[test]
+        fn candidates_stay_in_range_and_cover_small_ranges(
+            min in 1u16..60000, len in 1u16..=64, orig: u16, seed: u32
+        ) {
+            let range = PortRange::new(min, min + (len - 1));
+            let mut seen = HashSet::new();
+            for i in 0..MAX_PORT_TRIES {
+                let p = port_candidate(orig, range, seed, i).unwrap();
+                prop_assert!(range.contains(p));
+                seen.insert(p);
+            }
+            // A range no larger than the number of tries is searched exhaustively.
+            prop_assert_eq!(seen.len(), range.len() as usize);
+        }
+
+        #[test]
+        fn preserves_the_port_when_in_range(orig in 1024u16.., seed: u32) {
+            let c = cfg();
+            prop_assert_eq!(port_candidate(orig, c.range_for(PROTO_UDP, orig), seed, 0), Some(orig));
+        }
+    }
+
+    #[test]
+    fn empty_range_has_no_candidate() {
+        assert_eq!(port_candidate(5, PortRange::new(10, 9), 0, 0), None);
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // Safety: each type is #[repr(C)] with only integer fields (or arrays of such types),
+    // and the layout test above shows no implicit padding, so every byte pattern is valid
+    // and no uninitialised byte reaches the kernel.
+    unsafe impl aya::Pod for BindingKey {}
+    unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for NatConfig {}
+}

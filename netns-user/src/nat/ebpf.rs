@@ -1,0 +1,533 @@
+//! The eBPF NAT backend: loads the TC programs and BPF conntrack maps into the router,
+//! keeps them company with a sweeper process, and reads them back for `conntrack` and
+//! `stats`. No iptables, nftables or kernel conntrack is involved.
+//!
+//! Expiry: every entry carries its expiry time and the programs ignore expired entries, so
+//! correctness never waits for cleanup. Reclaiming the memory and ports is done twice over:
+//! the programs take over an expired binding's port when they need it, and a per-lab
+//! sweeper process (`netns-nat sweep`) deletes expired flows and bindings (a binding's two
+//! entries together) every `sweep_interval_ms`. A sweeper rather than bpf_timer, because
+//! aya-ebpf 0.2's maps carry no BTF for their values, which bpf_timer requires; the sweeper
+//! also watches the uplink's address, which a program cannot read.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap, MapData};
+use netns_common::{
+    names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS},
+    nat::{
+        Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, Flow, FlowKey,
+        MAX_INTERNAL, NatConfig, ORIGIN_INBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, Prefix,
+        SIDE_EXTERNAL, TcpState, Timeouts, addr_from_wire, addr_to_wire, port_from_wire, port_to_wire,
+    },
+};
+use serde::Serialize;
+
+use super::{NatBackend, NatError, NatTarget};
+use crate::{
+    config::{Filtering, L4Proto, NatSpec, Unsupported},
+    ebpf::{self, EbpfError, NatLoad, StaticBinding, UplinkCounters},
+    lab::{self, netlink},
+};
+
+pub struct EbpfNat;
+
+const NS: u64 = 1_000_000_000;
+/// How long past its expiry an entry is kept, so that the sweeper never races a packet
+/// that is refreshing it.
+const GRACE_NS: u64 = NS;
+
+/// The programs' configuration for `nat` with external address `ext`.
+pub fn nat_config(nat: &NatSpec, ext: Ipv4Addr) -> NatConfig {
+    let e = &nat.ebpf;
+    let mut cfg = NatConfig {
+        ext_addr: addr_to_wire(ext),
+        flags: 0,
+        n_internal: nat.internal.len().min(MAX_INTERNAL) as u32,
+        ports: PortRange::new(e.ports.min, e.ports.max),
+        low_ports: PortRange::new(e.low_ports.min, e.low_ports.max),
+        icmp_ids: PortRange::new(e.icmp_ids.min, e.icmp_ids.max),
+        timeouts: Timeouts {
+            udp_ns: e.timeouts.udp * NS,
+            tcp_established_ns: e.timeouts.tcp_established * NS,
+            tcp_transitory_ns: e.timeouts.tcp_transitory * NS,
+            icmp_ns: e.timeouts.icmp * NS,
+        },
+        ..NatConfig::default()
+    };
+    if e.filtering == Filtering::EndpointIndependent {
+        cfg.flags |= FLAG_ENDPOINT_INDEPENDENT_FILTERING;
+    }
+    if e.unsupported == Unsupported::Drop {
+        cfg.flags |= FLAG_DROP_UNSUPPORTED;
+    }
+    for (slot, net) in cfg.internal.iter_mut().zip(&nat.internal) {
+        *slot = Prefix {
+            addr: addr_to_wire(net.0.network().addr),
+            mask: net.0.mask().to_be(),
+        };
+    }
+    cfg
+}
+
+/// The port forwards as static bindings.
+pub fn static_bindings(nat: &NatSpec) -> Vec<StaticBinding> {
+    nat.forwards
+        .iter()
+        .map(|f| StaticBinding {
+            proto: match f.protocol {
+                L4Proto::Tcp => PROTO_TCP,
+                L4Proto::Udp => PROTO_UDP,
+            },
+            ext_port: port_to_wire(f.port),
+            int_addr: addr_to_wire(*f.to.ip()),
+            int_port: port_to_wire(f.to.port()),
+        })
+        .collect()
+}
+
+/// The uplink's current address (the first IPv4 one).
+fn uplink_address(router_ns: &str, uplink: &str) -> Result<Option<Ipv4Addr>, NatError> {
+    let addrs = netlink::in_ns(router_ns, |r| async move { r.ipv4_addresses(uplink).await })?;
+    Ok(addrs.first().map(|c| c.addr))
+}
+
+impl NatBackend for EbpfNat {
+    fn apply(&self, t: &NatTarget) -> Result<(), NatError> {
+        if t.nat.internal.len() > MAX_INTERNAL {
+            return Err(NatError::Sweeper {
+                prefix: t.prefix.to_owned(),
+                detail: format!("the eBPF NAT takes at most {MAX_INTERNAL} internal prefixes"),
+            });
+        }
+        let ext = uplink_address(&t.router_ns, &t.nat.uplink)?.ok_or_else(|| NatError::Sweeper {
+            prefix: t.prefix.to_owned(),
+            detail: format!("uplink {} has no IPv4 address", t.nat.uplink),
+        })?;
+        let load = NatLoad {
+            config: nat_config(t.nat, ext),
+            forwards: static_bindings(t.nat),
+            flows: t.nat.ebpf.flows,
+            bindings: t.nat.ebpf.bindings,
+        };
+        ebpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
+        spawn_sweeper(t.prefix)
+    }
+
+    fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
+        let cfg = read_config(t.prefix)?;
+        let (flows, mappings) = (live_flows(t.prefix)?.len(), mappings(t.prefix)?.len());
+        Ok(format!(
+            "eBPF NAT: nat_egress + nat_ingress (TCX) on {}, nat_hairpin on {}\n\
+             external address {}, {} live flows, {} mappings, filtering {}\n\
+             maps and links pinned in {}\n",
+            t.nat.uplink,
+            t.internal_ifaces.join(", "),
+            addr_from_wire(cfg.ext_addr),
+            flows,
+            mappings,
+            if cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 {
+                "endpoint-independent"
+            } else {
+                "address-and-port-dependent"
+            },
+            ebpf::pin_dir(t.prefix).display()
+        ))
+    }
+}
+
+fn map_err(prefix: &str, name: &str) -> impl Fn(aya::maps::MapError) -> NatError {
+    let path = ebpf::pin_dir(prefix).join(name);
+    move |source| {
+        NatError::Ebpf(EbpfError::Map {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+fn config_map(prefix: &str) -> Result<Array<MapData, NatConfig>, NatError> {
+    Array::try_from(ebpf::pinned_map(prefix, MAP_NAT_CONFIG)?).map_err(map_err(prefix, MAP_NAT_CONFIG))
+}
+
+fn read_config(prefix: &str) -> Result<NatConfig, NatError> {
+    config_map(prefix)?
+        .get(&0, 0)
+        .map_err(map_err(prefix, MAP_NAT_CONFIG))
+}
+
+fn flows_map(prefix: &str) -> Result<HashMap<MapData, FlowKey, Flow>, NatError> {
+    HashMap::try_from(ebpf::pinned_map(prefix, MAP_NAT_FLOWS)?).map_err(map_err(prefix, MAP_NAT_FLOWS))
+}
+
+fn bindings_map(prefix: &str) -> Result<HashMap<MapData, BindingKey, Binding>, NatError> {
+    HashMap::try_from(ebpf::pinned_map(prefix, MAP_NAT_BINDINGS)?).map_err(map_err(prefix, MAP_NAT_BINDINGS))
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * NS + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+fn endpoint(addr: u32, port: u16) -> String {
+    format!("{}:{}", addr_from_wire(addr), port_from_wire(port))
+}
+
+/// One flow of `conntrack --json` (field names documented in the README).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowEntry {
+    pub protocol: &'static str,
+    /// Internal endpoint, `address:port` (for ICMP echo the port is the identifier).
+    pub internal: String,
+    /// What the internal endpoint is translated to.
+    pub external: String,
+    /// The other end (port 0 for ICMP echo).
+    pub remote: String,
+    /// TCP state (`syn_out`, `established`, `fin_in`, ...), `-` otherwise.
+    pub state: &'static str,
+    /// `outbound` (opened from inside) or `inbound` (through a forward or open filtering).
+    pub origin: &'static str,
+    pub age_s: f64,
+    pub expires_in_s: f64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+}
+
+/// One mapping (binding) of `conntrack --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MappingEntry {
+    pub protocol: &'static str,
+    pub internal: String,
+    pub external: String,
+    /// A port forward: never expires.
+    #[serde(rename = "static")]
+    pub is_static: bool,
+    /// Seconds until the port may be reused (null for a static mapping).
+    pub expires_in_s: Option<f64>,
+}
+
+/// The flows that are live now.
+pub fn live_flows(prefix: &str) -> Result<Vec<FlowEntry>, NatError> {
+    let map = flows_map(prefix)?;
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, f) = item.map_err(map_err(prefix, MAP_NAT_FLOWS))?;
+        if f.expires_ns <= now {
+            continue;
+        }
+        out.push(FlowEntry {
+            protocol: proto_name(k.proto),
+            internal: endpoint(k.int_addr, k.int_port),
+            external: endpoint(f.ext_addr, f.ext_port),
+            remote: endpoint(k.rem_addr, k.rem_port),
+            state: if k.proto == PROTO_TCP {
+                TcpState::from_u8(f.state).name()
+            } else {
+                "-"
+            },
+            origin: if f.origin == ORIGIN_INBOUND {
+                "inbound"
+            } else {
+                "outbound"
+            },
+            age_s: now.saturating_sub(f.created_ns) as f64 / NS as f64,
+            expires_in_s: (f.expires_ns - now) as f64 / NS as f64,
+            packets_out: f.packets_out,
+            bytes_out: f.bytes_out,
+            packets_in: f.packets_in,
+            bytes_in: f.bytes_in,
+        });
+    }
+    out.sort_by(|a, b| (a.protocol, &a.internal, &a.remote).cmp(&(b.protocol, &b.internal, &b.remote)));
+    Ok(out)
+}
+
+/// The mappings that hold a port now (one per binding, from its external entry).
+pub fn mappings(prefix: &str) -> Result<Vec<MappingEntry>, NatError> {
+    let map = bindings_map(prefix)?;
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, b) = item.map_err(map_err(prefix, MAP_NAT_BINDINGS))?;
+        if k.side != SIDE_EXTERNAL || b.expired(now) {
+            continue;
+        }
+        out.push(MappingEntry {
+            protocol: proto_name(k.proto),
+            internal: endpoint(b.int_addr, b.int_port),
+            external: endpoint(b.ext_addr, b.ext_port),
+            is_static: b.is_static(),
+            expires_in_s: (!b.is_static()).then(|| (b.expires_ns - now) as f64 / NS as f64),
+        });
+    }
+    out.sort_by(|a, b| (a.protocol, &a.external).cmp(&(b.protocol, &b.external)));
+    Ok(out)
+}
+
+/// `stats --json` of an eBPF lab.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatStats {
+    /// Every counter by name (see README), summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Live flows and mappings now.
+    pub flows: usize,
+    pub mappings: usize,
+    pub uplink: UplinkCounters,
+}
+
+pub fn stats(prefix: &str) -> Result<NatStats, NatError> {
+    Ok(NatStats {
+        counters: ebpf::read_nat_counters(prefix)?.into_iter().collect(),
+        flows: live_flows(prefix)?.len(),
+        mappings: mappings(prefix)?.len(),
+        uplink: ebpf::read_uplink_counters(prefix)?,
+    })
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub flows: usize,
+    pub bindings: usize,
+}
+
+/// Deletes flows and bindings that expired more than a grace period before `now`; a
+/// binding's two entries go together, and an internal entry whose external one is gone
+/// (or taken by another endpoint) goes too.
+pub fn sweep_once(prefix: &str, now: u64) -> Result<Swept, NatError> {
+    let mut swept = Swept::default();
+    let mut flows = flows_map(prefix)?;
+    let old: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, f)| f.expires_ns + GRACE_NS < now)
+        .map(|(k, _)| k)
+        .collect();
+    for k in old {
+        // Read again: a packet may have refreshed it since.
+        if flows.get(&k, 0).is_ok_and(|f| f.expires_ns + GRACE_NS < now) && flows.remove(&k).is_ok() {
+            swept.flows += 1;
+        }
+    }
+
+    let mut bindings = bindings_map(prefix)?;
+    let all: Vec<(BindingKey, Binding)> = bindings.iter().filter_map(|r| r.ok()).collect();
+    for (k, b) in &all {
+        if k.side == SIDE_EXTERNAL {
+            if b.is_static() || b.expires_ns.saturating_add(GRACE_NS) >= now {
+                continue;
+            }
+            if !bindings
+                .get(k, 0)
+                .is_ok_and(|b| !b.is_static() && b.expires_ns + GRACE_NS < now)
+            {
+                continue;
+            }
+            let ikey = BindingKey::internal(k.proto, b.int_addr, b.int_port);
+            if bindings
+                .get(&ikey, 0)
+                .is_ok_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
+            {
+                let _ = bindings.remove(&ikey);
+            }
+            if bindings.remove(k).is_ok() {
+                swept.bindings += 1;
+            }
+        } else {
+            let ekey = BindingKey::external(k.proto, b.ext_addr, b.ext_port);
+            let owned = bindings
+                .get(&ekey, 0)
+                .is_ok_and(|e| e.int_addr == b.int_addr && e.int_port == b.int_port);
+            if !owned {
+                let _ = bindings.remove(k);
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Follows a change of the uplink's address: new flows take the new address, and the port
+/// forwards move to it. Flows already mapped keep their address until they expire.
+fn follow_uplink_address(prefix: &str, nat: &NatSpec, router_ns: &str) -> Result<Option<Ipv4Addr>, NatError> {
+    let Some(now_addr) = uplink_address(router_ns, &nat.uplink)? else {
+        return Ok(None);
+    };
+    let mut cfg_map = config_map(prefix)?;
+    let mut cfg = cfg_map.get(&0, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    let new = addr_to_wire(now_addr);
+    if cfg.ext_addr == new {
+        return Ok(None);
+    }
+    let mut bindings = bindings_map(prefix)?;
+    let forwards = static_bindings(nat);
+    // Forwards on the old address stop; they are re-made on the new one.
+    for f in &forwards {
+        let _ = bindings.remove(&BindingKey::external(f.proto, cfg.ext_addr, f.ext_port));
+    }
+    ebpf::install_forwards(&mut bindings, new, &forwards).map_err(map_err(prefix, MAP_NAT_BINDINGS))?;
+    cfg.ext_addr = new;
+    cfg_map.set(0, cfg, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    Ok(Some(now_addr))
+}
+
+/// The sweeper's loop; returns when the lab's pinned maps are gone.
+pub fn sweep_forever(prefix: &str) -> Result<(), NatError> {
+    let lab = lab::Lab::open(prefix).map_err(|e| NatError::Sweeper {
+        prefix: prefix.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let nat = lab.config.nat.clone().ok_or_else(|| NatError::Sweeper {
+        prefix: prefix.to_owned(),
+        detail: "the lab has no [nat] section".into(),
+    })?;
+    let router_ns = lab.ns(&nat.router);
+    let interval = Duration::from_millis(nat.ebpf.sweep_interval_ms);
+    eprintln!("sweeper for lab {prefix}: every {interval:?}");
+    while ebpf::pin_dir(prefix).join(MAP_NAT_CONFIG).exists() {
+        match follow_uplink_address(prefix, &nat, &router_ns) {
+            Ok(Some(addr)) => eprintln!("uplink address is now {addr}: new flows use it"),
+            Ok(None) => {}
+            // The lab may be going away under us; the loop condition decides.
+            Err(e) => eprintln!("uplink address check: {e}"),
+        }
+        match sweep_once(prefix, monotonic_ns()) {
+            Ok(s) if s != Swept::default() => {
+                eprintln!("swept {} flows, {} mappings", s.flows, s.bindings)
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sweep: {e}"),
+        }
+        std::thread::sleep(interval);
+    }
+    eprintln!("lab {prefix} is gone: sweeper exits");
+    Ok(())
+}
+
+fn sweeper_pid_file(prefix: &str) -> PathBuf {
+    lab::state_dir(prefix).join("sweeper.pid")
+}
+
+/// The `netns-nat` executable that runs the sweeper: this one, or (for the library used
+/// from elsewhere, e.g. tests) `$NETNS_NAT_BIN` or one found beside the running program.
+fn netns_nat_binary() -> Result<PathBuf, NatError> {
+    if let Some(p) = std::env::var_os("NETNS_NAT_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().map_err(|e| NatError::Sweeper {
+        prefix: String::new(),
+        detail: e.to_string(),
+    })?;
+    if exe.file_name().is_some_and(|n| n == "netns-nat") {
+        return Ok(exe);
+    }
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    [dir.join("netns-nat"), dir.join("../netns-nat")]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| NatError::Sweeper {
+            prefix: String::new(),
+            detail: "cannot find the netns-nat binary to run the sweeper (set NETNS_NAT_BIN)".into(),
+        })
+}
+
+fn spawn_sweeper(prefix: &str) -> Result<(), NatError> {
+    use std::os::unix::process::CommandExt as _;
+    let fail = |detail: String| NatError::Sweeper {
+        prefix: prefix.to_owned(),
+        detail,
+    };
+    let log_path = lab::state_dir(prefix).join("sweeper.log");
+    let log = fs::File::create(&log_path).map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
+    let log2 = log.try_clone().map_err(|e| fail(e.to_string()))?;
+    let child = Command::new(netns_nat_binary()?)
+        .args(["sweep", "--prefix", prefix])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: Ctrl-C in the terminal that ran `up` does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| fail(format!("cannot start: {e}")))?;
+    fs::write(sweeper_pid_file(prefix), child.id().to_string()).map_err(|e| fail(e.to_string()))
+}
+
+/// Stops lab `prefix`'s sweeper, if it runs (only a process that is that sweeper).
+pub fn stop_sweeper(prefix: &str) {
+    let Ok(pid) = fs::read_to_string(sweeper_pid_file(prefix)) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.contains(&b"sweep".as_slice()) && args.contains(&prefix.as_bytes());
+    if !ours {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    // Reap it if it is our child (it is when the lab was made by this process).
+    for _ in 0..100 {
+        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => return,
+            // Not our child: wait for it to go away.
+            Err(_) if fs::metadata(format!("/proc/{pid}")).is_ok() => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LabConfig;
+
+    #[test]
+    fn config_of_the_reference_lab() {
+        let lab = LabConfig::reference();
+        let nat = lab.nat.as_ref().unwrap();
+        let cfg = nat_config(nat, Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(addr_from_wire(cfg.ext_addr), Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(cfg.n_internal, 1);
+        assert!(cfg.is_internal(addr_to_wire(Ipv4Addr::new(192, 168, 15, 77))));
+        assert!(!cfg.is_internal(addr_to_wire(Ipv4Addr::new(192, 168, 1, 3))));
+        assert_eq!(cfg.ports, PortRange::new(1024, 65535));
+        assert_eq!(cfg.timeouts.udp_ns, 300 * NS);
+        assert_eq!(cfg.flags, 0);
+        let fwd = static_bindings(nat);
+        assert_eq!(
+            fwd,
+            [StaticBinding {
+                proto: PROTO_TCP,
+                ext_port: port_to_wire(80),
+                int_addr: addr_to_wire(Ipv4Addr::new(192, 168, 15, 2)),
+                int_port: port_to_wire(80),
+            }]
+        );
+    }
+}
