@@ -55,7 +55,7 @@ fn verdict(r: Result<i32, nat::Drop>) -> i32 {
         Ok(v) => v,
         Err(d) => {
             count(d.counter());
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }

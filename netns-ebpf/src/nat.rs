@@ -120,7 +120,7 @@ fn reclaim(proto: u8, ekey: &BindingKey, old: &Binding) {
         && i.ext_addr == old.ext_addr
         && i.ext_port == old.ext_port
     {
-        let _ = NAT_BINDINGS.remove(&ikey);
+        let _ = NAT_BINDINGS.remove(ikey);
     }
     let _ = NAT_BINDINGS.remove(ekey);
 }
@@ -131,14 +131,14 @@ fn reclaim(proto: u8, ekey: &BindingKey, old: &Binding) {
 #[inline(always)]
 fn claim(proto: u8, b: &Binding) -> Res<bool> {
     let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
-    match NAT_BINDINGS.insert(&ekey, b, BPF_NOEXIST as u64) {
+    match NAT_BINDINGS.insert(ekey, b, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => return Ok(false),
         Err(_) => return Err(Drop::MapFull),
     }
     let ikey = BindingKey::internal(proto, b.int_addr, b.int_port);
-    if NAT_BINDINGS.insert(&ikey, b, 0).is_err() {
-        let _ = NAT_BINDINGS.remove(&ekey);
+    if NAT_BINDINGS.insert(ikey, b, 0).is_err() {
+        let _ = NAT_BINDINGS.remove(ekey);
         return Err(Drop::MapFull);
     }
     count(NatCounter::NewMappings);
@@ -159,7 +159,7 @@ fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u6
             return Ok((b.ext_addr, b.ext_port));
         }
         // The port went to another endpoint after this binding expired.
-        let _ = NAT_BINDINGS.remove(&ikey);
+        let _ = NAT_BINDINGS.remove(ikey);
     }
     let orig = port_from_wire(int_port);
     let range = cfg.range_for(proto, orig);
@@ -214,7 +214,7 @@ fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u
         ..Flow::default()
     };
     touch(cfg, &mut f, key.proto, true, tcp_flags, len, now);
-    NAT_FLOWS.insert(key, &f, 0).map_err(|_| Drop::MapFull)?;
+    NAT_FLOWS.insert(key, f, 0).map_err(|_| Drop::MapFull)?;
     count(NatCounter::NewFlows);
     Ok((ext_addr, ext_port))
 }
@@ -243,7 +243,7 @@ fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len:
         ..Flow::default()
     };
     touch(cfg, &mut f, key.proto, false, tcp_flags, len, now);
-    NAT_FLOWS.insert(key, &f, 0).map_err(|_| Drop::MapFull)?;
+    NAT_FLOWS.insert(key, f, 0).map_err(|_| Drop::MapFull)?;
     count(NatCounter::NewFlows);
     Ok(())
 }
@@ -390,7 +390,7 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
                     sport: p[0],
                     dport: p[1],
                 };
-                let _ = NAT_FRAGS.insert(&fk, &fp, 0);
+                let _ = NAT_FRAGS.insert(fk, fp, 0);
             }
             count(if ip.proto == PROTO_TCP {
                 NatCounter::OutTcp
@@ -503,7 +503,7 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
             _pad: 0,
         };
         let fp = FragPorts { sport, dport };
-        let _ = NAT_FRAGS.insert(&fk, &fp, 0);
+        let _ = NAT_FRAGS.insert(fk, fp, 0);
     }
     count(match ip.proto {
         PROTO_TCP => NatCounter::InTcp,
@@ -564,7 +564,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
         };
         (b, FlowKey::new(iproto, inner.dst, idport, inner.src, isport))
     };
-    let live = NAT_FLOWS.get_ptr(&key).is_some_and(|f| {
+    let live = NAT_FLOWS.get_ptr(key).is_some_and(|f| {
         // Safety: a pointer from a successful lookup, read at once.
         now < unsafe { (*f).expires_ns }
     });
@@ -678,7 +678,7 @@ pub fn hairpin(ctx: &TcContext) -> Res<i32> {
     // Safety: no parameters (the kernel looks up the next hop itself), no flags.
     let r = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     if r == TC_ACT_REDIRECT as i64 {
-        Ok(TC_ACT_REDIRECT as i32)
+        Ok(TC_ACT_REDIRECT)
     } else {
         Err(Drop::Malformed)
     }

@@ -92,3 +92,101 @@ pub fn bin() -> PathBuf {
     );
     path
 }
+
+/// A UDP echo server in a lab namespace, on a thread of its own until dropped: answers
+/// every datagram on its ports with the same bytes and remembers who sent what.
+pub struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, std::net::SocketAddrV4, usize)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Starts serving `ports` in namespace `ns`; returns once the sockets are bound.
+    pub fn start(ns: &str, ports: &[u16]) -> UdpEcho {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool, mpsc};
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, ports, stop2, seen2) = (ns.to_owned(), ports.to_vec(), stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            netns::run_in(&ns, || serve_udp(&ports, &stop2, &seen2, ready_tx)).expect("enter namespace");
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("UDP echo server ready");
+        UdpEcho {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// (server port, source as seen, datagram length) of everything received so far.
+    pub fn seen(&self) -> Vec<(u16, std::net::SocketAddrV4, usize)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_udp(
+    ports: &[u16],
+    stop: &std::sync::atomic::AtomicBool,
+    seen: &std::sync::Mutex<Vec<(u16, std::net::SocketAddrV4, usize)>>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    let socks: Vec<UdpSocket> = ports
+        .iter()
+        .map(|p| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, *p)).expect("bind echo port");
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let _ = ready.send(());
+    let mut buf = vec![0u8; 65536];
+    // Bounded: a test that forgets to drop the server still ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        let mut idle = true;
+        for (s, port) in socks.iter().zip(ports) {
+            while let Ok((n, SocketAddr::V4(peer))) = s.recv_from(&mut buf) {
+                idle = false;
+                seen.lock().unwrap().push((*port, peer, n));
+                let _ = s.send_to(&buf[..n], peer);
+            }
+        }
+        if idle {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `f` inside namespace `ns` and returns its result.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    netns::run_in(ns, f).expect("enter namespace")
+}
+
+/// Runs `program args` inside namespace `ns`; panics unless it succeeds. Returns stdout.
+pub fn sh_in(ns: &str, program: &str, args: &[&str]) -> String {
+    let out = netns::command(ns, program)
+        .expect("namespace")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

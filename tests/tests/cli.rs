@@ -165,7 +165,17 @@ fn help_explains_the_commands() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for word in ["up", "down", "status", "exec", "check", "list", "192.168.15.0/24"] {
+    for word in [
+        "up",
+        "down",
+        "status",
+        "exec",
+        "check",
+        "list",
+        "conntrack",
+        "stats",
+        "192.168.15.0/24",
+    ] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
     let out = run(&["up", "--help"]);
@@ -174,4 +184,94 @@ fn help_explains_the_commands() {
         help.contains("iptables") && help.contains("nftables") && help.contains("--prefix"),
         "{help}"
     );
+}
+
+#[test]
+fn conntrack_and_stats_of_an_ebpf_lab() {
+    if !privileged("cli_conntrack") {
+        return;
+    }
+    let p = prefix("ct");
+    // ebpf is the default backend.
+    let out = run(&["up", "--prefix", &p]);
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(bin()).args(["down", "--prefix", &self.0]).output();
+        }
+    }
+    let _down = Down(p.clone());
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(nat: ebpf)"), "{}", text(&out.stdout));
+    let out = run(&["check", "--prefix", &p]);
+    assert!(out.status.success(), "check: {}", text(&out.stdout));
+
+    let out = run(&["conntrack", "--prefix", &p, "--json"]);
+    assert!(out.status.success(), "conntrack: {}", text(&out.stderr));
+    let ct: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flows = ct["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 5, "{ct:#}");
+    let udp = flows.iter().find(|f| f["protocol"] == "udp").unwrap();
+    assert_eq!(
+        udp["internal"].as_str().unwrap().split(':').next(),
+        Some("192.168.15.1")
+    );
+    assert_eq!(
+        udp["external"].as_str().unwrap().split(':').next(),
+        Some("192.168.1.2")
+    );
+    assert_eq!(udp["remote"], "192.168.1.3:7007");
+    assert_eq!(udp["origin"], "outbound");
+    for field in [
+        "state",
+        "age_s",
+        "expires_in_s",
+        "packets_out",
+        "bytes_out",
+        "packets_in",
+        "bytes_in",
+    ] {
+        assert!(!udp[field].is_null(), "{field} missing: {udp}");
+    }
+    assert_eq!(udp["packets_in"], 1);
+    let http = flows.iter().find(|f| f["origin"] == "inbound").unwrap();
+    assert_eq!(http["internal"], "192.168.15.2:80");
+    assert_eq!(http["external"], "192.168.1.2:80");
+    let maps = ct["mappings"].as_array().unwrap();
+    assert!(
+        maps.iter()
+            .any(|m| m["static"] == true && m["external"] == "192.168.1.2:80"),
+        "{ct:#}"
+    );
+
+    let out = run(&["stats", "--prefix", &p, "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stats["counters"]["out_tcp"].as_u64().unwrap() >= 3, "{stats:#}");
+    assert_eq!(stats["counters"]["drop_malformed"], 0);
+    assert_eq!(stats["flows"], 5);
+    assert!(stats["uplink"]["egress_packets"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn conntrack_of_a_kernel_nat_lab_points_to_the_kernel() {
+    if !privileged("cli_conntrack_kernel") {
+        return;
+    }
+    let p = prefix("ck");
+    assert!(run(&["up", "--prefix", &p, "--nat", "nftables"]).status.success());
+    let out = run(&["conntrack", "--prefix", &p]);
+    let stats = run(&["stats", "--prefix", &p, "--json"]);
+    let _ = run(&["down", "--prefix", &p]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("conntrack -L"),
+        "{}",
+        text(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(
+        stats["uplink"].is_object() && stats["counters"].is_null(),
+        "{stats}"
+    );
+    assert_gone(&p);
 }

@@ -305,6 +305,16 @@ pub fn stats(prefix: &str) -> Result<NatStats, NatError> {
     })
 }
 
+/// Every entry of the flow and binding tables as stored, expired ones included: for
+/// checking invariants (a binding's two entries, a flow's binding) from outside.
+pub type RawTables = (Vec<(FlowKey, Flow)>, Vec<(BindingKey, Binding)>);
+
+pub fn raw_tables(prefix: &str) -> Result<RawTables, NatError> {
+    let flows = flows_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
+    let bindings = bindings_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
+    Ok((flows, bindings))
+}
+
 /// What one sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {

@@ -1,0 +1,523 @@
+//! NAT behaviour after the BCPs (RFC 4787, 5382, 5508), with real namespaces and packets.
+//! Tests marked `both!` run against iptables and the eBPF NAT alike; the others test what
+//! only the eBPF NAT does (hairpinning, its tables, timeouts, counters).
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use netns_common::nat::{SIDE_EXTERNAL, SIDE_INTERNAL};
+use netns_tests::{LabGuard, UdpEcho, in_ns, privileged, sh_in};
+use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, probe};
+
+const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const WAIT: Duration = Duration::from_secs(2);
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn iptables() {
+                super::$name(netns_user::nat::NatKind::Iptables)
+            }
+            #[test]
+            fn ebpf() {
+                super::$name(netns_user::nat::NatKind::Ebpf)
+            }
+        }
+    };
+}
+
+fn tag(name: &str, nat: NatKind) -> String {
+    format!("{}{}", &name[..3], &nat.name()[..1])
+}
+
+/// A UDP socket bound to `port` (0: any), with a receive timeout.
+fn udp(port: u16) -> UdpSocket {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Sends `data` to `to` and waits for the echo; an error if none comes.
+fn echo(s: &UdpSocket, to: SocketAddrV4, data: &[u8]) -> io::Result<()> {
+    s.send_to(data, to)?;
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = s.recv_from(&mut buf)?;
+    assert_eq!(from, to.into(), "reply from the wrong endpoint");
+    assert_eq!(&buf[..n], data, "echo payload differs");
+    Ok(())
+}
+
+fn counter(prefix: &str, name: &str) -> u64 {
+    nat_ebpf::stats(prefix).unwrap().counters[name]
+}
+
+fn endpoint_independent_mapping(nat: NatKind) {
+    if !privileged("eim") {
+        return;
+    }
+    let g = LabGuard::up(&tag("eim", nat), nat);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001, 7002]);
+    in_ns(&g.lab.ns("red"), || {
+        let s = udp(41000);
+        echo(&s, SocketAddrV4::new(LAN, 7001), b"one").unwrap();
+        echo(&s, SocketAddrV4::new(LAN, 7002), b"two").unwrap();
+    });
+    let seen = lan.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|(_, from, _)| *from.ip() == UPLINK), "{seen:?}");
+    // One internal endpoint, one external port, whatever the destination.
+    assert_eq!(seen[0].1.port(), seen[1].1.port(), "{seen:?}");
+    if nat == NatKind::Ebpf {
+        assert_eq!(seen[0].1.port(), 41000, "the free source port is kept");
+    }
+}
+both!(endpoint_independent_mapping);
+
+fn same_source_port_from_red_and_blue(nat: NatKind) {
+    if !privileged("same_port") {
+        return;
+    }
+    let g = LabGuard::up(&tag("spo", nat), nat);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let (red, blue) = (g.lab.ns("red"), g.lab.ns("blue"));
+    // Both mappings are live at once: each host sends twice, interleaved.
+    let r = in_ns(&red, || udp(42000));
+    let b = in_ns(&blue, || udp(42000));
+    for round in 0..2u8 {
+        echo(&r, SocketAddrV4::new(LAN, 7001), &[b'r', round]).unwrap();
+        echo(&b, SocketAddrV4::new(LAN, 7001), &[b'b', round]).unwrap();
+    }
+    let ports: HashSet<u16> = lan.seen().iter().map(|(_, from, _)| from.port()).collect();
+    assert_eq!(
+        ports.len(),
+        2,
+        "two internal endpoints never share an external port: {:?}",
+        lan.seen()
+    );
+}
+both!(same_source_port_from_red_and_blue);
+
+fn many_concurrent_udp_flows(nat: NatKind) {
+    if !privileged("many_flows") {
+        return;
+    }
+    const FLOWS: usize = 2000;
+    raise_fd_limit(FLOWS as u64 + 512);
+    let g = LabGuard::up(&tag("mfl", nat), nat);
+    let _lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let answered = in_ns(&g.lab.ns("red"), || {
+        let socks: Vec<UdpSocket> = (0..FLOWS)
+            .map(|_| {
+                let s = udp(0);
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect();
+        let to = SocketAddrV4::new(LAN, 7001);
+        let mut done = vec![false; FLOWS];
+        let mut buf = [0u8; 64];
+        // A few rounds: a datagram lost to a full socket buffer is sent again.
+        for _round in 0..5 {
+            for chunk in (0..FLOWS).filter(|i| !done[*i]).collect::<Vec<_>>().chunks(100) {
+                for &i in chunk {
+                    let _ = socks[i].send_to(&(i as u32).to_be_bytes(), to);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && done.iter().any(|d| !d) {
+                for (i, s) in socks.iter().enumerate() {
+                    if let Ok(n) = s.recv(&mut buf) {
+                        assert_eq!(&buf[..n], &(i as u32).to_be_bytes());
+                        done[i] = true;
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                break;
+            }
+        }
+        done.iter().filter(|d| **d).count()
+    });
+    assert_eq!(answered, FLOWS, "every flow answered");
+    if nat == NatKind::Ebpf {
+        let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+        assert!(flows.iter().filter(|f| f.protocol == "udp").count() >= FLOWS);
+    }
+}
+both!(many_concurrent_udp_flows);
+
+fn raise_fd_limit(n: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < n {
+        setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard).unwrap();
+    }
+}
+
+fn icmp_errors_reach_the_sender(nat: NatKind) {
+    if !privileged("icmp_errors") {
+        return;
+    }
+    let g = LabGuard::up(&tag("ier", nat), nat);
+    let err = in_ns(&g.lab.ns("red"), || {
+        let s = udp(46000);
+        // Nothing listens on lan:7999: lan answers "port unreachable", quoting our datagram
+        // as it left the router; the NAT must translate the quote back for red to see it.
+        s.connect(SocketAddrV4::new(LAN, 7999)).unwrap();
+        s.send(b"anyone?").unwrap();
+        s.recv(&mut [0u8; 16]).unwrap_err()
+    });
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    if nat == NatKind::Ebpf {
+        assert!(counter(g.prefix(), "icmp_error_in") >= 1);
+        // An ICMP error never removes a mapping.
+        let maps = nat_ebpf::mappings(g.prefix()).unwrap();
+        assert!(
+            maps.iter().any(|m| m.internal == "192.168.15.1:46000"),
+            "{maps:?}"
+        );
+    }
+}
+both!(icmp_errors_reach_the_sender);
+
+fn fragmented_datagrams_cross_both_ways(nat: NatKind) {
+    if !privileged("fragments") {
+        return;
+    }
+    let g = LabGuard::up(&tag("frg", nat), nat);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7003]);
+    let data = probe::payload(4000);
+    in_ns(&g.lab.ns("red"), || {
+        // 4000 bytes over a 1500-byte MTU: three fragments each way.
+        echo(&udp(0), SocketAddrV4::new(LAN, 7003), &data).unwrap();
+    });
+    let seen = lan.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].1.ip(), seen[0].2), (&UPLINK, 4000));
+    if nat == NatKind::Ebpf {
+        assert!(
+            counter(g.prefix(), "fragments") >= 4,
+            "two non-first fragments each way"
+        );
+    }
+}
+both!(fragmented_datagrams_cross_both_ways);
+
+fn unsolicited_inbound_reaches_nobody(nat: NatKind) {
+    if !privileged("unsolicited") {
+        return;
+    }
+    let g = LabGuard::up(&tag("uns", nat), nat);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let red = g.lab.ns("red");
+    let sock = in_ns(&red, || udp(43000));
+    echo(&sock, SocketAddrV4::new(LAN, 7001), b"hello").unwrap();
+    let mapped = lan.seen()[0].1.port();
+    in_ns(&g.lab.ns("lan"), || {
+        // From the right remote address but another port: address-and-port-dependent
+        // filtering lets nothing through.
+        let other = udp(7002);
+        other
+            .send_to(b"sneaky", SocketAddrV4::new(UPLINK, mapped))
+            .unwrap();
+        // To a port nobody mapped.
+        other.send_to(b"knock", SocketAddrV4::new(UPLINK, 44444)).unwrap();
+    });
+    let stray = in_ns(&red, || udp(44444));
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    stray.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    assert!(
+        sock.recv(&mut [0u8; 16]).is_err(),
+        "a filtered packet reached red"
+    );
+    assert!(
+        stray.recv(&mut [0u8; 16]).is_err(),
+        "an unmapped port reached red"
+    );
+    if nat == NatKind::Ebpf {
+        assert!(counter(g.prefix(), "drop_unsolicited") >= 1);
+        assert!(counter(g.prefix(), "in_unmapped") >= 1);
+    }
+}
+both!(unsolicited_inbound_reaches_nobody);
+
+fn checksum_offload_off(nat: NatKind) {
+    if !privileged("offload") {
+        return;
+    }
+    let g = LabGuard::up(&tag("csm", nat), nat);
+    // Every veth end computes and verifies checksums in software: a wrong incremental
+    // update is dropped by the receiver instead of being trusted.
+    for (ns, dev) in [
+        ("red", "veth-red"),
+        ("blue", "veth-blue"),
+        ("host", "veth-red-br"),
+        ("host", "veth-blue-br"),
+        ("host", "uplink"),
+        ("lan", "lan0"),
+    ] {
+        sh_in(&g.lab.ns(ns), "ethtool", &["-K", dev, "tx", "off", "rx", "off"]);
+    }
+    let checks = probe::check(&g.lab, Duration::from_secs(3)).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7003]);
+    in_ns(&g.lab.ns("red"), || {
+        echo(&udp(0), SocketAddrV4::new(LAN, 7003), &probe::payload(3000)).unwrap();
+    });
+    assert_eq!(lan.seen().len(), 1);
+}
+both!(checksum_offload_off);
+
+/// The reference lab with eBPF NAT settings for the test.
+fn lab_with(ebpf: &str) -> LabConfig {
+    LabConfig::parse(&format!(
+        "{}\n[nat.ebpf]\n{ebpf}\n",
+        netns_user::config::REFERENCE_TOML
+    ))
+    .unwrap()
+}
+
+#[test]
+fn ebpf_leaves_the_kernel_nat_and_conntrack_unused() {
+    if !privileged("no_kernel_nat") {
+        return;
+    }
+    let g = LabGuard::up("kn", NatKind::Ebpf);
+    let checks = probe::check(&g.lab, WAIT).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    let host = g.lab.ns("host");
+    assert!(
+        !sh_in(&host, "iptables-save", &[]).contains("\n-A"),
+        "iptables rules in the router"
+    );
+    assert_eq!(
+        sh_in(&host, "nft", &["list", "ruleset"]).trim(),
+        "",
+        "nftables rules in the router"
+    );
+    let out = netns_user::netns::command(&host, "conntrack")
+        .unwrap()
+        .arg("-L")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(" 0 flow entries"),
+        "kernel conntrack in the router: {said}"
+    );
+    // The state is in the BPF maps instead.
+    let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+    assert_eq!(flows.len(), 5, "{flows:#?}");
+    let tcp = flows
+        .iter()
+        .find(|f| f.remote == format!("{LAN}:{}", probe::TCP_PORT))
+        .unwrap();
+    // Both sides closed the connection: on the transitory timeout now.
+    assert_eq!(tcp.state, "closed");
+    assert!(tcp.expires_in_s <= 240.0);
+    assert!(tcp.bytes_out >= probe::TCP_PAYLOAD as u64);
+    let stats = nat_ebpf::stats(g.prefix()).unwrap();
+    for (name, min) in [
+        ("out_icmp", 2),
+        ("in_icmp", 2),
+        ("out_udp", 1),
+        ("in_udp", 1),
+        ("out_tcp", 3),
+        ("in_tcp", 3),
+    ] {
+        assert!(stats.counters[name] >= min, "{name}: {:?}", stats.counters);
+    }
+}
+
+#[test]
+fn hairpin_reaches_the_forward_through_the_external_address() {
+    if !privileged("hairpin") {
+        return;
+    }
+    let g = LabGuard::up("hp", NatKind::Ebpf);
+    let seen = probe::http_get(
+        &g.lab.ns("red"),
+        &g.lab.ns("blue"),
+        80,
+        SocketAddrV4::new(UPLINK, 80),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    // blue sees the router's address, so its replies come back through the NAT.
+    assert_eq!(seen.source, UPLINK);
+    assert!(counter(g.prefix(), "hairpinned") >= 4);
+}
+
+#[test]
+fn short_timeouts_expire_and_outbound_traffic_refreshes() {
+    if !privileged("timeouts") {
+        return;
+    }
+    let cfg = lab_with("timeouts = { udp = 2, allow_short = true }\nsweep_interval_ms = 200");
+    let g = LabGuard::up_with(&cfg, "to", NatKind::Ebpf);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let sock = in_ns(&g.lab.ns("red"), || udp(45000));
+    let to = SocketAddrV4::new(LAN, 7001);
+    // 3.5 s of traffic every 0.5 s outlives the 2 s timeout: the mapping stays the same.
+    for _ in 0..7 {
+        echo(&sock, to, b"keepalive").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ports: HashSet<u16> = lan.seen().iter().map(|(_, f, _)| f.port()).collect();
+    assert_eq!(ports.len(), 1, "refreshed, never remapped: {:?}", lan.seen());
+    let ext = *ports.iter().next().unwrap();
+    // Then silence: the flow expires and is reclaimed by the sweeper.
+    // Expired after 2 s, reclaimed after 1 s more of grace, by a sweeper passing every 0.2 s.
+    std::thread::sleep(Duration::from_millis(4500));
+    let left = nat_ebpf::raw_tables(g.prefix()).unwrap().0;
+    assert!(left.is_empty(), "expired flows reclaimed: {left:?}");
+    // A late reply is unsolicited now.
+    let before = counter(g.prefix(), "drop_unsolicited") + counter(g.prefix(), "in_unmapped");
+    in_ns(&g.lab.ns("lan"), || {
+        udp(0).send_to(b"late", SocketAddrV4::new(UPLINK, ext)).unwrap();
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert!(sock.recv(&mut [0u8; 16]).is_err());
+    assert!(counter(g.prefix(), "drop_unsolicited") + counter(g.prefix(), "in_unmapped") > before);
+}
+
+#[test]
+fn a_port_range_of_eight_is_exhausted_and_recovers_after_expiry() {
+    if !privileged("exhaustion") {
+        return;
+    }
+    let cfg = lab_with("ports = \"40000-40007\"\ntimeouts = { udp = 2, allow_short = true }");
+    let g = LabGuard::up_with(&cfg, "ex", NatKind::Ebpf);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let to = SocketAddrV4::new(LAN, 7001);
+    let socks: Vec<UdpSocket> = in_ns(&g.lab.ns("red"), || (0..9).map(|i| udp(50000 + i)).collect());
+    for s in &socks[..8] {
+        echo(s, to, b"mine").unwrap();
+    }
+    let ports: HashSet<u16> = lan.seen().iter().map(|(_, f, _)| f.port()).collect();
+    assert_eq!(
+        ports,
+        (40000..=40007).collect(),
+        "every port of the range used once"
+    );
+    // The ninth finds no port.
+    socks[8]
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(echo(&socks[8], to, b"full?").is_err());
+    assert!(counter(g.prefix(), "drop_no_port") >= 1);
+    // After the timeout (2 s, plus the binding's quarter-timeout slack) the ports are free.
+    std::thread::sleep(Duration::from_millis(3000));
+    socks[8].set_read_timeout(Some(WAIT)).unwrap();
+    echo(&socks[8], to, b"now").unwrap();
+    let last = lan.seen().last().unwrap().1;
+    assert!((40000..=40007).contains(&last.port()), "{last}");
+}
+
+#[test]
+fn tiny_tables_under_pressure_never_keep_half_a_flow() {
+    if !privileged("pressure") {
+        return;
+    }
+    // Room for 4 mappings (8 binding entries) and 6 flows; 12 senders.
+    let cfg = lab_with("flows = 6\nbindings = 8");
+    let g = LabGuard::up_with(&cfg, "pr", NatKind::Ebpf);
+    let _lan = UdpEcho::start(&g.lab.ns("lan"), &[7001, 7002]);
+    let answered = in_ns(&g.lab.ns("red"), || {
+        let mut n = 0;
+        for i in 0..12u16 {
+            let s = udp(51000 + i);
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            for port in [7001, 7002] {
+                n += usize::from(echo(&s, SocketAddrV4::new(LAN, port), b"x").is_ok());
+            }
+        }
+        n
+    });
+    let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    assert!(
+        counter(g.prefix(), "drop_map_full") >= 1,
+        "the tables did fill up"
+    );
+    assert_eq!(
+        answered,
+        flows.len(),
+        "every answered exchange has its flow, and only those"
+    );
+    // Every binding has both entries, pointing at each other.
+    let find = |side, proto, addr, port| {
+        bindings
+            .iter()
+            .find(|(k, _)| k.side == side && k.proto == proto && k.addr == addr && k.port == port)
+    };
+    for (k, b) in &bindings {
+        let twin = if k.side == SIDE_EXTERNAL {
+            find(SIDE_INTERNAL, k.proto, b.int_addr, b.int_port)
+        } else {
+            find(SIDE_EXTERNAL, k.proto, b.ext_addr, b.ext_port)
+        };
+        // (Only the external entry's expiry is kept current: compare the endpoints.)
+        let ends = |b: &netns_common::nat::Binding| (b.int_addr, b.int_port, b.ext_addr, b.ext_port);
+        assert_eq!(
+            twin.map(|(_, t)| ends(t)),
+            Some(ends(b)),
+            "half a binding: {k:?} {b:?}"
+        );
+    }
+    // Every flow's mapping is whole.
+    for (k, f) in &flows {
+        let ext = find(SIDE_EXTERNAL, k.proto, f.ext_addr, f.ext_port);
+        assert!(
+            ext.is_some_and(|(_, b)| b.int_addr == k.int_addr && b.int_port == k.int_port),
+            "flow {k:?} without its mapping"
+        );
+    }
+}
+
+#[test]
+fn a_new_uplink_address_is_used_by_new_flows() {
+    if !privileged("address_change") {
+        return;
+    }
+    let g = LabGuard::up_with(&lab_with("sweep_interval_ms = 100"), "ad", NatKind::Ebpf);
+    let host = g.lab.ns("host");
+    // Old one first: deleting a primary address also deletes its secondaries.
+    sh_in(&host, "ip", &["addr", "del", "192.168.1.2/24", "dev", "uplink"]);
+    sh_in(&host, "ip", &["addr", "add", "192.168.1.4/24", "dev", "uplink"]);
+    let new = Ipv4Addr::new(192, 168, 1, 4);
+    // The sweeper notices within its interval.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let sock = in_ns(&g.lab.ns("red"), || udp(0));
+    loop {
+        let _ = nat_ebpf::stats(g.prefix());
+        std::thread::sleep(Duration::from_millis(200));
+        let cfg_now = nat_ebpf::mappings(g.prefix()).unwrap();
+        if cfg_now
+            .iter()
+            .any(|m| m.is_static && m.external == format!("{new}:80"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the forward never moved: {cfg_now:?}");
+    }
+    echo(&sock, SocketAddrV4::new(LAN, 7001), b"hi").unwrap();
+    assert_eq!(*lan.seen()[0].1.ip(), new);
+    // The port forward moved too.
+    let seen = probe::http_get(
+        &g.lab.ns("lan"),
+        &g.lab.ns("blue"),
+        80,
+        SocketAddrV4::new(new, 80),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(seen.source, LAN);
+}
