@@ -26,3 +26,13 @@ pub const MAP_NAT_FLOWS: &str = "NAT_FLOWS";
 pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 /// Per-CPU array of [`crate::counters::NatCounter`] values.
 pub const MAP_NAT_COUNTERS: &str = "NAT_COUNTERS";
+
+/// XDP program of the benchmark's sink: counts and drops UDP to [`SINK_PORT`].
+pub const PROG_SINK: &str = "bench_sink";
+/// Per-CPU array: [packets, bytes] the sink dropped.
+pub const MAP_SINK_COUNTERS: &str = "SINK_COUNTERS";
+/// First UDP destination port of the benchmark's load (the discard port).
+pub const SINK_PORT: u16 = 9;
+/// The sink counts destination ports SINK_PORT .. SINK_PORT + SINK_PORTS (flows beyond the
+/// source ports' range use the next destination port).
+pub const SINK_PORTS: u16 = 16;

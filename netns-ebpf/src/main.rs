@@ -6,8 +6,13 @@
 mod maps;
 mod nat;
 mod packet;
+mod sink;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use netns_common::counters::{Counter, Direction};
 
 use crate::{
@@ -47,6 +52,11 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
     verdict(nat::hairpin(&ctx))
+}
+
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    sink::sink(&ctx)
 }
 
 /// Drops are counted by reason; everything else carries its own verdict.

@@ -16,6 +16,10 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map(name = "UPLINK_COUNTERS")]
 pub static UPLINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// The benchmark sink's per-CPU [packets, bytes].
+#[map(name = "SINK_COUNTERS")]
+pub static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
 /// Per-CPU NAT outcome counters, indexed by [`NatCounter`].
 #[map(name = "NAT_COUNTERS")]
 pub static NAT_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NatCounter::COUNT, 0);

@@ -9,13 +9,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, links::FdLink},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
     names::{
-        MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS,
-        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS,
+        MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_SINK_COUNTERS,
+        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
         PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
@@ -405,4 +405,48 @@ pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
         egress_packets: at(Counter::EgressPackets),
         egress_bytes: at(Counter::EgressBytes),
     })
+}
+
+/// The benchmark's sink, attached (XDP) for as long as this lives.
+pub struct Sink {
+    ebpf: Ebpf,
+}
+
+/// Attaches the XDP sink to `iface` in namespace `ns`; it counts and drops UDP to the sink
+/// port. Detached when the returned value is dropped.
+pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
+    netns::run_in(ns, || {
+        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        let name = PROG_SINK;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::Missing(name))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        prog.attach(iface, XdpMode::default())
+            .map_err(|source| EbpfError::Attach {
+                name,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        Ok(Sink { ebpf })
+    })?
+}
+
+impl Sink {
+    /// (packets, bytes) dropped so far, summed over CPUs.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let map = self
+            .ebpf
+            .map(MAP_SINK_COUNTERS)
+            .ok_or(EbpfError::Missing(MAP_SINK_COUNTERS))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(MAP_SINK_COUNTERS))?;
+        let sum = |i: u32| -> Result<u64> {
+            Ok(array.get(&i, 0).map_err(map_err(MAP_SINK_COUNTERS))?.iter().sum())
+        };
+        Ok((sum(0)?, sum(1)?))
+    }
 }

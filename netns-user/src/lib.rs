@@ -1,6 +1,7 @@
 //! netns-nat: network namespace labs over netlink, with their NAT done by eBPF programs or
 //! by the kernel's iptables/nftables for comparison.
 
+pub mod bench;
 pub mod config;
 pub mod ebpf;
 pub mod lab;

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use netns_user::{
+    bench,
     config::LabConfig,
     lab::{self, DEFAULT_PREFIX, Lab, LabStatus},
     nat::{NatKind, ebpf as nat_ebpf},
@@ -90,6 +91,33 @@ enum Command {
         prefix: PrefixArg,
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmark every NAT backend side by side: forwarding rate, flows, TCP throughput,
+    /// connection rate, latency and CPU. Each workload runs several rounds, every backend in
+    /// turn in each round; results go to bench-results/<time>/ (results.json, report.md, SVG
+    /// charts). Creates and removes its own labs; takes about 15 minutes (--quick: under 3).
+    Bench {
+        /// One short round of every workload.
+        #[arg(long)]
+        quick: bool,
+        /// Backends to compare (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        backends: Option<Vec<NatKind>>,
+        /// Workloads to run (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        workloads: Option<Vec<bench::Workload>>,
+        /// Rounds (default 3, --quick 1).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seconds per measurement (default 5, --quick 1).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Where the run's directory goes.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Also write results.json here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Run the eBPF NAT's sweeper for a lab (started by `up`; not for direct use).
     #[command(hide = true)]
@@ -249,6 +277,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_stats(&out);
+            }
+        }
+        Command::Bench {
+            quick,
+            backends,
+            workloads,
+            rounds,
+            duration,
+            out,
+            json,
+        } => {
+            let mut opts = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::full()
+            };
+            if let Some(b) = backends {
+                opts.backends = b;
+            }
+            if let Some(w) = workloads {
+                opts.workloads = w;
+            }
+            if let Some(r) = rounds {
+                opts.rounds = r.max(1);
+            }
+            if let Some(d) = duration {
+                opts.duration = std::time::Duration::from_secs_f64(d.max(0.2));
+            }
+            opts.command = std::env::args().collect::<Vec<_>>().join(" ");
+            let results = bench::run(&opts, &mut |line| eprint!("\r\x1b[K{line}"))?;
+            eprintln!();
+            let dir = bench::results_dir(&out, results.started_unix);
+            let written = bench::report::write_all(&results, &dir)?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{}", bench::report::table(&results));
+            println!("written:");
+            for p in written {
+                println!("  {}", p.display());
             }
         }
         Command::Sweep { prefix } => {

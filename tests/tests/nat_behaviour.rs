@@ -521,3 +521,99 @@ fn a_new_uplink_address_is_used_by_new_flows() {
     .unwrap();
     assert_eq!(seen.source, LAN);
 }
+
+fn low_ports_map_to_low_ports(nat: NatKind) {
+    if !privileged("low_ports") {
+        return;
+    }
+    let g = LabGuard::up(&tag("low", nat), nat);
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    in_ns(&g.lab.ns("red"), || {
+        echo(&udp(500), SocketAddrV4::new(LAN, 7001), b"low").unwrap()
+    });
+    let port = lan.seen()[0].1.port();
+    assert!(port < 1024, "a port below 1024 maps below 1024, got {port}");
+    if nat == NatKind::Ebpf {
+        assert_eq!(port, 500, "kept when free");
+    }
+}
+both!(low_ports_map_to_low_ports);
+
+fn a_zero_udp_checksum_stays_zero(nat: NatKind) {
+    if !privileged("zero_checksum") {
+        return;
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let g = LabGuard::up(&tag("zcs", nat), nat);
+    let lan_ns = g.lab.ns("lan");
+    // A raw UDP socket on lan sees each datagram's UDP header as it arrived.
+    let raw = in_ns(&lan_ns, || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    });
+    let _lan = UdpEcho::start(&lan_ns, &[7004]);
+    in_ns(&g.lab.ns("red"), || {
+        let s = udp(0);
+        // SO_NO_CHECK: send without a UDP checksum (0), as IPv4 allows.
+        let one: libc::c_int = 1;
+        // Safety: a valid socket and a c_int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        echo(&s, SocketAddrV4::new(LAN, 7004), b"no checksum").unwrap();
+    });
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = raw.recv(&mut buf).expect("the datagram on lan");
+        // Safety: recv initialised the first n bytes.
+        let pkt: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+        if dport == 7004 {
+            assert_eq!(&pkt[12..16], &UPLINK.octets(), "translated");
+            assert_eq!(&pkt[ihl + 6..ihl + 8], &[0, 0], "a zero UDP checksum stays zero");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+}
+both!(a_zero_udp_checksum_stays_zero);
+
+#[test]
+fn endpoint_independent_filtering_by_configuration() {
+    if !privileged("eif") {
+        return;
+    }
+    let g = LabGuard::up_with(
+        &lab_with("filtering = \"endpoint-independent\""),
+        "ei",
+        NatKind::Ebpf,
+    );
+    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let sock = in_ns(&g.lab.ns("red"), || udp(47000));
+    echo(&sock, SocketAddrV4::new(LAN, 7001), b"open").unwrap();
+    let mapped = lan.seen()[0].1.port();
+    // Another remote port (and it could be another host) reaches red through the mapping.
+    in_ns(&g.lab.ns("lan"), || {
+        udp(7002)
+            .send_to(b"anyone", SocketAddrV4::new(UPLINK, mapped))
+            .unwrap();
+    });
+    let mut buf = [0u8; 16];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .expect("endpoint-independent filtering lets it in");
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"anyone"[..], SocketAddrV4::new(LAN, 7002).into())
+    );
+}

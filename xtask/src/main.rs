@@ -6,6 +6,7 @@
 //! - `run`: build, bring the reference lab up, wait for Ctrl-C, tear it down
 //!   (`--check`: play the acceptance exchanges instead of waiting).
 //! - `test`: setup, formatting, clippy, then every test.
+//! - `bench`: setup, release build, the benchmark (`netns-nat bench`).
 
 mod setup;
 
@@ -46,6 +47,12 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Setup, release build, then `netns-nat bench` with these arguments (e.g. --quick,
+    /// --json PATH, --rounds N, --backends ebpf,iptables); results in bench-results/.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, rustfmt and clippy checks, then the whole test suite (as root: real labs).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -72,6 +79,16 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build(&root)?;
             run_lab(&bin, check, &nat, &prefix, config.as_deref())
+        }
+        Cmd::Bench { args } => {
+            setup::run()?;
+            sh(cargo(&root).args(["build", "--release", "--package", "netns-user", "--bins"]))?;
+            let bin = root.join("target/release/netns-nat");
+            sh(Command::new(&bin)
+                .arg("bench")
+                .args(&args)
+                .env("NETNS_NAT_BIN", &bin)
+                .current_dir(&root))
         }
         Cmd::Test { args } => {
             setup::run()?;
