@@ -329,19 +329,36 @@ fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
     Ok((p, flags))
 }
 
+/// The IPv4 header, the configuration and the L4 offset, or None when the packet (not
+/// IPv4) or the moment (not configured yet) is not the NAT's.
+#[inline(always)]
+fn headers(ctx: &TcContext) -> Res<Option<(IpHdr, &'static NatConfig, usize)>> {
+    let (Some(ip), Some(cfg)) = (ipv4(ctx), config()) else {
+        return Ok(None);
+    };
+    match ip.header_len() {
+        0 => Err(Drop::Malformed),
+        ihl => Ok(Some((ip, cfg, IP_OFF + ihl))),
+    }
+}
+
+/// The fragment-table key of a packet (as it is before translation).
+#[inline(always)]
+fn frag_key(ip: &IpHdr) -> FragKey {
+    FragKey {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+        _pad: 0,
+    }
+}
+
 /// TC egress on the uplink.
 pub fn egress(ctx: &TcContext) -> Res<i32> {
-    let Some(ip) = ipv4(ctx) else {
+    let Some((ip, cfg, l4)) = headers(ctx)? else {
         return Ok(NEXT);
     };
-    let Some(cfg) = config() else {
-        return Ok(NEXT);
-    };
-    let ihl = ip.header_len();
-    if ihl == 0 {
-        return Err(Drop::Malformed);
-    }
-    let l4 = IP_OFF + ihl;
     let first = ip.frag_offset() == 0;
     if ip.proto == PROTO_ICMP && first {
         let t: u8 = ctx.load(l4).map_err(malformed)?;
@@ -357,13 +374,7 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
     let len = u64::from(ctx.len());
     match ip.proto {
         PROTO_TCP | PROTO_UDP if !first => {
-            let Some(p) = NAT_FRAGS.get_ptr(FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                id: ip.id,
-                proto: ip.proto,
-                _pad: 0,
-            }) else {
+            let Some(p) = NAT_FRAGS.get_ptr(frag_key(&ip)) else {
                 return Err(Drop::FragmentUnknown);
             };
             // Safety: a pointer from a successful lookup, copied at once.
@@ -379,13 +390,7 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
             let (ext_addr, ext_port) = outbound_flow(cfg, &key, flags, len, now)?;
             rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
             if ip.more_fragments() {
-                let fk = FragKey {
-                    src: ip.src,
-                    dst: ip.dst,
-                    id: ip.id,
-                    proto: ip.proto,
-                    _pad: 0,
-                };
+                let fk = frag_key(&ip);
                 let fp = FragPorts {
                     sport: p[0],
                     dport: p[1],
@@ -416,30 +421,16 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
 
 /// TC ingress on the uplink.
 pub fn ingress(ctx: &TcContext) -> Res<i32> {
-    let Some(ip) = ipv4(ctx) else {
+    let Some((ip, cfg, l4)) = headers(ctx)? else {
         return Ok(NEXT);
     };
-    let Some(cfg) = config() else {
-        return Ok(NEXT);
-    };
-    let ihl = ip.header_len();
-    if ihl == 0 {
-        return Err(Drop::Malformed);
-    }
-    let l4 = IP_OFF + ihl;
     let now = now();
     let len = u64::from(ctx.len());
     let first = ip.frag_offset() == 0;
     // (remote port, external port, TCP flags) of the packet.
     let (sport, dport, flags) = match ip.proto {
         PROTO_TCP | PROTO_UDP if !first => {
-            let fk = FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                id: ip.id,
-                proto: ip.proto,
-                _pad: 0,
-            };
+            let fk = frag_key(&ip);
             let Some(p) = NAT_FRAGS.get_ptr(fk) else {
                 return Err(Drop::FragmentUnknown);
             };
@@ -495,13 +486,7 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
         (dport, b.int_port),
     )?;
     if ip.more_fragments() && ip.proto != PROTO_ICMP {
-        let fk = FragKey {
-            src: ip.src,
-            dst: ip.dst,
-            id: ip.id,
-            proto: ip.proto,
-            _pad: 0,
-        };
+        let fk = frag_key(&ip);
         let fp = FragPorts { sport, dport };
         let _ = NAT_FRAGS.insert(fk, fp, 0);
     }

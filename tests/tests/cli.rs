@@ -9,6 +9,15 @@ fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().expect("netns-nat runs")
 }
 
+/// Takes a lab made through the CLI down whatever happens to the test.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(bin()).args(["down", "--prefix", &self.0]).output();
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -20,13 +29,6 @@ fn up_status_exec_check_down() {
     }
     let p = prefix("cli");
     let out = run(&["up", "--prefix", &p, "--nat", "iptables"]);
-    // Take the lab down whatever happens below.
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(bin()).args(["down", "--prefix", &self.0]).output();
-        }
-    }
     let _down = Down(p.clone());
     assert!(out.status.success(), "up: {}", text(&out.stderr));
     let said = text(&out.stdout);
@@ -194,12 +196,6 @@ fn conntrack_and_stats_of_an_ebpf_lab() {
     let p = prefix("ct");
     // ebpf is the default backend.
     let out = run(&["up", "--prefix", &p]);
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(bin()).args(["down", "--prefix", &self.0]).output();
-        }
-    }
     let _down = Down(p.clone());
     assert!(out.status.success(), "up: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains("(nat: ebpf)"), "{}", text(&out.stdout));
