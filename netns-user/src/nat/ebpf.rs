@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, MapData};
@@ -401,6 +401,9 @@ fn follow_uplink_address(prefix: &str, nat: &NatSpec, router_ns: &str) -> Result
     Ok(Some(now_addr))
 }
 
+/// The sweeper spends at most one part in this many of a CPU on sweeping.
+const SWEEP_DUTY: u32 = 20;
+
 /// The sweeper's loop; returns when the lab's pinned maps are gone.
 pub fn sweep_forever(prefix: &str) -> Result<(), NatError> {
     let lab = lab::Lab::open(prefix).map_err(|e| NatError::Sweeper {
@@ -414,6 +417,7 @@ pub fn sweep_forever(prefix: &str) -> Result<(), NatError> {
     let router_ns = lab.ns(&nat.router);
     let interval = Duration::from_millis(nat.ebpf.sweep_interval_ms);
     eprintln!("sweeper for lab {prefix}: every {interval:?}");
+    let mut next_sweep = Instant::now();
     while ebpf::pin_dir(prefix).join(MAP_NAT_CONFIG).exists() {
         match follow_uplink_address(prefix, &nat, &router_ns) {
             Ok(Some(addr)) => eprintln!("uplink address is now {addr}: new flows use it"),
@@ -421,12 +425,19 @@ pub fn sweep_forever(prefix: &str) -> Result<(), NatError> {
             // The lab may be going away under us; the loop condition decides.
             Err(e) => eprintln!("uplink address check: {e}"),
         }
-        match sweep_once(prefix, monotonic_ns()) {
-            Ok(s) if s != Swept::default() => {
-                eprintln!("swept {} flows, {} mappings", s.flows, s.bindings)
+        if Instant::now() >= next_sweep {
+            let started = Instant::now();
+            match sweep_once(prefix, monotonic_ns()) {
+                Ok(s) if s != Swept::default() => {
+                    eprintln!("swept {} flows, {} mappings", s.flows, s.bindings)
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("sweep: {e}"),
             }
-            Ok(_) => {}
-            Err(e) => eprintln!("sweep: {e}"),
+            // A sweep reads every entry (two system calls each): with large tables, back off
+            // so that sweeping takes at most 1/SWEEP_DUTY of a CPU. Expired entries are
+            // already inert, so a later sweep costs memory, never correctness.
+            next_sweep = Instant::now() + interval.max(started.elapsed() * SWEEP_DUTY);
         }
         std::thread::sleep(interval);
     }
