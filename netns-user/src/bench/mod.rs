@@ -284,6 +284,23 @@ impl Drop for BenchLab {
     }
 }
 
+/// Set by SIGINT/SIGTERM: the run stops after the current measurement, whose lab is
+/// taken down as usual, instead of dying with a lab left behind.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_signals() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // Safety: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
 /// Runs the benchmark. `progress` hears a line per measurement.
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Results> {
     lab::require_root()?;
@@ -305,6 +322,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Result
         .sum();
     let total = opts.rounds as usize * per_round;
     let mut done = 0;
+    stop_on_signals();
     for round in 1..=opts.rounds {
         for &w in &opts.workloads {
             // The generator's own figures, where the workload has them, come first.
@@ -313,6 +331,9 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Result
                 runs.insert(0, None);
             }
             for b in runs {
+                if STOP.load(Ordering::Relaxed) {
+                    bail!("interrupted: stopped after {done} of {total} measurements; no lab is left behind");
+                }
                 done += 1;
                 let name = b.map(|b| b.name()).unwrap_or(GENERATOR);
                 progress(&format!(
@@ -464,6 +485,16 @@ struct Load {
     cpu_s_per_mpkt: f64,
 }
 
+/// Keeps the generator's thread on CPU 0 for every backend alike: the whole path of a
+/// veth transmit runs on the sender's CPU, so a generator that migrates mid-run adds
+/// noise that is not the router's.
+fn pin_to_first_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(0).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
 /// UDP from red to lan's discard port, counted and dropped by the XDP sink on `sink_dev`.
 fn udp_load(
     opts: &BenchOptions,
@@ -477,6 +508,7 @@ fn udp_load(
     let (src, dst) = (p.red_ip, p.lan_ip);
     // Warm-up: neighbours resolved, every flow's state created, caches warm.
     let warm = netns::run_in(&p.red, || -> std::io::Result<()> {
+        pin_to_first_cpu();
         let deadline = Instant::now() + opts.warmup.max(Duration::from_millis(100)) * 4;
         let mut sent = 0u64;
         while sent < u64::from(flows) || sent == 0 {
@@ -490,8 +522,11 @@ fn udp_load(
     warm.context("generator warm-up")?;
     let (before, _) = sink.counts()?;
     let cpu0 = load::cpu_busy_s();
-    let sent =
-        netns::run_in(&p.red, || load::run(src, dst, flows, rate, opts.duration))?.context("generator")?;
+    let sent = netns::run_in(&p.red, || {
+        pin_to_first_cpu();
+        load::run(src, dst, flows, rate, opts.duration)
+    })?
+    .context("generator")?;
     // Let the last batch land.
     std::thread::sleep(Duration::from_millis(50));
     let cpu1 = load::cpu_busy_s();
