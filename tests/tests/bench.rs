@@ -18,7 +18,12 @@ const EXPECTED: [(&str, &[&str], usize); 6] = [
     ("latency", &["p50_us", "p99_us", "p99_9_us"], 1),
     (
         "cpu",
-        &["delivered_pps", "cpu_s_per_mpkt", "router_cpu_s_per_mpkt"],
+        &[
+            "delivered_pps",
+            "cpu_s_per_mpkt",
+            "sender_cpu_s_per_mpkt",
+            "router_cpu_s_per_mpkt",
+        ],
         1,
     ),
 ];

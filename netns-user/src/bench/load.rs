@@ -174,23 +174,26 @@ pub fn run(
     })
 }
 
-/// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq, steal),
-/// in seconds, from /proc/stat.
-pub fn cpu_busy_s() -> f64 {
+/// Busy CPU time so far (user, nice, system, irq, softirq, steal), in seconds, from
+/// /proc/stat: `(whole machine, CPU 0)`. CPU 0 is where the pinned generator sends, and so
+/// where the whole path of its packets runs.
+pub fn cpu_busy_s() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| f.get(*i)).sum();
     // Safety: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    busy as f64 / hz
+    let busy = |prefix: &str| {
+        let Some(line) = stat.lines().find(|l| l.starts_with(prefix)) else {
+            return 0.0;
+        };
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        [0, 1, 2, 5, 6, 7].iter().filter_map(|i| f.get(*i)).sum::<u64>() as f64 / hz
+    };
+    (busy("cpu "), busy("cpu0 "))
 }
 
 #[cfg(test)]

@@ -443,6 +443,14 @@ fn measure(opts: &BenchOptions, w: Workload, backend: Option<NatKind>, rec: &mut
             let params = cpu_params(opts);
             rec.put(name, w, "delivered_pps", "pps", &params, r.delivered_pps);
             rec.put(name, w, "cpu_s_per_mpkt", "cpu_s/Mpkt", &params, r.cpu_s_per_mpkt);
+            rec.put(
+                name,
+                w,
+                "sender_cpu_s_per_mpkt",
+                "cpu_s/Mpkt",
+                &params,
+                r.sender_cpu_s_per_mpkt,
+            );
         }
         Workload::TcpThroughput => {
             let b = backend.expect("the generator has no TCP workload");
@@ -483,6 +491,8 @@ struct Load {
     delivered_pps: f64,
     loss_pct: f64,
     cpu_s_per_mpkt: f64,
+    /// The same for CPU 0 alone, where the pinned generator's packets are processed.
+    sender_cpu_s_per_mpkt: f64,
 }
 
 /// Keeps the generator's thread on CPU 0 for every backend alike: the whole path of a
@@ -533,6 +543,13 @@ fn udp_load(
     let (after, _) = sink.counts()?;
     let delivered = after.saturating_sub(before);
     let secs = sent.elapsed.as_secs_f64();
+    let per_mpkt = |cpu_s: f64| {
+        if delivered == 0 {
+            f64::NAN
+        } else {
+            cpu_s / (delivered as f64 / 1e6)
+        }
+    };
     Ok(Load {
         offered_pps: sent.pps(),
         delivered_pps: delivered as f64 / secs,
@@ -541,11 +558,8 @@ fn udp_load(
         } else {
             (100.0 * (1.0 - delivered as f64 / sent.packets as f64)).max(0.0)
         },
-        cpu_s_per_mpkt: if delivered == 0 {
-            f64::NAN
-        } else {
-            (cpu1 - cpu0) / (delivered as f64 / 1e6)
-        },
+        cpu_s_per_mpkt: per_mpkt(cpu1.0 - cpu0.0),
+        sender_cpu_s_per_mpkt: per_mpkt(cpu1.1 - cpu0.1),
     })
 }
 

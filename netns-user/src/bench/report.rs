@@ -270,6 +270,11 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<std::path::PathBuf
             "router_cpu_s_per_mpkt",
             "CPU seconds per million packets (router's share)",
         ),
+        (
+            "cpu",
+            "sender_cpu_s_per_mpkt",
+            "CPU seconds per million packets (the sending CPU)",
+        ),
     ];
     for (w, m, title) in charts {
         let rows: Vec<&Row> = results
