@@ -194,58 +194,91 @@ fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u6
     Err(Drop::NoPort)
 }
 
-/// The external endpoint of an outbound flow, creating flow (and binding) if needed.
+/// Refreshes the live flow `key` for one packet and returns its external endpoint; None if
+/// there is no flow or it has expired.
 #[inline(always)]
-fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<(u32, u16)> {
-    if let Some(f) = NAT_FLOWS.get_ptr_mut(key) {
-        // Safety: see `get_binding`; concurrent updates of counters may lose an increment.
-        let f = unsafe { &mut *f };
-        if now < f.expires_ns {
-            touch(cfg, f, key.proto, true, tcp_flags, len, now);
-            return Ok((f.ext_addr, f.ext_port));
-        }
+fn touch_live(
+    cfg: &NatConfig,
+    key: &FlowKey,
+    outbound: bool,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) -> Option<(u32, u16)> {
+    let f = NAT_FLOWS.get_ptr_mut(key)?;
+    // Safety: see `get_binding`; concurrent updates of counters may lose an increment.
+    let f = unsafe { &mut *f };
+    if now >= f.expires_ns {
+        return None;
     }
-    let (ext_addr, ext_port) = binding_for(cfg, key.proto, key.int_addr, key.int_port, now)?;
+    touch(cfg, f, key.proto, outbound, tcp_flags, len, now);
+    Some((f.ext_addr, f.ext_port))
+}
+
+/// Creates flow `key` on external endpoint `ext`, opened from `origin`, counting its first
+/// packet.
+#[inline(always)]
+fn new_flow(
+    cfg: &NatConfig,
+    key: &FlowKey,
+    ext: (u32, u16),
+    origin: u8,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) -> Res<()> {
     let mut f = Flow {
-        ext_addr,
-        ext_port,
-        origin: ORIGIN_OUTBOUND,
+        ext_addr: ext.0,
+        ext_port: ext.1,
+        origin,
         created_ns: now,
         ..Flow::default()
     };
-    touch(cfg, &mut f, key.proto, true, tcp_flags, len, now);
+    touch(
+        cfg,
+        &mut f,
+        key.proto,
+        origin == ORIGIN_OUTBOUND,
+        tcp_flags,
+        len,
+        now,
+    );
     NAT_FLOWS.insert(key, f, 0).map_err(|_| Drop::MapFull)?;
     count(NatCounter::NewFlows);
-    Ok((ext_addr, ext_port))
+    Ok(())
+}
+
+/// The external endpoint of an outbound flow, creating flow (and binding) if needed.
+#[inline(always)]
+fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<(u32, u16)> {
+    if let Some(ext) = touch_live(cfg, key, true, tcp_flags, len, now) {
+        return Ok(ext);
+    }
+    let ext = binding_for(cfg, key.proto, key.int_addr, key.int_port, now)?;
+    new_flow(cfg, key, ext, ORIGIN_OUTBOUND, tcp_flags, len, now)?;
+    Ok(ext)
 }
 
 /// Admits an inbound packet to binding `b` from remote (rem_addr, rem_port): an existing
 /// live flow, or a new one if `b` is a port forward or filtering is endpoint-independent.
 #[inline(always)]
 fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<()> {
-    if let Some(f) = NAT_FLOWS.get_ptr_mut(key) {
-        // Safety: as in `outbound_flow`.
-        let f = unsafe { &mut *f };
-        if now < f.expires_ns {
-            touch(cfg, f, key.proto, false, tcp_flags, len, now);
-            return Ok(());
-        }
+    if touch_live(cfg, key, false, tcp_flags, len, now).is_some() {
+        return Ok(());
     }
     let open = b.is_static() || (cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 && !b.expired(now));
     if !open {
         return Err(Drop::Unsolicited);
     }
-    let mut f = Flow {
-        ext_addr: b.ext_addr,
-        ext_port: b.ext_port,
-        origin: ORIGIN_INBOUND,
-        created_ns: now,
-        ..Flow::default()
-    };
-    touch(cfg, &mut f, key.proto, false, tcp_flags, len, now);
-    NAT_FLOWS.insert(key, f, 0).map_err(|_| Drop::MapFull)?;
-    count(NatCounter::NewFlows);
-    Ok(())
+    new_flow(
+        cfg,
+        key,
+        (b.ext_addr, b.ext_port),
+        ORIGIN_INBOUND,
+        tcp_flags,
+        len,
+        now,
+    )
 }
 
 /// Rewrites the source (`src`) or destination address and port of a TCP, UDP or ICMP echo

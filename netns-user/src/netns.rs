@@ -35,6 +35,8 @@ pub enum NetnsError {
     },
     #[error("{what}: {source}")]
     Sys { what: &'static str, source: Errno },
+    #[error("the thread started in namespace {0} did not get ready")]
+    NotReady(String),
     #[error("the thread working in namespace {0} panicked")]
     Panicked(String),
 }
@@ -251,4 +253,64 @@ pub fn enter_for_exec(name: &str) -> Result<()> {
             .map_err(|e| sys("cannot mount /sys for the namespace", e))?;
     }
     Ok(())
+}
+
+/// A thread working inside a namespace until it is stopped or dropped (a server, say).
+pub struct Background<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<T>>>,
+}
+
+/// Starts `f` on a thread inside namespace `name` and returns once it calls `ready` (its
+/// sockets are bound, say). `f` should return soon after the flag it is given turns true.
+/// If it ends, or stays unready for 5 s, the error is returned instead.
+pub fn spawn_in<T, F>(name: &str, f: F) -> Result<Background<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&std::sync::atomic::AtomicBool, &dyn Fn()) -> T + Send + 'static,
+{
+    use std::sync::{Arc, atomic::AtomicBool, mpsc};
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (ns, flag) = (name.to_owned(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        run_in(&ns, move || {
+            f(&flag, &move || {
+                let _ = ready_tx.send(());
+            })
+        })
+    });
+    let mut bg = Background {
+        stop,
+        thread: Some(thread),
+    };
+    match ready_rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(()) => Ok(bg),
+        Err(_) => {
+            bg.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            match bg.thread.take().map(|t| t.join()) {
+                Some(Ok(Err(e))) => Err(e),
+                _ => Err(NetnsError::NotReady(name.to_owned())),
+            }
+        }
+    }
+}
+
+impl<T> Background<T> {
+    /// Tells the thread to stop and returns what it returned.
+    pub fn stop(mut self) -> Result<T> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let t = self.thread.take().expect("a running thread until stopped");
+        t.join()
+            .unwrap_or_else(|_| Err(NetnsError::Panicked("background thread".into())))
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

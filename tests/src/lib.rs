@@ -96,29 +96,20 @@ pub fn bin() -> PathBuf {
 /// A UDP echo server in a lab namespace, on a thread of its own until dropped: answers
 /// every datagram on its ports with the same bytes and remembers who sent what.
 pub struct UdpEcho {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, std::net::SocketAddrV4, usize)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: netns::Background<()>,
 }
 
 impl UdpEcho {
     /// Starts serving `ports` in namespace `ns`; returns once the sockets are bound.
     pub fn start(ns: &str, ports: &[u16]) -> UdpEcho {
-        use std::sync::{Arc, Mutex, atomic::AtomicBool, mpsc};
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (ns, ports, stop2, seen2) = (ns.to_owned(), ports.to_vec(), stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            netns::run_in(&ns, || serve_udp(&ports, &stop2, &seen2, ready_tx)).expect("enter namespace");
-        });
-        ready_rx
-            .recv_timeout(std::time::Duration::from_secs(5))
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ports, log) = (ports.to_vec(), seen.clone());
+        let server = netns::spawn_in(ns, move |stop, ready| serve_udp(&ports, stop, &log, ready))
             .expect("UDP echo server ready");
         UdpEcho {
-            stop,
             seen,
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -132,7 +123,7 @@ fn serve_udp(
     ports: &[u16],
     stop: &std::sync::atomic::AtomicBool,
     seen: &std::sync::Mutex<Vec<(u16, std::net::SocketAddrV4, usize)>>,
-    ready: std::sync::mpsc::Sender<()>,
+    ready: &dyn Fn(),
 ) {
     use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
     let socks: Vec<UdpSocket> = ports
@@ -143,7 +134,7 @@ fn serve_udp(
             s
         })
         .collect();
-    let _ = ready.send(());
+    ready();
     let mut buf = vec![0u8; 65536];
     // Bounded: a test that forgets to drop the server still ends.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -158,15 +149,6 @@ fn serve_udp(
         }
         if idle {
             std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

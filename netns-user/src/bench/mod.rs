@@ -630,34 +630,27 @@ fn conn_rate(opts: &BenchOptions, lab: &Lab, p: &Parts, b: NatKind) -> Result<(f
         std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
     })??;
     let port = 7100;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (lan, stop2) = (p.lan.clone(), stop.clone());
-    let server = std::thread::spawn(move || {
-        netns::run_in(&lan, || -> std::io::Result<()> {
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
-            l.set_nonblocking(true)?;
-            let _ = ready_tx.send(());
-            let mut buf = [0u8; 8];
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        if s.read_exact(&mut buf).is_ok() {
-                            let _ = s.write_all(&buf);
-                        }
+    let server = netns::spawn_in(&p.lan, move |stop, ready| -> std::io::Result<()> {
+        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+        l.set_nonblocking(true)?;
+        ready();
+        let mut buf = [0u8; 8];
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    if s.read_exact(&mut buf).is_ok() {
+                        let _ = s.write_all(&buf);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                    Err(_) => {}
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(_) => {}
             }
-            Ok(())
-        })
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .context("connection server")?;
+        }
+        Ok(())
+    })
+    .context("connection server")?;
     let count = Arc::new(AtomicU64::new(0));
     let to = SocketAddrV4::new(p.lan_ip, port);
     let start = Instant::now();
@@ -680,8 +673,7 @@ fn conn_rate(opts: &BenchOptions, lab: &Lab, p: &Parts, b: NatKind) -> Result<(f
         });
     });
     let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
+    let _ = server.stop();
     let left = match b {
         NatKind::Ebpf => nat_ebpf::live_flows(lab.prefix())?.len(),
         NatKind::None => 0,
@@ -697,26 +689,19 @@ fn conn_rate(opts: &BenchOptions, lab: &Lab, p: &Parts, b: NatKind) -> Result<(f
 /// p99.9) round trip in microseconds.
 fn latency(opts: &BenchOptions, p: &Parts) -> Result<(f64, f64, f64)> {
     let port = 7200;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (lan, stop2) = (p.lan.clone(), stop.clone());
-    let server = std::thread::spawn(move || {
-        netns::run_in(&lan, || -> std::io::Result<()> {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
-            s.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let _ = ready_tx.send(());
-            let mut buf = [0u8; 64];
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(&buf[..n], from);
-                }
+    let server = netns::spawn_in(&p.lan, move |stop, ready| -> std::io::Result<()> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        ready();
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
             }
-            Ok(())
-        })
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .context("echo server")?;
+        }
+        Ok(())
+    })
+    .context("echo server")?;
     let to = SocketAddrV4::new(p.lan_ip, port);
     let rtts = netns::run_in(&p.red, || -> std::io::Result<Vec<f64>> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
@@ -747,8 +732,7 @@ fn latency(opts: &BenchOptions, p: &Parts) -> Result<(f64, f64, f64)> {
         }
         Ok(rtts)
     })??;
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
+    let _ = server.stop();
     if rtts.is_empty() {
         bail!("no UDP reply at all");
     }
