@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod csum;
+pub mod fwd;
 pub mod names;
 pub mod nat;
 pub mod net;

@@ -36,3 +36,50 @@ pub const SINK_PORT: u16 = 9;
 /// The sink counts destination ports SINK_PORT .. SINK_PORT + SINK_PORTS (flows beyond the
 /// source ports' range use the next destination port).
 pub const SINK_PORTS: u16 = 16;
+
+/// The benchmark's bare-redirect ceilings (no NAT): TC ingress and XDP on a bridge port.
+pub const PROG_CEILING_TC: &str = "ceiling_tc_redirect";
+pub const PROG_CEILING_XDP: &str = "ceiling_xdp_redirect";
+/// Array of one [`crate::fwd::NextHop`]: where the ceilings send the load.
+pub const MAP_CEILING_NEXT_HOP: &str = "CEILING_NEXT_HOP";
+/// DEVMAP of one entry (the uplink) for the XDP ceiling.
+pub const MAP_CEILING_DEVMAP: &str = "CEILING_DEVMAP";
+
+/// Every program the project loads, by its full (function) name.
+pub const PROGRAMS: &[&str] = &[
+    PROG_UPLINK_COUNT_INGRESS,
+    PROG_UPLINK_COUNT_EGRESS,
+    PROG_NAT_EGRESS,
+    PROG_NAT_INGRESS,
+    PROG_NAT_HAIRPIN,
+    PROG_SINK,
+    PROG_CEILING_TC,
+    PROG_CEILING_XDP,
+];
+
+/// The kernel keeps only the first 15 bytes of a program's name (BPF_OBJ_NAME_LEN - 1); this
+/// gives back the full name of one of [`PROGRAMS`], or the kernel's name if none matches.
+pub fn full_program_name(kernel_name: &str) -> &str {
+    PROGRAMS
+        .iter()
+        .copied()
+        .find(|p| p.len() >= kernel_name.len() && p.starts_with(kernel_name) && !kernel_name.is_empty())
+        .unwrap_or(kernel_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_names_map_back_uniquely() {
+        for p in PROGRAMS {
+            let truncated = &p[..p.len().min(15)];
+            assert_eq!(full_program_name(truncated), *p);
+            // No two programs share their kernel-visible 15 bytes.
+            let clashes = PROGRAMS.iter().filter(|q| q.starts_with(truncated)).count();
+            assert_eq!(clashes, 1, "{p} is ambiguous once truncated");
+        }
+        assert_eq!(full_program_name("someone_elses"), "someone_elses");
+    }
+}

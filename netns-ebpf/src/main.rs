@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod ceiling;
 mod maps;
 mod nat;
 mod packet;
@@ -57,6 +58,16 @@ pub fn nat_hairpin(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     sink::sink(&ctx)
+}
+
+#[classifier]
+pub fn ceiling_tc_redirect(ctx: TcContext) -> i32 {
+    ceiling::tc(&ctx)
+}
+
+#[xdp]
+pub fn ceiling_xdp_redirect(ctx: XdpContext) -> u32 {
+    ceiling::xdp(&ctx)
 }
 
 /// Drops are counted by reason; everything else carries its own verdict.

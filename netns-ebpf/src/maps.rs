@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
+    fwd::NextHop,
     nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig},
 };
 
@@ -19,6 +20,13 @@ pub static UPLINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Cou
 /// The benchmark sink's per-CPU [packets, bytes].
 #[map(name = "SINK_COUNTERS")]
 pub static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Where the benchmark's bare-redirect ceilings send the load.
+#[map(name = "CEILING_NEXT_HOP")]
+pub static CEILING_NEXT_HOP: Array<NextHop> = Array::with_max_entries(1, 0);
+
+#[map(name = "CEILING_DEVMAP")]
+pub static CEILING_DEVMAP: DevMap = DevMap::with_max_entries(1, 0);
 
 /// Per-CPU NAT outcome counters, indexed by [`NatCounter`].
 #[map(name = "NAT_COUNTERS")]

@@ -8,15 +8,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
+    fwd::NextHop,
     names::{
-        MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_SINK_COUNTERS,
-        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
-        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
+        MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS,
+        MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC,
+        PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
+        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -26,7 +28,10 @@ use nix::{
 };
 use serde::Serialize;
 
-use crate::netns::{self, NetnsError};
+use crate::{
+    netlink,
+    netns::{self, NetnsError},
+};
 
 /// The programs, built by `build.rs` for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf"));
@@ -64,8 +69,20 @@ pub enum EbpfError {
     },
     #[error("bpffs: {0}")]
     Bpffs(String),
+    #[error("map {name}: {detail}")]
+    MapSet { name: &'static str, detail: String },
+    #[error("BPF statistics: {0}")]
+    Stats(String),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Netlink(#[from] Box<netlink::NetlinkError>),
+}
+
+impl From<netlink::NetlinkError> for EbpfError {
+    fn from(e: netlink::NetlinkError) -> Self {
+        EbpfError::Netlink(Box::new(e))
+    }
 }
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
@@ -417,20 +434,7 @@ pub struct Sink {
 pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
     netns::run_in(ns, || {
         let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
-        let name = PROG_SINK;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(EbpfError::Missing(name))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        prog.attach(iface, XdpMode::default())
-            .map_err(|source| EbpfError::Attach {
-                name,
-                iface: iface.to_owned(),
-                source,
-            })?;
+        attach_xdp(&mut ebpf, PROG_SINK, iface)?;
         Ok(Sink { ebpf })
     })?
 }
@@ -449,4 +453,157 @@ impl Sink {
         };
         Ok((sum(0)?, sum(1)?))
     }
+}
+
+/// Where the benchmark's bare-redirect ceiling runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CeilingHook {
+    /// TCX ingress, `bpf_redirect` to the next hop's interface.
+    Tc,
+    /// XDP (native), redirect through a DEVMAP.
+    Xdp,
+}
+
+/// A bare-redirect ceiling, attached for as long as this lives.
+pub struct Ceiling {
+    _ebpf: Ebpf,
+}
+
+/// Attaches the ceiling program to `iface` in namespace `ns`: the load arriving there is
+/// sent to `hop` with only its MAC addresses rewritten. Detached when dropped.
+pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) -> Result<Ceiling> {
+    netns::run_in(ns, || {
+        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        {
+            let map = ebpf
+                .map_mut(MAP_CEILING_NEXT_HOP)
+                .ok_or(EbpfError::Missing(MAP_CEILING_NEXT_HOP))?;
+            let mut a: Array<_, NextHop> = Array::try_from(map).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
+            a.set(0, hop, 0).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
+        }
+        match hook {
+            CeilingHook::Tc => {
+                let name = PROG_CEILING_TC;
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or(EbpfError::Missing(name))?
+                    .try_into()
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                prog.load()
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                prog.attach(iface, TcAttachType::Ingress)
+                    .map_err(|source| EbpfError::Attach {
+                        name,
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
+            }
+            CeilingHook::Xdp => {
+                {
+                    let map = ebpf
+                        .map_mut(MAP_CEILING_DEVMAP)
+                        .ok_or(EbpfError::Missing(MAP_CEILING_DEVMAP))?;
+                    let mut d: DevMap<_> = DevMap::try_from(map).map_err(map_err(MAP_CEILING_DEVMAP))?;
+                    d.set(0, hop.ifindex, None, 0).map_err(|e| EbpfError::MapSet {
+                        name: MAP_CEILING_DEVMAP,
+                        detail: e.to_string(),
+                    })?;
+                }
+                attach_xdp(&mut ebpf, PROG_CEILING_XDP, iface)?;
+            }
+        }
+        Ok(Ceiling { _ebpf: ebpf })
+    })?
+}
+
+/// Loads XDP program `name` of `ebpf` and attaches it (native mode) to `iface`.
+fn attach_xdp(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::Missing(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    prog.load()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    prog.attach(iface, XdpMode::default())
+        .map_err(|source| EbpfError::Attach {
+            name,
+            iface: iface.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The kernel's BPF run-time statistics, on for as long as this lives (held as a file
+/// descriptor, so nothing machine-wide stays switched on when the holder goes).
+pub struct RunTimeStats {
+    _fd: std::os::fd::OwnedFd,
+}
+
+pub fn enable_run_time_stats() -> Result<RunTimeStats> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map(|fd| RunTimeStats { _fd: fd })
+        .map_err(|e| EbpfError::Stats(e.to_string()))
+}
+
+/// A BPF program attached in a namespace, with its cumulative run time and run count (both
+/// advance only while run-time statistics are on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramRuns {
+    /// `name@interface:hook`, e.g. `nat_egress@uplink:tcx-egress`.
+    pub label: String,
+    pub id: u32,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+fn program_name(p: &aya::programs::ProgramInfo) -> String {
+    full_program_name(p.name_as_str().unwrap_or("?")).to_string()
+}
+
+/// Every BPF program attached to an interface of namespace `ns` (TCX both ways, XDP).
+pub fn attached_programs(ns: &str) -> Result<Vec<ProgramRuns>> {
+    let links = netlink::in_ns(ns, |r| async move { r.links().await })?;
+    let xdp_ids: Vec<(String, u32)> = links
+        .iter()
+        .filter_map(|l| l.xdp_prog.map(|id| (l.name.clone(), id)))
+        .collect();
+    let mut out = netns::run_in(ns, || {
+        let mut out = Vec::new();
+        for l in &links {
+            for (hook, attach) in [
+                ("tcx-ingress", TcAttachType::Ingress),
+                ("tcx-egress", TcAttachType::Egress),
+            ] {
+                let Ok((_, progs)) = SchedClassifier::query_tcx(&l.name, attach) else {
+                    continue;
+                };
+                for p in progs {
+                    out.push(ProgramRuns {
+                        label: format!("{}@{}:{hook}", program_name(&p), l.name),
+                        id: p.id(),
+                        run_time_ns: p.run_time().as_nanos() as u64,
+                        run_count: p.run_count(),
+                    });
+                }
+            }
+        }
+        out
+    })?;
+    if !xdp_ids.is_empty() {
+        for p in aya::programs::loaded_programs().filter_map(|p| p.ok()) {
+            for (iface, id) in &xdp_ids {
+                if p.id() == *id {
+                    out.push(ProgramRuns {
+                        label: format!("{}@{iface}:xdp", program_name(&p)),
+                        id: *id,
+                        run_time_ns: p.run_time().as_nanos() as u64,
+                        run_count: p.run_count(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.label.cmp(&b.label));
+    Ok(out)
 }

@@ -6,5 +6,7 @@ pub mod config;
 pub mod ebpf;
 pub mod lab;
 pub mod nat;
+pub mod netlink;
 pub mod netns;
+pub mod packet;
 pub mod probe;

@@ -92,20 +92,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmark every NAT backend side by side: forwarding rate, flows, TCP throughput,
-    /// connection rate, latency and CPU. Each workload runs several rounds, every backend in
-    /// turn in each round; results go to bench-results/<time>/ (results.json, report.md, SVG
-    /// charts). Creates and removes its own labs; takes about 15 minutes (--quick: under 3).
+    /// Benchmark every NAT backend side by side: forwarding rate and CPU per packet at full
+    /// offered rate (1 and many flows, 1 and one generator thread per CPU), TCP throughput,
+    /// connection rate and latency, against the bare-redirect ceilings of the path. Every
+    /// measurement point is taken for each backend in turn, round after round; results go
+    /// to bench-results/<time>/ (results.json, report.md, SVG charts). Creates and removes
+    /// its own labs; the full run takes about 40 minutes (--quick: about 2).
     Bench {
-        /// One short round of every workload.
+        /// One short round of every workload, own generator and client only.
         #[arg(long)]
         quick: bool,
-        /// Backends to compare (comma-separated).
+        /// Backends to compare (comma-separated; tc-redirect and xdp-redirect are the
+        /// ceilings: bare redirects with no NAT, for packet workloads only).
         #[arg(long, value_enum, value_delimiter = ',')]
-        backends: Option<Vec<NatKind>>,
+        backends: Option<Vec<bench::Backend>>,
         /// Workloads to run (comma-separated).
         #[arg(long, value_enum, value_delimiter = ',')]
         workloads: Option<Vec<bench::Workload>>,
+        /// Generators of the packet workloads (comma-separated): netns-nat (the project's
+        /// AF_PACKET ring) and/or trafgen (independent check). Full run: both.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        generator: Option<Vec<bench::Generator>>,
+        /// Generator threads (pinned, one per CPU) of the packet workloads, each its own
+        /// point (comma-separated). Default: 1 and the number of CPUs.
+        #[arg(long, value_delimiter = ',')]
+        gen_threads: Option<Vec<usize>>,
+        /// Clients of the connection-rate workload (comma-separated): netns-nat and/or wrk.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        conn_client: Option<Vec<bench::ConnClient>>,
+        /// Concurrent flows of the many-flows workload.
+        #[arg(long)]
+        flows: Option<u32>,
         /// Rounds (default 3, --quick 1).
         #[arg(long)]
         rounds: Option<u32>,
@@ -283,6 +300,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quick,
             backends,
             workloads,
+            generator,
+            gen_threads,
+            conn_client,
+            flows,
             rounds,
             duration,
             out,
@@ -299,6 +320,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(w) = workloads {
                 opts.workloads = w;
             }
+            if let Some(g) = generator {
+                opts.generators = g;
+            }
+            if let Some(t) = gen_threads {
+                opts.gen_threads = t.into_iter().map(|t| t.max(1)).collect();
+            }
+            if let Some(c) = conn_client {
+                opts.conn_clients = c;
+            }
+            if let Some(f) = flows {
+                opts.many_flows = f.clamp(1, bench::load::MAX_FLOWS);
+            }
             if let Some(r) = rounds {
                 opts.rounds = r.max(1);
             }
@@ -314,10 +347,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::write(&path, serde_json::to_string_pretty(&results)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            println!("{}", bench::report::headline(&results));
             println!("{}", bench::report::table(&results));
             println!("written:");
             for p in written {
                 println!("  {}", p.display());
+            }
+            if !results.failures.is_empty() {
+                bail!(
+                    "{} measurement(s) failed twice (recorded in results.json):\n  {}",
+                    results.failures.len(),
+                    results.failures.join("\n  ")
+                );
             }
         }
         Command::Sweep { prefix } => {

@@ -22,6 +22,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "iperf3",
     "conntrack",
     "ethtool",
+    // The benchmark's independent cross-checks: trafgen (packet workloads) and wrk (conn-rate).
+    "netsniff-ng",
+    "wrk",
 ];
 
 pub fn run() -> Result<()> {

@@ -1,21 +1,28 @@
-//! The benchmark: every backend on the same lab, round after round, each workload measured
-//! for each backend in turn so that drift on a shared machine hits them alike; medians,
-//! ranges, and ratios to iptables taken round by round. All traffic stays inside the
-//! lab's namespaces; every load is bounded in time.
+//! The benchmark: every backend on the same lab, round after round. Each measurement point
+//! (a workload with its parameters) is measured for every backend in turn before the next
+//! point, so that drift on a shared machine hits them alike; medians, ranges, and ratios
+//! to iptables and to the bare-redirect ceilings taken round by round. All traffic stays
+//! inside the lab's namespaces; every load is bounded in time.
+//!
+//! Packet workloads run at full offered rate: the generator (`gen`, or trafgen as an
+//! independent check) sends 60-byte UDP frames from red as fast as its CPU allows, and an
+//! XDP sink on lan's veth counts and drops them. On veth the whole path of a packet runs in
+//! the sender's context, so "delivered" is the capacity of the sending CPUs for generator +
+//! router, and the router's cost per packet is the machine's CPU time per delivered packet
+//! minus that of the generator sending straight into a sink (the `generator` rows).
 
+pub mod conn;
 pub mod load;
 pub mod report;
+pub mod trafgen;
+pub mod txring;
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::PathBuf,
     process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -23,40 +30,137 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 
+use netns_common::fwd::NextHop;
+
 use crate::{
     config::LabConfig,
-    ebpf,
-    lab::{self, Lab, netlink},
+    ebpf::{self, CeilingHook},
+    lab::{self, Lab},
     nat::{NatKind, ebpf as nat_ebpf},
-    netns,
+    netlink, netns,
 };
+
+/// A backend the benchmark compares: a NAT of the lab, or a bare-redirect ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Plain routing, no NAT (lan is given a route back): the kernel path's own cost.
+    None,
+    /// The kernel's NAT through iptables.
+    Iptables,
+    /// The kernel's NAT through nftables.
+    Nftables,
+    /// The eBPF NAT.
+    Ebpf,
+    /// Ceiling: the load redirected at TC from red's bridge port straight to the uplink,
+    /// MAC addresses rewritten, nothing else (no NAT, no routing). Packet workloads only.
+    TcRedirect,
+    /// Ceiling: the same in XDP, through a DEVMAP. Packet workloads only.
+    XdpRedirect,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 6] = [
+        Backend::None,
+        Backend::Iptables,
+        Backend::Nftables,
+        Backend::Ebpf,
+        Backend::TcRedirect,
+        Backend::XdpRedirect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::None => "none",
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+            Backend::Ebpf => "ebpf",
+            Backend::TcRedirect => "tc-redirect",
+            Backend::XdpRedirect => "xdp-redirect",
+        }
+    }
+
+    /// The NAT the lab runs.
+    pub fn nat(self) -> NatKind {
+        match self {
+            Backend::Iptables => NatKind::Iptables,
+            Backend::Nftables => NatKind::Nftables,
+            Backend::Ebpf => NatKind::Ebpf,
+            Backend::None | Backend::TcRedirect | Backend::XdpRedirect => NatKind::None,
+        }
+    }
+
+    /// The ceiling program it attaches, if it is a ceiling.
+    pub fn ceiling(self) -> Option<CeilingHook> {
+        match self {
+            Backend::TcRedirect => Some(CeilingHook::Tc),
+            Backend::XdpRedirect => Some(CeilingHook::Xdp),
+            _ => None,
+        }
+    }
+}
+
+/// What sends the packet workloads' load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generator {
+    /// The project's own: an AF_PACKET TX ring with qdisc bypass, one pinned thread per CPU.
+    NetnsNat,
+    /// trafgen (netsniff-ng), one pinned process per CPU: the independent check.
+    Trafgen,
+}
+
+impl Generator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::NetnsNat => "netns-nat",
+            Generator::Trafgen => "trafgen",
+        }
+    }
+}
+
+/// What drives the connection-rate workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnClient {
+    /// The project's own: non-blocking connects and epoll, one pinned thread per CPU.
+    NetnsNat,
+    /// wrk with `Connection: close`: the independent check.
+    Wrk,
+}
+
+impl ConnClient {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnClient::NetnsNat => "netns-nat",
+            ConnClient::Wrk => "wrk",
+        }
+    }
+}
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
-    /// 64-byte UDP red -> lan as fast as the generator goes, a few flows.
+    /// 60-byte UDP red -> lan at full rate, one flow.
     SmallPacket,
-    /// The same with 1, 1,000 and 100,000 concurrent flows.
+    /// The same over many concurrent flows (65,000 by default).
     ManyFlows,
     /// TCP bulk (iperf3), 1 and 4 streams, SNAT and DNAT paths.
     TcpThroughput,
-    /// Short TCP connections through SNAT.
+    /// Short TCP connections (HTTP, Connection: close) through SNAT.
     ConnRate,
     /// UDP request/response round trips at a low rate.
     Latency,
-    /// CPU per forwarded packet at a fixed rate every backend sustains.
-    Cpu,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 5] = [
         Workload::SmallPacket,
         Workload::ManyFlows,
         Workload::TcpThroughput,
         Workload::ConnRate,
         Workload::Latency,
-        Workload::Cpu,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -65,7 +169,6 @@ impl Workload {
             Workload::TcpThroughput => "tcp-throughput",
             Workload::ConnRate => "conn-rate",
             Workload::Latency => "latency",
-            Workload::Cpu => "cpu",
         }
     }
 }
@@ -76,41 +179,58 @@ pub const GENERATOR: &str = "generator";
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    pub backends: Vec<NatKind>,
+    pub backends: Vec<Backend>,
     pub workloads: Vec<Workload>,
     pub rounds: u32,
     pub duration: Duration,
     pub warmup: Duration,
-    pub flows: Vec<u32>,
-    /// Offered rate of the `cpu` workload.
-    pub cpu_pps: f64,
+    /// The window after each packet measurement in which BPF run-time statistics are on.
+    pub stats_window: Duration,
+    /// Concurrent flows of the many-flows workload.
+    pub many_flows: u32,
+    /// Generator threads (one per CPU, pinned) of the packet workloads, each a point.
+    pub gen_threads: Vec<usize>,
+    pub generators: Vec<Generator>,
+    pub conn_clients: Vec<ConnClient>,
     /// Request rate of the `latency` workload.
     pub latency_rps: f64,
     /// How the run was asked for, recorded in the results.
     pub command: String,
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl BenchOptions {
     pub fn full() -> Self {
+        let mut threads = vec![1, cpus()];
+        threads.dedup();
         BenchOptions {
-            backends: vec![NatKind::None, NatKind::Iptables, NatKind::Nftables, NatKind::Ebpf],
+            backends: Backend::ALL.to_vec(),
             workloads: Workload::ALL.to_vec(),
             rounds: 3,
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
-            flows: vec![1, 1000, 100_000],
-            cpu_pps: 50_000.0,
+            stats_window: Duration::from_secs(1),
+            many_flows: 65_000,
+            gen_threads: threads,
+            generators: vec![Generator::NetnsNat, Generator::Trafgen],
+            conn_clients: vec![ConnClient::NetnsNat, ConnClient::Wrk],
             latency_rps: 1000.0,
             command: String::new(),
         }
     }
 
-    /// One short round of everything.
+    /// One short round of everything, with the project's own generator and client.
     pub fn quick() -> Self {
         BenchOptions {
             rounds: 1,
             duration: Duration::from_secs(1),
             warmup: Duration::from_millis(300),
+            stats_window: Duration::from_millis(300),
+            generators: vec![Generator::NetnsNat],
+            conn_clients: vec![ConnClient::NetnsNat],
             ..Self::full()
         }
     }
@@ -131,6 +251,9 @@ pub struct Row {
     pub max: f64,
     /// Median over rounds of (this backend / iptables) in the same round.
     pub ratio_to_iptables: Option<f64>,
+    /// The same against the bare-redirect ceilings.
+    pub ratio_to_tc_redirect: Option<f64>,
+    pub ratio_to_xdp_redirect: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +261,16 @@ pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
     pub memory_gib: f64,
+}
+
+/// A point that failed once and was measured again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retry {
+    pub round: u32,
+    pub workload: &'static str,
+    pub backend: String,
+    pub params: serde_json::Value,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +283,12 @@ pub struct Results {
     pub duration_s: f64,
     pub backends: Vec<String>,
     pub workloads: Vec<&'static str>,
+    pub generators: Vec<&'static str>,
+    pub gen_threads: Vec<usize>,
+    pub retries: Vec<Retry>,
+    /// Points that failed on their retry too (workload, backend, params, round, error):
+    /// the run goes on without them and ends with an error.
+    pub failures: Vec<String>,
     pub rows: Vec<Row>,
 }
 
@@ -198,19 +337,29 @@ pub fn percentile(sorted: &[f64], pct: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Turns the samples into rows, with ratios to iptables taken round by round.
+/// Median over rounds of `vals / base` in the same round, if `base` has the same rounds.
+fn ratio_to(
+    samples: &Samples,
+    base: &str,
+    key: &(String, &'static str, &'static str, String),
+) -> Option<f64> {
+    let (_, vals) = samples.get(key)?;
+    samples
+        .get(&(base.to_owned(), key.1, key.2, key.3.clone()))
+        .filter(|(_, b)| b.len() == vals.len())
+        .map(|(_, b)| {
+            let r: Vec<f64> = vals.iter().zip(b).map(|(v, b)| v / b).collect();
+            median(&r)
+        })
+        .filter(|r| r.is_finite())
+}
+
+/// Turns the samples into rows, with ratios taken round by round.
 fn rows(samples: &Samples) -> Vec<Row> {
     samples
         .iter()
-        .map(|((backend, workload, metric, params), (unit, vals))| {
-            let ratio = samples
-                .get(&("iptables".to_owned(), *workload, *metric, params.clone()))
-                .filter(|(_, base)| base.len() == vals.len())
-                .map(|(_, base)| {
-                    let r: Vec<f64> = vals.iter().zip(base).map(|(v, b)| v / b).collect();
-                    median(&r)
-                })
-                .filter(|r| r.is_finite());
+        .map(|(key, (unit, vals))| {
+            let (backend, workload, metric, params) = key;
             Row {
                 backend: backend.clone(),
                 workload,
@@ -221,7 +370,9 @@ fn rows(samples: &Samples) -> Vec<Row> {
                 median: median(vals),
                 min: vals.iter().copied().fold(f64::INFINITY, f64::min),
                 max: vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                ratio_to_iptables: ratio,
+                ratio_to_iptables: ratio_to(samples, "iptables", key),
+                ratio_to_tc_redirect: ratio_to(samples, "tc-redirect", key),
+                ratio_to_xdp_redirect: ratio_to(samples, "xdp-redirect", key),
             }
         })
         .collect()
@@ -237,35 +388,60 @@ struct Parts {
     lan_ip: Ipv4Addr,
     blue_ip: Ipv4Addr,
     uplink_ip: Ipv4Addr,
+    /// red's MAC and its gateway's (the bridge's): the load's frames carry them.
+    red_mac: [u8; 6],
+    gateway_mac: [u8; 6],
+    /// Where the ceilings send the load: the uplink, with lan0's MAC.
+    uplink_hop: NextHop,
 }
 
 impl Parts {
-    fn of(lab: &Lab) -> Parts {
-        Parts {
-            red: lab.ns("red"),
-            lan: lab.ns("lan"),
+    fn of(lab: &Lab) -> Result<Parts> {
+        let (red, host, lan) = (lab.ns("red"), lab.ns("host"), lab.ns("lan"));
+        let red_mac = netlink::in_ns(&red, |r| async move { r.link("veth-red").await })?.mac;
+        let (gw, uplink) = netlink::in_ns(&host, |r| async move {
+            Ok((r.link("v-net-0").await?, r.link("uplink").await?))
+        })?;
+        let lan0 = netlink::in_ns(&lan, |r| async move { r.link("lan0").await })?;
+        Ok(Parts {
             blue: lab.ns("blue"),
-            host: lab.ns("host"),
             red_ip: Ipv4Addr::new(192, 168, 15, 1),
             lan_ip: Ipv4Addr::new(192, 168, 1, 3),
             blue_ip: Ipv4Addr::new(192, 168, 15, 2),
             uplink_ip: Ipv4Addr::new(192, 168, 1, 2),
-        }
+            red_mac,
+            gateway_mac: gw.mac,
+            uplink_hop: NextHop {
+                ifindex: uplink.index,
+                src_mac: uplink.mac,
+                dst_mac: lan0.mac,
+            },
+            red,
+            host,
+            lan,
+        })
     }
 }
 
 /// A lab for one measurement, taken down however the measurement ends.
-struct BenchLab(Lab);
+struct BenchLab {
+    lab: Lab,
+    parts: Parts,
+    _ceiling: Option<ebpf::Ceiling>,
+}
 
 impl BenchLab {
-    fn up(nat: NatKind) -> Result<BenchLab> {
+    /// The lab of `backend` (None: the generator alone, on a lab without NAT).
+    fn up(backend: Option<Backend>) -> Result<BenchLab> {
+        let nat = backend.map_or(NatKind::None, Backend::nat);
         let prefix = format!("nnb{}-", std::process::id());
         let lab = Lab::up(&LabConfig::reference(), &prefix, nat, &mut |_| {})?;
-        let guard = BenchLab(lab);
+        // From here on, the guard takes the lab down if anything fails.
+        let guard = LabGuard(Some(lab));
+        let lab = guard.0.as_ref().expect("just set");
         if nat == NatKind::None {
             // Plain routing: lan is given the way back that NAT otherwise provides.
-            let lan = guard.0.ns("lan");
-            netlink::in_ns(&lan, |r| async move {
+            netlink::in_ns(&lab.ns("lan"), |r| async move {
                 r.add_route(
                     "192.168.15.0/24".parse().expect("literal"),
                     Some(Ipv4Addr::new(192, 168, 1, 2)),
@@ -274,13 +450,44 @@ impl BenchLab {
                 .await
             })?;
         }
-        Ok(guard)
+        let parts = Parts::of(lab)?;
+        let ceiling = match backend.and_then(Backend::ceiling) {
+            Some(hook) => Some(ebpf::attach_ceiling(
+                &parts.host,
+                "veth-red-br",
+                hook,
+                parts.uplink_hop,
+            )?),
+            None => None,
+        };
+        Ok(BenchLab {
+            lab: guard.take(),
+            parts,
+            _ceiling: ceiling,
+        })
+    }
+}
+
+struct LabGuard(Option<Lab>);
+
+impl LabGuard {
+    fn take(mut self) -> Lab {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(l) = &self.0 {
+            let _ = lab::down(l.prefix());
+        }
     }
 }
 
 impl Drop for BenchLab {
     fn drop(&mut self) {
-        let _ = lab::down(self.0.prefix());
+        // Ceiling programs go with the namespaces.
+        let _ = lab::down(self.lab.prefix());
     }
 }
 
@@ -301,11 +508,100 @@ fn stop_on_signals() {
     }
 }
 
+/// One measurement point: a workload with its parameters.
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    Packets {
+        flows: u32,
+        threads: usize,
+        generator: Generator,
+    },
+    Tcp {
+        path: &'static str,
+        streams: u32,
+    },
+    Conn {
+        client: ConnClient,
+    },
+    Latency,
+}
+
+impl Point {
+    fn params(self, opts: &BenchOptions) -> serde_json::Value {
+        match self {
+            Point::Packets {
+                flows,
+                threads,
+                generator,
+            } => json!({
+                "flows": flows,
+                "threads": threads,
+                "generator": generator.name(),
+                "frame_bytes": load::FRAME_BYTES,
+            }),
+            Point::Tcp { path, streams } => json!({ "path": path, "streams": streams }),
+            Point::Conn { client } => json!({ "path": "snat", "client": client.name() }),
+            Point::Latency => json!({ "rate_rps": opts.latency_rps, "payload_bytes": 32 }),
+        }
+    }
+}
+
+/// The points of workload `w`.
+fn points(opts: &BenchOptions, w: Workload) -> Vec<Point> {
+    let packets = |flows: u32| {
+        opts.generators
+            .iter()
+            .flat_map(|&generator| {
+                opts.gen_threads.iter().map(move |&threads| Point::Packets {
+                    flows,
+                    threads,
+                    generator,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    match w {
+        Workload::SmallPacket => packets(1),
+        Workload::ManyFlows => packets(opts.many_flows),
+        Workload::TcpThroughput => ["snat", "dnat"]
+            .iter()
+            .flat_map(|&path| [1, 4].map(|streams| Point::Tcp { path, streams }))
+            .collect(),
+        Workload::ConnRate => opts
+            .conn_clients
+            .iter()
+            .map(|&client| Point::Conn { client })
+            .collect(),
+        Workload::Latency => vec![Point::Latency],
+    }
+}
+
+/// Who is measured at `point`: the generator alone first (packet points), then every
+/// backend that applies (the ceilings only carry packets).
+fn runs(opts: &BenchOptions, point: Point) -> Vec<Option<Backend>> {
+    let packets = matches!(point, Point::Packets { .. });
+    let mut out: Vec<Option<Backend>> = Vec::new();
+    if packets {
+        out.push(None);
+    }
+    out.extend(
+        opts.backends
+            .iter()
+            .filter(|b| packets || b.ceiling().is_none())
+            .map(|b| Some(*b)),
+    );
+    out
+}
+
+fn backend_name(b: Option<Backend>) -> &'static str {
+    b.map_or(GENERATOR, Backend::name)
+}
+
 /// Runs the benchmark. `progress` hears a line per measurement.
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Results> {
     lab::require_root()?;
-    if !opts.backends.contains(&NatKind::Iptables) {
-        progress("note: iptables is not among the backends, so there will be no ratios");
+    if !opts.backends.contains(&Backend::Iptables) {
+        progress("note: iptables is not among the backends, so there will be no ratios to it\n");
     }
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,70 +610,68 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Result
     let mut rec = Recorder {
         samples: Samples::new(),
     };
-    let with_generator = |w: &Workload| matches!(w, Workload::SmallPacket | Workload::Cpu);
+    let mut retries = Vec::new();
+    let mut failures = Vec::new();
     let per_round: usize = opts
         .workloads
         .iter()
-        .map(|w| opts.backends.len() + usize::from(with_generator(w)))
+        .flat_map(|w| points(opts, *w))
+        .map(|p| runs(opts, p).len())
         .sum();
     let total = opts.rounds as usize * per_round;
     let mut done = 0;
     stop_on_signals();
     for round in 1..=opts.rounds {
         for &w in &opts.workloads {
-            // The generator's own figures, where the workload has them, come first.
-            let mut runs: Vec<Option<NatKind>> = opts.backends.iter().copied().map(Some).collect();
-            if with_generator(&w) {
-                runs.insert(0, None);
-            }
-            for b in runs {
-                if STOP.load(Ordering::Relaxed) {
-                    bail!("interrupted: stopped after {done} of {total} measurements; no lab is left behind");
+            for point in points(opts, w) {
+                for b in runs(opts, point) {
+                    if STOP.load(Ordering::Relaxed) {
+                        bail!(
+                            "interrupted: stopped after {done} of {total} measurements; no lab is left behind"
+                        );
+                    }
+                    done += 1;
+                    let name = backend_name(b);
+                    let params = point.params(opts);
+                    progress(&format!(
+                        "[round {round}/{}] {:<14} {:<12} {:<40} ({done}/{total})",
+                        opts.rounds,
+                        w.name(),
+                        name,
+                        report::params_label(&params)
+                    ));
+                    let mut attempt = measure(opts, w, point, b, &mut rec);
+                    if let Err(e) = &attempt {
+                        // One retry: a set-up that failed once (a port not yet free, a
+                        // server slow to start) should not sink a whole run.
+                        retries.push(Retry {
+                            round,
+                            workload: w.name(),
+                            backend: name.to_owned(),
+                            params: params.clone(),
+                            error: format!("{e:#}"),
+                        });
+                        progress(&format!("  failed ({e:#}); retrying once\n"));
+                        attempt = measure(opts, w, point, b, &mut rec);
+                    }
+                    if let Err(e) = attempt {
+                        // Recorded, and the run goes on: the rest of a long run is not
+                        // thrown away. The command fails at the end, naming the point.
+                        let what = format!(
+                            "workload {}, backend {name}, round {round} ({}): failed twice: {e:#}",
+                            w.name(),
+                            report::params_label(&params)
+                        );
+                        progress(&format!("  {what}\n"));
+                        failures.push(what);
+                    }
                 }
-                done += 1;
-                let name = b.map(|b| b.name()).unwrap_or(GENERATOR);
-                progress(&format!(
-                    "[round {round}/{}] {:<14} {:<9} ({done}/{total})",
-                    opts.rounds,
-                    w.name(),
-                    name
-                ));
-                measure(opts, w, b, &mut rec).with_context(|| format!("{} with {name}", w.name()))?;
             }
         }
     }
-    // The router's own CPU share: each backend's cost minus the generator's, per round.
-    let generator = rec
-        .samples
-        .get(&(
-            GENERATOR.to_owned(),
-            Workload::Cpu.name(),
-            "cpu_s_per_mpkt",
-            cpu_params(opts).to_string(),
-        ))
-        .map(|(_, v)| v.clone());
-    if let Some(generator) = generator {
-        let mine: Vec<(String, Vec<f64>)> = rec
-            .samples
-            .iter()
-            .filter(|((b, w, m, _), _)| *w == "cpu" && *m == "cpu_s_per_mpkt" && b != GENERATOR)
-            .map(|((b, ..), (_, v))| (b.clone(), v.clone()))
-            .collect();
-        for (b, v) in mine {
-            for (x, g) in v.iter().zip(&generator) {
-                rec.put(
-                    &b,
-                    Workload::Cpu,
-                    "router_cpu_s_per_mpkt",
-                    "cpu_s/Mpkt",
-                    &cpu_params(opts),
-                    x - g,
-                );
-            }
-        }
-    }
+    derive_router_share(&mut rec);
     Ok(Results {
-        schema: 1,
+        schema: 2,
         started_unix,
         command: opts.command.clone(),
         machine: machine(),
@@ -385,8 +679,36 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Result
         duration_s: opts.duration.as_secs_f64(),
         backends: opts.backends.iter().map(|b| b.name().to_owned()).collect(),
         workloads: opts.workloads.iter().map(|w| w.name()).collect(),
+        generators: opts.generators.iter().map(|g| g.name()).collect(),
+        gen_threads: opts.gen_threads.clone(),
+        retries,
+        failures,
         rows: rows(&rec.samples),
     })
+}
+
+/// The router's own cost per packet: each backend's CPU per delivered packet minus the
+/// generator's alone, at the same point and in the same round.
+fn derive_router_share(rec: &mut Recorder) {
+    let generator: Vec<((&'static str, String), Vec<f64>)> = rec
+        .samples
+        .iter()
+        .filter(|((b, _, m, _), _)| b == GENERATOR && *m == "cpu_ns_per_pkt")
+        .map(|((_, w, _, p), (_, v))| ((*w, p.clone()), v.clone()))
+        .collect();
+    for ((w, params), gen_vals) in generator {
+        let mine: Vec<(String, Vec<f64>)> = rec
+            .samples
+            .iter()
+            .filter(|((b, ww, m, p), _)| b != GENERATOR && *ww == w && *m == "cpu_ns_per_pkt" && *p == params)
+            .map(|((b, ..), (_, v))| (b.clone(), v.clone()))
+            .collect();
+        for (b, vals) in mine {
+            let share: Vec<f64> = vals.iter().zip(&gen_vals).map(|(x, g)| x - g).collect();
+            let key = (b, w, "router_ns_per_pkt", params.clone());
+            rec.samples.insert(key, ("ns/pkt", share));
+        }
+    }
 }
 
 fn machine() -> Machine {
@@ -399,7 +721,7 @@ fn machine() -> Machine {
         })
         .unwrap_or(0.0);
     Machine {
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: cpus(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -408,195 +730,256 @@ fn machine() -> Machine {
     }
 }
 
-fn cpu_params(opts: &BenchOptions) -> serde_json::Value {
-    json!({ "offered_pps": opts.cpu_pps, "frame_bytes": 60 })
-}
-
-/// One workload for one backend (None: the generator alone), on a lab of its own.
-fn measure(opts: &BenchOptions, w: Workload, backend: Option<NatKind>, rec: &mut Recorder) -> Result<()> {
-    let lab = BenchLab::up(backend.unwrap_or(NatKind::None))?;
-    let p = Parts::of(&lab.0);
-    let name = backend.map(|b| b.name()).unwrap_or(GENERATOR);
-    // The generator alone sinks at red's own veth peer; everything else at lan.
-    let (sink_ns, sink_dev) = if backend.is_none() {
-        (p.host.clone(), "veth-red-br")
-    } else {
-        (p.lan.clone(), "lan0")
-    };
-    match w {
-        Workload::SmallPacket | Workload::ManyFlows => {
-            let flows: Vec<u32> = if w == Workload::SmallPacket {
-                vec![4]
-            } else {
-                opts.flows.clone()
-            };
-            for f in flows {
-                let params = json!({ "flows": f, "frame_bytes": 60 });
-                let r = udp_load(opts, &p, &sink_ns, sink_dev, f, None)?;
-                rec.put(name, w, "offered_pps", "pps", &params, r.offered_pps);
-                rec.put(name, w, "delivered_pps", "pps", &params, r.delivered_pps);
-                rec.put(name, w, "loss_pct", "%", &params, r.loss_pct);
+/// One point for one backend (None: the generator alone), on a lab of its own.
+fn measure(
+    opts: &BenchOptions,
+    w: Workload,
+    point: Point,
+    backend: Option<Backend>,
+    rec: &mut Recorder,
+) -> Result<()> {
+    let bl = BenchLab::up(backend)?;
+    let name = backend_name(backend);
+    let params = point.params(opts);
+    let mut put =
+        |metric: &'static str, unit: &'static str, v: f64| rec.put(name, w, metric, unit, &params, v);
+    match point {
+        Point::Packets {
+            flows,
+            threads,
+            generator,
+        } => {
+            let r = packets(opts, &bl, backend.is_none(), flows, threads, generator)?;
+            put("offered_pps", "pps", r.offered_pps);
+            put("delivered_pps", "pps", r.delivered_pps);
+            put("loss_pct", "%", r.loss_pct);
+            put("cpu_ns_per_pkt", "ns/pkt", r.cpu_ns_per_pkt);
+            if let Some(n) = r.generator_restarts {
+                put("generator_restarts", "restarts", f64::from(n));
+            }
+            if let Some(b) = r.bpf_ns_per_pkt {
+                put("bpf_ns_per_pkt", "ns/pkt", b);
+            }
+            for (label, ns) in r.bpf_ns_per_run {
+                let mut p = params.clone();
+                p["program"] = json!(label);
+                rec.put(name, w, "bpf_ns_per_run", "ns/run", &p, ns);
             }
         }
-        Workload::Cpu => {
-            let r = udp_load(opts, &p, &sink_ns, sink_dev, 4, Some(opts.cpu_pps))?;
-            let params = cpu_params(opts);
-            rec.put(name, w, "delivered_pps", "pps", &params, r.delivered_pps);
-            rec.put(name, w, "cpu_s_per_mpkt", "cpu_s/Mpkt", &params, r.cpu_s_per_mpkt);
-            rec.put(
-                name,
-                w,
-                "sender_cpu_s_per_mpkt",
-                "cpu_s/Mpkt",
-                &params,
-                r.sender_cpu_s_per_mpkt,
+        Point::Tcp { path, streams } => {
+            let b = backend.context("the generator has no TCP workload")?;
+            put(
+                "gbps",
+                "Gbit/s",
+                tcp_throughput(opts, &bl.parts, b, path, streams)?,
             );
         }
-        Workload::TcpThroughput => {
-            let b = backend.expect("the generator has no TCP workload");
-            for path in ["snat", "dnat"] {
-                for streams in [1u32, 4] {
-                    let gbps = tcp_throughput(opts, &p, b, path, streams)?;
-                    rec.put(
-                        name,
-                        w,
-                        "gbps",
-                        "Gbit/s",
-                        &json!({ "path": path, "streams": streams }),
-                        gbps,
-                    );
-                }
-            }
+        Point::Conn { client } => {
+            let b = backend.context("the generator has no TCP workload")?;
+            let (rate, failed, left) = conn_rate(opts, &bl, b, client)?;
+            put("conns_per_s", "conn/s", rate);
+            put("failed", "conns", failed as f64);
+            put("conntrack_entries", "entries", left as f64);
         }
-        Workload::ConnRate => {
-            let b = backend.expect("the generator has no TCP workload");
-            let (rate, left) = conn_rate(opts, &lab.0, &p, b)?;
-            let params = json!({ "path": "snat", "payload_bytes": 8 });
-            rec.put(name, w, "conns_per_s", "conn/s", &params, rate);
-            rec.put(name, w, "conntrack_entries", "entries", &params, left as f64);
-        }
-        Workload::Latency => {
-            let lat = latency(opts, &p)?;
-            let params = json!({ "rate_rps": opts.latency_rps, "payload_bytes": 32 });
-            rec.put(name, w, "p50_us", "us", &params, lat.0);
-            rec.put(name, w, "p99_us", "us", &params, lat.1);
-            rec.put(name, w, "p99_9_us", "us", &params, lat.2);
+        Point::Latency => {
+            let lat = latency(opts, &bl.parts)?;
+            put("p50_us", "us", lat.0);
+            put("p99_us", "us", lat.1);
+            put("p99_9_us", "us", lat.2);
         }
     }
     Ok(())
 }
 
-struct Load {
+/// What a packet point measured.
+struct PacketRun {
     offered_pps: f64,
     delivered_pps: f64,
     loss_pct: f64,
-    cpu_s_per_mpkt: f64,
-    /// The same for CPU 0 alone, where the pinned generator's packets are processed.
-    sender_cpu_s_per_mpkt: f64,
+    cpu_ns_per_pkt: f64,
+    /// BPF run time of the router's programs per delivered packet, when it has any.
+    bpf_ns_per_pkt: Option<f64>,
+    /// Each program's run time per run.
+    bpf_ns_per_run: Vec<(String, f64)>,
+    /// trafgen only: how often it had to be restarted (see `trafgen::EAGAIN_EXIT`).
+    generator_restarts: Option<u32>,
 }
 
-/// Keeps the generator's thread on CPU 0 for every backend alike: the whole path of a
-/// veth transmit runs on the sender's CPU, so a generator that migrates mid-run adds
-/// noise that is not the router's.
-fn pin_to_first_cpu() {
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(0).is_ok() {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-    }
+/// The generator at work, whichever it is.
+enum Sending {
+    Own(txring::Running),
+    Trafgen(trafgen::Trafgen, PathBuf),
 }
 
-/// UDP from red to lan's discard port, counted and dropped by the XDP sink on `sink_dev`.
-fn udp_load(
+/// 60-byte UDP frames from red to lan at full rate for a warm-up, the measurement window
+/// and the BPF statistics window. `alone`: the sink sits on red's own veth peer.
+fn packets(
     opts: &BenchOptions,
-    p: &Parts,
-    sink_ns: &str,
-    sink_dev: &str,
+    bl: &BenchLab,
+    alone: bool,
     flows: u32,
-    rate: Option<f64>,
-) -> Result<Load> {
+    threads: usize,
+    generator: Generator,
+) -> Result<PacketRun> {
+    let p = &bl.parts;
+    let (sink_ns, sink_dev) = if alone {
+        (p.host.as_str(), "veth-red-br")
+    } else {
+        (p.lan.as_str(), "lan0")
+    };
     let sink = ebpf::attach_sink(sink_ns, sink_dev)?;
-    let (src, dst) = (p.red_ip, p.lan_ip);
-    // Warm-up: neighbours resolved, every flow's state created, caches warm.
-    let warm = netns::run_in(&p.red, || -> std::io::Result<()> {
-        pin_to_first_cpu();
-        let deadline = Instant::now() + opts.warmup.max(Duration::from_millis(100)) * 4;
-        let mut sent = 0u64;
-        while sent < u64::from(flows) || sent == 0 {
-            sent += load::run(src, dst, flows, rate, opts.warmup)?.packets;
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        Ok(())
-    })?;
-    warm.context("generator warm-up")?;
-    let (before, _) = sink.counts()?;
-    let cpu0 = load::cpu_busy_s();
-    let sent = netns::run_in(&p.red, || {
-        pin_to_first_cpu();
-        load::run(src, dst, flows, rate, opts.duration)
-    })?
-    .context("generator")?;
-    // Let the last batch land.
-    std::thread::sleep(Duration::from_millis(50));
-    let cpu1 = load::cpu_busy_s();
-    let (after, _) = sink.counts()?;
-    let delivered = after.saturating_sub(before);
-    let secs = sent.elapsed.as_secs_f64();
-    let per_mpkt = |cpu_s: f64| {
-        if delivered == 0 {
-            f64::NAN
-        } else {
-            cpu_s / (delivered as f64 / 1e6)
+    let ends = load::Endpoints {
+        src_mac: p.red_mac,
+        dst_mac: p.gateway_mac,
+        src: p.red_ip,
+        dst: p.lan_ip,
+    };
+    let max = opts.warmup + opts.duration + opts.stats_window + Duration::from_secs(2);
+    let sending = match generator {
+        Generator::NetnsNat => Sending::Own(txring::start(
+            &p.red,
+            &txring::Plan {
+                ifname: "veth-red".into(),
+                frames: load::frames(&ends, flows),
+                threads,
+                max_duration: max,
+            },
+        )?),
+        Generator::Trafgen => {
+            let spec = trafgen::Spec {
+                dst_mac: ends.dst_mac,
+                src_mac: ends.src_mac,
+                src: ends.src,
+                dst: ends.dst,
+                flows,
+            };
+            let path = lab::state_dir(bl.lab.prefix()).join("trafgen.cfg");
+            std::fs::write(&path, trafgen::config(&spec)).context("writing trafgen's configuration")?;
+            let t = trafgen::start(&p.red, "veth-red", &path, threads, max)
+                .context("starting trafgen (installed by cargo xtask setup)")?;
+            Sending::Trafgen(t, path)
         }
     };
-    Ok(Load {
-        offered_pps: sent.pps(),
+    let measured = window(opts, bl, &sink, &sending);
+    let restarts = match sending {
+        Sending::Own(r) => r.stop().context("generator").map(|_| None),
+        Sending::Trafgen(t, path) => {
+            let stopped = t.stop().context("trafgen").map(|s| Some(s.restarts));
+            let _ = std::fs::remove_file(path);
+            stopped
+        }
+    };
+    let (mut run, window_sent) = measured?;
+    run.generator_restarts = restarts?;
+    run.offered_pps = window_sent.map_or(f64::NAN, |(n, secs)| n as f64 / secs);
+    run.loss_pct = (100.0 * (1.0 - run.delivered_pps / run.offered_pps)).max(0.0);
+    Ok(run)
+}
+
+/// The measurement window (delivered packets and CPU time), then the BPF statistics window.
+/// Returns the run and, for our own generator, what it sent in the window.
+fn window(
+    opts: &BenchOptions,
+    bl: &BenchLab,
+    sink: &ebpf::Sink,
+    sending: &Sending,
+) -> Result<(PacketRun, Option<(u64, f64)>)> {
+    // trafgen only reports its total when it ends (and not at all when it had to be
+    // restarted): count what red's veth took in the window instead.
+    let red = bl.parts.red.clone();
+    // A netlink round trip takes milliseconds: each count carries the time it was read at.
+    let sent_now = || {
+        let n = match sending {
+            Sending::Own(r) => Some(r.sent()),
+            Sending::Trafgen(..) => netlink::in_ns(&red, |r| async move { r.link("veth-red").await })
+                .ok()
+                .map(|l| l.tx_packets + l.tx_dropped),
+        };
+        n.map(|n| (n, Instant::now()))
+    };
+    std::thread::sleep(opts.warmup);
+    let s0 = sent_now();
+    let (d0, _) = sink.counts()?;
+    let (cpu0, t0) = (load::cpu_busy_ns(), Instant::now());
+    std::thread::sleep(opts.duration);
+    let (d1, _) = sink.counts()?;
+    let (cpu1, secs) = (load::cpu_busy_ns(), t0.elapsed().as_secs_f64());
+    let s1 = sent_now();
+    let delivered = d1.saturating_sub(d0);
+    if delivered == 0 {
+        bail!("no packet reached the sink in {secs:.1} s");
+    }
+    let mut run = PacketRun {
+        offered_pps: f64::NAN,
         delivered_pps: delivered as f64 / secs,
-        loss_pct: if sent.packets == 0 {
-            0.0
-        } else {
-            (100.0 * (1.0 - delivered as f64 / sent.packets as f64)).max(0.0)
-        },
-        cpu_s_per_mpkt: per_mpkt(cpu1.0 - cpu0.0),
-        sender_cpu_s_per_mpkt: per_mpkt(cpu1.1 - cpu0.1),
-    })
+        loss_pct: f64::NAN,
+        cpu_ns_per_pkt: cpu1.saturating_sub(cpu0) as f64 / delivered as f64,
+        bpf_ns_per_pkt: None,
+        bpf_ns_per_run: Vec::new(),
+        generator_restarts: None,
+    };
+    if !opts.stats_window.is_zero() {
+        // Run-time statistics cost every program two clock reads per run: they are on in
+        // this separate window only, never while packets and CPU are counted.
+        let router = &bl.parts.host;
+        let stats = ebpf::enable_run_time_stats()?;
+        let p0 = ebpf::attached_programs(router)?;
+        let (s0, _) = sink.counts()?;
+        std::thread::sleep(opts.stats_window);
+        let p1 = ebpf::attached_programs(router)?;
+        let (s1, _) = sink.counts()?;
+        drop(stats);
+        let pkts = s1.saturating_sub(s0).max(1) as f64;
+        let mut total_ns = 0u64;
+        for b in &p1 {
+            let Some(a) = p0.iter().find(|a| a.id == b.id && a.label == b.label) else {
+                continue;
+            };
+            let (dt, dn) = (b.run_time_ns - a.run_time_ns, b.run_count - a.run_count);
+            total_ns += dt;
+            // A program that ran only a handful of times (the reverse direction of a one-way
+            // load) reports cold-cache outliers, not a cost per packet: leave it out.
+            if dn as f64 >= (pkts / 100.0).max(100.0) {
+                run.bpf_ns_per_run.push((b.label.clone(), dt as f64 / dn as f64));
+            }
+        }
+        if !p1.is_empty() {
+            run.bpf_ns_per_pkt = Some(total_ns as f64 / pkts);
+        }
+    }
+    let window_sent = match (s0, s1) {
+        (Some((a, ta)), Some((b, tb))) => Some((b.saturating_sub(a), (tb - ta).as_secs_f64())),
+        _ => None,
+    };
+    Ok((run, window_sent))
 }
 
 /// iperf3 through the SNAT path (red -> lan) or the DNAT path (lan -> uplink:80 -> blue;
 /// with no NAT, lan -> blue directly).
-fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: NatKind, path: &str, streams: u32) -> Result<f64> {
+fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: Backend, path: &str, streams: u32) -> Result<f64> {
     let (server_ns, client_ns, port, target) = match path {
         "snat" => (&p.lan, &p.red, 5201u16, p.lan_ip),
-        _ if b == NatKind::None => (&p.blue, &p.lan, 80, p.blue_ip),
+        _ if b == Backend::None => (&p.blue, &p.lan, 80, p.blue_ip),
         _ => (&p.blue, &p.lan, 80, p.uplink_ip),
     };
+    // One-off (-1): the server serves the one client and exits. Readiness is read from the
+    // namespace's socket table, never by connecting: iperf3 takes any connection as its
+    // test's control channel, and a probe connection that goes away makes it reset the
+    // real client ("unable to receive control message: Connection reset by peer").
     let mut server = netns::command(server_ns, "iperf3")?
-        .args(["-s", "-p", &port.to_string()])
+        .args(["-s", "-1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting iperf3 (installed by cargo xtask setup)")?;
-    // Wait until it listens (iperf3 shrugs off the empty probe connection).
-    let ready = netns::run_in(client_ns, || {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(
-                &SocketAddrV4::new(target, port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn::listening(server_ns, port)? {
+        if Instant::now() > deadline || server.try_wait().ok().flatten().is_some() {
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("iperf3 server in {server_ns} does not listen on port {port}");
         }
-        false
-    })?;
-    if !ready {
-        let _ = server.kill();
-        let _ = server.wait();
-        bail!("iperf3 server in {server_ns} not reachable at {target}:{port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let secs = opts.duration.as_secs().max(1).to_string();
     let out = netns::command(client_ns, "iperf3")?
@@ -611,9 +994,10 @@ fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: NatKind, path: &str, stream
             &streams.to_string(),
         ])
         .args(["-J", "--connect-timeout", "3000"])
-        .output()?;
+        .output();
     let _ = server.kill();
     let _ = server.wait();
+    let out = out.context("running the iperf3 client")?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -621,68 +1005,63 @@ fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: NatKind, path: &str, stream
     Ok(bps / 1e9)
 }
 
-/// Short connections from red to a server on lan for the run's duration: connect, 8 bytes
-/// each way, close. Returns connections per second and the conntrack entries left.
-fn conn_rate(opts: &BenchOptions, lab: &Lab, p: &Parts, b: NatKind) -> Result<(f64, usize)> {
-    // Namespace-local: the whole port range, and TIME_WAIT tuples reused.
+/// Short HTTP connections from red to a server on lan for the run's duration. Returns
+/// connections per second, connections failed, and the conntrack entries left.
+fn conn_rate(
+    opts: &BenchOptions,
+    bl: &BenchLab,
+    b: Backend,
+    client: ConnClient,
+) -> Result<(f64, u64, usize)> {
+    let p = &bl.parts;
+    // Namespace-local: the whole port range for the client.
     netns::run_in(&p.red, || {
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
-        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")
     })??;
     let port = 7100;
-    let server = netns::spawn_in(&p.lan, move |stop, ready| -> std::io::Result<()> {
-        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
-        l.set_nonblocking(true)?;
-        ready();
-        let mut buf = [0u8; 8];
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false)?;
-                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    if s.read_exact(&mut buf).is_ok() {
-                        let _ = s.write_all(&buf);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                Err(_) => {}
-            }
-        }
-        Ok(())
-    })
-    .context("connection server")?;
-    let count = Arc::new(AtomicU64::new(0));
+    let server = conn::Server::start(&p.lan, port, cpus()).context("HTTP server")?;
     let to = SocketAddrV4::new(p.lan_ip, port);
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    std::thread::scope(|s| {
-        let count = &count;
-        s.spawn(move || {
-            let _ = netns::run_in(&p.red, || {
-                while Instant::now() < deadline {
-                    let Ok(mut c) = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)) else {
-                        continue;
-                    };
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                    let mut buf = *b"12345678";
-                    if c.write_all(&buf).is_ok() && c.read_exact(&mut buf).is_ok() {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        });
-    });
-    let elapsed = start.elapsed().as_secs_f64();
+    let measured = match client {
+        ConnClient::NetnsNat => conn::client(&p.red, to, cpus(), 32, opts.duration)?
+            .map_err(anyhow::Error::from)
+            .map(|r| (r.completed as f64 / r.elapsed.as_secs_f64(), r.failed)),
+        ConnClient::Wrk => wrk(opts, &p.red, to),
+    };
     let _ = server.stop();
+    let (rate, failed) = measured?;
+    if rate == 0.0 {
+        bail!("no connection completed ({failed} failed)");
+    }
     let left = match b {
-        NatKind::Ebpf => nat_ebpf::live_flows(lab.prefix())?.len(),
-        NatKind::None => 0,
-        _ => {
+        Backend::Ebpf => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
+        Backend::Iptables | Backend::Nftables => {
             let out = netns::command(&p.host, "conntrack")?.arg("-C").output()?;
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
         }
+        _ => 0,
     };
-    Ok((count.load(Ordering::Relaxed) as f64 / elapsed, left))
+    Ok((rate, failed, left))
+}
+
+/// wrk with `Connection: close` against the same server: (requests per second, errors).
+fn wrk(opts: &BenchOptions, ns: &str, to: SocketAddrV4) -> Result<(f64, u64)> {
+    let secs = opts.duration.as_secs().max(1);
+    let out = netns::command(ns, "timeout")?
+        .arg((secs + 10).to_string())
+        .arg("wrk")
+        .args(["-t", &cpus().to_string(), "-c", "64", "-d", &format!("{secs}s")])
+        .args(["-H", "Connection: close", &format!("http://{to}/")])
+        .stdin(Stdio::null())
+        .output()
+        .context("running wrk (installed by cargo xtask setup)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    conn::parse_wrk(&text).with_context(|| {
+        format!(
+            "wrk gave no result: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
 }
 
 /// UDP request/response from red to an echo server on lan at `latency_rps`; (p50, p99,
@@ -788,13 +1167,72 @@ mod tests {
         let key = |b: &str| (b.to_owned(), "small-packet", "delivered_pps", "{}".to_owned());
         s.insert(key("iptables"), ("pps", vec![100.0, 200.0, 100.0]));
         s.insert(key("ebpf"), ("pps", vec![150.0, 200.0, 300.0]));
+        s.insert(key("xdp-redirect"), ("pps", vec![300.0, 400.0, 300.0]));
         let rows = rows(&s);
         let e = rows.iter().find(|r| r.backend == "ebpf").unwrap();
         // Per round: 1.5, 1.0, 3.0 -> median 1.5 (not 216.7 / 133.3).
         assert_eq!(e.ratio_to_iptables, Some(1.5));
+        assert_eq!(e.ratio_to_xdp_redirect, Some(0.5));
+        assert_eq!(e.ratio_to_tc_redirect, None);
         assert_eq!((e.median, e.min, e.max), (200.0, 150.0, 300.0));
         let i = rows.iter().find(|r| r.backend == "iptables").unwrap();
         assert_eq!(i.ratio_to_iptables, Some(1.0));
+    }
+
+    #[test]
+    fn router_share_is_taken_round_by_round_at_the_same_point() {
+        let mut rec = Recorder {
+            samples: Samples::new(),
+        };
+        let p1 = json!({"flows": 1});
+        let p2 = json!({"flows": 2});
+        for (b, p, v) in [
+            (GENERATOR, &p1, [500.0, 600.0]),
+            (GENERATOR, &p2, [100.0, 100.0]),
+            ("iptables", &p1, [1300.0, 1500.0]),
+            ("iptables", &p2, [900.0, 1000.0]),
+        ] {
+            for x in v {
+                rec.put(b, Workload::SmallPacket, "cpu_ns_per_pkt", "ns/pkt", p, x);
+            }
+        }
+        derive_router_share(&mut rec);
+        let get = |p: &serde_json::Value| {
+            rec.samples[&(
+                "iptables".to_owned(),
+                "small-packet",
+                "router_ns_per_pkt",
+                p.to_string(),
+            )]
+                .1
+                .clone()
+        };
+        assert_eq!(get(&p1), vec![800.0, 900.0]);
+        assert_eq!(get(&p2), vec![800.0, 900.0]);
+        assert!(
+            !rec.samples
+                .keys()
+                .any(|k| k.0 == GENERATOR && k.2 == "router_ns_per_pkt")
+        );
+    }
+
+    #[test]
+    fn ceilings_only_carry_packets() {
+        let opts = BenchOptions::quick();
+        let tcp = Point::Tcp {
+            path: "snat",
+            streams: 1,
+        };
+        assert!(
+            !runs(&opts, tcp)
+                .iter()
+                .any(|b| b.is_some_and(|b| b.ceiling().is_some()))
+        );
+        assert!(!runs(&opts, tcp).contains(&None));
+        let pk = points(&opts, Workload::SmallPacket)[0];
+        let r = runs(&opts, pk);
+        assert_eq!(r[0], None, "the generator alone comes first");
+        assert!(r.contains(&Some(Backend::XdpRedirect)));
     }
 
     #[test]

@@ -9,7 +9,15 @@ use plotters::prelude::*;
 use super::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
-const ORDER: [&str; 5] = ["generator", "none", "iptables", "nftables", "ebpf"];
+const ORDER: [&str; 7] = [
+    "generator",
+    "none",
+    "iptables",
+    "nftables",
+    "ebpf",
+    "tc-redirect",
+    "xdp-redirect",
+];
 
 fn order(b: &str) -> usize {
     ORDER.iter().position(|o| *o == b).unwrap_or(ORDER.len())
@@ -46,7 +54,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
                 format!("{v:.0}")
             }
         }
-        "entries" => format!("{v:.0}"),
+        "entries" | "conns" | "ns/pkt" | "ns/run" => format!("{v:.0}"),
         "%" => format!("{v:.2}"),
         _ => format!("{v:.2}"),
     }
@@ -67,6 +75,77 @@ fn groups(results: &Results) -> BTreeMap<(usize, &'static str, String), Vec<&Row
         rows.sort_by_key(|r| order(&r.backend));
     }
     g
+}
+
+/// The row of `backend` for (workload, metric) at the headline's point: one generator
+/// thread of our own, `flows` flows.
+fn headline_row<'a>(
+    results: &'a Results,
+    backend: &str,
+    workload: &str,
+    metric: &str,
+    flows: Option<u64>,
+) -> Option<&'a Row> {
+    results.rows.iter().find(|r| {
+        r.backend == backend
+            && r.workload == workload
+            && r.metric == metric
+            && r.params["threads"] == 1
+            && r.params["generator"] == "netns-nat"
+            && flows.is_none_or(|f| r.params["flows"] == f)
+    })
+}
+
+/// The headline table (markdown): per backend, the delivered rate with 1 flow and with many,
+/// the router's CPU per packet, the ratios to iptables and the share of each ceiling.
+pub fn headline(results: &Results) -> String {
+    let many = results
+        .rows
+        .iter()
+        .find(|r| r.workload == "many-flows")
+        .and_then(|r| r.params["flows"].as_u64());
+    let mut backends: Vec<&str> = results.rows.iter().map(|r| r.backend.as_str()).collect();
+    backends.sort_by_key(|b| order(b));
+    backends.dedup();
+    if !results.rows.iter().any(|r| r.workload == "small-packet") {
+        return String::new();
+    }
+    let mut md = String::new();
+    let many_label = many
+        .map(|m| format!("{m} flows"))
+        .unwrap_or_else(|| "many flows".into());
+    let _ = writeln!(
+        md,
+        "| backend | 1 flow: delivered | {many_label}: delivered | router ns/packet (1 flow) | \
+         x iptables: rate | x iptables: router ns | of TC ceiling | of XDP ceiling |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let pct = |x: Option<f64>| {
+        x.map(|x| format!("{:.0} %", 100.0 * x))
+            .unwrap_or_else(|| "-".into())
+    };
+    for b in backends {
+        let one = headline_row(results, b, "small-packet", "delivered_pps", Some(1));
+        let Some(one) = one else { continue };
+        let lots = headline_row(results, b, "many-flows", "delivered_pps", many);
+        let router = headline_row(results, b, "small-packet", "router_ns_per_pkt", Some(1));
+        let _ = writeln!(
+            md,
+            "| {b} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt_value(one.median, "pps"),
+            lots.map(|r| fmt_value(r.median, "pps"))
+                .unwrap_or_else(|| "-".into()),
+            router
+                .map(|r| format!("{:.0}", r.median))
+                .unwrap_or_else(|| "-".into()),
+            ratio(one.ratio_to_iptables),
+            ratio(router.and_then(|r| r.ratio_to_iptables)),
+            pct(one.ratio_to_tc_redirect),
+            pct(one.ratio_to_xdp_redirect),
+        );
+    }
+    md
 }
 
 /// The summary: one line per (workload, metric, params), a column per backend.
@@ -119,6 +198,25 @@ pub fn markdown(results: &Results) -> String {
         "- {} round(s) of {} s per point; in each round every backend in turn; ratio = median over rounds of (backend / iptables) in the same round\n",
         results.rounds, results.duration_s
     );
+    if !results.retries.is_empty() {
+        let _ = writeln!(md, "- points measured twice after a failure:");
+        for r in &results.retries {
+            let _ = writeln!(
+                md,
+                "  - round {}, {} {} ({}): {}",
+                r.round,
+                r.workload,
+                r.backend,
+                params_label(&r.params),
+                r.error
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Headline\n\nOne generator thread, 60-byte UDP frames; \"router ns/packet\" is the machine's CPU time per delivered packet minus the generator's alone; the ceilings are bare redirects from the bridge port to the uplink (MAC rewrite only, no NAT).\n"
+    );
+    md.push_str(&headline(results));
     let mut last = "";
     for ((_, metric, _), rows) in groups(results) {
         let first = rows[0];
@@ -126,24 +224,25 @@ pub fn markdown(results: &Results) -> String {
             let _ = writeln!(md, "\n## {}\n", first.workload);
             let _ = writeln!(
                 md,
-                "| metric | params | backend | median | min | max | ratio to iptables |"
+                "| metric | params | backend | median | min | max | ratio to iptables | x tc-redirect | x xdp-redirect |"
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
             last = first.workload;
         }
         for r in rows {
+            let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 md,
-                "| {metric} ({}) | {} | {} | {} | {} | {} | {} |",
+                "| {metric} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.unit,
                 params_label(&r.params),
                 r.backend,
                 fmt_value(r.median, r.unit),
                 fmt_value(r.min, r.unit),
                 fmt_value(r.max, r.unit),
-                r.ratio_to_iptables
-                    .map(|x| format!("{x:.2}"))
-                    .unwrap_or_else(|| "-".into())
+                ratio(r.ratio_to_iptables),
+                ratio(r.ratio_to_tc_redirect),
+                ratio(r.ratio_to_xdp_redirect),
             );
         }
     }
@@ -261,19 +360,14 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<std::path::PathBuf
         ("latency", "p99_us", "UDP round trip, 99th percentile"),
         ("latency", "p50_us", "UDP round trip, median"),
         (
-            "cpu",
-            "cpu_s_per_mpkt",
-            "CPU seconds per million packets (whole machine)",
+            "small-packet",
+            "router_ns_per_pkt",
+            "Router CPU per packet, ns (whole machine minus the generator's)",
         ),
         (
-            "cpu",
-            "router_cpu_s_per_mpkt",
-            "CPU seconds per million packets (router's share)",
-        ),
-        (
-            "cpu",
-            "sender_cpu_s_per_mpkt",
-            "CPU seconds per million packets (the sending CPU)",
+            "many-flows",
+            "router_ns_per_pkt",
+            "Router CPU per packet with many flows, ns",
         ),
     ];
     for (w, m, title) in charts {

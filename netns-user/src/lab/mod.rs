@@ -4,8 +4,6 @@
 //! Everything is created inside namespaces the lab owns; the machine's own namespace is
 //! only ever read. A failure part-way removes whatever was made.
 
-pub mod netlink;
-
 use std::{
     fs, io,
     os::fd::AsRawFd as _,
@@ -15,13 +13,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::netlink::{NetlinkError, NsSnapshot};
 use crate::{
     config::{ConfigError, LabConfig},
     ebpf::{self, EbpfError, UplinkCounters},
     nat::{NatError, NatKind, NatTarget},
+    netlink,
     netns::{self, NetnsError},
 };
-pub use netlink::{NetlinkError, NsSnapshot};
 
 /// Where labs keep their state, one directory per prefix (tmpfs: gone at reboot, as are
 /// the namespaces themselves).

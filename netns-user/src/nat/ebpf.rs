@@ -34,7 +34,7 @@ use super::{NatBackend, NatError, NatTarget};
 use crate::{
     config::{Filtering, L4Proto, NatSpec, Unsupported},
     ebpf::{self, EbpfError, NatLoad, StaticBinding, UplinkCounters},
-    lab::{self, netlink},
+    lab, netlink,
 };
 
 pub struct EbpfNat;

@@ -8,7 +8,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, State},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, State},
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     },
 };
@@ -195,6 +195,60 @@ impl Rtnl {
             .collect())
     }
 
+    /// Every link's name, index, MAC address and attached XDP program.
+    pub async fn links(&self) -> Result<Vec<LinkBrief>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.fail("listing links"))?;
+        Ok(links
+            .iter()
+            .map(|l| {
+                let mut b = LinkBrief {
+                    name: link_name(l).unwrap_or_default(),
+                    index: l.header.index,
+                    mac: [0; 6],
+                    xdp_prog: None,
+                    tx_packets: 0,
+                    tx_dropped: 0,
+                };
+                for attr in &l.attributes {
+                    match attr {
+                        LinkAttribute::Address(a) if a.len() == 6 => b.mac.copy_from_slice(a),
+                        LinkAttribute::Stats64(st) => {
+                            b.tx_packets = st.tx_packets;
+                            b.tx_dropped = st.tx_dropped;
+                        }
+                        LinkAttribute::Xdp(x) => {
+                            b.xdp_prog = x.iter().find_map(|x| match x {
+                                LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                b
+            })
+            .collect())
+    }
+
+    /// One link's brief, by name.
+    pub async fn link(&self, name: &str) -> Result<LinkBrief> {
+        self.links()
+            .await?
+            .into_iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| NetlinkError::NoSuchLink {
+                ns: self.ns.clone(),
+                name: name.to_owned(),
+            })
+    }
+
     /// Links, addresses and IPv4 routes of the main table: what `status` shows.
     pub async fn snapshot(&self) -> Result<NsSnapshot> {
         let links: Vec<LinkMessage> = self
@@ -308,6 +362,19 @@ fn link_name(l: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
     })
+}
+
+/// What the dataplane needs to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkBrief {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    /// The XDP program attached to it, if any.
+    pub xdp_prog: Option<u32>,
+    /// Frames it transmitted, and those it dropped on transmit (a full peer).
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
 }
 
 /// One namespace as `status` reports it.
