@@ -113,10 +113,24 @@ pub enum NatCounter {
     InUnmapped,
     /// A non-first fragment whose first fragment was not seen.
     DropFragmentUnknown,
+    /// Fast path at TC: packets redirected straight to the uplink / to an internal port.
+    FastOutTc,
+    FastInTc,
+    /// Hand-overs to the slow path, by reason (see [`crate::fwd::Slow`]).
+    SlowNoFlow,
+    SlowTcpFlags,
+    SlowFragment,
+    SlowIpOptions,
+    SlowTtl,
+    SlowProtocol,
+    SlowNoNeighbour,
+    SlowMtu,
+    /// A redirect the kernel refused (the packet went to the slow path instead).
+    RedirectFailed,
 }
 
 impl NatCounter {
-    pub const ALL: [NatCounter; 20] = [
+    pub const ALL: [NatCounter; 31] = [
         NatCounter::OutTcp,
         NatCounter::OutUdp,
         NatCounter::OutIcmp,
@@ -137,6 +151,17 @@ impl NatCounter {
         NatCounter::DropUnsupported,
         NatCounter::InUnmapped,
         NatCounter::DropFragmentUnknown,
+        NatCounter::FastOutTc,
+        NatCounter::FastInTc,
+        NatCounter::SlowNoFlow,
+        NatCounter::SlowTcpFlags,
+        NatCounter::SlowFragment,
+        NatCounter::SlowIpOptions,
+        NatCounter::SlowTtl,
+        NatCounter::SlowProtocol,
+        NatCounter::SlowNoNeighbour,
+        NatCounter::SlowMtu,
+        NatCounter::RedirectFailed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -163,6 +188,33 @@ impl NatCounter {
             NatCounter::DropUnsupported => "drop_unsupported",
             NatCounter::InUnmapped => "in_unmapped",
             NatCounter::DropFragmentUnknown => "drop_fragment_unknown",
+            NatCounter::FastOutTc => "fast_out_tc",
+            NatCounter::FastInTc => "fast_in_tc",
+            NatCounter::SlowNoFlow => "slow_no_flow",
+            NatCounter::SlowTcpFlags => "slow_tcp_flags",
+            NatCounter::SlowFragment => "slow_fragment",
+            NatCounter::SlowIpOptions => "slow_ip_options",
+            NatCounter::SlowTtl => "slow_ttl",
+            NatCounter::SlowProtocol => "slow_protocol",
+            NatCounter::SlowNoNeighbour => "slow_no_neighbour",
+            NatCounter::SlowMtu => "slow_mtu",
+            NatCounter::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+impl From<crate::fwd::Slow> for NatCounter {
+    fn from(s: crate::fwd::Slow) -> Self {
+        use crate::fwd::Slow;
+        match s {
+            Slow::NoFlow => NatCounter::SlowNoFlow,
+            Slow::TcpFlags => NatCounter::SlowTcpFlags,
+            Slow::Fragment => NatCounter::SlowFragment,
+            Slow::IpOptions => NatCounter::SlowIpOptions,
+            Slow::Ttl => NatCounter::SlowTtl,
+            Slow::Protocol => NatCounter::SlowProtocol,
+            Slow::NoNeighbour => NatCounter::SlowNoNeighbour,
+            Slow::Mtu => NatCounter::SlowMtu,
         }
     }
 }

@@ -16,12 +16,19 @@ pub const PROG_NAT_EGRESS: &str = "nat_egress";
 pub const PROG_NAT_INGRESS: &str = "nat_ingress";
 /// TC ingress on the internal interfaces: hairpinning to the external address.
 pub const PROG_NAT_HAIRPIN: &str = "nat_hairpin";
+/// TCX ingress on the bridge ports: established outbound flows straight to the uplink,
+/// skipping the bridge and routing (the fast path at TC).
+pub const PROG_NAT_FAST_OUT: &str = "nat_fast_out";
 /// Array of one [`crate::nat::NatConfig`].
 pub const MAP_NAT_CONFIG: &str = "NAT_CONFIG";
 /// Hash of [`crate::nat::BindingKey`] to [`crate::nat::Binding`].
 pub const MAP_NAT_BINDINGS: &str = "NAT_BINDINGS";
 /// Hash of [`crate::nat::FlowKey`] to [`crate::nat::Flow`].
 pub const MAP_NAT_FLOWS: &str = "NAT_FLOWS";
+/// Array of one [`crate::fwd::FastConfig`].
+pub const MAP_FAST_CONFIG: &str = "FAST_CONFIG";
+/// Hash of an internal host's address (wire order) to its [`crate::fwd::Neigh`].
+pub const MAP_NAT_NEIGH: &str = "NAT_NEIGH";
 /// LRU hash of [`crate::nat::FragKey`] to [`crate::nat::FragPorts`].
 pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 /// Per-CPU array of [`crate::counters::NatCounter`] values.
@@ -52,6 +59,7 @@ pub const PROGRAMS: &[&str] = &[
     PROG_NAT_EGRESS,
     PROG_NAT_INGRESS,
     PROG_NAT_HAIRPIN,
+    PROG_NAT_FAST_OUT,
     PROG_SINK,
     PROG_CEILING_TC,
     PROG_CEILING_XDP,

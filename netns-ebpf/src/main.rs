@@ -4,6 +4,7 @@
 #![no_main]
 
 mod ceiling;
+mod fast;
 mod maps;
 mod nat;
 mod packet;
@@ -53,6 +54,11 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
     verdict(nat::hairpin(&ctx))
+}
+
+#[classifier]
+pub fn nat_fast_out(ctx: TcContext) -> i32 {
+    verdict(fast::outbound(&ctx))
 }
 
 #[xdp]

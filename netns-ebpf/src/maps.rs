@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::NextHop,
+    fwd::{FastConfig, Neigh, NextHop},
     nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig},
 };
 
@@ -41,6 +41,15 @@ pub static NAT_BINDINGS: HashMap<BindingKey, Binding> = HashMap::with_max_entrie
 
 #[map(name = "NAT_FLOWS")]
 pub static NAT_FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
+#[map(name = "FAST_CONFIG")]
+pub static FAST_CONFIG: Array<FastConfig> = Array::with_max_entries(1, 0);
+
+/// Internal hosts by address: the port they sit behind and their MAC (for inbound fast-path
+/// packets, which skip the bridge). Bounded like a neighbour table; LRU so a full table
+/// forgets the quietest host rather than refusing a new one.
+#[map(name = "NAT_NEIGH")]
+pub static NAT_NEIGH: LruHashMap<u32, Neigh> = LruHashMap::with_max_entries(4096, 0);
 
 /// First fragments' ports; LRU because an entry only matters for the fragments that follow.
 #[map(name = "NAT_FRAGS")]

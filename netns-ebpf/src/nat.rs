@@ -48,10 +48,10 @@ impl Drop {
     }
 }
 
-type Res<T> = Result<T, Drop>;
+pub type Res<T> = Result<T, Drop>;
 
 #[inline(always)]
-fn malformed<E>(_: E) -> Drop {
+pub fn malformed<E>(_: E) -> Drop {
     Drop::Malformed
 }
 
@@ -61,7 +61,7 @@ fn config() -> Option<&'static NatConfig> {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // Safety: a helper without arguments or side effects.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -194,17 +194,17 @@ fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u6
     Err(Drop::NoPort)
 }
 
-/// Refreshes the live flow `key` for one packet and returns its external endpoint; None if
-/// there is no flow or it has expired.
+/// Refreshes the live flow `key` for one packet and returns its external endpoint and
+/// (new) TCP state; None if there is no flow or it has expired.
 #[inline(always)]
-fn touch_live(
+pub fn touch_live(
     cfg: &NatConfig,
     key: &FlowKey,
     outbound: bool,
     tcp_flags: u8,
     len: u64,
     now: u64,
-) -> Option<(u32, u16)> {
+) -> Option<(u32, u16, u8)> {
     let f = NAT_FLOWS.get_ptr_mut(key)?;
     // Safety: see `get_binding`; concurrent updates of counters may lose an increment.
     let f = unsafe { &mut *f };
@@ -212,7 +212,7 @@ fn touch_live(
         return None;
     }
     touch(cfg, f, key.proto, outbound, tcp_flags, len, now);
-    Some((f.ext_addr, f.ext_port))
+    Some((f.ext_addr, f.ext_port, f.state))
 }
 
 /// Creates flow `key` on external endpoint `ext`, opened from `origin`, counting its first
@@ -251,8 +251,8 @@ fn new_flow(
 /// The external endpoint of an outbound flow, creating flow (and binding) if needed.
 #[inline(always)]
 fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<(u32, u16)> {
-    if let Some(ext) = touch_live(cfg, key, true, tcp_flags, len, now) {
-        return Ok(ext);
+    if let Some((addr, port, _)) = touch_live(cfg, key, true, tcp_flags, len, now) {
+        return Ok((addr, port));
     }
     let ext = binding_for(cfg, key.proto, key.int_addr, key.int_port, now)?;
     new_flow(cfg, key, ext, ORIGIN_OUTBOUND, tcp_flags, len, now)?;
@@ -260,11 +260,19 @@ fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u
 }
 
 /// Admits an inbound packet to binding `b` from remote (rem_addr, rem_port): an existing
-/// live flow, or a new one if `b` is a port forward or filtering is endpoint-independent.
+/// live flow (its TCP state after this packet is returned), or a new one (None) if `b` is
+/// a port forward or filtering is endpoint-independent.
 #[inline(always)]
-fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<()> {
-    if touch_live(cfg, key, false, tcp_flags, len, now).is_some() {
-        return Ok(());
+fn inbound_flow(
+    cfg: &NatConfig,
+    b: &Binding,
+    key: &FlowKey,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) -> Res<Option<u8>> {
+    if let Some((_, _, state)) = touch_live(cfg, key, false, tcp_flags, len, now) {
+        return Ok(Some(state));
     }
     let open = b.is_static() || (cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 && !b.expired(now));
     if !open {
@@ -278,14 +286,15 @@ fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len:
         tcp_flags,
         len,
         now,
-    )
+    )?;
+    Ok(None)
 }
 
 /// Rewrites the source (`src`) or destination address and port of a TCP, UDP or ICMP echo
 /// packet, with incremental updates of the IPv4 and L4 checksums. A UDP checksum of zero
 /// stays zero; the helpers also handle CHECKSUM_PARTIAL (offloaded) packets.
 #[inline(always)]
-fn rewrite(
+pub fn rewrite(
     ctx: &TcContext,
     proto: u8,
     l4: usize,
@@ -352,7 +361,7 @@ fn unsupported(cfg: &NatConfig) -> Res<i32> {
 
 /// Ports (wire order) and TCP flags at `l4`.
 #[inline(always)]
-fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
+pub fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
     let p: [u16; 2] = ctx.load(l4).map_err(malformed)?;
     let flags = if proto == PROTO_TCP {
         ctx.load::<u8>(l4 + TCP_FLAGS).map_err(malformed)?
@@ -365,7 +374,7 @@ fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
 /// The IPv4 header, the configuration and the L4 offset, or None when the packet (not
 /// IPv4) or the moment (not configured yet) is not the NAT's.
 #[inline(always)]
-fn headers(ctx: &TcContext) -> Res<Option<(IpHdr, &'static NatConfig, usize)>> {
+pub fn headers(ctx: &TcContext) -> Res<Option<(IpHdr, &'static NatConfig, usize)>> {
     let (Some(ip), Some(cfg)) = (ipv4(ctx), config()) else {
         return Ok(None);
     };
@@ -509,7 +518,7 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
         return Ok(NEXT);
     };
     let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, sport);
-    inbound_flow(cfg, &b, &key, flags, len, now)?;
+    let state = inbound_flow(cfg, &b, &key, flags, len, now)?;
     rewrite(
         ctx,
         ip.proto,
@@ -528,7 +537,10 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
         PROTO_UDP => NatCounter::InUdp,
         _ => NatCounter::InIcmp,
     });
-    Ok(NEXT)
+    match crate::fast::config() {
+        Some(fc) => crate::fast::inbound(ctx, fc, &ip, flags, state, b.int_addr),
+        None => Ok(NEXT),
+    }
 }
 
 /// Adds a change of one 16-bit word of the ICMP message to its checksum.

@@ -224,6 +224,26 @@ pub struct NatSpec {
     pub ebpf: EbpfNatSpec,
 }
 
+/// Where established flows skip the bridge and routing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FastPath {
+    /// At TCX ingress of the bridge ports and the uplink, with bpf_redirect.
+    #[default]
+    Tc,
+    /// Every packet takes the router's bridge and routing (the NAT still runs at TC).
+    Off,
+}
+
+impl FastPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            FastPath::Tc => "tc",
+            FastPath::Off => "off",
+        }
+    }
+}
+
 /// Filtering of inbound packets to a mapping (RFC 4787 section 5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -316,6 +336,7 @@ pub struct EbpfNatSpec {
     pub timeouts: TimeoutSpec,
     /// How often the sweeper reclaims expired entries and checks the uplink's address.
     pub sweep_interval_ms: u64,
+    pub fast_path: FastPath,
 }
 
 impl Default for EbpfNatSpec {
@@ -333,6 +354,7 @@ impl Default for EbpfNatSpec {
             bindings: 262_144,
             timeouts: TimeoutSpec::default(),
             sweep_interval_ms: 1000,
+            fast_path: FastPath::default(),
         }
     }
 }

@@ -13,12 +13,13 @@ use aya::{
 };
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::NextHop,
+    fwd::{FastConfig, NextHop},
     names::{
-        MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS,
-        MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC,
-        PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
-        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, full_program_name,
+        MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
+        MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_NEIGH, MAP_SINK_COUNTERS,
+        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT,
+        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
+        full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -192,6 +193,9 @@ pub struct NatLoad {
     pub forwards: Vec<StaticBinding>,
     pub flows: u32,
     pub bindings: u32,
+    /// The fast path: where it takes packets (bridge ports) and its configuration (the
+    /// uplink's ifindex and the bridge's MAC are filled in here), if it is on.
+    pub fast: Option<(Vec<String>, FastConfig)>,
 }
 
 fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -229,12 +233,22 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
             install_forwards(&mut bindings, load.config.ext_addr, &load.forwards)
                 .map_err(map_err(MAP_NAT_BINDINGS))?;
         }
+        if let Some((_, fast)) = &load.fast {
+            let map = ebpf
+                .map_mut(MAP_FAST_CONFIG)
+                .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
+            let mut cfg: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
+            cfg.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))?;
+        }
         let mut hooks = vec![
             (PROG_NAT_EGRESS, uplink, TcAttachType::Egress),
             (PROG_NAT_INGRESS, uplink, TcAttachType::Ingress),
         ];
         for iface in internal {
             hooks.push((PROG_NAT_HAIRPIN, iface.as_str(), TcAttachType::Ingress));
+        }
+        for port in load.fast.iter().flat_map(|(ports, _)| ports) {
+            hooks.push((PROG_NAT_FAST_OUT, port.as_str(), TcAttachType::Ingress));
         }
         let links = attach(&mut ebpf, &hooks)?;
         pin(
@@ -246,6 +260,8 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
                 MAP_NAT_FLOWS,
                 MAP_NAT_FRAGS,
                 MAP_NAT_COUNTERS,
+                MAP_FAST_CONFIG,
+                MAP_NAT_NEIGH,
             ],
             links,
         )

@@ -48,6 +48,10 @@ enum Command {
         /// NAT in the router namespace.
         #[arg(long, value_enum, default_value_t = NatKind::Ebpf)]
         nat: NatKind,
+        /// eBPF NAT only: where established flows skip the bridge and routing (overrides
+        /// the lab file's [nat.ebpf] fast_path; default tc).
+        #[arg(long, value_enum)]
+        fast_path: Option<netns_user::config::FastPath>,
     },
     /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
     /// Works on a half-built lab; a lab that is not there is not an error.
@@ -167,8 +171,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Up { config, prefix, nat } => {
-            let cfg = match &config {
+        Command::Up {
+            config,
+            prefix,
+            nat,
+            fast_path,
+        } => {
+            let mut cfg = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("reading {}", path.display()))?;
@@ -176,6 +185,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 None => LabConfig::reference(),
             };
+            if let Some(fp) = fast_path {
+                if nat != NatKind::Ebpf {
+                    bail!("--fast-path is a setting of the eBPF NAT (--nat ebpf), not of --nat {nat}");
+                }
+                match cfg.nat.as_mut() {
+                    Some(n) => n.ebpf.fast_path = fp,
+                    None => bail!("--fast-path: the lab file has no [nat] section"),
+                }
+            }
             let lab = Lab::up(&cfg, &prefix.prefix, nat, &mut |step| eprintln!("  {step}"))?;
             print_summary(&lab);
         }

@@ -7,7 +7,7 @@ use std::{collections::HashSet, process::Command};
 use netns_tests::{bin, privileged};
 use serde_json::Value;
 
-const BACKENDS: [&str; 4] = ["none", "iptables", "nftables", "ebpf"];
+const BACKENDS: [&str; 5] = ["none", "iptables", "nftables", "ebpf", "ebpf-off"];
 /// The bare-redirect ceilings: packet workloads only.
 const CEILINGS: [&str; 2] = ["tc-redirect", "xdp-redirect"];
 const PACKET_METRICS: [&str; 5] = [
@@ -36,8 +36,9 @@ fn cpus() -> usize {
 }
 
 /// The BPF program each backend's run-time figures must name.
-const PROGRAM_OF: [(&str, &str); 3] = [
-    ("ebpf", "nat_egress@uplink"),
+const PROGRAM_OF: [(&str, &str); 4] = [
+    ("ebpf", "nat_fast_out@veth-red-br:tcx-ingress"),
+    ("ebpf-off", "nat_egress@uplink"),
     ("tc-redirect", "ceiling_tc_redirect@veth-red-br:tcx-ingress"),
     ("xdp-redirect", "ceiling_xdp_redirect@veth-red-br:xdp"),
 ];

@@ -33,7 +33,7 @@ use serde_json::json;
 use netns_common::fwd::NextHop;
 
 use crate::{
-    config::LabConfig,
+    config::{FastPath, LabConfig},
     ebpf::{self, CeilingHook},
     lab::{self, Lab},
     nat::{NatKind, ebpf as nat_ebpf},
@@ -50,8 +50,11 @@ pub enum Backend {
     Iptables,
     /// The kernel's NAT through nftables.
     Nftables,
-    /// The eBPF NAT.
+    /// The eBPF NAT with its default fast path (TC: established flows skip the bridge and
+    /// routing).
     Ebpf,
+    /// The eBPF NAT with the fast path off: every packet takes the bridge and routing.
+    EbpfOff,
     /// Ceiling: the load redirected at TC from red's bridge port straight to the uplink,
     /// MAC addresses rewritten, nothing else (no NAT, no routing). Packet workloads only.
     TcRedirect,
@@ -60,11 +63,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const ALL: [Backend; 6] = [
+    pub const ALL: [Backend; 7] = [
         Backend::None,
         Backend::Iptables,
         Backend::Nftables,
         Backend::Ebpf,
+        Backend::EbpfOff,
         Backend::TcRedirect,
         Backend::XdpRedirect,
     ];
@@ -75,6 +79,7 @@ impl Backend {
             Backend::Iptables => "iptables",
             Backend::Nftables => "nftables",
             Backend::Ebpf => "ebpf",
+            Backend::EbpfOff => "ebpf-off",
             Backend::TcRedirect => "tc-redirect",
             Backend::XdpRedirect => "xdp-redirect",
         }
@@ -85,7 +90,7 @@ impl Backend {
         match self {
             Backend::Iptables => NatKind::Iptables,
             Backend::Nftables => NatKind::Nftables,
-            Backend::Ebpf => NatKind::Ebpf,
+            Backend::Ebpf | Backend::EbpfOff => NatKind::Ebpf,
             Backend::None | Backend::TcRedirect | Backend::XdpRedirect => NatKind::None,
         }
     }
@@ -435,7 +440,13 @@ impl BenchLab {
     fn up(backend: Option<Backend>) -> Result<BenchLab> {
         let nat = backend.map_or(NatKind::None, Backend::nat);
         let prefix = format!("nnb{}-", std::process::id());
-        let lab = Lab::up(&LabConfig::reference(), &prefix, nat, &mut |_| {})?;
+        let mut cfg = LabConfig::reference();
+        if backend == Some(Backend::EbpfOff)
+            && let Some(n) = cfg.nat.as_mut()
+        {
+            n.ebpf.fast_path = FastPath::Off;
+        }
+        let lab = Lab::up(&cfg, &prefix, nat, &mut |_| {})?;
         // From here on, the guard takes the lab down if anything fails.
         let guard = LabGuard(Some(lab));
         let lab = guard.0.as_ref().expect("just set");
@@ -1033,7 +1044,7 @@ fn conn_rate(
         bail!("no connection completed ({failed} failed)");
     }
     let left = match b {
-        Backend::Ebpf => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
+        Backend::Ebpf | Backend::EbpfOff => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
         Backend::Iptables | Backend::Nftables => {
             let out = netns::command(&p.host, "conntrack")?.arg("-C").output()?;
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)

@@ -9,12 +9,13 @@ use plotters::prelude::*;
 use super::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 8] = [
     "generator",
     "none",
     "iptables",
     "nftables",
     "ebpf",
+    "ebpf-off",
     "tc-redirect",
     "xdp-redirect",
 ];

@@ -332,12 +332,23 @@ impl Lab {
                         .any(|a| nat.internal.iter().any(|n| n.0.contains(a.0.addr)))
             })
             .map(|i| i.name.to_owned())
+            .collect::<Vec<String>>();
+        let bridge_ports = self
+            .config
+            .veths
+            .iter()
+            .flat_map(|v| [&v.a, &v.b])
+            .filter(|e| {
+                e.namespace == nat.router && e.master.as_ref().is_some_and(|m| internal_ifaces.contains(m))
+            })
+            .filter_map(|e| Some((e.name.clone(), e.master.clone()?)))
             .collect();
         Some(NatTarget {
             prefix: self.prefix(),
             router_ns: self.ns(&nat.router),
             nat,
             internal_ifaces,
+            bridge_ports,
         })
     }
 

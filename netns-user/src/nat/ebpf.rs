@@ -21,6 +21,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
+    fwd::{FAST_TC, FastConfig},
     names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS},
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, Flow, FlowKey,
@@ -32,7 +33,7 @@ use serde::Serialize;
 
 use super::{NatBackend, NatError, NatTarget};
 use crate::{
-    config::{Filtering, L4Proto, NatSpec, Unsupported},
+    config::{FastPath, Filtering, L4Proto, NatSpec, Unsupported},
     ebpf::{self, EbpfError, NatLoad, StaticBinding, UplinkCounters},
     lab, netlink,
 };
@@ -93,6 +94,36 @@ pub fn static_bindings(nat: &NatSpec) -> Vec<StaticBinding> {
         .collect()
 }
 
+/// The fast path's ports and configuration, if it is on: the uplink's ifindex and the MAC of
+/// the (first) internal bridge, the router's address on the internal side.
+fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatError> {
+    let Some((_, bridge)) = t.bridge_ports.first() else {
+        return Ok(None);
+    };
+    if t.nat.ebpf.fast_path == FastPath::Off {
+        return Ok(None);
+    }
+    // One gateway MAC: the ports of the first internal bridge.
+    let ports = t
+        .bridge_ports
+        .iter()
+        .filter(|(_, b)| b == bridge)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let (uplink, gw) = netlink::in_ns(&t.router_ns, |r| async move {
+        Ok((r.link(&t.nat.uplink).await?, r.link(bridge).await?))
+    })?;
+    Ok(Some((
+        ports,
+        FastConfig {
+            mode: FAST_TC,
+            uplink_ifindex: uplink.index,
+            gateway_mac: gw.mac,
+            _pad: [0; 2],
+        },
+    )))
+}
+
 /// The uplink's current address (the first IPv4 one).
 fn uplink_address(router_ns: &str, uplink: &str) -> Result<Option<Ipv4Addr>, NatError> {
     let addrs = netlink::in_ns(router_ns, |r| async move { r.ipv4_addresses(uplink).await })?;
@@ -116,6 +147,7 @@ impl NatBackend for EbpfNat {
             forwards: static_bindings(t.nat),
             flows: t.nat.ebpf.flows,
             bindings: t.nat.ebpf.bindings,
+            fast: fast_config(t)?,
         };
         ebpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
         spawn_sweeper(t.prefix)
@@ -126,10 +158,22 @@ impl NatBackend for EbpfNat {
         let (flows, mappings) = (live_flows(t.prefix)?.len(), mappings(t.prefix)?.len());
         Ok(format!(
             "eBPF NAT: nat_egress + nat_ingress (TCX) on {}, nat_hairpin on {}\n\
+             fast path: {}\n\
              external address {}, {} live flows, {} mappings, filtering {}\n\
              maps and links pinned in {}\n",
             t.nat.uplink,
             t.internal_ifaces.join(", "),
+            match t.nat.ebpf.fast_path {
+                FastPath::Tc => format!(
+                    "tc (nat_fast_out on {}; nat_ingress redirects established flows)",
+                    t.bridge_ports
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                FastPath::Off => "off".to_owned(),
+            },
             addr_from_wire(cfg.ext_addr),
             flows,
             mappings,

@@ -81,6 +81,9 @@ pub struct NatTarget<'a> {
     pub nat: &'a NatSpec,
     /// The router's interfaces on internal networks (where hairpinned traffic arrives).
     pub internal_ifaces: Vec<String>,
+    /// (port, bridge): the ports of those interfaces that are bridges (where the fast path
+    /// takes packets).
+    pub bridge_ports: Vec<(String, String)>,
 }
 
 /// A NAT implementation for the router namespace.

@@ -1,0 +1,179 @@
+//! The fast path at TC, on real labs: established flows are redirected from the bridge port
+//! to the uplink and back, skipping the bridge and routing, while a flow's first packet,
+//! SYN/FIN and TTL-1 packets take the slow path; conntrack counts both the same way.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use netns_tests::{LabGuard, UdpEcho, in_ns, privileged};
+use netns_user::{
+    config::{FastPath, LabConfig},
+    nat::{NatKind, ebpf as nat_ebpf},
+    netns,
+};
+
+const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+
+fn counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    nat_ebpf::stats(prefix)
+        .unwrap()
+        .counters
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+fn delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    name: &str,
+) -> u64 {
+    after[name] - before[name]
+}
+
+fn lab(tag: &str, fast: FastPath) -> LabGuard {
+    let mut cfg = LabConfig::reference();
+    cfg.nat
+        .as_mut()
+        .expect("the reference lab has NAT")
+        .ebpf
+        .fast_path = fast;
+    LabGuard::up_with(&cfg, tag, NatKind::Ebpf)
+}
+
+/// Sends `n` datagrams from red to lan's echo server on one flow, each answered.
+fn udp_exchange(g: &LabGuard, n: usize, ttl: Option<u32>) -> usize {
+    in_ns(&g.lab.ns("red"), || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 42000)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        if let Some(t) = ttl {
+            s.set_ttl(t).unwrap();
+        }
+        let mut answered = 0;
+        let mut buf = [0u8; 2048];
+        for i in 0..n {
+            let msg = format!("datagram {i}");
+            s.send_to(msg.as_bytes(), SocketAddrV4::new(LAN, 7100)).unwrap();
+            if let Ok((len, _)) = s.recv_from(&mut buf) {
+                assert_eq!(&buf[..len], msg.as_bytes(), "payload changed on the way");
+                answered += 1;
+            }
+        }
+        answered
+    })
+}
+
+#[test]
+fn established_udp_takes_the_fast_path_both_ways() {
+    if !privileged("fast_udp") {
+        return;
+    }
+    let g = lab("fpu", FastPath::Tc);
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    let c0 = counters(g.prefix());
+    assert_eq!(udp_exchange(&g, 50, None), 50);
+    let c1 = counters(g.prefix());
+    // The first datagram creates the flow on the slow path; the rest skip it.
+    assert_eq!(delta(&c0, &c1, "out_udp"), 1, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "fast_out_tc"), 49, "{c1:?}");
+    // Every reply finds its flow (made by the first datagram) and the host's port.
+    assert_eq!(delta(&c0, &c1, "in_udp"), 50, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "fast_in_tc"), 50, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "slow_no_flow"), 1, "{c1:?}");
+    // One conntrack truth: the flow counted every packet, whichever path it took.
+    let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+    let f = flows
+        .iter()
+        .find(|f| f.protocol == "udp" && f.internal == "192.168.15.1:42000")
+        .expect("the flow is in conntrack");
+    assert_eq!((f.packets_out, f.packets_in), (50, 50), "{f:?}");
+}
+
+#[test]
+fn ttl_one_takes_the_slow_path_and_goes_no_further() {
+    if !privileged("fast_ttl") {
+        return;
+    }
+    let g = lab("fpt", FastPath::Tc);
+    let echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    assert_eq!(udp_exchange(&g, 3, None), 3);
+    let c0 = counters(g.prefix());
+    // TTL 1 would expire at the router: the router's stack must see it (and answer with
+    // time exceeded), so it is not forwarded.
+    assert_eq!(udp_exchange(&g, 3, Some(1)), 0);
+    let c1 = counters(g.prefix());
+    assert_eq!(delta(&c0, &c1, "slow_ttl"), 3, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "fast_out_tc"), 0, "{c1:?}");
+    assert_eq!(echo.seen().len(), 3, "a TTL-1 datagram crossed the router");
+    // TTL 2 crosses (one hop), on the fast path, with the TTL decremented on the way.
+    assert_eq!(udp_exchange(&g, 2, Some(2)), 2);
+    let c2 = counters(g.prefix());
+    assert_eq!(delta(&c1, &c2, "fast_out_tc"), 2, "{c2:?}");
+}
+
+#[test]
+fn fast_path_off_takes_every_packet_through_the_router() {
+    if !privileged("fast_off") {
+        return;
+    }
+    let g = lab("fpo", FastPath::Off);
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    assert_eq!(udp_exchange(&g, 20, None), 20);
+    let c = counters(g.prefix());
+    assert_eq!((c["fast_out_tc"], c["fast_in_tc"]), (0, 0), "{c:?}");
+    assert_eq!((c["out_udp"], c["in_udp"]), (20, 20), "{c:?}");
+}
+
+/// A TCP connection carrying data: its handshake and close take the slow path, the data in
+/// between the fast path, and the bytes arrive intact both ways.
+#[test]
+fn a_tcp_connection_moves_between_the_paths() {
+    if !privileged("fast_tcp") {
+        return;
+    }
+    let g = lab("fpc", FastPath::Tc);
+    let server = netns::spawn_in(&g.lab.ns("lan"), |_stop, ready| {
+        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7200)).unwrap();
+        ready();
+        let (mut c, peer) = l.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0;
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            c.write_all(&buf[..n]).unwrap();
+        }
+        (peer, total)
+    })
+    .expect("TCP server ready");
+    let c0 = counters(g.prefix());
+    in_ns(&g.lab.ns("red"), || {
+        let mut s = TcpStream::connect(SocketAddrV4::new(LAN, 7200)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for i in 0..200u32 {
+            let chunk: Vec<u8> = (0..1000u32).map(|j| (i * 7 + j) as u8).collect();
+            s.write_all(&chunk).unwrap();
+            let mut back = vec![0u8; chunk.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, chunk, "chunk {i} came back changed");
+        }
+    });
+    let (peer, total) = server.stop().expect("server");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(Ipv4Addr::new(192, 168, 1, 2)));
+    assert_eq!(total, 200_000);
+    let c1 = counters(g.prefix());
+    assert!(delta(&c0, &c1, "fast_out_tc") >= 150, "{c1:?}");
+    assert!(delta(&c0, &c1, "fast_in_tc") >= 150, "{c1:?}");
+    // SYN and FIN (and the handshake's last ACK, before the flow is established) go slow.
+    assert!(
+        delta(&c0, &c1, "slow_tcp_flags") + delta(&c0, &c1, "slow_no_flow") >= 3,
+        "{c1:?}"
+    );
+    assert!(delta(&c0, &c1, "out_tcp") >= 2, "{c1:?}");
+}
