@@ -22,7 +22,7 @@ use netns_common::{
 use crate::{
     maps::{FAST_CONFIG, NAT_FLOWS, NAT_NEIGH, count},
     nat::{self, Res},
-    packet::{IP_CSUM_OFF, IP_OFF, IpHdr, NEXT},
+    packet::{ETH_P_IP, IP_CSUM_OFF, IP_OFF, IpHdr, NEXT},
 };
 
 const AF_INET: u8 = 2;
@@ -31,6 +31,15 @@ const BPF_FIB_LOOKUP_DIRECT: u32 = 1;
 const BPF_MTU_CHK_SEGS: u64 = 1;
 /// Offset of the TTL (the first byte of the TTL/protocol word).
 const IP_TTL_OFF: usize = IP_OFF + 8;
+
+/// The Ethernet header and the IPv4 header after it, as on the wire.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct EthIp {
+    macs: [[u8; 6]; 2],
+    proto: u16,
+    ip: IpHdr,
+}
 
 /// The fast path's configuration, when it is on at TC.
 #[inline(always)]
@@ -75,15 +84,17 @@ fn learn(ctx: &TcContext, addr: u32, mac: [u8; 6]) {
 fn hop(ctx: &TcContext, ip: &IpHdr) -> Res<()> {
     let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
     let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
-    ctx.store(IP_TTL_OFF, &ttl, 0).map_err(nat::malformed)?;
-    ctx.store(IP_CSUM_OFF, &check, 0).map_err(nat::malformed)
+    // TTL, protocol and checksum are adjacent: one store (each helper call costs).
+    let c = check.to_ne_bytes();
+    let word: [u8; 4] = [ttl, ip.proto, c[0], c[1]];
+    ctx.store(IP_TTL_OFF, &word, 0).map_err(nat::malformed)
 }
 
 /// Writes the MAC addresses and redirects to `ifindex` (egress); counts `fast` on success.
 #[inline(always)]
 fn send(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, fast: NatCounter) -> Res<i32> {
-    ctx.store(0, dst, 0).map_err(nat::malformed)?;
-    ctx.store(6, src, 0).map_err(nat::malformed)?;
+    let macs: [[u8; 6]; 2] = [*dst, *src];
+    ctx.store(0, &macs, 0).map_err(nat::malformed)?;
     // Safety: a helper taking plain integers.
     let r = unsafe { bpf_redirect(ifindex, 0) };
     if r == i64::from(TC_ACT_REDIRECT) {
@@ -101,17 +112,29 @@ pub fn outbound(ctx: &TcContext) -> Res<i32> {
     let Some(fc) = config() else {
         return Ok(NEXT);
     };
-    let Some((ip, cfg, l4)) = nat::headers(ctx)? else {
+    let Some(cfg) = nat::config() else {
         return Ok(NEXT);
+    };
+    // Ethernet and IPv4 headers in one helper call (each call costs).
+    let Ok(h) = ctx.load::<EthIp>(0) else {
+        return Ok(NEXT);
+    };
+    if u16::from_be(h.proto) != ETH_P_IP {
+        return Ok(NEXT);
+    }
+    let ip = h.ip;
+    let l4 = match ip.header_len() {
+        0 => return Err(nat::Drop::Malformed),
+        ihl => IP_OFF + ihl,
     };
     if !cfg.is_internal(ip.src) {
         return Ok(NEXT);
     }
-    let eth: [[u8; 6]; 2] = ctx.load(0).map_err(nat::malformed)?;
-    learn(ctx, ip.src, eth[1]);
+    let macs = h.macs;
+    learn(ctx, ip.src, macs[1]);
     // Only frames the router routes: to its MAC, and neither to another internal host nor
     // to its own external address (hairpinning is the bridge-side program's).
-    if eth[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
+    if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
         return Ok(NEXT);
     }
     match outbound_fast(ctx, cfg, fc, &ip, l4)? {
@@ -139,7 +162,7 @@ fn outbound_fast(
     let (p, flags) = nat::ports(ctx, ip.proto, l4)?;
     let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
     let now = nat::now();
-    let Some(f) = NAT_FLOWS.get_ptr(key) else {
+    let Some(f) = NAT_FLOWS.get_ptr_mut(key) else {
         return Ok(Err(Slow::NoFlow));
     };
     // Safety: a pointer from a successful lookup (the map is not preallocated, so the
@@ -179,10 +202,17 @@ fn outbound_fast(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Err(Slow::Mtu)),
         _ => return Ok(Err(Slow::NoNeighbour)),
     }
-    let len = u64::from(ctx.len());
-    if nat::touch_live(cfg, &key, true, flags, len, now).is_none() {
-        return Ok(Err(Slow::NoFlow));
-    }
+    // The flow found above (one lookup per packet): its expiry and counters advance.
+    // Safety: as above; concurrent updates of counters may lose an increment.
+    nat::touch(
+        cfg,
+        unsafe { &mut *f },
+        ip.proto,
+        true,
+        flags,
+        u64::from(ctx.len()),
+        now,
+    );
     nat::rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     hop(ctx, ip)?;
     send(

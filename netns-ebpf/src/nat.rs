@@ -56,7 +56,7 @@ pub fn malformed<E>(_: E) -> Drop {
 }
 
 #[inline(always)]
-fn config() -> Option<&'static NatConfig> {
+pub fn config() -> Option<&'static NatConfig> {
     NAT_CONFIG.get(0)
 }
 
@@ -89,7 +89,7 @@ fn refresh_binding(proto: u8, ext_addr: u32, ext_port: u16, until: u64) {
 
 /// Advances a flow's state, expiry and counters for one packet.
 #[inline(always)]
-fn touch(cfg: &NatConfig, f: &mut Flow, proto: u8, outbound: bool, tcp_flags: u8, len: u64, now: u64) {
+pub fn touch(cfg: &NatConfig, f: &mut Flow, proto: u8, outbound: bool, tcp_flags: u8, len: u64, now: u64) {
     if proto == PROTO_TCP {
         f.state = tcp_next(TcpState::from_u8(f.state), outbound, tcp_flags) as u8;
     }
