@@ -72,6 +72,15 @@ fn established_udp_takes_the_fast_path_both_ways() {
         return;
     }
     let g = lab("fpu", FastPath::Tc);
+    // status says the mode and lists what the kernel has attached, on every bridge port.
+    let rules = g.lab.status().unwrap().nat_rules.expect("eBPF NAT rules");
+    assert!(rules.contains("fast path: tc"), "{rules}");
+    for port in ["veth-red-br", "veth-blue-br"] {
+        assert!(
+            rules.contains(&format!("nat_fast_out@{port}:tcx-ingress")),
+            "{rules}"
+        );
+    }
     let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     let c0 = counters(g.prefix());
     assert_eq!(udp_exchange(&g, 50, None), 50);
@@ -120,6 +129,11 @@ fn fast_path_off_takes_every_packet_through_the_router() {
         return;
     }
     let g = lab("fpo", FastPath::Off);
+    let rules = g.lab.status().unwrap().nat_rules.expect("eBPF NAT rules");
+    assert!(
+        rules.contains("fast path: off") && !rules.contains("nat_fast_out@"),
+        "{rules}"
+    );
     let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     assert_eq!(udp_exchange(&g, 20, None), 20);
     let c = counters(g.prefix());

@@ -400,7 +400,8 @@ pub struct LabStatus {
     pub uplink: Option<String>,
     pub uplink_address: Option<String>,
     pub namespaces: Vec<NsStatus>,
-    /// The NAT rules as the backend lists them (kernel backends).
+    /// The NAT as the backend describes it (kernel backends: their rules; eBPF: hooks,
+    /// fast-path mode, tables and the programs attached).
     pub nat_rules: Option<String>,
     pub uplink_counters: Option<UplinkCounters>,
     pub pin_dir: String,

@@ -156,11 +156,18 @@ impl NatBackend for EbpfNat {
     fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
         let cfg = read_config(t.prefix)?;
         let (flows, mappings) = (live_flows(t.prefix)?.len(), mappings(t.prefix)?.len());
+        // What the kernel has attached, not what the lab meant to attach.
+        let attached: Vec<String> = ebpf::attached_programs(&t.router_ns)
+            .map_err(NatError::Ebpf)?
+            .into_iter()
+            .map(|p| p.label)
+            .collect();
         Ok(format!(
             "eBPF NAT: nat_egress + nat_ingress (TCX) on {}, nat_hairpin on {}\n\
              fast path: {}\n\
              external address {}, {} live flows, {} mappings, filtering {}\n\
-             maps and links pinned in {}\n",
+             maps and links pinned in {}\n\
+             attached: {}\n",
             t.nat.uplink,
             t.internal_ifaces.join(", "),
             match t.nat.ebpf.fast_path {
@@ -182,7 +189,8 @@ impl NatBackend for EbpfNat {
             } else {
                 "address-and-port-dependent"
             },
-            ebpf::pin_dir(t.prefix).display()
+            ebpf::pin_dir(t.prefix).display(),
+            attached.join(", ")
         ))
     }
 }
