@@ -107,6 +107,18 @@ fn send(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, fast: NatCo
     }
 }
 
+/// The fast path's verdict, or the slow path (NEXT) with its reason counted.
+#[inline(always)]
+fn or_slow(r: Result<i32, Slow>) -> Res<i32> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(why) => {
+            count(why.into());
+            Ok(NEXT)
+        }
+    }
+}
+
 /// TCX ingress on a bridge port.
 pub fn outbound(ctx: &TcContext) -> Res<i32> {
     let Some(fc) = config() else {
@@ -137,13 +149,7 @@ pub fn outbound(ctx: &TcContext) -> Res<i32> {
     if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
         return Ok(NEXT);
     }
-    match outbound_fast(ctx, cfg, fc, &ip, l4)? {
-        Ok(v) => Ok(v),
-        Err(why) => {
-            count(why.into());
-            Ok(NEXT)
-        }
-    }
+    or_slow(outbound_fast(ctx, cfg, fc, &ip, l4)?)
 }
 
 /// The fast path of an outbound packet, or why it takes the slow path. Nothing is
@@ -237,13 +243,7 @@ pub fn inbound(
     state: Option<u8>,
     int_addr: u32,
 ) -> Res<i32> {
-    match inbound_fast(ctx, fc, ip, tcp_flags, state, int_addr)? {
-        Ok(v) => Ok(v),
-        Err(why) => {
-            count(why.into());
-            Ok(NEXT)
-        }
-    }
+    or_slow(inbound_fast(ctx, fc, ip, tcp_flags, state, int_addr)?)
 }
 
 #[inline(always)]

@@ -483,6 +483,8 @@ pub enum CeilingHook {
 /// A bare-redirect ceiling, attached for as long as this lives.
 pub struct Ceiling {
     _ebpf: Ebpf,
+    /// The TC ceiling's TCX link (none for XDP, whose attachment the program owns).
+    _links: Vec<(String, FdLink)>,
 }
 
 /// Attaches the ceiling program to `iface` in namespace `ns`: the load arriving there is
@@ -497,23 +499,8 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
             let mut a: Array<_, NextHop> = Array::try_from(map).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
             a.set(0, hop, 0).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
         }
-        match hook {
-            CeilingHook::Tc => {
-                let name = PROG_CEILING_TC;
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .ok_or(EbpfError::Missing(name))?
-                    .try_into()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                prog.load()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                prog.attach(iface, TcAttachType::Ingress)
-                    .map_err(|source| EbpfError::Attach {
-                        name,
-                        iface: iface.to_owned(),
-                        source,
-                    })?;
-            }
+        let links = match hook {
+            CeilingHook::Tc => attach(&mut ebpf, &[(PROG_CEILING_TC, iface, TcAttachType::Ingress)])?,
             CeilingHook::Xdp => {
                 {
                     let map = ebpf
@@ -526,9 +513,13 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
                     })?;
                 }
                 attach_xdp(&mut ebpf, PROG_CEILING_XDP, iface)?;
+                Vec::new()
             }
-        }
-        Ok(Ceiling { _ebpf: ebpf })
+        };
+        Ok(Ceiling {
+            _ebpf: ebpf,
+            _links: links,
+        })
     })?
 }
 
