@@ -116,6 +116,9 @@ pub enum NatCounter {
     /// Fast path at TC: packets redirected straight to the uplink / to an internal port.
     FastOutTc,
     FastInTc,
+    /// The same in XDP.
+    FastOutXdp,
+    FastInXdp,
     /// Hand-overs to the slow path, by reason (see [`crate::fwd::Slow`]).
     SlowNoFlow,
     SlowTcpFlags,
@@ -125,12 +128,13 @@ pub enum NatCounter {
     SlowProtocol,
     SlowNoNeighbour,
     SlowMtu,
+    SlowPartialChecksum,
     /// A redirect the kernel refused (the packet went to the slow path instead).
     RedirectFailed,
 }
 
 impl NatCounter {
-    pub const ALL: [NatCounter; 31] = [
+    pub const ALL: [NatCounter; 34] = [
         NatCounter::OutTcp,
         NatCounter::OutUdp,
         NatCounter::OutIcmp,
@@ -153,6 +157,8 @@ impl NatCounter {
         NatCounter::DropFragmentUnknown,
         NatCounter::FastOutTc,
         NatCounter::FastInTc,
+        NatCounter::FastOutXdp,
+        NatCounter::FastInXdp,
         NatCounter::SlowNoFlow,
         NatCounter::SlowTcpFlags,
         NatCounter::SlowFragment,
@@ -161,6 +167,7 @@ impl NatCounter {
         NatCounter::SlowProtocol,
         NatCounter::SlowNoNeighbour,
         NatCounter::SlowMtu,
+        NatCounter::SlowPartialChecksum,
         NatCounter::RedirectFailed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -190,6 +197,8 @@ impl NatCounter {
             NatCounter::DropFragmentUnknown => "drop_fragment_unknown",
             NatCounter::FastOutTc => "fast_out_tc",
             NatCounter::FastInTc => "fast_in_tc",
+            NatCounter::FastOutXdp => "fast_out_xdp",
+            NatCounter::FastInXdp => "fast_in_xdp",
             NatCounter::SlowNoFlow => "slow_no_flow",
             NatCounter::SlowTcpFlags => "slow_tcp_flags",
             NatCounter::SlowFragment => "slow_fragment",
@@ -198,6 +207,7 @@ impl NatCounter {
             NatCounter::SlowProtocol => "slow_protocol",
             NatCounter::SlowNoNeighbour => "slow_no_neighbour",
             NatCounter::SlowMtu => "slow_mtu",
+            NatCounter::SlowPartialChecksum => "slow_partial_checksum",
             NatCounter::RedirectFailed => "redirect_failed",
         }
     }
@@ -215,6 +225,7 @@ impl From<crate::fwd::Slow> for NatCounter {
             Slow::Protocol => NatCounter::SlowProtocol,
             Slow::NoNeighbour => NatCounter::SlowNoNeighbour,
             Slow::Mtu => NatCounter::SlowMtu,
+            Slow::PartialChecksum => NatCounter::SlowPartialChecksum,
         }
     }
 }

@@ -17,20 +17,29 @@ pub struct NextHop {
 pub const FAST_OFF: u32 = 0;
 /// Fast path at TC: established flows are redirected at TCX ingress.
 pub const FAST_TC: u32 = 1;
+/// Fast path in XDP: the same, redirected through a DEVMAP before an skb exists.
+pub const FAST_XDP: u32 = 2;
 
 /// The single entry of the fast path's configuration array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastConfig {
-    /// [`FAST_OFF`] or [`FAST_TC`].
+    /// [`FAST_OFF`], [`FAST_TC`] or [`FAST_XDP`].
     pub mode: u32,
     /// Where outbound fast-path packets leave.
     pub uplink_ifindex: u32,
     /// The router's MAC on the internal side (the bridge's): frames addressed to it are
     /// routed, and fast-path frames to internal hosts come from it.
     pub gateway_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// [`PEER_UPLINK`], [`PEER_PORTS`].
+    pub flags: u16,
 }
+
+/// The uplink is a veth: at TC, outbound packets go straight into its peer's ingress
+/// (bpf_redirect_peer), skipping the uplink's egress, its qdisc and the backlog queue.
+pub const PEER_UPLINK: u16 = 1;
+/// The same for inbound packets into the bridge ports' peers (the internal hosts' veths).
+pub const PEER_PORTS: u16 = 2;
 
 /// Where an internal host was last seen: the router's port it sits behind and its MAC.
 /// Learnt from its own packets; replaces the bridge's FDB for fast-path packets only.
@@ -61,6 +70,9 @@ pub enum Slow {
     NoNeighbour,
     /// Larger than the egress MTU.
     Mtu,
+    /// In XDP: an L4 checksum that is only the pseudo-header sum (the sender left it to
+    /// offload); the skb helpers of the slow path finish it right.
+    PartialChecksum,
 }
 
 /// The IPv4 facts the fast path decides on (host order where it matters).
@@ -101,6 +113,16 @@ pub const fn fast_tcp(flags: u8, state: u8) -> Result<(), Slow> {
     Ok(())
 }
 
+/// Whether an L4 checksum field (host order) holds only the folded pseudo-header sum of a
+/// TCP or UDP packet from `src` to `dst` (host order) with `l4_len` bytes of L4 header and
+/// data: what a sender with TX checksum offload leaves there for the device to finish
+/// (CHECKSUM_PARTIAL). A complete checksum equals it only by a 1-in-65,536 coincidence,
+/// which then costs the packet the slow path, nothing more.
+pub const fn partial_checksum(check: u16, src: u32, dst: u32, proto: u8, l4_len: u16) -> bool {
+    let sum = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + proto as u32 + l4_len as u32;
+    check == crate::csum::fold(sum)
+}
+
 /// The TTL after one hop and the IPv4 header checksum (both as on the wire) that goes with
 /// it. The TTL shares a 16-bit word with the protocol (RFC 1624 update of that word).
 pub const fn decrement_ttl(ttl: u8, proto: u8, check_wire: u16) -> (u8, u16) {
@@ -112,6 +134,9 @@ pub const fn decrement_ttl(ttl: u8, proto: u8, check_wire: u16) -> (u8, u16) {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
     use crate::nat::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpState};
 
@@ -155,7 +180,79 @@ mod tests {
         assert_eq!(fast_tcp(TCP_ACK, TcpState::FinIn as u8), Err(Slow::TcpFlags));
     }
 
+    /// A TCP segment from 192.168.15.1:40000 to 192.168.1.3:80, 4 bytes of data, with its
+    /// checksum field as given.
+    fn segment(check: u16) -> [u8; 24] {
+        let mut s = [0u8; 24];
+        s[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        s[2..4].copy_from_slice(&80u16.to_be_bytes());
+        s[12] = 5 << 4;
+        s[13] = TCP_ACK;
+        s[16..18].copy_from_slice(&check.to_be_bytes());
+        s[20..24].copy_from_slice(b"data");
+        s
+    }
+
+    const SRC: u32 = 0xc0a8_0f01;
+    const DST: u32 = 0xc0a8_0103;
+
+    fn pseudo(len: u16) -> u32 {
+        (SRC >> 16) + (SRC & 0xffff) + (DST >> 16) + (DST & 0xffff) + u32::from(PROTO_TCP) + u32::from(len)
+    }
+
+    #[test]
+    fn a_partial_checksum_is_recognised_and_a_complete_one_is_not() {
+        // What the kernel writes for CHECKSUM_PARTIAL: ~csum_tcpudp_magic(.., 0), the folded
+        // pseudo-header sum.
+        let partial = crate::csum::fold(pseudo(24));
+        assert!(partial_checksum(partial, SRC, DST, PROTO_TCP, 24));
+        let full = !crate::csum::fold(crate::csum::sum(&segment(0), pseudo(24)));
+        let mut seg = segment(full);
+        let mut with_pseudo = Vec::new();
+        for w in [
+            SRC >> 16,
+            SRC & 0xffff,
+            DST >> 16,
+            DST & 0xffff,
+            u32::from(PROTO_TCP),
+            24,
+        ] {
+            with_pseudo.extend_from_slice(&(w as u16).to_be_bytes());
+        }
+        with_pseudo.extend_from_slice(&seg);
+        assert!(
+            crate::csum::verifies(&with_pseudo),
+            "the complete checksum is right"
+        );
+        assert!(!partial_checksum(full, SRC, DST, PROTO_TCP, 24));
+        // Another length or address is another pseudo header.
+        assert!(!partial_checksum(partial, SRC, DST, PROTO_TCP, 25));
+        assert!(!partial_checksum(partial, SRC + 1, DST, PROTO_TCP, 24));
+        seg[16] ^= 1;
+        assert!(!partial_checksum(
+            u16::from_be_bytes([seg[16], seg[17]]),
+            SRC,
+            DST,
+            PROTO_TCP,
+            24
+        ));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn complete_checksums_are_almost_never_taken_for_partial(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let len = 20 + data.len() as u16;
+            let mut seg = segment(0)[..20].to_vec();
+            seg.extend_from_slice(&data);
+            let full = !crate::csum::fold(crate::csum::sum(&seg, pseudo(len)));
+            let partial = crate::csum::fold(pseudo(len));
+            // Equal only when the header and data sum to zero (one's complement): then the
+            // packet merely takes the slow path.
+            proptest::prop_assert_eq!(partial_checksum(full, SRC, DST, PROTO_TCP, len), full == partial);
+        }
+
         #[test]
         fn ttl_decrement_keeps_the_header_checksum_valid(
             mut header in proptest::array::uniform20(proptest::prelude::any::<u8>()),

@@ -19,6 +19,9 @@ pub const PROG_NAT_HAIRPIN: &str = "nat_hairpin";
 /// TCX ingress on the bridge ports: established outbound flows straight to the uplink,
 /// skipping the bridge and routing (the fast path at TC).
 pub const PROG_NAT_FAST_OUT: &str = "nat_fast_out";
+/// The fast path in XDP: on the bridge ports (outbound) and on the uplink (inbound).
+pub const PROG_XDP_FAST_OUT: &str = "xdp_fast_out";
+pub const PROG_XDP_FAST_IN: &str = "xdp_fast_in";
 /// Array of one [`crate::nat::NatConfig`].
 pub const MAP_NAT_CONFIG: &str = "NAT_CONFIG";
 /// Hash of [`crate::nat::BindingKey`] to [`crate::nat::Binding`].
@@ -29,6 +32,8 @@ pub const MAP_NAT_FLOWS: &str = "NAT_FLOWS";
 pub const MAP_FAST_CONFIG: &str = "FAST_CONFIG";
 /// Hash of an internal host's address (wire order) to its [`crate::fwd::Neigh`].
 pub const MAP_NAT_NEIGH: &str = "NAT_NEIGH";
+/// DEVMAP_HASH of the router's fast-path ports by ifindex (XDP redirects).
+pub const MAP_NAT_DEVMAP: &str = "NAT_DEVMAP";
 /// LRU hash of [`crate::nat::FragKey`] to [`crate::nat::FragPorts`].
 pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 /// Per-CPU array of [`crate::counters::NatCounter`] values.
@@ -36,6 +41,8 @@ pub const MAP_NAT_COUNTERS: &str = "NAT_COUNTERS";
 
 /// XDP program of the benchmark's sink: counts and drops UDP to [`SINK_PORT`].
 pub const PROG_SINK: &str = "bench_sink";
+/// Its twin at TCX ingress, for frames redirected into the veth's ingress past XDP.
+pub const PROG_SINK_TC: &str = "bench_tc_sink";
 /// Per-CPU array: [packets, bytes] the sink dropped.
 pub const MAP_SINK_COUNTERS: &str = "SINK_COUNTERS";
 /// First UDP destination port of the benchmark's load (the discard port).
@@ -60,7 +67,10 @@ pub const PROGRAMS: &[&str] = &[
     PROG_NAT_INGRESS,
     PROG_NAT_HAIRPIN,
     PROG_NAT_FAST_OUT,
+    PROG_XDP_FAST_OUT,
+    PROG_XDP_FAST_IN,
     PROG_SINK,
+    PROG_SINK_TC,
     PROG_CEILING_TC,
     PROG_CEILING_XDP,
 ];

@@ -1,10 +1,11 @@
 //! The benchmark's ceilings: the load redirected from a bridge port straight to the uplink,
 //! MAC addresses rewritten and nothing else (no NAT, no TTL, no lookup). What a fast path on
-//! that hook cannot beat; used by `netns-nat bench` only.
+//! that hook cannot beat, so each uses the redirect the fast path uses there: at TC into the
+//! uplink's veth peer (bpf_redirect_peer), in XDP through a DEVMAP. `netns-nat bench` only.
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::bpf_redirect,
+    helpers::bpf_redirect_peer,
     programs::{TcContext, XdpContext},
 };
 use netns_common::fwd::NextHop;
@@ -26,7 +27,8 @@ fn write_macs(data: usize, hop: &NextHop) {
     }
 }
 
-/// TC ingress: the load goes to the next hop's interface (egress), the rest on its way.
+/// TC ingress: the load goes into the ingress of the next hop interface's peer, the rest on
+/// its way.
 #[inline(always)]
 pub fn tc(ctx: &TcContext) -> i32 {
     let Some(hop) = CEILING_NEXT_HOP.get(0) else {
@@ -45,7 +47,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
     }
     write_macs(data, hop);
     // Safety: a helper taking plain integers; it returns TC_ACT_REDIRECT (or SHOT).
-    unsafe { bpf_redirect(hop.ifindex, 0) as i32 }
+    unsafe { bpf_redirect_peer(hop.ifindex, 0) as i32 }
 }
 
 /// XDP: the same through the DEVMAP (whose only entry is the next hop's interface).

@@ -1,50 +1,57 @@
-//! The fast path at TC: packets of established flows skip the bridge and routing. Outbound
-//! (`nat_fast_out`, TCX ingress on the bridge ports) they are translated and redirected
-//! straight to the uplink, the next hop from the kernel's FIB; inbound (`nat_ingress`, after
-//! its translation) straight to the bridge port behind which the internal host was last
-//! seen. Everything else goes on to the slow path (the kernel's bridge and routing, and the
-//! NAT programs on the uplink), so state is created and TCP states advance in one place;
-//! the fast path only refreshes the same conntrack entries.
+//! The fast path: packets of established flows skip the bridge and routing. Outbound (TCX
+//! or XDP ingress of the bridge ports) they are translated and redirected straight to the
+//! uplink, the next hop from the kernel's FIB; inbound (TCX or XDP ingress of the uplink)
+//! straight to the bridge port behind which the internal host was last seen. The same
+//! functions serve both hooks through [`Packet`]. Everything else goes on to the slow path
+//! (the kernel's bridge and routing, and the NAT programs on the uplink), so state is
+//! created and TCP states advance in one place; the fast path only refreshes the same
+//! conntrack entries, checking everything before it changes anything.
 
-use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_fib_lookup as FibParams,
-    },
-    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect},
-    programs::TcContext,
+use aya_ebpf::bindings::{
+    BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
 };
 use netns_common::{
-    counters::NatCounter,
-    fwd::{FAST_TC, Facts, FastConfig, Neigh, Slow, decrement_ttl, fast_ip, fast_tcp},
-    nat::{FlowKey, NatConfig, PROTO_TCP},
+    counters::{Direction, NatCounter},
+    fwd::{
+        FAST_TC, FAST_XDP, Facts, FastConfig, Neigh, PEER_PORTS, PEER_UPLINK, Slow, decrement_ttl, fast_ip,
+        fast_tcp, partial_checksum,
+    },
+    nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
 };
 
 use crate::{
-    maps::{FAST_CONFIG, NAT_FLOWS, NAT_NEIGH, count},
+    maps::{FAST_CONFIG, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
     nat::{self, Res},
-    packet::{ETH_P_IP, IP_CSUM_OFF, IP_OFF, IpHdr, NEXT},
+    packet::{Action, Hook, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, UDP_CSUM},
 };
 
 const AF_INET: u8 = 2;
+/// The main table, without the policy-routing rules (the lab has none).
 const BPF_FIB_LOOKUP_DIRECT: u32 = 1;
-/// bpf_check_mtu: check every segment of a GSO packet, not its total length.
-const BPF_MTU_CHK_SEGS: u64 = 1;
 /// Offset of the TTL (the first byte of the TTL/protocol word).
 const IP_TTL_OFF: usize = IP_OFF + 8;
+/// The L4 header of a fast-path packet: `fast_ip` admits no IP options.
+const L4: usize = IP_OFF + 20;
 
-/// The Ethernet header and the IPv4 header after it, as on the wire.
-#[repr(C, packed)]
-#[derive(Clone, Copy)]
-struct EthIp {
-    macs: [[u8; 6]; 2],
-    proto: u16,
-    ip: IpHdr,
+/// The fast path's configuration, when it is on at this hook.
+#[inline(always)]
+fn config(hook: Hook) -> Option<&'static FastConfig> {
+    let mode = match hook {
+        Hook::Tc => FAST_TC,
+        Hook::Xdp => FAST_XDP,
+    };
+    FAST_CONFIG.get(0).filter(|c| c.mode == mode)
 }
 
-/// The fast path's configuration, when it is on at TC.
+/// The fast-path counter of a hook and direction.
 #[inline(always)]
-pub fn config() -> Option<&'static FastConfig> {
-    FAST_CONFIG.get(0).filter(|c| c.mode == FAST_TC)
+fn fast_counter(hook: Hook, outbound: bool) -> NatCounter {
+    match (hook, outbound) {
+        (Hook::Tc, true) => NatCounter::FastOutTc,
+        (Hook::Tc, false) => NatCounter::FastInTc,
+        (Hook::Xdp, true) => NatCounter::FastOutXdp,
+        (Hook::Xdp, false) => NatCounter::FastInXdp,
+    }
 }
 
 #[inline(always)]
@@ -57,18 +64,12 @@ fn facts(ip: &IpHdr) -> Facts {
     }
 }
 
-#[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
-    // Safety: reading a field of the skb the program was given.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
 /// Remembers behind which port, and with which MAC, internal host `addr` sits. Written
 /// only when it changed, so a busy host costs one lookup per packet.
 #[inline(always)]
-fn learn(ctx: &TcContext, addr: u32, mac: [u8; 6]) {
+fn learn<P: Packet>(ctx: &P, addr: u32, mac: [u8; 6]) {
     let n = Neigh {
-        ifindex: ifindex(ctx),
+        ifindex: ctx.ifindex(),
         mac,
         _pad: [0; 2],
     };
@@ -79,137 +80,161 @@ fn learn(ctx: &TcContext, addr: u32, mac: [u8; 6]) {
     let _ = NAT_NEIGH.insert(addr, n, 0);
 }
 
-/// One hop less, with the IPv4 checksum as it is now (after any translation).
+/// The live flow `key` (a pointer into NAT_FLOWS) and its TCP state.
 #[inline(always)]
-fn hop(ctx: &TcContext, ip: &IpHdr) -> Res<()> {
-    let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
-    let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
-    // TTL, protocol and checksum are adjacent: one store (each helper call costs).
-    let c = check.to_ne_bytes();
-    let word: [u8; 4] = [ttl, ip.proto, c[0], c[1]];
-    ctx.store(IP_TTL_OFF, &word, 0).map_err(nat::malformed)
+fn live_flow(key: &FlowKey, now: u64) -> Option<(*mut Flow, u8)> {
+    let f = NAT_FLOWS.get_ptr_mut(key)?;
+    // Safety: a pointer from a successful lookup (the map is not preallocated, so the
+    // element stays valid for the rest of the program), read at once.
+    let (state, expires_ns) = unsafe { ((*f).state, (*f).expires_ns) };
+    (now < expires_ns).then_some((f, state))
 }
 
-/// Writes the MAC addresses and redirects to `ifindex` (egress); counts `fast` on success.
+/// Where the hook cannot see offload state (XDP): whether the L4 checksum is complete, so
+/// that incremental updates keep it right. A partial one is the slow path's, whose skb
+/// helpers finish it.
 #[inline(always)]
-fn send(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, fast: NatCounter) -> Res<i32> {
+fn checksum_complete<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
+    if P::SEES_OFFLOAD {
+        return Ok(Ok(()));
+    }
+    let off = if ip.proto == PROTO_TCP {
+        L4 + TCP_CSUM
+    } else {
+        L4 + UDP_CSUM
+    };
+    let c = u16::from_be(ctx.load(off).map_err(nat::malformed)?);
+    if ip.proto == PROTO_UDP && c == 0 {
+        return Ok(Ok(()));
+    }
+    let l4_len = u16::from_be(ip.tot_len).wrapping_sub(20);
+    if partial_checksum(c, u32::from_be(ip.src), u32::from_be(ip.dst), ip.proto, l4_len) {
+        return Ok(Err(Slow::PartialChecksum));
+    }
+    Ok(Ok(()))
+}
+
+/// One hop less, with the IPv4 checksum as it is now (after any translation).
+#[inline(always)]
+fn hop<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
+    let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
+    let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
+    // TTL, protocol and checksum are adjacent: one store (each helper call costs at TC).
+    let c = check.to_ne_bytes();
+    let word: [u8; 4] = [ttl, ip.proto, c[0], c[1]];
+    ctx.store(IP_TTL_OFF, &word).map_err(nat::malformed)
+}
+
+/// Writes the MAC addresses and redirects to `ifindex` (to its peer's ingress with
+/// `peer`); counts `fast` on success, and the uplink's packet counters when the redirect
+/// skips the uplink's own TC hook, where they are otherwise counted.
+#[inline(always)]
+fn send<P: Packet>(
+    ctx: &P,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    ifindex: u32,
+    peer: bool,
+    outbound: bool,
+) -> Res<Action> {
     let macs: [[u8; 6]; 2] = [*dst, *src];
-    ctx.store(0, &macs, 0).map_err(nat::malformed)?;
-    // Safety: a helper taking plain integers.
-    let r = unsafe { bpf_redirect(ifindex, 0) };
-    if r == i64::from(TC_ACT_REDIRECT) {
-        count(fast);
-        Ok(TC_ACT_REDIRECT)
+    ctx.store(0, &macs).map_err(nat::malformed)?;
+    if ctx.redirect(ifindex, peer) {
+        count(fast_counter(P::HOOK, outbound));
+        // XDP runs before the uplink's TC ingress and sends past its TC egress; at TC only
+        // a redirect into the uplink's peer skips its egress.
+        let skipped = P::HOOK == Hook::Xdp || (outbound && peer);
+        if skipped {
+            let (packets, bytes) = if outbound {
+                Direction::Egress.counters()
+            } else {
+                Direction::Ingress.counters()
+            };
+            bump(&UPLINK_COUNTERS, packets as u32, 1);
+            bump(&UPLINK_COUNTERS, bytes as u32, u64::from(ctx.len()));
+        }
+        Ok(Action::Redirect)
     } else {
         // Already translated: the router's stack forwards it like any other packet.
         count(NatCounter::RedirectFailed);
-        Ok(NEXT)
+        Ok(Action::Pass)
     }
 }
 
-/// The fast path's verdict, or the slow path (NEXT) with its reason counted.
+/// The fast path's action, or the slow path (Pass) with its reason counted.
 #[inline(always)]
-fn or_slow(r: Result<i32, Slow>) -> Res<i32> {
+fn or_slow(r: Result<Action, Slow>) -> Res<Action> {
     match r {
-        Ok(v) => Ok(v),
+        Ok(a) => Ok(a),
         Err(why) => {
             count(why.into());
-            Ok(NEXT)
+            Ok(Action::Pass)
         }
     }
 }
 
-/// TCX ingress on a bridge port.
-pub fn outbound(ctx: &TcContext) -> Res<i32> {
-    let Some(fc) = config() else {
-        return Ok(NEXT);
+/// Ingress of a bridge port: outbound packets.
+pub fn outbound<P: Packet>(ctx: &P) -> Res<Action> {
+    let Some(fc) = config(P::HOOK) else {
+        return Ok(Action::Pass);
     };
-    let Some(cfg) = nat::config() else {
-        return Ok(NEXT);
+    let Some((h, cfg, _)) = nat::headers(ctx)? else {
+        return Ok(Action::Pass);
     };
-    // Ethernet and IPv4 headers in one helper call (each call costs).
-    let Ok(h) = ctx.load::<EthIp>(0) else {
-        return Ok(NEXT);
-    };
-    if u16::from_be(h.proto) != ETH_P_IP {
-        return Ok(NEXT);
-    }
     let ip = h.ip;
-    let l4 = match ip.header_len() {
-        0 => return Err(nat::Drop::Malformed),
-        ihl => IP_OFF + ihl,
-    };
     if !cfg.is_internal(ip.src) {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     }
     let macs = h.macs;
     learn(ctx, ip.src, macs[1]);
     // Only frames the router routes: to its MAC, and neither to another internal host nor
     // to its own external address (hairpinning is the bridge-side program's).
     if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     }
-    or_slow(outbound_fast(ctx, cfg, fc, &ip, l4)?)
+    or_slow(outbound_fast(ctx, cfg, fc, &ip)?)
 }
 
-/// The fast path of an outbound packet, or why it takes the slow path. Nothing is
-/// changed until every check has passed.
 #[inline(always)]
-fn outbound_fast(
-    ctx: &TcContext,
+fn outbound_fast<P: Packet>(
+    ctx: &P,
     cfg: &NatConfig,
     fc: &FastConfig,
     ip: &IpHdr,
-    l4: usize,
-) -> Res<Result<i32, Slow>> {
+) -> Res<Result<Action, Slow>> {
     if let Err(why) = fast_ip(&facts(ip)) {
         return Ok(Err(why));
     }
-    let (p, flags) = nat::ports(ctx, ip.proto, l4)?;
-    let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
+    let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
+    if let Err(why) = checksum_complete(ctx, ip)? {
+        return Ok(Err(why));
+    }
     let now = nat::now();
-    let Some(f) = NAT_FLOWS.get_ptr_mut(key) else {
+    let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]), now) else {
         return Ok(Err(Slow::NoFlow));
     };
-    // Safety: a pointer from a successful lookup (the map is not preallocated, so the
-    // element stays valid for the rest of the program), read at once.
-    let (state, expires_ns, ext_addr, ext_port) =
-        unsafe { ((*f).state, (*f).expires_ns, (*f).ext_addr, (*f).ext_port) };
-    if now >= expires_ns {
-        return Ok(Err(Slow::NoFlow));
-    }
     if ip.proto == PROTO_TCP
         && let Err(why) = fast_tcp(flags, state)
     {
         return Ok(Err(why));
     }
+    // Safety: as in `live_flow`.
+    let (ext_addr, ext_port) = unsafe { ((*f).ext_addr, (*f).ext_port) };
     // Safety: a zeroed plain-data struct.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = ip.proto;
     fib.sport = ext_port;
     fib.dport = p[1];
-    fib.ifindex = ifindex(ctx);
+    fib.ifindex = ctx.ifindex();
     fib.__bindgen_anon_3.ipv4_src = ext_addr;
     fib.__bindgen_anon_4.ipv4_dst = ip.dst;
-    // tot_len 0: the kernel checks the packet (each segment, if GSO) against the MTU.
-    // DIRECT: the main table, without the policy-routing rules (the lab has none).
-    // Safety: the skb the program was given and a parameter block of the stated size.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_DIRECT,
-        )
-    };
-    match rc as u32 {
+    match ctx.fib_lookup(&mut fib, ip, BPF_FIB_LOOKUP_DIRECT) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS if fib.ifindex == fc.uplink_ifindex => {}
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Err(Slow::Mtu)),
         _ => return Ok(Err(Slow::NoNeighbour)),
     }
-    // The flow found above (one lookup per packet): its expiry and counters advance.
-    // Safety: as above; concurrent updates of counters may lose an increment.
+    // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
     nat::touch(
         cfg,
         unsafe { &mut *f },
@@ -219,72 +244,75 @@ fn outbound_fast(
         u64::from(ctx.len()),
         now,
     );
-    nat::rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
+    nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     hop(ctx, ip)?;
-    send(
-        ctx,
-        &fib.dmac,
-        &fib.smac,
-        fc.uplink_ifindex,
-        NatCounter::FastOutTc,
-    )
-    .map(Ok)
+    let peer = fc.flags & PEER_UPLINK != 0;
+    send(ctx, &fib.dmac, &fib.smac, fc.uplink_ifindex, peer, true).map(Ok)
 }
 
-/// After `nat_ingress` translated an inbound packet of internal host `int_addr` (flow state
-/// `state`, None for a flow this packet created): straight to the host's port, or NEXT for
-/// the slow path.
-#[inline(always)]
-pub fn inbound(
-    ctx: &TcContext,
-    fc: &FastConfig,
-    ip: &IpHdr,
-    tcp_flags: u8,
-    state: Option<u8>,
-    int_addr: u32,
-) -> Res<i32> {
-    or_slow(inbound_fast(ctx, fc, ip, tcp_flags, state, int_addr)?)
+/// Ingress of the uplink: inbound packets, before the slow path's translation (which
+/// runs only if this passes the packet on untouched).
+pub fn inbound<P: Packet>(ctx: &P) -> Res<Action> {
+    let Some(fc) = config(P::HOOK) else {
+        return Ok(Action::Pass);
+    };
+    let Some((h, cfg, _)) = nat::headers(ctx)? else {
+        return Ok(Action::Pass);
+    };
+    let ip = h.ip;
+    if ip.dst != cfg.ext_addr {
+        return Ok(Action::Pass);
+    }
+    or_slow(inbound_fast(ctx, cfg, fc, &ip)?)
 }
 
 #[inline(always)]
-fn inbound_fast(
-    ctx: &TcContext,
+fn inbound_fast<P: Packet>(
+    ctx: &P,
+    cfg: &NatConfig,
     fc: &FastConfig,
     ip: &IpHdr,
-    tcp_flags: u8,
-    state: Option<u8>,
-    int_addr: u32,
-) -> Res<Result<i32, Slow>> {
+) -> Res<Result<Action, Slow>> {
     if let Err(why) = fast_ip(&facts(ip)) {
         return Ok(Err(why));
     }
-    let Some(state) = state else {
+    let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
+    if let Err(why) = checksum_complete(ctx, ip)? {
+        return Ok(Err(why));
+    }
+    let Some(b) = nat::get_binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
+        return Ok(Err(Slow::NoFlow));
+    };
+    let now = nat::now();
+    let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]), now)
+    else {
         return Ok(Err(Slow::NoFlow));
     };
     if ip.proto == PROTO_TCP
-        && let Err(why) = fast_tcp(tcp_flags, state)
+        && let Err(why) = fast_tcp(flags, state)
     {
         return Ok(Err(why));
     }
-    let Some(n) = NAT_NEIGH.get_ptr(int_addr) else {
+    let Some(n) = NAT_NEIGH.get_ptr(b.int_addr) else {
         return Ok(Err(Slow::NoNeighbour));
     };
     // Safety: a pointer from a successful lookup, copied at once.
     let n = unsafe { *n };
-    let mut mtu_len = 0u32;
-    // Safety: the skb the program was given and a local for the result.
-    let rc = unsafe {
-        bpf_check_mtu(
-            ctx.skb.skb as *mut _,
-            n.ifindex,
-            &mut mtu_len,
-            0,
-            BPF_MTU_CHK_SEGS,
-        )
-    };
-    if rc != 0 {
+    if !ctx.fits_mtu(n.ifindex) {
         return Ok(Err(Slow::Mtu));
     }
+    // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
+    nat::touch(
+        cfg,
+        unsafe { &mut *f },
+        ip.proto,
+        false,
+        flags,
+        u64::from(ctx.len()),
+        now,
+    );
+    nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
     hop(ctx, ip)?;
-    send(ctx, &n.mac, &fc.gateway_mac, n.ifindex, NatCounter::FastInTc).map(Ok)
+    let peer = fc.flags & PEER_PORTS != 0;
+    send(ctx, &n.mac, &fc.gateway_mac, n.ifindex, peer, false).map(Ok)
 }

@@ -9,9 +9,14 @@ mod maps;
 mod nat;
 mod packet;
 mod sink;
+mod tc;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{
+        TC_ACT_REDIRECT, TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -19,7 +24,7 @@ use netns_common::counters::{Counter, Direction};
 
 use crate::{
     maps::{UPLINK_COUNTERS, bump, count},
-    packet::NEXT,
+    packet::{Action, NEXT},
 };
 
 #[classifier]
@@ -43,27 +48,47 @@ fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
 
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    verdict(nat::egress(&ctx))
+    tc_verdict(nat::egress(&ctx))
 }
 
+/// The fast path first; what it passes on untouched, the slow path translates.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    verdict(nat::ingress(&ctx))
+    tc_verdict(fast::inbound(&ctx).and_then(|a| match a {
+        Action::Pass => nat::ingress(&ctx),
+        a => Ok(a),
+    }))
 }
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    verdict(nat::hairpin(&ctx))
+    tc_verdict(nat::hairpin(&ctx))
 }
 
 #[classifier]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
-    verdict(fast::outbound(&ctx))
+    tc_verdict(fast::outbound(&ctx))
+}
+
+#[xdp]
+pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
+    xdp_verdict(fast::outbound(&ctx))
+}
+
+/// What this passes on, TC's `nat_ingress` (the slow path) takes.
+#[xdp]
+pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
+    xdp_verdict(fast::inbound(&ctx))
 }
 
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     sink::sink(&ctx)
+}
+
+#[classifier]
+pub fn bench_tc_sink(ctx: TcContext) -> i32 {
+    sink::sink_tc(&ctx)
 }
 
 #[classifier]
@@ -76,13 +101,28 @@ pub fn ceiling_xdp_redirect(ctx: XdpContext) -> u32 {
     ceiling::xdp(&ctx)
 }
 
-/// Drops are counted by reason; everything else carries its own verdict.
-fn verdict(r: Result<i32, nat::Drop>) -> i32 {
+/// A step's outcome as a TC return code; drops are counted by reason.
+#[inline(always)]
+fn tc_verdict(r: nat::Res<Action>) -> i32 {
     match r {
-        Ok(v) => v,
+        Ok(Action::Pass) => NEXT,
+        Ok(Action::Redirect) => TC_ACT_REDIRECT,
         Err(d) => {
             count(d.counter());
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// The same as an XDP return code.
+#[inline(always)]
+fn xdp_verdict(r: nat::Res<Action>) -> u32 {
+    match r {
+        Ok(Action::Pass) => XDP_PASS,
+        Ok(Action::Redirect) => XDP_REDIRECT,
+        Err(d) => {
+            count(d.counter());
+            XDP_DROP
         }
     }
 }

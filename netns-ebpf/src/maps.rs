@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
@@ -50,6 +50,11 @@ pub static FAST_CONFIG: Array<FastConfig> = Array::with_max_entries(1, 0);
 /// forgets the quietest host rather than refusing a new one.
 #[map(name = "NAT_NEIGH")]
 pub static NAT_NEIGH: LruHashMap<u32, Neigh> = LruHashMap::with_max_entries(4096, 0);
+
+/// The router's fast-path ports (bridge ports and the uplink) by ifindex: where XDP
+/// redirects go.
+#[map(name = "NAT_DEVMAP")]
+pub static NAT_DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// First fragments' ports; LRU because an entry only matters for the fragments that follow.
 #[map(name = "NAT_FRAGS")]

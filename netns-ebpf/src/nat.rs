@@ -3,7 +3,7 @@
 //! port candidates, checksum arithmetic) come from `netns_common`, tested on the host.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT},
+    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -67,7 +67,7 @@ pub fn now() -> u64 {
 }
 
 #[inline(always)]
-fn get_binding(key: &BindingKey) -> Option<Binding> {
+pub fn get_binding(key: &BindingKey) -> Option<Binding> {
     // Safety: the pointer comes from a successful lookup; the map is not preallocated, so
     // the element stays valid for the rest of the program even if another CPU removes it.
     NAT_BINDINGS.get_ptr(key).map(|p| unsafe { *p })
@@ -260,19 +260,11 @@ fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u
 }
 
 /// Admits an inbound packet to binding `b` from remote (rem_addr, rem_port): an existing
-/// live flow (its TCP state after this packet is returned), or a new one (None) if `b` is
-/// a port forward or filtering is endpoint-independent.
+/// live flow, or a new one if `b` is a port forward or filtering is endpoint-independent.
 #[inline(always)]
-fn inbound_flow(
-    cfg: &NatConfig,
-    b: &Binding,
-    key: &FlowKey,
-    tcp_flags: u8,
-    len: u64,
-    now: u64,
-) -> Res<Option<u8>> {
-    if let Some((_, _, state)) = touch_live(cfg, key, false, tcp_flags, len, now) {
-        return Ok(Some(state));
+fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<()> {
+    if touch_live(cfg, key, false, tcp_flags, len, now).is_some() {
+        return Ok(());
     }
     let open = b.is_static() || (cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 && !b.expired(now));
     if !open {
@@ -286,16 +278,15 @@ fn inbound_flow(
         tcp_flags,
         len,
         now,
-    )?;
-    Ok(None)
+    )
 }
 
 /// Rewrites the source (`src`) or destination address and port of a TCP, UDP or ICMP echo
 /// packet, with incremental updates of the IPv4 and L4 checksums. A UDP checksum of zero
 /// stays zero; the helpers also handle CHECKSUM_PARTIAL (offloaded) packets.
 #[inline(always)]
-pub fn rewrite(
-    ctx: &TcContext,
+pub fn rewrite<P: Packet>(
+    ctx: &P,
     proto: u8,
     l4: usize,
     src: bool,
@@ -306,12 +297,7 @@ pub fn rewrite(
     let (old_port, new_port) = ports;
     let (csum_off, mangled, pseudo, port_off) = match proto {
         PROTO_TCP => (l4 + TCP_CSUM, 0, true, if src { l4 } else { l4 + 2 }),
-        PROTO_UDP => (
-            l4 + UDP_CSUM,
-            BPF_F_MARK_MANGLED_0 as u64,
-            true,
-            if src { l4 } else { l4 + 2 },
-        ),
+        PROTO_UDP => (l4 + UDP_CSUM, CSUM_MANGLED_0, true, if src { l4 } else { l4 + 2 }),
         // ICMP echo: the identifier is the port; ICMPv4 has no pseudo header.
         _ => (l4 + ICMP_CSUM, 0, false, l4 + 4),
     };
@@ -320,27 +306,27 @@ pub fn rewrite(
             csum_off,
             old_addr as u64,
             new_addr as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+            CSUM_PSEUDO | mangled | 4,
         )
         .map_err(malformed)?;
     }
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2)
             .map_err(malformed)?;
-        ctx.store(port_off, &new_port, 0).map_err(malformed)?;
+        ctx.store(port_off, &new_port).map_err(malformed)?;
     }
     rewrite_addr(ctx, src, old_addr, new_addr)
 }
 
 /// Rewrites only the IPv4 address (non-first fragments carry no L4 header).
 #[inline(always)]
-fn rewrite_addr(ctx: &TcContext, src: bool, old_addr: u32, new_addr: u32) -> Res<()> {
+fn rewrite_addr<P: Packet>(ctx: &P, src: bool, old_addr: u32, new_addr: u32) -> Res<()> {
     if old_addr == new_addr {
         return Ok(());
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(malformed)?;
-    ctx.store(if src { IP_SRC_OFF } else { IP_DST_OFF }, &new_addr, 0)
+    ctx.store(if src { IP_SRC_OFF } else { IP_DST_OFF }, &new_addr)
         .map_err(malformed)
 }
 
@@ -350,18 +336,18 @@ fn is_icmp_error(t: u8) -> bool {
 }
 
 #[inline(always)]
-fn unsupported(cfg: &NatConfig) -> Res<i32> {
+fn unsupported(cfg: &NatConfig) -> Res<Action> {
     if cfg.flags & FLAG_DROP_UNSUPPORTED != 0 {
         Err(Drop::Unsupported)
     } else {
         count(NatCounter::DropUnsupported);
-        Ok(NEXT)
+        Ok(Action::Pass)
     }
 }
 
 /// Ports (wire order) and TCP flags at `l4`.
 #[inline(always)]
-pub fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
+pub fn ports<P: Packet>(ctx: &P, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
     let p: [u16; 2] = ctx.load(l4).map_err(malformed)?;
     let flags = if proto == PROTO_TCP {
         ctx.load::<u8>(l4 + TCP_FLAGS).map_err(malformed)?
@@ -371,16 +357,17 @@ pub fn ports(ctx: &TcContext, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
     Ok((p, flags))
 }
 
-/// The IPv4 header, the configuration and the L4 offset, or None when the packet (not
-/// IPv4) or the moment (not configured yet) is not the NAT's.
+/// The Ethernet and IPv4 headers, the configuration and the L4 offset, or None when the
+/// packet (not IPv4) or the moment (not configured yet) is not the NAT's.
 #[inline(always)]
-pub fn headers(ctx: &TcContext) -> Res<Option<(IpHdr, &'static NatConfig, usize)>> {
-    let (Some(ip), Some(cfg)) = (ipv4(ctx), config()) else {
+pub fn headers<P: Packet>(ctx: &P) -> Res<Option<(EthIp, &'static NatConfig, usize)>> {
+    let (Some(h), Some(cfg)) = (eth_ipv4(ctx), config()) else {
         return Ok(None);
     };
+    let ip = h.ip;
     match ip.header_len() {
         0 => Err(Drop::Malformed),
-        ihl => Ok(Some((ip, cfg, IP_OFF + ihl))),
+        ihl => Ok(Some((h, cfg, IP_OFF + ihl))),
     }
 }
 
@@ -397,10 +384,11 @@ fn frag_key(ip: &IpHdr) -> FragKey {
 }
 
 /// TC egress on the uplink.
-pub fn egress(ctx: &TcContext) -> Res<i32> {
-    let Some((ip, cfg, l4)) = headers(ctx)? else {
-        return Ok(NEXT);
+pub fn egress<P: Packet>(ctx: &P) -> Res<Action> {
+    let Some((h, cfg, l4)) = headers(ctx)? else {
+        return Ok(Action::Pass);
     };
+    let ip = h.ip;
     let first = ip.frag_offset() == 0;
     if ip.proto == PROTO_ICMP && first {
         let t: u8 = ctx.load(l4).map_err(malformed)?;
@@ -410,7 +398,7 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
     }
     if !cfg.is_internal(ip.src) {
         count(NatCounter::Passed);
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     }
     let now = now();
     let len = u64::from(ctx.len());
@@ -458,14 +446,15 @@ pub fn egress(ctx: &TcContext) -> Res<i32> {
         }
         _ => return unsupported(cfg),
     }
-    Ok(NEXT)
+    Ok(Action::Pass)
 }
 
 /// TC ingress on the uplink.
-pub fn ingress(ctx: &TcContext) -> Res<i32> {
-    let Some((ip, cfg, l4)) = headers(ctx)? else {
-        return Ok(NEXT);
+pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
+    let Some((h, cfg, l4)) = headers(ctx)? else {
+        return Ok(Action::Pass);
     };
+    let ip = h.ip;
     let now = now();
     let len = u64::from(ctx.len());
     let first = ip.frag_offset() == 0;
@@ -485,7 +474,7 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
             inbound_flow(cfg, &b, &key, 0, len, now)?;
             rewrite_addr(ctx, false, ip.dst, b.int_addr)?;
             count(NatCounter::Fragments);
-            return Ok(NEXT);
+            return Ok(Action::Pass);
         }
         PROTO_TCP | PROTO_UDP => {
             let (p, flags) = ports(ctx, ip.proto, l4)?;
@@ -499,14 +488,14 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
             if t != ICMP_ECHO_REPLY {
                 // Echo requests to the router are the router's to answer.
                 count(NatCounter::Passed);
-                return Ok(NEXT);
+                return Ok(Action::Pass);
             }
             let id: u16 = ctx.load(l4 + 4).map_err(malformed)?;
             (0, id, 0)
         }
         _ => {
             count(NatCounter::Passed);
-            return Ok(NEXT);
+            return Ok(Action::Pass);
         }
     };
     let Some(b) = get_binding(&BindingKey::external(ip.proto, ip.dst, dport)) else {
@@ -515,10 +504,10 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
         } else {
             NatCounter::Passed
         });
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     };
     let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, sport);
-    let state = inbound_flow(cfg, &b, &key, flags, len, now)?;
+    inbound_flow(cfg, &b, &key, flags, len, now)?;
     rewrite(
         ctx,
         ip.proto,
@@ -537,15 +526,12 @@ pub fn ingress(ctx: &TcContext) -> Res<i32> {
         PROTO_UDP => NatCounter::InUdp,
         _ => NatCounter::InIcmp,
     });
-    match crate::fast::config() {
-        Some(fc) => crate::fast::inbound(ctx, fc, &ip, flags, state, b.int_addr),
-        None => Ok(NEXT),
-    }
+    Ok(Action::Pass)
 }
 
 /// Adds a change of one 16-bit word of the ICMP message to its checksum.
 #[inline(always)]
-fn icmp_csum16(ctx: &TcContext, icmp_csum: usize, old: u16, new: u16) -> Res<()> {
+fn icmp_csum16<P: Packet>(ctx: &P, icmp_csum: usize, old: u16, new: u16) -> Res<()> {
     ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
         .map_err(malformed)
 }
@@ -555,7 +541,7 @@ fn icmp_csum16(ctx: &TcContext, icmp_csum: usize, old: u16, new: u16) -> Res<()>
 /// is a packet we sent out (its source is external); outbound, a packet we let in (its
 /// destination is internal). An error never creates, refreshes or removes state.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32> {
+fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<Action> {
     let inner_off = l4 + 8;
     let inner: IpHdr = ctx.load(inner_off).map_err(malformed)?;
     let iihl = inner.header_len();
@@ -576,7 +562,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
         }
         _ => {
             count(NatCounter::Passed);
-            return Ok(NEXT);
+            return Ok(Action::Pass);
         }
     };
     let now = now();
@@ -584,13 +570,13 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
     let (b, key) = if ingress {
         let Some(b) = get_binding(&BindingKey::external(iproto, inner.src, isport)) else {
             count(NatCounter::Passed);
-            return Ok(NEXT);
+            return Ok(Action::Pass);
         };
         (b, FlowKey::new(iproto, b.int_addr, b.int_port, inner.dst, idport))
     } else {
         let Some(b) = get_binding(&BindingKey::internal(iproto, inner.dst, idport)) else {
             count(NatCounter::Passed);
-            return Ok(NEXT);
+            return Ok(Action::Pass);
         };
         (b, FlowKey::new(iproto, inner.dst, idport, inner.src, isport))
     };
@@ -611,7 +597,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
 
     // Quoted IPv4 address and header checksum.
     let addr_off = inner_off + if ingress { IPH_SRC } else { IPH_DST };
-    ctx.store(addr_off, &new_addr, 0).map_err(malformed)?;
+    ctx.store(addr_off, &new_addr).map_err(malformed)?;
     ctx.l4_csum_replace(icmp_csum, old_addr as u64, new_addr as u64, 4)
         .map_err(malformed)?;
     let new_ip_csum = port_to_wire(csum::update32(
@@ -619,8 +605,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
         u32::from_be(old_addr),
         u32::from_be(new_addr),
     ));
-    ctx.store(inner_off + IPH_CSUM, &new_ip_csum, 0)
-        .map_err(malformed)?;
+    ctx.store(inner_off + IPH_CSUM, &new_ip_csum).map_err(malformed)?;
     icmp_csum16(ctx, icmp_csum, inner.csum, new_ip_csum)?;
 
     // Quoted port (or echo identifier).
@@ -630,7 +615,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
         _ => il4 + 2,
     };
     if old_port != new_port {
-        ctx.store(port_off, &new_port, 0).map_err(malformed)?;
+        ctx.store(port_off, &new_port).map_err(malformed)?;
         icmp_csum16(ctx, icmp_csum, old_port, new_port)?;
     }
 
@@ -649,7 +634,7 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
             }
             c = csum::update16(c, port_from_wire(old_port), port_from_wire(new_port));
             let new_c = port_to_wire(c);
-            ctx.store(l4_csum_off, &new_c, 0).map_err(malformed)?;
+            ctx.store(l4_csum_off, &new_c).map_err(malformed)?;
             icmp_csum16(ctx, icmp_csum, old_c, new_c)?;
         }
     }
@@ -665,24 +650,25 @@ fn icmp_error(ctx: &TcContext, ip: &IpHdr, l4: usize, ingress: bool) -> Res<i32>
     } else {
         NatCounter::IcmpErrorOut
     });
-    Ok(NEXT)
+    Ok(Action::Pass)
 }
 
 /// TC ingress on the internal interfaces: a packet from an internal host to the external
 /// address on a mapped port is translated as if it had left by the uplink and come back in
 /// (SNAT, then DNAT), and sent straight back out (RFC 4787 REQ-9, hairpinning).
-pub fn hairpin(ctx: &TcContext) -> Res<i32> {
-    let Some(ip) = ipv4(ctx) else {
-        return Ok(NEXT);
+pub fn hairpin(ctx: &TcContext) -> Res<Action> {
+    let Some(h) = eth_ipv4(ctx) else {
+        return Ok(Action::Pass);
     };
+    let ip = h.ip;
     let Some(cfg) = config() else {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     };
     if ip.dst != cfg.ext_addr || ip.frag_offset() != 0 || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     }
     if !cfg.is_internal(ip.src) {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     }
     let ihl = ip.header_len();
     if ihl == 0 {
@@ -692,7 +678,7 @@ pub fn hairpin(ctx: &TcContext) -> Res<i32> {
     let (p, flags) = ports(ctx, ip.proto, l4)?;
     // A port nobody owns is the router's own business.
     let Some(b) = get_binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
-        return Ok(NEXT);
+        return Ok(Action::Pass);
     };
     let now = now();
     let len = u64::from(ctx.len());
@@ -703,12 +689,11 @@ pub fn hairpin(ctx: &TcContext) -> Res<i32> {
     rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     rewrite(ctx, ip.proto, l4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
     count(NatCounter::Hairpinned);
-    // Safety: reading the ifindex of the skb the program was given.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = ctx.ifindex();
     // Safety: no parameters (the kernel looks up the next hop itself), no flags.
     let r = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     if r == TC_ACT_REDIRECT as i64 {
-        Ok(TC_ACT_REDIRECT)
+        Ok(Action::Redirect)
     } else {
         Err(Drop::Malformed)
     }

@@ -1,7 +1,63 @@
-//! Header offsets and reads for IPv4 over Ethernet, through the skb helpers (bounds are
-//! checked by the kernel, so the verifier has nothing to prove about packet pointers).
+//! The packet as every NAT step sees it, whatever the hook: header offsets and types for
+//! IPv4 over Ethernet, and the [`Packet`] operations, implemented for TC (`tc.rs`, the skb
+//! helpers) and for XDP (`xdp.rs`, direct access and RFC 1624 arithmetic), the way Cilium's
+//! `ctx/xdp.h` emulates the skb helpers. No step is written twice for the two hooks.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+
+/// A failed access (out of bounds, or refused by the kernel).
+pub type Fail = i64;
+
+/// What a step decided for a packet that is not dropped (drops are `Err`). Turned into
+/// the hook's return code in one place (`main.rs`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// On its way: the next program on the hook, then the kernel's stack.
+    Pass,
+    /// Redirected (the redirect is already set up).
+    Redirect,
+}
+
+/// Flags of [`Packet::l4_csum_replace`], as the kernel's `bpf_l4_csum_replace` takes them:
+/// the field's size (2 or 4) or'd with these.
+pub const CSUM_PSEUDO: u64 = aya_ebpf::bindings::BPF_F_PSEUDO_HDR as u64;
+/// A UDP checksum: zero means "none" and stays zero; a result of zero is sent as 0xffff.
+pub const CSUM_MANGLED_0: u64 = aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64;
+
+/// Where a program runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    Xdp,
+}
+
+/// One packet at one hook. Values are as on the wire (network order); offsets from the
+/// start of the Ethernet header.
+pub trait Packet {
+    const HOOK: Hook;
+    /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
+    const SEES_OFFLOAD: bool;
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Fail>;
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail>;
+    /// Updates the IPv4 header checksum at `off` for a field of `size` bytes (2 or 4)
+    /// changing from `from` to `to`.
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail>;
+    /// Updates the L4 checksum at `off`: size in the low bits, [`CSUM_PSEUDO`] for a field
+    /// of the pseudo header, [`CSUM_MANGLED_0`] for UDP.
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail>;
+    /// Length of the whole frame.
+    fn len(&self) -> u32;
+    /// The interface the packet arrived on.
+    fn ifindex(&self) -> u32;
+    /// The kernel's FIB lookup from this packet (`fib.tot_len` is set here as the hook
+    /// needs it for the MTU check); returns the helper's code.
+    fn fib_lookup(&self, fib: &mut FibParams, ip: &IpHdr, flags: u32) -> i64;
+    /// Whether the packet fits the MTU of `ifindex`.
+    fn fits_mtu(&self, ifindex: u32) -> bool;
+    /// Sets up a redirect to the egress of `ifindex` or, with `peer` where the hook can, to
+    /// the ingress of its veth peer; false if the hook refused it.
+    fn redirect(&self, ifindex: u32, peer: bool) -> bool;
+}
 
 /// TCX verdict "go on": the next program on the hook runs, and after the last the packet
 /// continues. (TC_ACT_PIPE would end the TCX chain: tcx_run stops at any code but -1.)
@@ -74,12 +130,20 @@ impl IpHdr {
     }
 }
 
-/// The IPv4 header of the packet, or `None` if it is not IPv4.
+/// The Ethernet header and the IPv4 header after it, as on the wire: read with one load
+/// (each helper call costs).
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct EthIp {
+    pub macs: [[u8; 6]; 2],
+    pub proto: u16,
+    pub ip: IpHdr,
+}
+
+/// The Ethernet and IPv4 headers of the packet, or `None` if it is not IPv4 (or too short
+/// to hold both).
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Option<IpHdr> {
-    let proto: u16 = ctx.load(12).ok()?;
-    if u16::from_be(proto) != ETH_P_IP {
-        return None;
-    }
-    ctx.load::<IpHdr>(IP_OFF).ok()
+pub fn eth_ipv4<P: Packet>(ctx: &P) -> Option<EthIp> {
+    let h: EthIp = ctx.load(0).ok()?;
+    (u16::from_be(h.proto) == ETH_P_IP).then_some(h)
 }

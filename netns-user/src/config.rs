@@ -231,6 +231,9 @@ pub enum FastPath {
     /// At TCX ingress of the bridge ports and the uplink, with bpf_redirect.
     #[default]
     Tc,
+    /// In XDP on the bridge ports and the uplink, through a DEVMAP. The lab turns GRO on
+    /// and TX checksum offload off on the far ends of those veths (docs/fast-path.md).
+    Xdp,
     /// Every packet takes the router's bridge and routing (the NAT still runs at TC).
     Off,
 }
@@ -239,6 +242,7 @@ impl FastPath {
     pub fn name(self) -> &'static str {
         match self {
             FastPath::Tc => "tc",
+            FastPath::Xdp => "xdp",
             FastPath::Off => "off",
         }
     }

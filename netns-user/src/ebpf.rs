@@ -8,18 +8,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::{FastConfig, NextHop},
+    fwd::{FAST_XDP, FastConfig, NextHop},
     names::{
         MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
-        MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_NEIGH, MAP_SINK_COUNTERS,
+        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_NEIGH, MAP_SINK_COUNTERS,
         MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT,
-        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
-        full_program_name,
+        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_SINK_TC, PROG_UPLINK_COUNT_EGRESS,
+        PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -212,9 +212,13 @@ fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
 pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, load: &NatLoad) -> Result<()> {
     let dir = prepare_pin_dir(prefix)?;
     let res = netns::run_in(ns, || {
+        // The uplink's counters are the ones `attach_uplink_counters` pinned: the fast path
+        // counts there what skips the uplink's own TC hook.
+        let counters = dir.join(MAP_UPLINK_COUNTERS);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_NAT_FLOWS, load.flows)
             .map_max_entries(MAP_NAT_BINDINGS, load.bindings)
+            .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
             .load(object()?)
             .map_err(EbpfError::Load)?;
         {
@@ -247,10 +251,23 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         for iface in internal {
             hooks.push((PROG_NAT_HAIRPIN, iface.as_str(), TcAttachType::Ingress));
         }
-        for port in load.fast.iter().flat_map(|(ports, _)| ports) {
-            hooks.push((PROG_NAT_FAST_OUT, port.as_str(), TcAttachType::Ingress));
+        let mut xdp_hooks = Vec::new();
+        if let Some((ports, fast)) = &load.fast {
+            if fast.mode == FAST_XDP {
+                fill_devmap(&mut ebpf, ports.iter().map(String::as_str).chain([uplink]))?;
+                xdp_hooks.extend(ports.iter().map(|p| (PROG_XDP_FAST_OUT, p.as_str())));
+                xdp_hooks.push((PROG_XDP_FAST_IN, uplink));
+            } else {
+                hooks.extend(
+                    ports
+                        .iter()
+                        .map(|p| (PROG_NAT_FAST_OUT, p.as_str(), TcAttachType::Ingress)),
+                );
+            }
         }
-        let links = attach(&mut ebpf, &hooks)?;
+        let mut links = attach(&mut ebpf, &hooks)?;
+        // XDP after TC: by the time frames skip the stack, the slow path is in place.
+        links.extend(attach_xdp_links(&mut ebpf, &xdp_hooks)?);
         pin(
             &ebpf,
             &dir,
@@ -262,6 +279,7 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
                 MAP_NAT_COUNTERS,
                 MAP_FAST_CONFIG,
                 MAP_NAT_NEIGH,
+                MAP_NAT_DEVMAP,
             ],
             links,
         )
@@ -440,18 +458,21 @@ pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
     })
 }
 
-/// The benchmark's sink, attached (XDP) for as long as this lives.
+/// The benchmark's sink, attached (XDP and TCX ingress) for as long as this lives.
 pub struct Sink {
     ebpf: Ebpf,
+    _links: Vec<(String, FdLink)>,
 }
 
-/// Attaches the XDP sink to `iface` in namespace `ns`; it counts and drops UDP to the sink
-/// port. Detached when the returned value is dropped.
+/// Attaches the sink to `iface` in namespace `ns`, in XDP and at TCX ingress (for frames
+/// redirected into the veth's ingress, which skip its XDP); both count and drop UDP to the
+/// sink ports into one map. Detached when the returned value is dropped.
 pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
     netns::run_in(ns, || {
         let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
         attach_xdp(&mut ebpf, PROG_SINK, iface)?;
-        Ok(Sink { ebpf })
+        let links = attach(&mut ebpf, &[(PROG_SINK_TC, iface, TcAttachType::Ingress)])?;
+        Ok(Sink { ebpf, _links: links })
     })?
 }
 
@@ -474,7 +495,7 @@ impl Sink {
 /// Where the benchmark's bare-redirect ceiling runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CeilingHook {
-    /// TCX ingress, `bpf_redirect` to the next hop's interface.
+    /// TCX ingress, `bpf_redirect_peer` into the next hop interface's veth peer.
     Tc,
     /// XDP (native), redirect through a DEVMAP.
     Xdp,
@@ -521,6 +542,61 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
             _links: links,
         })
     })?
+}
+
+/// Puts `ifaces` (of the current namespace) in the NAT's DEVMAP, keyed by ifindex: the
+/// ports XDP may redirect to.
+fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
+    let map = ebpf
+        .map_mut(MAP_NAT_DEVMAP)
+        .ok_or(EbpfError::Missing(MAP_NAT_DEVMAP))?;
+    let mut d: DevMapHash<_> = DevMapHash::try_from(map).map_err(map_err(MAP_NAT_DEVMAP))?;
+    for iface in ifaces {
+        let fail = |detail: String| EbpfError::MapSet {
+            name: MAP_NAT_DEVMAP,
+            detail: format!("{iface}: {detail}"),
+        };
+        let name = std::ffi::CString::new(iface).map_err(|e| fail(e.to_string()))?;
+        // Safety: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(fail(io::Error::last_os_error().to_string()));
+        }
+        d.insert(index, index, None, 0).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Attaches XDP programs (native mode) as links to pin, one per (program, interface).
+fn attach_xdp_links(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<Vec<(String, FdLink)>> {
+    let mut links = Vec::new();
+    for &(name, iface) in hooks {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::Missing(name))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        let id = prog
+            .attach(iface, XdpMode::Driver)
+            .map_err(|source| EbpfError::Attach {
+                name,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| EbpfError::Program { name, source })?;
+        let link: FdLink = link.try_into().map_err(|e| EbpfError::Pin {
+            path: PathBuf::from(name),
+            detail: format!("not an XDP link ({e}); a kernel >= 5.9 is needed"),
+        })?;
+        links.push((format!("link_{name}_{iface}_xdp"), link));
+    }
+    Ok(links)
 }
 
 /// Loads XDP program `name` of `ebpf` and attaches it (native mode) to `iface`.

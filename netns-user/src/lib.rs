@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod ebpf;
+pub mod ethtool;
 pub mod lab;
 pub mod nat;
 pub mod netlink;

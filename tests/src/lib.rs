@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use netns_user::{
-    config::LabConfig,
+    config::{FastPath, LabConfig},
     lab::{self, Lab},
     nat::NatKind,
     netns,
@@ -29,14 +29,59 @@ pub fn prefix(tag: &str) -> String {
     format!("nt{}{tag}-", std::process::id())
 }
 
+/// A NAT under test: the backend and, for the eBPF NAT, its fast-path mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nat {
+    pub kind: NatKind,
+    pub fast: FastPath,
+}
+
+impl Nat {
+    pub const fn ebpf(fast: FastPath) -> Nat {
+        Nat {
+            kind: NatKind::Ebpf,
+            fast,
+        }
+    }
+
+    pub fn is_ebpf(self) -> bool {
+        self.kind == NatKind::Ebpf
+    }
+
+    /// One letter for lab prefixes: i(ptables), n(ftables), e(BPF at TC), x(DP), o(ff), -.
+    pub fn letter(self) -> char {
+        match (self.kind, self.fast) {
+            (NatKind::Ebpf, FastPath::Tc) => 'e',
+            (NatKind::Ebpf, FastPath::Xdp) => 'x',
+            (NatKind::Ebpf, FastPath::Off) => 'o',
+            (k, _) => k.name().chars().next().unwrap_or('-'),
+        }
+    }
+}
+
+impl From<NatKind> for Nat {
+    /// The backend with the lab's default fast path.
+    fn from(kind: NatKind) -> Nat {
+        Nat {
+            kind,
+            fast: FastPath::default(),
+        }
+    }
+}
+
 /// A lab that is taken down when the guard goes, even if the test panics.
 pub struct LabGuard {
     pub lab: Lab,
 }
 
 impl LabGuard {
-    pub fn up(tag: &str, nat: NatKind) -> LabGuard {
-        Self::up_with(&LabConfig::reference(), tag, nat)
+    pub fn up(tag: &str, nat: impl Into<Nat>) -> LabGuard {
+        let nat = nat.into();
+        let mut cfg = LabConfig::reference();
+        if let Some(n) = cfg.nat.as_mut() {
+            n.ebpf.fast_path = nat.fast;
+        }
+        Self::up_with(&cfg, tag, nat.kind)
     }
 
     pub fn up_with(cfg: &LabConfig, tag: &str, nat: NatKind) -> LabGuard {

@@ -6,14 +6,15 @@ use std::{
     time::Duration,
 };
 
-use netns_tests::{LabGuard, privileged};
-use netns_user::{ebpf, nat::NatKind, probe};
+use netns_tests::{LabGuard, Nat, privileged};
+use netns_user::{config::FastPath, ebpf, nat::NatKind, probe};
 
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 const WAIT: Duration = Duration::from_secs(3);
 
-fn scenario_passes_with(nat: NatKind, tag: &str) {
+fn scenario_passes_with(nat: impl Into<Nat>, tag: &str) {
+    let nat = nat.into();
     if !privileged(tag) {
         return;
     }
@@ -22,7 +23,7 @@ fn scenario_passes_with(nat: NatKind, tag: &str) {
     // red and blue ping, red's UDP and TCP, lan's HTTP through the forward.
     assert_eq!(checks.len(), 5, "{checks:#?}");
     for c in &checks {
-        assert!(c.ok && c.passed, "{nat}: {} failed: {}", c.name, c.detail);
+        assert!(c.ok && c.passed, "{nat:?}: {} failed: {}", c.name, c.detail);
         let seen = c.seen.expect("a successful exchange records what the peer saw");
         if c.name.starts_with("http") {
             // DNAT keeps the client's own address.
@@ -55,6 +56,16 @@ fn nftables_nat_passes_the_scenario() {
 #[test]
 fn ebpf_nat_passes_the_scenario() {
     scenario_passes_with(NatKind::Ebpf, "ebp");
+}
+
+#[test]
+fn ebpf_nat_with_the_xdp_fast_path_passes_the_scenario() {
+    scenario_passes_with(Nat::ebpf(FastPath::Xdp), "ebx");
+}
+
+#[test]
+fn ebpf_nat_without_the_fast_path_passes_the_scenario() {
+    scenario_passes_with(Nat::ebpf(FastPath::Off), "ebo");
 }
 
 #[test]

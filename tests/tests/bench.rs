@@ -7,7 +7,9 @@ use std::{collections::HashSet, process::Command};
 use netns_tests::{bin, privileged};
 use serde_json::Value;
 
-const BACKENDS: [&str; 5] = ["none", "iptables", "nftables", "ebpf", "ebpf-off"];
+const BACKENDS: [&str; 7] = [
+    "none", "iptables", "nftables", "ebpf", "ebpf-off", "ebpf-tc", "ebpf-xdp",
+];
 /// The bare-redirect ceilings: packet workloads only.
 const CEILINGS: [&str; 2] = ["tc-redirect", "xdp-redirect"];
 const PACKET_METRICS: [&str; 5] = [
@@ -36,9 +38,11 @@ fn cpus() -> usize {
 }
 
 /// The BPF program each backend's run-time figures must name.
-const PROGRAM_OF: [(&str, &str); 4] = [
+const PROGRAM_OF: [(&str, &str); 6] = [
     ("ebpf", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-off", "nat_egress@uplink"),
+    ("ebpf-tc", "nat_fast_out@veth-red-br:tcx-ingress"),
+    ("ebpf-xdp", "xdp_fast_out@veth-red-br:xdp"),
     ("tc-redirect", "ceiling_tc_redirect@veth-red-br:tcx-ingress"),
     ("xdp-redirect", "ceiling_xdp_redirect@veth-red-br:xdp"),
 ];

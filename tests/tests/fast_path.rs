@@ -1,6 +1,7 @@
-//! The fast path at TC, on real labs: established flows are redirected from the bridge port
-//! to the uplink and back, skipping the bridge and routing, while a flow's first packet,
-//! SYN/FIN and TTL-1 packets take the slow path; conntrack counts both the same way.
+//! The fast path at TC and in XDP, on real labs: established flows are redirected from the
+//! bridge port to the uplink and back, skipping the bridge and routing, while a flow's first
+//! packet, SYN/FIN, TTL-1 packets and (in XDP) partial checksums take the slow path;
+//! conntrack counts both the same way. Each test runs in both modes.
 
 use std::{
     io::{Read, Write},
@@ -11,9 +12,36 @@ use std::{
 use netns_tests::{LabGuard, UdpEcho, in_ns, privileged};
 use netns_user::{
     config::{FastPath, LabConfig},
+    ethtool::{self, Offload},
     nat::{NatKind, ebpf as nat_ebpf},
-    netns,
+    netns, probe,
 };
+
+/// Runs a test in both fast-path modes.
+macro_rules! modes {
+    ($name:ident) => {
+        mod $name {
+            use netns_user::config::FastPath;
+            #[test]
+            fn tc() {
+                super::$name(FastPath::Tc)
+            }
+            #[test]
+            fn xdp() {
+                super::$name(FastPath::Xdp)
+            }
+        }
+    };
+}
+
+/// The fast-path counter of `mode` for one direction ("out" or "in").
+fn fast(mode: FastPath, dir: &str) -> String {
+    format!("fast_{dir}_{}", mode.name())
+}
+
+fn tag(name: &str, mode: FastPath) -> String {
+    format!("{name}{}", &mode.name()[..1])
+}
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 
@@ -66,20 +94,23 @@ fn udp_exchange(g: &LabGuard, n: usize, ttl: Option<u32>) -> usize {
     })
 }
 
-#[test]
-fn established_udp_takes_the_fast_path_both_ways() {
+fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     if !privileged("fast_udp") {
         return;
     }
-    let g = lab("fpu", FastPath::Tc);
+    let g = lab(&tag("fpu", mode), mode);
     // status says the mode and lists what the kernel has attached, on every bridge port.
     let rules = g.lab.status().unwrap().nat_rules.expect("eBPF NAT rules");
-    assert!(rules.contains("fast path: tc"), "{rules}");
+    assert!(rules.contains(&format!("fast path: {}", mode.name())), "{rules}");
     for port in ["veth-red-br", "veth-blue-br"] {
-        assert!(
-            rules.contains(&format!("nat_fast_out@{port}:tcx-ingress")),
-            "{rules}"
-        );
+        let attached = match mode {
+            FastPath::Xdp => format!("xdp_fast_out@{port}:xdp"),
+            _ => format!("nat_fast_out@{port}:tcx-ingress"),
+        };
+        assert!(rules.contains(&attached), "{rules}");
+    }
+    if mode == FastPath::Xdp {
+        assert!(rules.contains("xdp_fast_in@uplink:xdp"), "{rules}");
     }
     let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     let c0 = counters(g.prefix());
@@ -87,10 +118,11 @@ fn established_udp_takes_the_fast_path_both_ways() {
     let c1 = counters(g.prefix());
     // The first datagram creates the flow on the slow path; the rest skip it.
     assert_eq!(delta(&c0, &c1, "out_udp"), 1, "{c1:?}");
-    assert_eq!(delta(&c0, &c1, "fast_out_tc"), 49, "{c1:?}");
-    // Every reply finds its flow (made by the first datagram) and the host's port.
-    assert_eq!(delta(&c0, &c1, "in_udp"), 50, "{c1:?}");
-    assert_eq!(delta(&c0, &c1, "fast_in_tc"), 50, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, &fast(mode, "out")), 49, "{c1:?}");
+    // Every reply finds its flow (made by the first datagram) and the host's port, so none
+    // needs the slow path's translation.
+    assert_eq!(delta(&c0, &c1, &fast(mode, "in")), 50, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "in_udp"), 0, "{c1:?}");
     assert_eq!(delta(&c0, &c1, "slow_no_flow"), 1, "{c1:?}");
     // One conntrack truth: the flow counted every packet, whichever path it took.
     let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
@@ -100,13 +132,13 @@ fn established_udp_takes_the_fast_path_both_ways() {
         .expect("the flow is in conntrack");
     assert_eq!((f.packets_out, f.packets_in), (50, 50), "{f:?}");
 }
+modes!(established_udp_takes_the_fast_path_both_ways);
 
-#[test]
-fn ttl_one_takes_the_slow_path_and_goes_no_further() {
+fn ttl_one_takes_the_slow_path_and_goes_no_further(mode: FastPath) {
     if !privileged("fast_ttl") {
         return;
     }
-    let g = lab("fpt", FastPath::Tc);
+    let g = lab(&tag("fpt", mode), mode);
     let echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     assert_eq!(udp_exchange(&g, 3, None), 3);
     let c0 = counters(g.prefix());
@@ -115,13 +147,14 @@ fn ttl_one_takes_the_slow_path_and_goes_no_further() {
     assert_eq!(udp_exchange(&g, 3, Some(1)), 0);
     let c1 = counters(g.prefix());
     assert_eq!(delta(&c0, &c1, "slow_ttl"), 3, "{c1:?}");
-    assert_eq!(delta(&c0, &c1, "fast_out_tc"), 0, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, &fast(mode, "out")), 0, "{c1:?}");
     assert_eq!(echo.seen().len(), 3, "a TTL-1 datagram crossed the router");
     // TTL 2 crosses (one hop), on the fast path, with the TTL decremented on the way.
     assert_eq!(udp_exchange(&g, 2, Some(2)), 2);
     let c2 = counters(g.prefix());
-    assert_eq!(delta(&c1, &c2, "fast_out_tc"), 2, "{c2:?}");
+    assert_eq!(delta(&c1, &c2, &fast(mode, "out")), 2, "{c2:?}");
 }
+modes!(ttl_one_takes_the_slow_path_and_goes_no_further);
 
 #[test]
 fn fast_path_off_takes_every_packet_through_the_router() {
@@ -137,18 +170,19 @@ fn fast_path_off_takes_every_packet_through_the_router() {
     let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     assert_eq!(udp_exchange(&g, 20, None), 20);
     let c = counters(g.prefix());
-    assert_eq!((c["fast_out_tc"], c["fast_in_tc"]), (0, 0), "{c:?}");
+    for mode in [FastPath::Tc, FastPath::Xdp] {
+        assert_eq!((c[&fast(mode, "out")], c[&fast(mode, "in")]), (0, 0), "{c:?}");
+    }
     assert_eq!((c["out_udp"], c["in_udp"]), (20, 20), "{c:?}");
 }
 
 /// A TCP connection carrying data: its handshake and close take the slow path, the data in
 /// between the fast path, and the bytes arrive intact both ways.
-#[test]
-fn a_tcp_connection_moves_between_the_paths() {
+fn a_tcp_connection_moves_between_the_paths(mode: FastPath) {
     if !privileged("fast_tcp") {
         return;
     }
-    let g = lab("fpc", FastPath::Tc);
+    let g = lab(&tag("fpc", mode), mode);
     let server = netns::spawn_in(&g.lab.ns("lan"), |_stop, ready| {
         let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7200)).unwrap();
         ready();
@@ -182,8 +216,8 @@ fn a_tcp_connection_moves_between_the_paths() {
     assert_eq!(peer.ip(), std::net::IpAddr::V4(Ipv4Addr::new(192, 168, 1, 2)));
     assert_eq!(total, 200_000);
     let c1 = counters(g.prefix());
-    assert!(delta(&c0, &c1, "fast_out_tc") >= 150, "{c1:?}");
-    assert!(delta(&c0, &c1, "fast_in_tc") >= 150, "{c1:?}");
+    assert!(delta(&c0, &c1, &fast(mode, "out")) >= 150, "{c1:?}");
+    assert!(delta(&c0, &c1, &fast(mode, "in")) >= 150, "{c1:?}");
     // SYN and FIN (and the handshake's last ACK, before the flow is established) go slow.
     assert!(
         delta(&c0, &c1, "slow_tcp_flags") + delta(&c0, &c1, "slow_no_flow") >= 3,
@@ -191,3 +225,51 @@ fn a_tcp_connection_moves_between_the_paths() {
     );
     assert!(delta(&c0, &c1, "out_tcp") >= 2, "{c1:?}");
 }
+modes!(a_tcp_connection_moves_between_the_paths);
+
+/// TX checksum offload on the senders (the kernel's default for veth; the XDP mode turns
+/// it off on the peers of its ports, so this test turns it back on): at TC the fast path
+/// takes the packets (the skb helpers keep a partial checksum right); in XDP, which cannot
+/// see offload state, partial checksums are recognised and handed to the slow path. Either
+/// way every exchange passes, and the UDP receivers of XDP-redirected frames, which arrive
+/// without checksum status, verify every checksum themselves.
+fn checksum_offload_on_at_the_senders(mode: FastPath) {
+    if !privileged("fast_offload") {
+        return;
+    }
+    let g = lab(&tag("fpk", mode), mode);
+    let (red, lan) = (g.lab.ns("red"), g.lab.ns("lan"));
+    if mode == FastPath::Xdp {
+        // What the lab set up for XDP.
+        assert!(!ethtool::get(&red, "veth-red", Offload::TxChecksum).unwrap());
+        assert!(ethtool::get(&red, "veth-red", Offload::Gro).unwrap());
+        assert!(!ethtool::get(&lan, "lan0", Offload::TxChecksum).unwrap());
+    }
+    // Offload off first: XDP takes the packets on the fast path too.
+    let _echo = UdpEcho::start(&lan, &[7100]);
+    assert_eq!(udp_exchange(&g, 10, None), 10);
+    let c0 = counters(g.prefix());
+    assert_eq!(c0["slow_partial_checksum"], 0, "{c0:?}");
+    assert!(c0[&fast(mode, "out")] >= 9, "{c0:?}");
+    for (ns, dev) in [(&red, "veth-red"), (&lan, "lan0")] {
+        ethtool::set(ns, dev, Offload::TxChecksum, true).unwrap();
+        assert!(ethtool::get(ns, dev, Offload::TxChecksum).unwrap());
+    }
+    assert_eq!(udp_exchange(&g, 20, None), 20);
+    let c1 = counters(g.prefix());
+    match mode {
+        FastPath::Xdp => {
+            // 20 datagrams out and 20 replies in, all partial.
+            assert_eq!(delta(&c0, &c1, "slow_partial_checksum"), 40, "{c1:?}");
+            assert_eq!(delta(&c0, &c1, &fast(mode, "out")), 0, "{c1:?}");
+        }
+        _ => {
+            assert_eq!(delta(&c0, &c1, &fast(mode, "out")), 20, "{c1:?}");
+            assert_eq!(delta(&c0, &c1, &fast(mode, "in")), 20, "{c1:?}");
+        }
+    }
+    // The whole scenario, TCP and the port forward included.
+    let checks = probe::check(&g.lab, Duration::from_secs(3)).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+}
+modes!(checksum_offload_on_at_the_senders);

@@ -55,20 +55,27 @@ pub enum Backend {
     Ebpf,
     /// The eBPF NAT with the fast path off: every packet takes the bridge and routing.
     EbpfOff,
-    /// Ceiling: the load redirected at TC from red's bridge port straight to the uplink,
-    /// MAC addresses rewritten, nothing else (no NAT, no routing). Packet workloads only.
+    /// The eBPF NAT with the fast path at TC.
+    EbpfTc,
+    /// The eBPF NAT with the fast path in XDP.
+    EbpfXdp,
+    /// Ceiling: the load redirected at TC from red's bridge port straight into the ingress
+    /// of the uplink's veth peer (bpf_redirect_peer, as the TC fast path does), MAC
+    /// addresses rewritten, nothing else (no NAT, no routing). Packet workloads only.
     TcRedirect,
     /// Ceiling: the same in XDP, through a DEVMAP. Packet workloads only.
     XdpRedirect,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 7] = [
+    pub const ALL: [Backend; 9] = [
         Backend::None,
         Backend::Iptables,
         Backend::Nftables,
         Backend::Ebpf,
         Backend::EbpfOff,
+        Backend::EbpfTc,
+        Backend::EbpfXdp,
         Backend::TcRedirect,
         Backend::XdpRedirect,
     ];
@@ -80,6 +87,8 @@ impl Backend {
             Backend::Nftables => "nftables",
             Backend::Ebpf => "ebpf",
             Backend::EbpfOff => "ebpf-off",
+            Backend::EbpfTc => "ebpf-tc",
+            Backend::EbpfXdp => "ebpf-xdp",
             Backend::TcRedirect => "tc-redirect",
             Backend::XdpRedirect => "xdp-redirect",
         }
@@ -90,8 +99,18 @@ impl Backend {
         match self {
             Backend::Iptables => NatKind::Iptables,
             Backend::Nftables => NatKind::Nftables,
-            Backend::Ebpf | Backend::EbpfOff => NatKind::Ebpf,
+            Backend::Ebpf | Backend::EbpfOff | Backend::EbpfTc | Backend::EbpfXdp => NatKind::Ebpf,
             Backend::None | Backend::TcRedirect | Backend::XdpRedirect => NatKind::None,
+        }
+    }
+
+    /// The fast-path mode it sets (None: the lab's default).
+    pub fn fast_path(self) -> Option<FastPath> {
+        match self {
+            Backend::EbpfOff => Some(FastPath::Off),
+            Backend::EbpfTc => Some(FastPath::Tc),
+            Backend::EbpfXdp => Some(FastPath::Xdp),
+            _ => None,
         }
     }
 
@@ -441,10 +460,10 @@ impl BenchLab {
         let nat = backend.map_or(NatKind::None, Backend::nat);
         let prefix = format!("nnb{}-", std::process::id());
         let mut cfg = LabConfig::reference();
-        if backend == Some(Backend::EbpfOff)
+        if let Some(mode) = backend.and_then(Backend::fast_path)
             && let Some(n) = cfg.nat.as_mut()
         {
-            n.ebpf.fast_path = FastPath::Off;
+            n.ebpf.fast_path = mode;
         }
         let lab = Lab::up(&cfg, &prefix, nat, &mut |_| {})?;
         // From here on, the guard takes the lab down if anything fails.
@@ -1044,7 +1063,7 @@ fn conn_rate(
         bail!("no connection completed ({failed} failed)");
     }
     let left = match b {
-        Backend::Ebpf | Backend::EbpfOff => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
+        b if b.nat() == NatKind::Ebpf => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
         Backend::Iptables | Backend::Nftables => {
             let out = netns::command(&p.host, "conntrack")?.arg("-C").output()?;
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)

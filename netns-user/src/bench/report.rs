@@ -9,13 +9,15 @@ use plotters::prelude::*;
 use super::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
-const ORDER: [&str; 8] = [
+const ORDER: [&str; 10] = [
     "generator",
     "none",
     "iptables",
     "nftables",
     "ebpf",
     "ebpf-off",
+    "ebpf-tc",
+    "ebpf-xdp",
     "tc-redirect",
     "xdp-redirect",
 ];

@@ -342,13 +342,26 @@ impl Lab {
                 e.namespace == nat.router && e.master.as_ref().is_some_and(|m| internal_ifaces.contains(m))
             })
             .filter_map(|e| Some((e.name.clone(), e.master.clone()?)))
-            .collect();
+            .collect::<Vec<_>>();
+        // The far end of the router's veth `name`, if it is one.
+        let peer = |name: &str| {
+            self.config
+                .veths
+                .iter()
+                .flat_map(|v| [(&v.a, &v.b), (&v.b, &v.a)])
+                .find(|(ours, _)| ours.namespace == nat.router && ours.name == name)
+                .map(|(_, far)| (self.ns(&far.namespace), far.name.clone()))
+        };
+        let port_peers = bridge_ports.iter().filter_map(|(p, _)| peer(p)).collect();
+        let uplink_peer = peer(&nat.uplink);
         Some(NatTarget {
             prefix: self.prefix(),
             router_ns: self.ns(&nat.router),
             nat,
             internal_ifaces,
             bridge_ports,
+            port_peers,
+            uplink_peer,
         })
     }
 

@@ -21,7 +21,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
-    fwd::{FAST_TC, FastConfig},
+    fwd::{FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK},
     names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS},
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, Flow, FlowKey,
@@ -35,6 +35,7 @@ use super::{NatBackend, NatError, NatTarget};
 use crate::{
     config::{FastPath, Filtering, L4Proto, NatSpec, Unsupported},
     ebpf::{self, EbpfError, NatLoad, StaticBinding, UplinkCounters},
+    ethtool::{self, Offload},
     lab, netlink,
 };
 
@@ -100,9 +101,11 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
     let Some((_, bridge)) = t.bridge_ports.first() else {
         return Ok(None);
     };
-    if t.nat.ebpf.fast_path == FastPath::Off {
-        return Ok(None);
-    }
+    let mode = match t.nat.ebpf.fast_path {
+        FastPath::Off => return Ok(None),
+        FastPath::Tc => FAST_TC,
+        FastPath::Xdp => FAST_XDP,
+    };
     // One gateway MAC: the ports of the first internal bridge.
     let ports = t
         .bridge_ports
@@ -116,12 +119,26 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
     Ok(Some((
         ports,
         FastConfig {
-            mode: FAST_TC,
+            mode,
             uplink_ifindex: uplink.index,
             gateway_mac: gw.mac,
-            _pad: [0; 2],
+            // Bridge ports are veths by construction; the uplink when it has a peer.
+            flags: PEER_PORTS | if t.uplink_peer.is_some() { PEER_UPLINK } else { 0 },
         },
     )))
+}
+
+/// Readies the far ends of the XDP ports, in the lab's own namespaces (no program goes
+/// there, so a user's XDP program can still attach): GRO on, which gives a veth the NAPI
+/// instance that frames redirected into its peer need (without it they are dropped), and
+/// TX checksum offload off, because XDP cannot tell a partial L4 checksum from a complete
+/// one and a partial one would arrive, and be dropped, as a bad checksum.
+fn prepare_xdp_peers(t: &NatTarget) -> Result<(), NatError> {
+    for (ns, iface) in t.port_peers.iter().chain(&t.uplink_peer) {
+        ethtool::set(ns, iface, Offload::Gro, true)?;
+        ethtool::set(ns, iface, Offload::TxChecksum, false)?;
+    }
+    Ok(())
 }
 
 /// The uplink's current address (the first IPv4 one).
@@ -142,6 +159,9 @@ impl NatBackend for EbpfNat {
             prefix: t.prefix.to_owned(),
             detail: format!("uplink {} has no IPv4 address", t.nat.uplink),
         })?;
+        if t.nat.ebpf.fast_path == FastPath::Xdp {
+            prepare_xdp_peers(t)?;
+        }
         let load = NatLoad {
             config: nat_config(t.nat, ext),
             forwards: static_bindings(t.nat),
@@ -171,6 +191,15 @@ impl NatBackend for EbpfNat {
             t.nat.uplink,
             t.internal_ifaces.join(", "),
             match t.nat.ebpf.fast_path {
+                FastPath::Xdp => format!(
+                    "xdp (xdp_fast_out on {}, xdp_fast_in on {}; the rest at TC)",
+                    t.bridge_ports
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    t.nat.uplink
+                ),
                 FastPath::Tc => format!(
                     "tc (nat_fast_out on {}; nat_ingress redirects established flows)",
                     t.bridge_ports

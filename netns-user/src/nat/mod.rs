@@ -21,6 +21,8 @@ pub enum NatError {
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Ethtool(#[from] crate::ethtool::EthtoolError),
     #[error("the sweeper of lab {prefix}: {detail}")]
     Sweeper { prefix: String, detail: String },
     #[error("`{command}` in namespace {ns} failed: {detail}")]
@@ -84,6 +86,10 @@ pub struct NatTarget<'a> {
     /// (port, bridge): the ports of those interfaces that are bridges (where the fast path
     /// takes packets).
     pub bridge_ports: Vec<(String, String)>,
+    /// (namespace, interface): the far ends of the bridge ports' veths, and of the uplink's
+    /// if it is a veth (the fast path redirects into them and configures their offloads).
+    pub port_peers: Vec<(String, String)>,
+    pub uplink_peer: Option<(String, String)>,
 }
 
 /// A NAT implementation for the router namespace.

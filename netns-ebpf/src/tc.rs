@@ -1,0 +1,85 @@
+//! [`Packet`] at TC: the skb helpers, which bound-check every access and keep offloaded
+//! checksums (CHECKSUM_PARTIAL, CHECKSUM_COMPLETE) right, as direct writes would not.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
+};
+
+use crate::packet::{Fail, Hook, IpHdr, Packet};
+
+/// bpf_check_mtu: check every segment of a GSO packet, not its total length.
+const BPF_MTU_CHK_SEGS: u64 = 1;
+
+impl Packet for TcContext {
+    const SEES_OFFLOAD: bool = true;
+    const HOOK: Hook = Hook::Tc;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
+        TcContext::load(self, off)
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
+        TcContext::store(self, off, v, 0)
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
+        TcContext::l3_csum_replace(self, off, from, to, size)
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail> {
+        TcContext::l4_csum_replace(self, off, from, to, flags)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: reading a field of the skb the program was given.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn fib_lookup(&self, fib: &mut FibParams, _ip: &IpHdr, flags: u32) -> i64 {
+        // tot_len 0: the kernel checks the skb itself (each segment, if GSO) against the MTU.
+        fib.__bindgen_anon_1.tot_len = 0;
+        // Safety: the skb the program was given and a parameter block of the stated size.
+        unsafe {
+            bpf_fib_lookup(
+                self.as_ptr(),
+                fib,
+                core::mem::size_of::<FibParams>() as i32,
+                flags,
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn fits_mtu(&self, ifindex: u32) -> bool {
+        let mut mtu_len = 0u32;
+        // Safety: the skb the program was given and a local for the result.
+        unsafe { bpf_check_mtu(self.as_ptr(), ifindex, &mut mtu_len, 0, BPF_MTU_CHK_SEGS) == 0 }
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32, peer: bool) -> bool {
+        // Safety: helpers taking plain integers.
+        let rc = unsafe {
+            if peer {
+                bpf_redirect_peer(ifindex, 0)
+            } else {
+                bpf_redirect(ifindex, 0)
+            }
+        };
+        rc == i64::from(TC_ACT_REDIRECT)
+    }
+}
