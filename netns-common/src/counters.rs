@@ -129,7 +129,7 @@ pub enum NatCounter {
     SlowNoNeighbour,
     SlowMtu,
     SlowPartialChecksum,
-    /// A redirect the kernel refused (the packet went to the slow path instead).
+    /// A redirect the hook refused (the packet went to the slow path, untouched).
     RedirectFailed,
 }
 
@@ -226,6 +226,7 @@ impl From<crate::fwd::Slow> for NatCounter {
             Slow::NoNeighbour => NatCounter::SlowNoNeighbour,
             Slow::Mtu => NatCounter::SlowMtu,
             Slow::PartialChecksum => NatCounter::SlowPartialChecksum,
+            Slow::Redirect => NatCounter::RedirectFailed,
         }
     }
 }

@@ -370,13 +370,21 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// The state after a segment with `flags` travelling outbound (`outbound`) or inbound.
+/// Segments no TCP sends (SYN with FIN; anything but a first SYN or a RST without ACK)
+/// move nothing.
 pub const fn tcp_next(state: TcpState, outbound: bool, flags: u8) -> TcpState {
     use TcpState::*;
+    let syn = flags & TCP_SYN != 0;
+    let fin = flags & TCP_FIN != 0;
+    if syn && fin {
+        return state;
+    }
     if flags & TCP_RST != 0 {
         return Closed;
     }
-    let syn = flags & TCP_SYN != 0;
-    let fin = flags & TCP_FIN != 0;
+    if !syn && flags & TCP_ACK == 0 {
+        return state;
+    }
     match state {
         None => {
             if syn {
@@ -509,6 +517,28 @@ mod tests {
         assert_eq!(tcp_next(None, true, TCP_ACK), Established);
     }
 
+    #[test]
+    fn segments_no_tcp_sends_move_nothing() {
+        use TcpState::*;
+        for s in [None, SynOut, SynIn, Established, FinOut, FinIn, Closed] {
+            for out in [true, false] {
+                // SYN with FIN (with or without ACK, even with RST), a null segment, FIN
+                // without ACK, PSH or URG alone.
+                for flags in [
+                    TCP_SYN | TCP_FIN,
+                    TCP_SYN | TCP_FIN | TCP_ACK,
+                    TCP_SYN | TCP_FIN | TCP_RST,
+                    0,
+                    TCP_FIN,
+                    0x08,
+                    0x20,
+                ] {
+                    assert_eq!(tcp_next(s, out, flags), s, "{s:?} {out} {flags:#04x}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn state_codes_round_trip(v in 0u8..=6) {
@@ -516,8 +546,14 @@ mod tests {
         }
 
         #[test]
-        fn rst_always_closes(s in 0u8..=6, out: bool, flags: u8) {
-            prop_assert_eq!(tcp_next(TcpState::from_u8(s), out, flags | TCP_RST), TcpState::Closed);
+        fn rst_closes_unless_with_syn_and_fin(s in 0u8..=6, out: bool, flags: u8) {
+            let flags = flags | TCP_RST;
+            let want = if flags & TCP_SYN != 0 && flags & TCP_FIN != 0 {
+                TcpState::from_u8(s)
+            } else {
+                TcpState::Closed
+            };
+            prop_assert_eq!(tcp_next(TcpState::from_u8(s), out, flags), want);
         }
 
         #[test]

@@ -125,40 +125,38 @@ fn hop<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
     ctx.store(IP_TTL_OFF, &word).map_err(nat::malformed)
 }
 
-/// Writes the MAC addresses and redirects to `ifindex` (to its peer's ingress with
-/// `peer`); counts `fast` on success, and the uplink's packet counters when the redirect
-/// skips the uplink's own TC hook, where they are otherwise counted.
+/// Sets up the redirect to `ifindex` (to its peer's ingress with `peer`) before anything
+/// is written: both hooks only record the target, applied when the program returns, so a
+/// refusal leaves the packet untouched for the slow path.
 #[inline(always)]
-fn send<P: Packet>(
-    ctx: &P,
-    dst: &[u8; 6],
-    src: &[u8; 6],
-    ifindex: u32,
-    peer: bool,
-    outbound: bool,
-) -> Res<Action> {
+fn aim<P: Packet>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
+    if ctx.redirect(ifindex, peer) {
+        Ok(())
+    } else {
+        Err(Slow::Redirect)
+    }
+}
+
+/// Writes the MAC addresses of a packet already aimed at its port; counts it on the fast
+/// path, and in the uplink's packet counters when the redirect skips the uplink's own TC
+/// hook, where they are otherwise counted.
+#[inline(always)]
+fn send<P: Packet>(ctx: &P, dst: &[u8; 6], src: &[u8; 6], peer: bool, outbound: bool) -> Res<Action> {
     let macs: [[u8; 6]; 2] = [*dst, *src];
     ctx.store(0, &macs).map_err(nat::malformed)?;
-    if ctx.redirect(ifindex, peer) {
-        count(fast_counter(P::HOOK, outbound));
-        // XDP runs before the uplink's TC ingress and sends past its TC egress; at TC only
-        // a redirect into the uplink's peer skips its egress.
-        let skipped = P::HOOK == Hook::Xdp || (outbound && peer);
-        if skipped {
-            let (packets, bytes) = if outbound {
-                Direction::Egress.counters()
-            } else {
-                Direction::Ingress.counters()
-            };
-            bump(&UPLINK_COUNTERS, packets as u32, 1);
-            bump(&UPLINK_COUNTERS, bytes as u32, u64::from(ctx.len()));
-        }
-        Ok(Action::Redirect)
-    } else {
-        // Already translated: the router's stack forwards it like any other packet.
-        count(NatCounter::RedirectFailed);
-        Ok(Action::Pass)
+    count(fast_counter(P::HOOK, outbound));
+    // XDP runs before the uplink's TC ingress and sends past its TC egress; at TC only a
+    // redirect into the uplink's peer skips its egress.
+    if P::HOOK == Hook::Xdp || (outbound && peer) {
+        let (packets, bytes) = if outbound {
+            Direction::Egress.counters()
+        } else {
+            Direction::Ingress.counters()
+        };
+        bump(&UPLINK_COUNTERS, packets as u32, 1);
+        bump(&UPLINK_COUNTERS, bytes as u32, u64::from(ctx.len()));
     }
+    Ok(Action::Redirect)
 }
 
 /// The fast path's action, or the slow path (Pass) with its reason counted.
@@ -234,6 +232,10 @@ fn outbound_fast<P: Packet>(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Err(Slow::Mtu)),
         _ => return Ok(Err(Slow::NoNeighbour)),
     }
+    let peer = fc.flags & PEER_UPLINK != 0;
+    if let Err(why) = aim(ctx, fc.uplink_ifindex, peer) {
+        return Ok(Err(why));
+    }
     // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
     nat::touch(
         cfg,
@@ -246,8 +248,7 @@ fn outbound_fast<P: Packet>(
     );
     nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     hop(ctx, ip)?;
-    let peer = fc.flags & PEER_UPLINK != 0;
-    send(ctx, &fib.dmac, &fib.smac, fc.uplink_ifindex, peer, true).map(Ok)
+    send(ctx, &fib.dmac, &fib.smac, peer, true).map(Ok)
 }
 
 /// Ingress of the uplink: inbound packets, before the slow path's translation (which
@@ -301,6 +302,10 @@ fn inbound_fast<P: Packet>(
     if !ctx.fits_mtu(n.ifindex) {
         return Ok(Err(Slow::Mtu));
     }
+    let peer = fc.flags & PEER_PORTS != 0;
+    if let Err(why) = aim(ctx, n.ifindex, peer) {
+        return Ok(Err(why));
+    }
     // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
     nat::touch(
         cfg,
@@ -313,6 +318,5 @@ fn inbound_fast<P: Packet>(
     );
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
     hop(ctx, ip)?;
-    let peer = fc.flags & PEER_PORTS != 0;
-    send(ctx, &n.mac, &fc.gateway_mac, n.ifindex, peer, false).map(Ok)
+    send(ctx, &n.mac, &fc.gateway_mac, peer, false).map(Ok)
 }

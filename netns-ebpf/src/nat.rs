@@ -125,24 +125,45 @@ fn reclaim(proto: u8, ekey: &BindingKey, old: &Binding) {
     let _ = NAT_BINDINGS.remove(ekey);
 }
 
-/// Takes external port `b.ext_port` for `b`'s internal endpoint: the external entry first
-/// (BPF_NOEXIST makes it exclusive), then the internal one; if the second fails the first is
-/// removed, so a binding never exists by halves. Ok(false): the port is taken.
+/// What [`claim`] got.
+enum Claim {
+    /// The port is ours now (both entries written).
+    Ours,
+    /// Another endpoint holds the port: try another.
+    Taken,
+    /// Another CPU bound this same internal endpoint a moment ago: use its port.
+    Raced(u32, u16),
+}
+
+/// Takes external port `b.ext_port` for `b`'s internal endpoint: the external entry first,
+/// then the internal one, both exclusive (BPF_NOEXIST), so a port never has two owners and
+/// an endpoint never two ports; if the second fails the first is removed, so a binding
+/// never exists by halves.
 #[inline(always)]
-fn claim(proto: u8, b: &Binding) -> Res<bool> {
+fn claim(proto: u8, b: &Binding) -> Res<Claim> {
     let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
     match NAT_BINDINGS.insert(ekey, b, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        Err(e) if e == -EEXIST => return Ok(false),
+        Err(e) if e == -EEXIST => return Ok(Claim::Taken),
         Err(_) => return Err(Drop::MapFull),
     }
     let ikey = BindingKey::internal(proto, b.int_addr, b.int_port);
-    if NAT_BINDINGS.insert(ikey, b, 0).is_err() {
-        let _ = NAT_BINDINGS.remove(ekey);
-        return Err(Drop::MapFull);
+    match NAT_BINDINGS.insert(ikey, b, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(NatCounter::NewMappings);
+            Ok(Claim::Ours)
+        }
+        Err(e) => {
+            let _ = NAT_BINDINGS.remove(ekey);
+            if e != -EEXIST {
+                return Err(Drop::MapFull);
+            }
+            match get_binding(&ikey) {
+                Some(other) => Ok(Claim::Raced(other.ext_addr, other.ext_port)),
+                None => Err(Drop::NoPort),
+            }
+        }
     }
-    count(NatCounter::NewMappings);
-    Ok(true)
 }
 
 /// The external endpoint of internal endpoint (int_addr, int_port): its existing binding
@@ -178,16 +199,20 @@ fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u6
             break;
         };
         b.ext_port = port_to_wire(cand);
-        if claim(proto, &b)? {
-            return Ok((b.ext_addr, b.ext_port));
+        match claim(proto, &b)? {
+            Claim::Ours => return Ok((b.ext_addr, b.ext_port)),
+            Claim::Raced(addr, port) => return Ok((addr, port)),
+            Claim::Taken => {}
         }
         let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
         if let Some(old) = get_binding(&ekey)
             && old.expired(now)
         {
             reclaim(proto, &ekey, &old);
-            if claim(proto, &b)? {
-                return Ok((b.ext_addr, b.ext_port));
+            match claim(proto, &b)? {
+                Claim::Ours => return Ok((b.ext_addr, b.ext_port)),
+                Claim::Raced(addr, port) => return Ok((addr, port)),
+                Claim::Taken => {}
             }
         }
     }

@@ -1,8 +1,9 @@
 //! [`Packet`] in XDP: direct packet access (every access checked against `data_end`, which
 //! is what the verifier proves) and the RFC 1624 arithmetic of `netns_common::csum` for
 //! checksums. XDP sees no checksum offload state: a frame whose L4 checksum is only partial
-//! (a veth peer with TX checksum offload on) cannot be told apart here, which is why the lab
-//! turns that offload off for the peers of XDP ports (docs/fast-path.md).
+//! (a veth peer with TX checksum offload on) is recognised by its value and left to the slow
+//! path (`fast::checksum_complete`); the lab turns that offload off for the peers of XDP
+//! ports so that it does not happen (docs/fast-path.md).
 
 use aya_ebpf::{
     EbpfContext,

@@ -3,6 +3,7 @@
 
 use std::{
     fs, io,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -198,7 +199,7 @@ pub struct NatLoad {
     pub fast: Option<(Vec<String>, FastConfig)>,
 }
 
-fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
+pub(crate) fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
     move |source| EbpfError::Map {
         path: path.into(),
         source,
@@ -311,7 +312,7 @@ pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
-fn object() -> Result<&'static [u8]> {
+pub(crate) fn object() -> Result<&'static [u8]> {
     if OBJECT.is_empty() {
         Err(EbpfError::NotBuilt)
     } else {
@@ -325,10 +326,13 @@ fn prepare_pin_dir(prefix: &str) -> Result<PathBuf> {
     let dir = pin_dir(prefix);
     let _lock = pins_lock()?;
     ensure_bpffs()?;
-    fs::create_dir_all(&dir).map_err(|e| EbpfError::Pin {
+    let fail = |e: io::Error| EbpfError::Pin {
         path: dir.clone(),
         detail: e.to_string(),
-    })?;
+    };
+    fs::create_dir_all(&dir).map_err(fail)?;
+    // Root's only: whoever opens a pinned map can change the NAT.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
     Ok(dir)
 }
 

@@ -11,3 +11,4 @@ pub mod netlink;
 pub mod netns;
 pub mod packet;
 pub mod probe;
+pub mod progtest;

@@ -217,3 +217,15 @@ pub fn sh_in(ns: &str, program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Where long tests leave a one-line summary; `cargo xtask test` prints them at the end.
+pub fn summaries_dir() -> PathBuf {
+    std::env::temp_dir().join("netns-nat-test-summaries")
+}
+
+/// Leaves `text` as the summary of test `name` (see [`summaries_dir`]).
+pub fn record_summary(name: &str, text: &str) {
+    let dir = summaries_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n"));
+}

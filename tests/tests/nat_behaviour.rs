@@ -12,7 +12,12 @@ use std::{
 
 use netns_common::nat::{SIDE_EXTERNAL, SIDE_INTERNAL};
 use netns_tests::{LabGuard, Nat, UdpEcho, in_ns, privileged, sh_in};
-use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, probe};
+use netns_user::{
+    config::{FastPath, LabConfig},
+    nat::NatKind,
+    nat::ebpf as nat_ebpf,
+    probe,
+};
 
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
@@ -188,6 +193,10 @@ fn icmp_errors_reach_the_sender(nat: Nat) {
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
     if nat.is_ebpf() {
         assert!(counter(g.prefix(), "icmp_error_in") >= 1);
+        if nat.fast != FastPath::Off {
+            // ICMP, errors included, is the slow path's.
+            assert!(counter(g.prefix(), "slow_protocol") >= 1);
+        }
         // An ICMP error never removes a mapping.
         let maps = nat_ebpf::mappings(g.prefix()).unwrap();
         assert!(
@@ -217,6 +226,10 @@ fn fragmented_datagrams_cross_both_ways(nat: Nat) {
             counter(g.prefix(), "fragments") >= 4,
             "two non-first fragments each way"
         );
+        if nat.fast != FastPath::Off {
+            // Every fragment, first or not, both ways, takes the slow path.
+            assert!(counter(g.prefix(), "slow_fragment") >= 6);
+        }
     }
 }
 every_nat!(fragmented_datagrams_cross_both_ways);

@@ -195,7 +195,19 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("warning: not root: the lab tests will skip (under CI=true they fail)");
     }
+    // Long tests (soak, hostile traffic) leave one-line summaries here: printed at the end.
+    let summaries = std::env::temp_dir().join("netns-nat-test-summaries");
+    let _ = std::fs::remove_dir_all(&summaries);
     sh(cargo(root).arg("test").args(args).env("NETNS_NAT_BIN", &bin))?;
+    if let Ok(dir) = std::fs::read_dir(&summaries) {
+        let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                print!("{text}");
+            }
+        }
+    }
     if args.is_empty() {
         // The README's other command, end to end.
         run_lab(&bin, true, "ebpf", "xt-", None)?;

@@ -7,6 +7,7 @@
 use std::{
     fs, io,
     os::fd::AsRawFd as _,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -215,7 +216,8 @@ impl Lab {
     fn claim(&self) -> Result<()> {
         fs::create_dir_all(STATE_ROOT).map_err(|e| state_err(Path::new(STATE_ROOT), e))?;
         let dir = state_dir(self.prefix());
-        match fs::create_dir(&dir) {
+        // Root's only: the lab's files say what runs where.
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(LabError::Exists(self.prefix().to_owned()));

@@ -122,10 +122,24 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
             mode,
             uplink_ifindex: uplink.index,
             gateway_mac: gw.mac,
-            // Bridge ports are veths by construction; the uplink when it has a peer.
-            flags: PEER_PORTS | if t.uplink_peer.is_some() { PEER_UPLINK } else { 0 },
+            flags: peer_flags(t),
         },
     )))
+}
+
+/// Where the TC fast path may hand packets straight to the far end of a veth
+/// (bpf_redirect_peer): only into another namespace, and for the ports only if every one
+/// is such a veth.
+fn peer_flags(t: &NatTarget) -> u16 {
+    let elsewhere = |(ns, _): &(String, String)| *ns != t.router_ns;
+    let mut flags = 0;
+    if t.uplink_peer.as_ref().is_some_and(elsewhere) {
+        flags |= PEER_UPLINK;
+    }
+    if t.port_peers.len() == t.bridge_ports.len() && t.port_peers.iter().all(elsewhere) {
+        flags |= PEER_PORTS;
+    }
+    flags
 }
 
 /// Readies the far ends of the XDP ports, in the lab's own namespaces (no program goes

@@ -1,0 +1,180 @@
+//! The programs run on crafted frames with BPF_PROG_TEST_RUN: what one entry point does to
+//! one packet, byte for byte, with its maps as a test set them and no lab around it. Each
+//! bed loads its own copy of the object in a namespace of its own (nothing is attached, and
+//! a test run transmits nothing: a redirect is only a return code), so beds never share
+//! state and the machine's namespace is never touched.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, TestRun, TestRunOptions,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, Xdp},
+};
+use netns_common::{
+    counters::NatCounter,
+    fwd::FastConfig,
+    names::{MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS},
+    nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
+};
+
+use crate::{
+    ebpf::{EbpfError, StaticBinding, install_forwards, map_err, object},
+    netns,
+};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
+
+/// Room for the frame a program hands back (it may grow a frame by no more than this).
+const OUT_ROOM: usize = 256;
+
+/// What a program did with a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The program's return code (TC: TCX_NEXT is -1; XDP: the XDP action).
+    pub code: i32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
+/// One copy of the programs and maps, loaded in namespace `ns`, removed with it.
+pub struct ProgBed {
+    ns: String,
+    ebpf: Option<Ebpf>,
+}
+
+impl ProgBed {
+    /// Creates namespace `ns`, loads the object there with the NAT configuration, the port
+    /// forwards and (if given) the fast path's configuration, and loads every NAT program.
+    pub fn new(
+        ns: &str,
+        config: NatConfig,
+        forwards: &[StaticBinding],
+        fast: Option<FastConfig>,
+    ) -> Result<ProgBed> {
+        netns::create(ns)?;
+        let mut bed = ProgBed {
+            ns: ns.to_owned(),
+            ebpf: None,
+        };
+        let ebpf = netns::run_in(ns, || -> Result<Ebpf> {
+            let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+            {
+                let map = ebpf
+                    .map_mut(MAP_NAT_CONFIG)
+                    .ok_or(EbpfError::Missing(MAP_NAT_CONFIG))?;
+                let mut a: Array<_, NatConfig> = Array::try_from(map).map_err(map_err(MAP_NAT_CONFIG))?;
+                a.set(0, config, 0).map_err(map_err(MAP_NAT_CONFIG))?;
+            }
+            {
+                let map = ebpf
+                    .map_mut(MAP_NAT_BINDINGS)
+                    .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
+                let mut b: HashMap<_, BindingKey, Binding> =
+                    HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
+                install_forwards(&mut b, config.ext_addr, forwards).map_err(map_err(MAP_NAT_BINDINGS))?;
+            }
+            if let Some(fast) = fast {
+                let map = ebpf
+                    .map_mut(MAP_FAST_CONFIG)
+                    .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
+                let mut a: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
+                a.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))?;
+            }
+            let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+            for name in names {
+                let prog = ebpf.program_mut(&name).expect("listed above");
+                let name: &'static str = netns_common::names::PROGRAMS
+                    .iter()
+                    .copied()
+                    .find(|p| *p == name)
+                    .unwrap_or("program");
+                let loaded = match prog {
+                    aya::programs::Program::SchedClassifier(p) => p.load(),
+                    aya::programs::Program::Xdp(p) => p.load(),
+                    _ => continue,
+                };
+                loaded.map_err(|source| EbpfError::Program { name, source })?;
+            }
+            Ok(ebpf)
+        })??;
+        bed.ebpf = Some(ebpf);
+        Ok(bed)
+    }
+
+    fn ebpf(&self) -> &Ebpf {
+        self.ebpf.as_ref().expect("loaded in new()")
+    }
+
+    /// Runs program `name` (TC or XDP) once on `frame`.
+    pub fn run(&self, name: &'static str, frame: &[u8]) -> Result<Outcome> {
+        let prog = self.ebpf().program(name).ok_or(EbpfError::Missing(name))?;
+        let mut out = vec![0u8; frame.len() + OUT_ROOM];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = netns::run_in(&self.ns, || match prog {
+            aya::programs::Program::SchedClassifier(p) => SchedClassifier::test_run(p, opts),
+            aya::programs::Program::Xdp(p) => Xdp::test_run(p, opts),
+            _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .map_err(|source| EbpfError::Program { name, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(Outcome {
+            code: r.return_value as i32,
+            frame: out,
+        })
+    }
+
+    /// The NAT counters, summed over CPUs, by name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let map = self
+            .ebpf()
+            .map(MAP_NAT_COUNTERS)
+            .ok_or(EbpfError::Missing(MAP_NAT_COUNTERS))?;
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(MAP_NAT_COUNTERS))?;
+        NatCounter::ALL
+            .iter()
+            .map(|c| {
+                let v = a.get(&(*c as u32), 0).map_err(map_err(MAP_NAT_COUNTERS))?;
+                Ok((c.name(), v.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let map = self
+            .ebpf()
+            .map(MAP_NAT_FLOWS)
+            .ok_or(EbpfError::Missing(MAP_NAT_FLOWS))?;
+        let h: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(map).map_err(map_err(MAP_NAT_FLOWS))?;
+        h.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_NAT_FLOWS))
+    }
+
+    /// Every entry of the binding table.
+    pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>> {
+        let map = self
+            .ebpf()
+            .map(MAP_NAT_BINDINGS)
+            .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
+        let h: HashMap<&MapData, BindingKey, Binding> =
+            HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
+        h.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_NAT_BINDINGS))
+    }
+}
+
+impl Drop for ProgBed {
+    fn drop(&mut self) {
+        self.ebpf = None;
+        if let Err(e) = netns::delete(&self.ns) {
+            eprintln!("removing namespace {}: {e}", self.ns);
+        }
+    }
+}
