@@ -428,7 +428,8 @@ pub fn egress<P: Packet>(ctx: &P) -> Res<Action> {
     let now = now();
     let len = u64::from(ctx.len());
     match ip.proto {
-        PROTO_TCP | PROTO_UDP if !first => {
+        // Non-first fragments of TCP, UDP and ICMP echo: the first one's ports (identifier).
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP if !first => {
             let Some(p) = NAT_FRAGS.get_ptr(frag_key(&ip)) else {
                 return Err(Drop::FragmentUnknown);
             };
@@ -467,6 +468,10 @@ pub fn egress<P: Packet>(ctx: &P) -> Res<Action> {
             let key = FlowKey::new(PROTO_ICMP, ip.src, id, ip.dst, 0);
             let (ext_addr, ext_id) = outbound_flow(cfg, &key, 0, len, now)?;
             rewrite(ctx, PROTO_ICMP, l4, true, (ip.src, ext_addr), (id, ext_id))?;
+            if ip.more_fragments() {
+                let fp = FragPorts { sport: id, dport: 0 };
+                let _ = NAT_FRAGS.insert(frag_key(&ip), fp, 0);
+            }
             count(NatCounter::OutIcmp);
         }
         _ => return unsupported(cfg),
@@ -485,7 +490,8 @@ pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
     let first = ip.frag_offset() == 0;
     // (remote port, external port, TCP flags) of the packet.
     let (sport, dport, flags) = match ip.proto {
-        PROTO_TCP | PROTO_UDP if !first => {
+        // Non-first fragments of TCP, UDP and ICMP echo: the first one's ports (identifier).
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP if !first => {
             let fk = frag_key(&ip);
             let Some(p) = NAT_FRAGS.get_ptr(fk) else {
                 return Err(Drop::FragmentUnknown);
@@ -541,7 +547,7 @@ pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
         (ip.dst, b.int_addr),
         (dport, b.int_port),
     )?;
-    if ip.more_fragments() && ip.proto != PROTO_ICMP {
+    if ip.more_fragments() {
         let fk = frag_key(&ip);
         let fp = FragPorts { sport, dport };
         let _ = NAT_FRAGS.insert(fk, fp, 0);

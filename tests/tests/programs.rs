@@ -558,3 +558,56 @@ fn a_flood_from_outside_creates_no_state() {
         "a binding was created"
     );
 }
+
+/// Runs each of `frags` (IPv4 packets) through `prog` and compares it with `want`.
+fn fragments_through<B: std::ops::Deref<Target = [u8]>>(
+    bed: &ProgBed,
+    prog: &'static str,
+    frags: &[B],
+    want: &[B],
+) {
+    assert_eq!(frags.len(), want.len());
+    for (i, (f, w)) in frags.iter().zip(want).enumerate() {
+        let out = run(bed, prog, &packet::ethernet(MAC_B, MAC_A, packet::ETH_P_IP, f));
+        assert_eq!(out.code, NEXT, "{prog}, fragment {i}");
+        let w = packet::ethernet(MAC_B, MAC_A, packet::ETH_P_IP, w);
+        assert_eq!(out.frame, w.to_vec(), "{prog}, fragment {i}");
+    }
+}
+
+#[test]
+fn fragmented_icmp_echo_is_translated_both_ways() {
+    let Some(bed) = bed("pficmp", None) else {
+        return;
+    };
+    let payload = [9u8; 200];
+    let with_ip = |src, dst, id| {
+        let mut ip = Ipv4::new(src, dst).id(id);
+        ip.proto = packet::PROTO_ICMP;
+        ip
+    };
+    let req = packet::l4_bytes(RED, LAN, &L4::echo(false, 77, 1, &payload));
+    let frags = packet::fragments(&with_ip(RED, LAN, 0x4321), &req, 64);
+    assert!(frags.len() >= 3);
+    // The first fragment carries the identifier: its translation is the external one.
+    let first = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &packet::ethernet(MAC_B, MAC_A, packet::ETH_P_IP, &frags[0]),
+    );
+    let ext_id = u16::from_be_bytes([first.frame[38], first.frame[39]]);
+    let want_req = packet::l4_bytes(EXT, LAN, &L4::echo(false, ext_id, 1, &payload));
+    let want = packet::fragments(&with_ip(EXT, LAN, 0x4321), &want_req, 64);
+    assert_eq!(
+        first.frame,
+        packet::ethernet(MAC_B, MAC_A, packet::ETH_P_IP, &want[0]).to_vec()
+    );
+    fragments_through(&bed, PROG_NAT_EGRESS, &frags[1..], &want[1..]);
+    // The reply, fragmented too, comes back to red with its own identifier.
+    let reply = packet::l4_bytes(LAN, EXT, &L4::echo(true, ext_id, 1, &payload));
+    let frags = packet::fragments(&with_ip(LAN, EXT, 0x5555), &reply, 64);
+    let want_reply = packet::l4_bytes(LAN, RED, &L4::echo(true, 77, 1, &payload));
+    let want = packet::fragments(&with_ip(LAN, RED, 0x5555), &want_reply, 64);
+    fragments_through(&bed, PROG_NAT_INGRESS, &frags, &want);
+    assert_eq!(counters(&bed)["fragments"], 2 * (frags.len() as u64 - 1));
+}
