@@ -3,7 +3,11 @@
 //! helpers) and for XDP (`xdp.rs`, direct access and RFC 1624 arithmetic), the way Cilium's
 //! `ctx/xdp.h` emulates the skb helpers. No step is written twice for the two hooks.
 
-use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_fib_lookup as FibParams,
+    helpers::{bpf_check_mtu, bpf_fib_lookup},
+};
 
 /// A failed access (out of bounds, or refused by the kernel).
 pub type Fail = i64;
@@ -33,7 +37,7 @@ pub enum Hook {
 
 /// One packet at one hook. Values are as on the wire (network order); offsets from the
 /// start of the Ethernet header.
-pub trait Packet {
+pub trait Packet: EbpfContext {
     const HOOK: Hook;
     /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
     const SEES_OFFLOAD: bool;
@@ -49,11 +53,34 @@ pub trait Packet {
     fn len(&self) -> u32;
     /// The interface the packet arrived on.
     fn ifindex(&self) -> u32;
-    /// The kernel's FIB lookup from this packet (`fib.tot_len` is set here as the hook
-    /// needs it for the MTU check); returns the helper's code.
-    fn fib_lookup(&self, fib: &mut FibParams, ip: &IpHdr, flags: u32) -> i64;
+    /// The IPv4 length the FIB lookup checks against the MTU (0: the kernel checks the
+    /// packet itself).
+    fn fib_tot_len(&self, ip: &IpHdr) -> u16;
+    /// `bpf_check_mtu` flags for this hook.
+    const MTU_FLAGS: u64;
+
+    /// The kernel's FIB lookup from this packet; returns the helper's code.
+    #[inline(always)]
+    fn fib_lookup(&self, fib: &mut FibParams, ip: &IpHdr, flags: u32) -> i64 {
+        fib.__bindgen_anon_1.tot_len = self.fib_tot_len(ip);
+        // Safety: the context the program was given and a parameter block of the stated size.
+        unsafe {
+            bpf_fib_lookup(
+                self.as_ptr(),
+                fib,
+                core::mem::size_of::<FibParams>() as i32,
+                flags,
+            )
+        }
+    }
+
     /// Whether the packet fits the MTU of `ifindex`.
-    fn fits_mtu(&self, ifindex: u32) -> bool;
+    #[inline(always)]
+    fn fits_mtu(&self, ifindex: u32) -> bool {
+        let mut mtu_len = 0u32;
+        // Safety: the context the program was given and a local for the result.
+        unsafe { bpf_check_mtu(self.as_ptr(), ifindex, &mut mtu_len, 0, Self::MTU_FLAGS) == 0 }
+    }
     /// Sets up a redirect to the egress of `ifindex` or, with `peer` where the hook can, to
     /// the ingress of its veth peer; false if the hook refused it.
     fn redirect(&self, ifindex: u32, peer: bool) -> bool;

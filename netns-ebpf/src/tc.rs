@@ -2,9 +2,8 @@
 //! checksums (CHECKSUM_PARTIAL, CHECKSUM_COMPLETE) right, as direct writes would not.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
-    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
+    bindings::TC_ACT_REDIRECT,
+    helpers::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
 
@@ -15,6 +14,7 @@ const BPF_MTU_CHK_SEGS: u64 = 1;
 
 impl Packet for TcContext {
     const SEES_OFFLOAD: bool = true;
+    const MTU_FLAGS: u64 = BPF_MTU_CHK_SEGS;
     const HOOK: Hook = Hook::Tc;
 
     #[inline(always)]
@@ -49,25 +49,9 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn fib_lookup(&self, fib: &mut FibParams, _ip: &IpHdr, flags: u32) -> i64 {
-        // tot_len 0: the kernel checks the skb itself (each segment, if GSO) against the MTU.
-        fib.__bindgen_anon_1.tot_len = 0;
-        // Safety: the skb the program was given and a parameter block of the stated size.
-        unsafe {
-            bpf_fib_lookup(
-                self.as_ptr(),
-                fib,
-                core::mem::size_of::<FibParams>() as i32,
-                flags,
-            )
-        }
-    }
-
-    #[inline(always)]
-    fn fits_mtu(&self, ifindex: u32) -> bool {
-        let mut mtu_len = 0u32;
-        // Safety: the skb the program was given and a local for the result.
-        unsafe { bpf_check_mtu(self.as_ptr(), ifindex, &mut mtu_len, 0, BPF_MTU_CHK_SEGS) == 0 }
+    fn fib_tot_len(&self, _ip: &IpHdr) -> u16 {
+        // The kernel checks the skb itself (each segment, if GSO) against the MTU.
+        0
     }
 
     #[inline(always)]

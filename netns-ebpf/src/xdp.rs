@@ -5,12 +5,7 @@
 //! path (`fast::checksum_complete`); the lab turns that offload off for the peers of XDP
 //! ports so that it does not happen (docs/fast-path.md).
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::bpf_fib_lookup as FibParams,
-    helpers::{bpf_check_mtu, bpf_fib_lookup},
-    programs::XdpContext,
-};
+use aya_ebpf::programs::XdpContext;
 use netns_common::csum;
 
 use crate::{
@@ -46,6 +41,7 @@ fn updated(check: u16, from: u64, to: u64, size: u64) -> u16 {
 
 impl Packet for XdpContext {
     const SEES_OFFLOAD: bool = false;
+    const MTU_FLAGS: u64 = 0;
     const HOOK: Hook = Hook::Xdp;
 
     #[inline(always)]
@@ -97,25 +93,9 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn fib_lookup(&self, fib: &mut FibParams, ip: &IpHdr, flags: u32) -> i64 {
+    fn fib_tot_len(&self, ip: &IpHdr) -> u16 {
         // XDP has no skb to check: the lookup checks the IPv4 length against the MTU.
-        fib.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len);
-        // Safety: the context the program was given and a parameter block of the stated size.
-        unsafe {
-            bpf_fib_lookup(
-                self.as_ptr(),
-                fib,
-                core::mem::size_of::<FibParams>() as i32,
-                flags,
-            )
-        }
-    }
-
-    #[inline(always)]
-    fn fits_mtu(&self, ifindex: u32) -> bool {
-        let mut mtu_len = 0u32;
-        // Safety: the context the program was given and a local for the result.
-        unsafe { bpf_check_mtu(self.as_ptr(), ifindex, &mut mtu_len, 0, 0) == 0 }
+        u16::from_be(ip.tot_len)
     }
 
     #[inline(always)]

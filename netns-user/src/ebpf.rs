@@ -474,8 +474,11 @@ pub struct Sink {
 pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
     netns::run_in(ns, || {
         let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
-        attach_xdp(&mut ebpf, PROG_SINK, iface)?;
-        let links = attach(&mut ebpf, &[(PROG_SINK_TC, iface, TcAttachType::Ingress)])?;
+        let mut links = attach_xdp_links(&mut ebpf, &[(PROG_SINK, iface)])?;
+        links.extend(attach(
+            &mut ebpf,
+            &[(PROG_SINK_TC, iface, TcAttachType::Ingress)],
+        )?);
         Ok(Sink { ebpf, _links: links })
     })?
 }
@@ -508,7 +511,7 @@ pub enum CeilingHook {
 /// A bare-redirect ceiling, attached for as long as this lives.
 pub struct Ceiling {
     _ebpf: Ebpf,
-    /// The TC ceiling's TCX link (none for XDP, whose attachment the program owns).
+    /// The ceiling's link (TCX or XDP): detached when dropped.
     _links: Vec<(String, FdLink)>,
 }
 
@@ -537,8 +540,7 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
                         detail: e.to_string(),
                     })?;
                 }
-                attach_xdp(&mut ebpf, PROG_CEILING_XDP, iface)?;
-                Vec::new()
+                attach_xdp_links(&mut ebpf, &[(PROG_CEILING_XDP, iface)])?
             }
         };
         Ok(Ceiling {
@@ -601,24 +603,6 @@ fn attach_xdp_links(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<V
         links.push((format!("link_{name}_{iface}_xdp"), link));
     }
     Ok(links)
-}
-
-/// Loads XDP program `name` of `ebpf` and attaches it (native mode) to `iface`.
-fn attach_xdp(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<()> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::Missing(name))?
-        .try_into()
-        .map_err(|source| EbpfError::Program { name, source })?;
-    prog.load()
-        .map_err(|source| EbpfError::Program { name, source })?;
-    prog.attach(iface, XdpMode::default())
-        .map_err(|source| EbpfError::Attach {
-            name,
-            iface: iface.to_owned(),
-            source,
-        })?;
-    Ok(())
 }
 
 /// The kernel's BPF run-time statistics, on for as long as this lives (held as a file
