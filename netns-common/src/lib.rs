@@ -6,6 +6,10 @@
 pub mod counters;
 pub mod csum;
 pub mod fwd;
+#[cfg(any(test, feature = "host"))]
+pub mod host;
 pub mod names;
 pub mod nat;
 pub mod net;
+pub mod packet;
+pub mod translate;

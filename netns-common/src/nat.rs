@@ -76,7 +76,8 @@ impl BindingKey {
 /// The binding is a port forward (DNAT): installed by user space, never expires.
 pub const BINDING_STATIC: u32 = 1;
 
-/// Value of both entries of a binding: internal endpoint <-> external endpoint.
+/// Value of both entries of a binding: internal endpoint <-> external endpoint. The
+/// external entry is the one flows keep up to date (expiry, open TCP flows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Binding {
@@ -85,17 +86,37 @@ pub struct Binding {
     pub int_port: u16,
     pub ext_port: u16,
     pub flags: u32,
+    /// TCP: flows using the binding that are not closed (added to atomically; a count
+    /// that ever wraps below zero stays far from zero, which only holds the port longer).
+    pub open_flows: u32,
+    pub _pad: u32,
     /// CLOCK_MONOTONIC ns after which the binding is free (static ones: never). Kept at the
     /// latest expiry of the flows that use it.
     pub expires_ns: u64,
+    /// TCP: while no flow is open, the binding is free from this time on (the transitory
+    /// timeout after its last flow closed, or after it was made), so that a closed
+    /// connection does not hold its port for the established timeout (RFC 5382 REQ-5).
+    /// `u64::MAX` for other protocols.
+    pub idle_until_ns: u64,
 }
 
 impl Binding {
     pub const fn is_static(&self) -> bool {
         self.flags & BINDING_STATIC != 0
     }
+    /// When the binding's port becomes free (`u64::MAX`: not while things stay as they are).
+    pub const fn free_at_ns(&self) -> u64 {
+        if self.is_static() {
+            return u64::MAX;
+        }
+        if self.open_flows == 0 && self.idle_until_ns < self.expires_ns {
+            self.idle_until_ns
+        } else {
+            self.expires_ns
+        }
+    }
     pub const fn expired(&self, now_ns: u64) -> bool {
-        !self.is_static() && now_ns >= self.expires_ns
+        now_ns >= self.free_at_ns()
     }
 }
 
@@ -369,6 +390,11 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Whether a TCP flow in `state` holds its binding open: it has begun and not closed.
+pub const fn holds_binding(state: TcpState) -> bool {
+    !matches!(state, TcpState::None | TcpState::Closed)
+}
+
 /// The state after a segment with `flags` travelling outbound (`outbound`) or inbound.
 /// Segments no TCP sends (SYN with FIN; anything but a first SYN or a RST without ACK)
 /// move nothing.
@@ -425,7 +451,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         // Sum of field sizes == size: nothing the compiler added that we did not zero.
         assert_eq!(core::mem::size_of::<BindingKey>(), 1 + 1 + 2 + 4 + 2 + 2);
-        assert_eq!(core::mem::size_of::<Binding>(), 4 + 4 + 2 + 2 + 4 + 8);
+        assert_eq!(core::mem::size_of::<Binding>(), 4 + 4 + 2 + 2 + 4 + 4 + 4 + 8 + 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
         assert_eq!(core::mem::size_of::<Flow>(), 4 + 2 + 1 + 1 + 8 * 8);
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);

@@ -19,10 +19,11 @@ use netns_common::{
     nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
 };
 
+use netns_common::translate::{self as nat, Res, Tables};
+
 use crate::{
-    maps::{FAST_CONFIG, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
-    nat::{self, Res},
-    packet::{Action, Hook, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, UDP_CSUM},
+    maps::{FAST_CONFIG, Maps, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
+    packet::{Action, Hook, Hooked, IP_CSUM_OFF, IP_OFF, IpHdr, TCP_CSUM, UDP_CSUM},
 };
 
 const AF_INET: u8 = 2;
@@ -67,7 +68,7 @@ fn facts(ip: &IpHdr) -> Facts {
 /// Remembers behind which port, and with which MAC, internal host `addr` sits. Written
 /// only when it changed, so a busy host costs one lookup per packet.
 #[inline(always)]
-fn learn<P: Packet>(ctx: &P, addr: u32, mac: [u8; 6]) {
+fn learn<P: Hooked>(ctx: &P, addr: u32, mac: [u8; 6]) {
     let n = Neigh {
         ifindex: ctx.ifindex(),
         mac,
@@ -94,7 +95,7 @@ fn live_flow(key: &FlowKey, now: u64) -> Option<(*mut Flow, u8)> {
 /// that incremental updates keep it right. A partial one is the slow path's, whose skb
 /// helpers finish it.
 #[inline(always)]
-fn checksum_complete<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
+fn checksum_complete<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
     if P::SEES_OFFLOAD {
         return Ok(Ok(()));
     }
@@ -116,7 +117,7 @@ fn checksum_complete<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
 
 /// One hop less, with the IPv4 checksum as it is now (after any translation).
 #[inline(always)]
-fn hop<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
+fn hop<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<()> {
     let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
     let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
     // TTL, protocol and checksum are adjacent: one store (each helper call costs at TC).
@@ -129,7 +130,7 @@ fn hop<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
 /// is written: both hooks only record the target, applied when the program returns, so a
 /// refusal leaves the packet untouched for the slow path.
 #[inline(always)]
-fn aim<P: Packet>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
+fn aim<P: Hooked>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
     if ctx.redirect(ifindex, peer) {
         Ok(())
     } else {
@@ -141,7 +142,7 @@ fn aim<P: Packet>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
 /// path, and in the uplink's packet counters when the redirect skips the uplink's own TC
 /// hook, where they are otherwise counted.
 #[inline(always)]
-fn send<P: Packet>(ctx: &P, dst: &[u8; 6], src: &[u8; 6], peer: bool, outbound: bool) -> Res<Action> {
+fn send<P: Hooked>(ctx: &P, dst: &[u8; 6], src: &[u8; 6], peer: bool, outbound: bool) -> Res<Action> {
     let macs: [[u8; 6]; 2] = [*dst, *src];
     ctx.store(0, &macs).map_err(nat::malformed)?;
     count(fast_counter(P::HOOK, outbound));
@@ -172,11 +173,11 @@ fn or_slow(r: Result<Action, Slow>) -> Res<Action> {
 }
 
 /// Ingress of a bridge port: outbound packets.
-pub fn outbound<P: Packet>(ctx: &P) -> Res<Action> {
+pub fn outbound<P: Hooked>(ctx: &P) -> Res<Action> {
     let Some(fc) = config(P::HOOK) else {
         return Ok(Action::Pass);
     };
-    let Some((h, cfg, _)) = nat::headers(ctx)? else {
+    let Some((h, cfg, _)) = nat::headers(ctx, &Maps)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
@@ -194,7 +195,7 @@ pub fn outbound<P: Packet>(ctx: &P) -> Res<Action> {
 }
 
 #[inline(always)]
-fn outbound_fast<P: Packet>(
+fn outbound_fast<P: Hooked>(
     ctx: &P,
     cfg: &NatConfig,
     fc: &FastConfig,
@@ -207,7 +208,7 @@ fn outbound_fast<P: Packet>(
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
     }
-    let now = nat::now();
+    let now = Maps.now();
     let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]), now) else {
         return Ok(Err(Slow::NoFlow));
     };
@@ -238,6 +239,7 @@ fn outbound_fast<P: Packet>(
     }
     // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
     nat::touch(
+        &Maps,
         cfg,
         unsafe { &mut *f },
         ip.proto,
@@ -253,11 +255,11 @@ fn outbound_fast<P: Packet>(
 
 /// Ingress of the uplink: inbound packets, before the slow path's translation (which
 /// runs only if this passes the packet on untouched).
-pub fn inbound<P: Packet>(ctx: &P) -> Res<Action> {
+pub fn inbound<P: Hooked>(ctx: &P) -> Res<Action> {
     let Some(fc) = config(P::HOOK) else {
         return Ok(Action::Pass);
     };
-    let Some((h, cfg, _)) = nat::headers(ctx)? else {
+    let Some((h, cfg, _)) = nat::headers(ctx, &Maps)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
@@ -268,7 +270,7 @@ pub fn inbound<P: Packet>(ctx: &P) -> Res<Action> {
 }
 
 #[inline(always)]
-fn inbound_fast<P: Packet>(
+fn inbound_fast<P: Hooked>(
     ctx: &P,
     cfg: &NatConfig,
     fc: &FastConfig,
@@ -281,10 +283,10 @@ fn inbound_fast<P: Packet>(
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
     }
-    let Some(b) = nat::get_binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
+    let Some(b) = Maps.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
         return Ok(Err(Slow::NoFlow));
     };
-    let now = nat::now();
+    let now = Maps.now();
     let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]), now)
     else {
         return Ok(Err(Slow::NoFlow));
@@ -308,6 +310,7 @@ fn inbound_fast<P: Packet>(
     }
     // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
     nat::touch(
+        &Maps,
         cfg,
         unsafe { &mut *f },
         ip.proto,

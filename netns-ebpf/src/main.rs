@@ -2,11 +2,13 @@
 //! functions, and everything that can be computed on the host lives in `netns-common`.
 #![no_std]
 #![no_main]
+// The kernel's atomic add (`Maps::add`): core has no fetch_add for this target.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
 
 mod ceiling;
 mod fast;
 mod maps;
-mod nat;
 mod packet;
 mod sink;
 mod tc;
@@ -17,14 +19,20 @@ use aya_ebpf::{
         TC_ACT_REDIRECT, TC_ACT_SHOT,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     },
+    helpers::bpf_redirect_neigh,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use netns_common::counters::{Counter, Direction};
+use netns_common::{
+    counters::{Counter, Direction},
+    translate::{self, Drop, Res},
+};
 
 use crate::{
-    maps::{UPLINK_COUNTERS, bump, count},
-    packet::{Action, NEXT},
+    maps::{Maps, UPLINK_COUNTERS, bump, count},
+    packet::{Action, Hooked, NEXT},
+    tc::Tc,
+    xdp::Xdp,
 };
 
 #[classifier]
@@ -48,37 +56,54 @@ fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
 
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    tc_verdict(nat::egress(&ctx))
+    tc_verdict(translate::egress(&Tc(ctx), &Maps))
 }
 
 /// The fast path first; what it passes on untouched, the slow path translates.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(fast::inbound(&ctx).and_then(|a| match a {
-        Action::Pass => nat::ingress(&ctx),
+    let p = Tc(ctx);
+    tc_verdict(fast::inbound(&p).and_then(|a| match a {
+        Action::Pass => translate::ingress(&p, &Maps),
         a => Ok(a),
     }))
 }
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_verdict(nat::hairpin(&ctx))
+    tc_verdict(hairpin(&Tc(ctx)))
+}
+
+/// Hairpinning: translated both ways, then sent straight back out of the port it came in
+/// by (the kernel resolves the next hop).
+#[inline(always)]
+fn hairpin(p: &Tc) -> Res<Action> {
+    if !translate::hairpin(p, &Maps)? {
+        return Ok(Action::Pass);
+    }
+    // Safety: no parameters (the kernel looks up the next hop itself), no flags.
+    let r = unsafe { bpf_redirect_neigh(p.ifindex(), core::ptr::null_mut(), 0, 0) };
+    if r == i64::from(TC_ACT_REDIRECT) {
+        Ok(Action::Redirect)
+    } else {
+        Err(Drop::Malformed)
+    }
 }
 
 #[classifier]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
-    tc_verdict(fast::outbound(&ctx))
+    tc_verdict(fast::outbound(&Tc(ctx)))
 }
 
 #[xdp]
 pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
-    xdp_verdict(fast::outbound(&ctx))
+    xdp_verdict(fast::outbound(&Xdp(ctx)))
 }
 
 /// What this passes on, TC's `nat_ingress` (the slow path) takes.
 #[xdp]
 pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
-    xdp_verdict(fast::inbound(&ctx))
+    xdp_verdict(fast::inbound(&Xdp(ctx)))
 }
 
 #[xdp]
@@ -103,7 +128,7 @@ pub fn ceiling_xdp_redirect(ctx: XdpContext) -> u32 {
 
 /// A step's outcome as a TC return code; drops are counted by reason.
 #[inline(always)]
-fn tc_verdict(r: nat::Res<Action>) -> i32 {
+fn tc_verdict(r: Res<Action>) -> i32 {
     match r {
         Ok(Action::Pass) => NEXT,
         Ok(Action::Redirect) => TC_ACT_REDIRECT,
@@ -116,7 +141,7 @@ fn tc_verdict(r: nat::Res<Action>) -> i32 {
 
 /// The same as an XDP return code.
 #[inline(always)]
-fn xdp_verdict(r: nat::Res<Action>) -> u32 {
+fn xdp_verdict(r: Res<Action>) -> u32 {
     match r {
         Ok(Action::Pass) => XDP_PASS,
         Ok(Action::Redirect) => XDP_REDIRECT,

@@ -1,17 +1,24 @@
 //! The maps. Hash tables are not preallocated, so an element removed by one CPU is never
 //! reused under another CPU that still holds a pointer to it.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    cty::c_void,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
     fwd::{FastConfig, Neigh, NextHop},
-    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig},
+    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig},
+    translate::{InsertError, PortSearch, Tables, try_port},
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+const EEXIST: i32 = 17;
 
 /// Per-CPU packet and byte counters of the uplink, indexed by [`Counter`].
 #[map(name = "UPLINK_COUNTERS")]
@@ -72,4 +79,125 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
 #[inline(always)]
 pub fn count(c: NatCounter) {
     bump(&NAT_COUNTERS, c as u32, 1);
+}
+
+/// The NAT's state as `netns_common::translate` sees it: these maps and the helpers.
+pub struct Maps;
+
+impl Tables for Maps {
+    #[inline(always)]
+    fn config(&self) -> Option<&NatConfig> {
+        NAT_CONFIG.get(0)
+    }
+
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        // Safety: a helper without arguments or side effects.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    #[inline(always)]
+    fn random(&self) -> u32 {
+        // Safety: as in `now`.
+        unsafe { bpf_get_prandom_u32() }
+    }
+
+    #[inline(always)]
+    fn count(&self, c: NatCounter) {
+        count(c);
+    }
+
+    #[inline(always)]
+    fn add(counter: &mut u64, by: u64) {
+        // Safety: a valid, aligned u64 (a field of a map element); the kernel's atomic add,
+        // as two CPUs may count packets of one flow at once.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, by) };
+    }
+
+    #[inline(always)]
+    fn add32(counter: &mut u32, by: u32) {
+        // Safety: as in `add`.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, by) };
+    }
+
+    #[inline(always)]
+    fn binding(&self, key: &BindingKey) -> Option<Binding> {
+        // Safety: the pointer comes from a successful lookup; the map is not preallocated, so
+        // the element stays valid for the rest of the program even if another CPU removes it.
+        NAT_BINDINGS.get_ptr(key).map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R> {
+        // Safety: as in `binding`; racing writes of the same fields by two CPUs are benign
+        // (an expiry pushed by one of them).
+        NAT_BINDINGS.get_ptr_mut(key).map(|p| f(unsafe { &mut *p }))
+    }
+
+    #[inline(always)]
+    fn insert_binding(&self, key: &BindingKey, b: &Binding) -> Result<(), InsertError> {
+        NAT_BINDINGS
+            .insert(key, b, u64::from(BPF_NOEXIST))
+            .map_err(insert_error)
+    }
+
+    #[inline(always)]
+    fn remove_binding(&self, key: &BindingKey) {
+        let _ = NAT_BINDINGS.remove(key);
+    }
+
+    #[inline(always)]
+    fn with_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
+        // Safety: as in `with_binding`; counters are added atomically (`add`).
+        NAT_FLOWS.get_ptr_mut(key).map(|p| f(unsafe { &mut *p }))
+    }
+
+    #[inline(always)]
+    fn insert_flow(&self, key: &FlowKey, f: &Flow) -> Result<(), InsertError> {
+        NAT_FLOWS.insert(key, f, 0).map_err(insert_error)
+    }
+
+    #[inline(always)]
+    fn frag(&self, key: &FragKey) -> Option<FragPorts> {
+        // Safety: a pointer from a successful lookup, copied at once.
+        NAT_FRAGS.get_ptr(key).map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn insert_frag(&self, key: &FragKey, p: &FragPorts) {
+        let _ = NAT_FRAGS.insert(key, p, 0);
+    }
+
+    #[inline(always)]
+    fn search_ports(&self, s: &mut PortSearch) {
+        // bpf_loop: the verifier checks the step once, not once per candidate (64 unrolled
+        // searches, each followed by the rest of the program, exceed its budget).
+        // Safety: a static callback and a pointer to the caller's stack, as the helper
+        // takes them; the callback casts it back to what it is.
+        unsafe {
+            bpf_loop(
+                MAX_PORT_TRIES,
+                port_step as *mut c_void,
+                (s as *mut PortSearch).cast(),
+                0,
+            )
+        };
+    }
+}
+
+/// One step of `search_ports`: 1 ends the loop.
+#[inline(never)]
+extern "C" fn port_step(i: u64, ctx: *mut c_void) -> i64 {
+    // Safety: `search_ports` passes its `&mut PortSearch`, which outlives the loop.
+    let s = unsafe { &mut *ctx.cast::<PortSearch>() };
+    i64::from(try_port(&Maps, s, i as u32))
+}
+
+#[inline(always)]
+fn insert_error(e: i32) -> InsertError {
+    if e == -EEXIST {
+        InsertError::Exists
+    } else {
+        InsertError::Full
+    }
 }

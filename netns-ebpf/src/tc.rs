@@ -7,45 +7,56 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::packet::{Fail, Hook, IpHdr, Packet};
+use crate::packet::{Fail, Hook, Hooked, IpHdr, Packet};
 
 /// bpf_check_mtu: check every segment of a GSO packet, not its total length.
 const BPF_MTU_CHK_SEGS: u64 = 1;
 
-impl Packet for TcContext {
-    const SEES_OFFLOAD: bool = true;
-    const MTU_FLAGS: u64 = BPF_MTU_CHK_SEGS;
-    const HOOK: Hook = Hook::Tc;
+/// A packet at TC (the shared traits are foreign to `TcContext`).
+pub struct Tc(pub TcContext);
 
+impl Packet for Tc {
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
-        TcContext::load(self, off)
+        self.0.load(off)
     }
 
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
-        TcContext::store(self, off, v, 0)
+        self.0.store(off, v, 0)
     }
 
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
-        TcContext::l3_csum_replace(self, off, from, to, size)
+        self.0.l3_csum_replace(off, from, to, size)
     }
 
     #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail> {
-        TcContext::l4_csum_replace(self, off, from, to, flags)
+        self.0.l4_csum_replace(off, from, to, flags)
     }
 
     #[inline(always)]
     fn len(&self) -> u32 {
-        TcContext::len(self)
+        self.0.len()
+    }
+}
+
+impl Hooked for Tc {
+    const SEES_OFFLOAD: bool = true;
+    const MTU_FLAGS: u64 = BPF_MTU_CHK_SEGS;
+    const HOOK: Hook = Hook::Tc;
+    type Ctx = TcContext;
+
+    #[inline(always)]
+    fn ctx(&self) -> &TcContext {
+        &self.0
     }
 
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         // Safety: reading a field of the skb the program was given.
-        unsafe { (*self.skb.skb).ifindex }
+        unsafe { (*self.0.skb.skb).ifindex }
     }
 
     #[inline(always)]

@@ -6,15 +6,14 @@
 //! ports so that it does not happen (docs/fast-path.md).
 
 use aya_ebpf::programs::XdpContext;
-use netns_common::csum;
 
 use crate::{
     maps::NAT_DEVMAP,
-    packet::{CSUM_MANGLED_0, Fail, Hook, IpHdr, Packet},
+    packet::{Fail, Hook, Hooked, IpHdr, OOB, Packet, csum_updated, l4_csum_updated},
 };
 
-/// Out of bounds.
-const OOB: Fail = -14;
+/// A packet in XDP (the shared traits are foreign to `XdpContext`).
+pub struct Xdp(pub XdpContext);
 
 /// The address of `size` bytes at `off`, if the frame holds them.
 #[inline(always)]
@@ -26,34 +25,17 @@ fn at(ctx: &XdpContext, off: usize, size: usize) -> Result<usize, Fail> {
     Ok(p)
 }
 
-/// The checksum (wire order) after a field of `size` bytes changed from `from` to `to`
-/// (both as loaded from the wire).
-#[inline(always)]
-fn updated(check: u16, from: u64, to: u64, size: u64) -> u16 {
-    let c = u16::from_be(check);
-    let c = if size == 4 {
-        csum::update32(c, u32::from_be(from as u32), u32::from_be(to as u32))
-    } else {
-        csum::update16(c, u16::from_be(from as u16), u16::from_be(to as u16))
-    };
-    c.to_be()
-}
-
-impl Packet for XdpContext {
-    const SEES_OFFLOAD: bool = false;
-    const MTU_FLAGS: u64 = 0;
-    const HOOK: Hook = Hook::Xdp;
-
+impl Packet for Xdp {
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
-        let p = at(self, off, core::mem::size_of::<T>())?;
+        let p = at(&self.0, off, core::mem::size_of::<T>())?;
         // Safety: `at` checked that the frame holds a T at p.
         Ok(unsafe { (p as *const T).read_unaligned() })
     }
 
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
-        let p = at(self, off, core::mem::size_of::<T>())?;
+        let p = at(&self.0, off, core::mem::size_of::<T>())?;
         // Safety: as in `load`.
         unsafe { (p as *mut T).write_unaligned(*v) };
         Ok(())
@@ -62,34 +44,38 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
         let c: u16 = self.load(off)?;
-        self.store(off, &updated(c, from, to, size))
+        self.store(off, &csum_updated(c, from, to, size))
     }
 
     #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail> {
         let c: u16 = self.load(off)?;
-        let mangled = flags & CSUM_MANGLED_0 != 0;
-        if mangled && c == 0 {
-            // UDP without a checksum: it stays without one.
-            return Ok(());
+        match l4_csum_updated(c, from, to, flags) {
+            Some(n) => self.store(off, &n),
+            None => Ok(()),
         }
-        // Pseudo-header fields (CSUM_PSEUDO) are summed like the data: without offload
-        // state the two are the same arithmetic.
-        let mut n = updated(c, from, to, flags & 0xf);
-        if mangled && n == 0 {
-            n = 0xffff;
-        }
-        self.store(off, &n)
     }
 
     #[inline(always)]
     fn len(&self) -> u32 {
-        (self.data_end() - self.data()) as u32
+        (self.0.data_end() - self.0.data()) as u32
+    }
+}
+
+impl Hooked for Xdp {
+    const SEES_OFFLOAD: bool = false;
+    const MTU_FLAGS: u64 = 0;
+    const HOOK: Hook = Hook::Xdp;
+    type Ctx = XdpContext;
+
+    #[inline(always)]
+    fn ctx(&self) -> &XdpContext {
+        &self.0
     }
 
     #[inline(always)]
     fn ifindex(&self) -> u32 {
-        self.ingress_ifindex() as u32
+        self.0.ingress_ifindex() as u32
     }
 
     #[inline(always)]

@@ -187,6 +187,27 @@ pub struct StaticBinding {
     pub int_port: u16,
 }
 
+impl StaticBinding {
+    /// Its two binding entries (external and internal) for external address `ext_addr`.
+    pub fn entries(&self, ext_addr: u32) -> [(BindingKey, Binding); 2] {
+        let b = Binding {
+            int_addr: self.int_addr,
+            ext_addr,
+            int_port: self.int_port,
+            ext_port: self.ext_port,
+            flags: BINDING_STATIC,
+            open_flows: 0,
+            _pad: 0,
+            expires_ns: u64::MAX,
+            idle_until_ns: u64::MAX,
+        };
+        [
+            (BindingKey::external(self.proto, ext_addr, self.ext_port), b),
+            (BindingKey::internal(self.proto, self.int_addr, self.int_port), b),
+        ]
+    }
+}
+
 /// What the eBPF NAT is loaded with.
 #[derive(Clone, Debug)]
 pub struct NatLoad {
@@ -298,16 +319,9 @@ pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
     forwards: &[StaticBinding],
 ) -> Result<(), aya::maps::MapError> {
     for f in forwards {
-        let b = Binding {
-            int_addr: f.int_addr,
-            ext_addr,
-            int_port: f.int_port,
-            ext_port: f.ext_port,
-            flags: BINDING_STATIC,
-            expires_ns: u64::MAX,
-        };
-        bindings.insert(BindingKey::external(f.proto, ext_addr, f.ext_port), b, 0)?;
-        bindings.insert(BindingKey::internal(f.proto, f.int_addr, f.int_port), b, 0)?;
+        for (k, b) in f.entries(ext_addr) {
+            bindings.insert(k, b, 0)?;
+        }
     }
     Ok(())
 }

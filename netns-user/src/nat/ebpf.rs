@@ -373,7 +373,7 @@ pub fn mappings(prefix: &str) -> Result<Vec<MappingEntry>, NatError> {
             internal: endpoint(b.int_addr, b.int_port),
             external: endpoint(b.ext_addr, b.ext_port),
             is_static: b.is_static(),
-            expires_in_s: (!b.is_static()).then(|| (b.expires_ns - now) as f64 / NS as f64),
+            expires_in_s: (!b.is_static()).then(|| (b.free_at_ns() - now) as f64 / NS as f64),
         });
     }
     out.sort_by(|a, b| (a.protocol, &a.external).cmp(&(b.protocol, &b.external)));
@@ -440,12 +440,12 @@ pub fn sweep_once(prefix: &str, now: u64) -> Result<Swept, NatError> {
     let all: Vec<(BindingKey, Binding)> = bindings.iter().filter_map(|r| r.ok()).collect();
     for (k, b) in &all {
         if k.side == SIDE_EXTERNAL {
-            if b.is_static() || b.expires_ns.saturating_add(GRACE_NS) >= now {
+            if b.is_static() || b.free_at_ns().saturating_add(GRACE_NS) >= now {
                 continue;
             }
             if !bindings
                 .get(k, 0)
-                .is_ok_and(|b| !b.is_static() && b.expires_ns + GRACE_NS < now)
+                .is_ok_and(|b| !b.is_static() && b.free_at_ns().saturating_add(GRACE_NS) < now)
             {
                 continue;
             }

@@ -1,31 +1,63 @@
-//! The NAT: SNAT of outbound flows, DNAT through port forwards, replies both ways, ICMP
-//! errors, fragments and hairpinning. Decisions that need no map (TCP states, timeouts,
-//! port candidates, checksum arithmetic) come from `netns_common`, tested on the host.
+//! The NAT, packet by packet: SNAT of outbound flows, DNAT through port forwards, replies
+//! both ways, ICMP errors, fragments and hairpinning. Generic over the [`Packet`] (TC, XDP,
+//! or a frame in memory) and the [`Tables`] holding the state (the eBPF maps, or
+//! [`crate::host`]'s tables), so the same code runs in the kernel and in host tests, where
+//! it is property-tested and fuzzed. Decisions that need no state (TCP states, timeouts,
+//! port candidates, checksum arithmetic) come from [`crate::nat`] and [`crate::csum`].
 
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
-    programs::TcContext,
-};
-use netns_common::{
+use crate::{
     counters::NatCounter,
     csum,
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, Flow, FlowKey,
-        FragKey, FragPorts, MAX_PORT_TRIES, NatConfig, ORIGIN_INBOUND, ORIGIN_OUTBOUND, PROTO_ICMP,
-        PROTO_TCP, PROTO_UDP, TcpState, port_candidate, port_from_wire, port_to_wire, tcp_next,
+        FragKey, FragPorts, NatConfig, ORIGIN_INBOUND, ORIGIN_OUTBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        PortRange, TcpState, holds_binding, port_candidate, port_from_wire, port_to_wire, tcp_next,
     },
-};
-
-use crate::{
-    maps::{NAT_BINDINGS, NAT_CONFIG, NAT_FLOWS, NAT_FRAGS, count},
     packet::*,
 };
 
-const EEXIST: i32 = 17;
+/// Why an exclusive insert failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// The key is there already.
+    Exists,
+    /// The table is full (or out of memory).
+    Full,
+}
+
+/// The NAT's state and the few things it asks of its surroundings. In the kernel: the
+/// maps and helpers; on the host: tables in memory, a clock and a generator the test sets.
+/// Methods take `&self`: map elements are updated in place, as the kernel's are.
+pub trait Tables {
+    fn config(&self) -> Option<&NatConfig>;
+    /// Monotonic nanoseconds.
+    fn now(&self) -> u64;
+    fn random(&self) -> u32;
+    fn count(&self, c: NatCounter);
+    /// Adds to a counter of a shared entry (atomically where CPUs share it).
+    fn add(counter: &mut u64, by: u64);
+    /// The same for a 32-bit count (wrapping: adding `u32::MAX` takes one away).
+    fn add32(counter: &mut u32, by: u32);
+    fn binding(&self, key: &BindingKey) -> Option<Binding>;
+    /// Runs `f` on the binding in place, if there is one.
+    fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R>;
+    /// Inserts only if `key` is absent.
+    fn insert_binding(&self, key: &BindingKey, b: &Binding) -> Result<(), InsertError>;
+    fn remove_binding(&self, key: &BindingKey);
+    /// Runs `f` on the flow in place, if there is one.
+    fn with_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut Flow) -> R) -> Option<R>;
+    /// Inserts or replaces.
+    fn insert_flow(&self, key: &FlowKey, f: &Flow) -> Result<(), InsertError>;
+    fn frag(&self, key: &FragKey) -> Option<FragPorts>;
+    /// Remembers a first fragment's ports (best effort: the table forgets the oldest).
+    fn insert_frag(&self, key: &FragKey, p: &FragPorts);
+    /// Runs [`try_port`] for candidates 0, 1, ... up to [`MAX_PORT_TRIES`](crate::nat::MAX_PORT_TRIES) until it says
+    /// the search is over.
+    fn search_ports(&self, s: &mut PortSearch);
+}
 
 /// Why a packet is dropped; each has its counter.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
     NoPort,
     Unsolicited,
@@ -50,79 +82,96 @@ impl Drop {
 
 pub type Res<T> = Result<T, Drop>;
 
+/// Maps any access failure to [`Drop::Malformed`].
 #[inline(always)]
 pub fn malformed<E>(_: E) -> Drop {
     Drop::Malformed
 }
 
-#[inline(always)]
-pub fn config() -> Option<&'static NatConfig> {
-    NAT_CONFIG.get(0)
-}
-
-#[inline(always)]
-pub fn now() -> u64 {
-    // Safety: a helper without arguments or side effects.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-pub fn get_binding(key: &BindingKey) -> Option<Binding> {
-    // Safety: the pointer comes from a successful lookup; the map is not preallocated, so
-    // the element stays valid for the rest of the program even if another CPU removes it.
-    NAT_BINDINGS.get_ptr(key).map(|p| unsafe { *p })
-}
-
 /// Pushes the binding's expiry to at least `until`, so that its port is not reclaimed
 /// while a flow uses it.
 #[inline(always)]
-fn refresh_binding(proto: u8, ext_addr: u32, ext_port: u16, until: u64) {
-    if let Some(b) = NAT_BINDINGS.get_ptr_mut(BindingKey::external(proto, ext_addr, ext_port)) {
-        // Safety: as in `get_binding`; a racing write of a u64 expiry is benign.
-        unsafe {
-            if !(*b).is_static() && (*b).expires_ns < until {
-                (*b).expires_ns = until;
-            }
+fn refresh_binding<T: Tables>(t: &T, proto: u8, ext_addr: u32, ext_port: u16, until: u64) {
+    t.with_binding(&BindingKey::external(proto, ext_addr, ext_port), |b| {
+        if !b.is_static() && b.expires_ns < until {
+            b.expires_ns = until;
         }
-    }
+    });
 }
 
 /// Advances a flow's state, expiry and counters for one packet.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the flow, the packet and the time, all used"
+)]
 #[inline(always)]
-pub fn touch(cfg: &NatConfig, f: &mut Flow, proto: u8, outbound: bool, tcp_flags: u8, len: u64, now: u64) {
+pub fn touch<T: Tables>(
+    t: &T,
+    cfg: &NatConfig,
+    f: &mut Flow,
+    proto: u8,
+    outbound: bool,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) {
     if proto == PROTO_TCP {
-        f.state = tcp_next(TcpState::from_u8(f.state), outbound, tcp_flags) as u8;
+        let old = TcpState::from_u8(f.state);
+        let new = tcp_next(old, outbound, tcp_flags);
+        f.state = new as u8;
+        let (was, is) = (holds_binding(old), holds_binding(new));
+        if was != is || !is {
+            mind_binding(t, f, was, is, now + cfg.timeouts.tcp_transitory_ns);
+        }
     }
     f.last_seen_ns = now;
     let timeout = cfg.timeout_ns(proto, f.state);
     f.expires_ns = now + timeout;
     if outbound {
-        f.packets_out += 1;
-        f.bytes_out += len;
+        T::add(&mut f.packets_out, 1);
+        T::add(&mut f.bytes_out, len);
     } else {
-        f.packets_in += 1;
-        f.bytes_in += len;
+        T::add(&mut f.packets_in, 1);
+        T::add(&mut f.bytes_in, len);
     }
     if f.expires_ns > f.binding_expires_ns {
         // A quarter timeout of slack: the binding is written about four times per
         // timeout per flow, not on every packet.
         let until = f.expires_ns + timeout / 4;
-        refresh_binding(proto, f.ext_addr, f.ext_port, until);
+        refresh_binding(t, proto, f.ext_addr, f.ext_port, until);
         f.binding_expires_ns = until;
     }
 }
 
+/// Keeps a TCP binding's count of open flows (`was`/`is`: whether this flow held it open
+/// before and after its packet), and, while this flow does not hold it open (before its
+/// handshake, or closed), holds the port at least until `hold_until`, the flow's own expiry.
+/// When the last open flow closes, the port is held for the transitory timeout and then free.
+#[inline(always)]
+fn mind_binding<T: Tables>(t: &T, f: &Flow, was: bool, is: bool, hold_until: u64) {
+    t.with_binding(&BindingKey::external(PROTO_TCP, f.ext_addr, f.ext_port), |b| {
+        if is && !was {
+            T::add32(&mut b.open_flows, 1);
+        } else if was && !is {
+            T::add32(&mut b.open_flows, u32::MAX);
+        }
+        if !is && b.idle_until_ns < hold_until {
+            b.idle_until_ns = hold_until;
+        }
+    });
+}
+
 /// Removes an expired binding (both of its entries) so its external port can be reused.
 #[inline(always)]
-fn reclaim(proto: u8, ekey: &BindingKey, old: &Binding) {
+fn reclaim<T: Tables>(t: &T, proto: u8, ekey: &BindingKey, old: &Binding) {
     let ikey = BindingKey::internal(proto, old.int_addr, old.int_port);
-    if let Some(i) = get_binding(&ikey)
+    if let Some(i) = t.binding(&ikey)
         && i.ext_addr == old.ext_addr
         && i.ext_port == old.ext_port
     {
-        let _ = NAT_BINDINGS.remove(ikey);
+        t.remove_binding(&ikey);
     }
-    let _ = NAT_BINDINGS.remove(ekey);
+    t.remove_binding(ekey);
 }
 
 /// What [`claim`] got.
@@ -140,25 +189,25 @@ enum Claim {
 /// an endpoint never two ports; if the second fails the first is removed, so a binding
 /// never exists by halves.
 #[inline(always)]
-fn claim(proto: u8, b: &Binding) -> Res<Claim> {
+fn claim<T: Tables>(t: &T, proto: u8, b: &Binding) -> Res<Claim> {
     let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
-    match NAT_BINDINGS.insert(ekey, b, BPF_NOEXIST as u64) {
+    match t.insert_binding(&ekey, b) {
         Ok(()) => {}
-        Err(e) if e == -EEXIST => return Ok(Claim::Taken),
-        Err(_) => return Err(Drop::MapFull),
+        Err(InsertError::Exists) => return Ok(Claim::Taken),
+        Err(InsertError::Full) => return Err(Drop::MapFull),
     }
     let ikey = BindingKey::internal(proto, b.int_addr, b.int_port);
-    match NAT_BINDINGS.insert(ikey, b, BPF_NOEXIST as u64) {
+    match t.insert_binding(&ikey, b) {
         Ok(()) => {
-            count(NatCounter::NewMappings);
+            t.count(NatCounter::NewMappings);
             Ok(Claim::Ours)
         }
         Err(e) => {
-            let _ = NAT_BINDINGS.remove(ekey);
-            if e != -EEXIST {
+            t.remove_binding(&ekey);
+            if e == InsertError::Full {
                 return Err(Drop::MapFull);
             }
-            match get_binding(&ikey) {
+            match t.binding(&ikey) {
                 Some(other) => Ok(Claim::Raced(other.ext_addr, other.ext_port)),
                 None => Err(Drop::NoPort),
             }
@@ -169,10 +218,17 @@ fn claim(proto: u8, b: &Binding) -> Res<Claim> {
 /// The external endpoint of internal endpoint (int_addr, int_port): its existing binding
 /// (endpoint-independent mapping: the same for every destination), or a new one.
 #[inline(always)]
-fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u64) -> Res<(u32, u16)> {
+fn binding_for<T: Tables>(
+    t: &T,
+    cfg: &NatConfig,
+    proto: u8,
+    int_addr: u32,
+    int_port: u16,
+    now: u64,
+) -> Res<(u32, u16)> {
     let ikey = BindingKey::internal(proto, int_addr, int_port);
-    if let Some(b) = get_binding(&ikey) {
-        if let Some(e) = get_binding(&BindingKey::external(proto, b.ext_addr, b.ext_port))
+    if let Some(b) = t.binding(&ikey) {
+        if let Some(e) = t.binding(&BindingKey::external(proto, b.ext_addr, b.ext_port))
             && e.int_addr == int_addr
             && e.int_port == int_port
         {
@@ -180,49 +236,92 @@ fn binding_for(cfg: &NatConfig, proto: u8, int_addr: u32, int_port: u16, now: u6
             return Ok((b.ext_addr, b.ext_port));
         }
         // The port went to another endpoint after this binding expired.
-        let _ = NAT_BINDINGS.remove(ikey);
+        t.remove_binding(&ikey);
     }
     let orig = port_from_wire(int_port);
     let range = cfg.range_for(proto, orig);
-    // Safety: a helper without arguments or side effects.
-    let seed = unsafe { bpf_get_prandom_u32() };
-    let mut b = Binding {
-        int_addr,
-        ext_addr: cfg.ext_addr,
-        int_port,
-        ext_port: 0,
-        flags: 0,
-        expires_ns: now + cfg.timeout_ns(proto, TcpState::None as u8),
+    let seed = t.random();
+    let mut search = PortSearch {
+        proto,
+        orig,
+        range,
+        seed,
+        now,
+        binding: Binding {
+            int_addr,
+            ext_addr: cfg.ext_addr,
+            int_port,
+            ext_port: 0,
+            flags: 0,
+            open_flows: 0,
+            _pad: 0,
+            expires_ns: now + cfg.timeout_ns(proto, TcpState::None as u8),
+            // A TCP binding no flow holds open is free after the transitory timeout.
+            idle_until_ns: if proto == PROTO_TCP {
+                now + cfg.timeouts.tcp_transitory_ns
+            } else {
+                u64::MAX
+            },
+        },
+        found: None,
     };
-    for i in 0..MAX_PORT_TRIES {
-        let Some(cand) = port_candidate(orig, range, seed, i) else {
-            break;
-        };
-        b.ext_port = port_to_wire(cand);
-        match claim(proto, &b)? {
-            Claim::Ours => return Ok((b.ext_addr, b.ext_port)),
-            Claim::Raced(addr, port) => return Ok((addr, port)),
-            Claim::Taken => {}
+    t.search_ports(&mut search);
+    search.found.unwrap_or(Err(Drop::NoPort))
+}
+
+/// The search for a free external port for a new binding, one candidate per step
+/// ([`try_port`]), so that the kernel can run the steps in a loop it verifies once
+/// (`bpf_loop`) rather than once per iteration.
+pub struct PortSearch {
+    pub proto: u8,
+    /// The internal port (host order): kept when it is free.
+    pub orig: u16,
+    pub range: PortRange,
+    pub seed: u32,
+    pub now: u64,
+    /// The binding to claim; its external port is set per candidate.
+    pub binding: Binding,
+    /// The external endpoint, once claimed, or why the search failed.
+    pub found: Option<Res<(u32, u16)>>,
+}
+
+/// Tries candidate `i` of a port search; true when the search is over (found, failed,
+/// or out of candidates).
+#[inline(always)]
+pub fn try_port<T: Tables>(t: &T, s: &mut PortSearch, i: u32) -> bool {
+    let Some(cand) = port_candidate(s.orig, s.range, s.seed, i) else {
+        return true;
+    };
+    let proto = s.proto;
+    s.binding.ext_port = port_to_wire(cand);
+    let b = s.binding;
+    let done = |s: &mut PortSearch, c: Res<Claim>| -> bool {
+        match c {
+            Ok(Claim::Ours) => s.found = Some(Ok((b.ext_addr, b.ext_port))),
+            Ok(Claim::Raced(addr, port)) => s.found = Some(Ok((addr, port))),
+            Ok(Claim::Taken) => return false,
+            Err(d) => s.found = Some(Err(d)),
         }
-        let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
-        if let Some(old) = get_binding(&ekey)
-            && old.expired(now)
-        {
-            reclaim(proto, &ekey, &old);
-            match claim(proto, &b)? {
-                Claim::Ours => return Ok((b.ext_addr, b.ext_port)),
-                Claim::Raced(addr, port) => return Ok((addr, port)),
-                Claim::Taken => {}
-            }
-        }
+        true
+    };
+    if done(s, claim(t, proto, &b)) {
+        return true;
     }
-    Err(Drop::NoPort)
+    let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
+    if let Some(old) = t.binding(&ekey)
+        && old.expired(s.now)
+    {
+        reclaim(t, proto, &ekey, &old);
+        return done(s, claim(t, proto, &b));
+    }
+    false
 }
 
 /// Refreshes the live flow `key` for one packet and returns its external endpoint and
 /// (new) TCP state; None if there is no flow or it has expired.
 #[inline(always)]
-pub fn touch_live(
+pub fn touch_live<T: Tables>(
+    t: &T,
     cfg: &NatConfig,
     key: &FlowKey,
     outbound: bool,
@@ -230,20 +329,24 @@ pub fn touch_live(
     len: u64,
     now: u64,
 ) -> Option<(u32, u16, u8)> {
-    let f = NAT_FLOWS.get_ptr_mut(key)?;
-    // Safety: see `get_binding`; concurrent updates of counters may lose an increment.
-    let f = unsafe { &mut *f };
-    if now >= f.expires_ns {
-        return None;
-    }
-    touch(cfg, f, key.proto, outbound, tcp_flags, len, now);
-    Some((f.ext_addr, f.ext_port, f.state))
+    t.with_flow(key, |f| {
+        if now >= f.expires_ns {
+            return None;
+        }
+        touch(t, cfg, f, key.proto, outbound, tcp_flags, len, now);
+        Some((f.ext_addr, f.ext_port, f.state))
+    })?
 }
 
 /// Creates flow `key` on external endpoint `ext`, opened from `origin`, counting its first
 /// packet.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the flow, the packet and the time, all used"
+)]
 #[inline(always)]
-fn new_flow(
+fn new_flow<T: Tables>(
+    t: &T,
     cfg: &NatConfig,
     key: &FlowKey,
     ext: (u32, u16),
@@ -260,6 +363,7 @@ fn new_flow(
         ..Flow::default()
     };
     touch(
+        t,
         cfg,
         &mut f,
         key.proto,
@@ -268,27 +372,42 @@ fn new_flow(
         len,
         now,
     );
-    NAT_FLOWS.insert(key, f, 0).map_err(|_| Drop::MapFull)?;
-    count(NatCounter::NewFlows);
+    t.insert_flow(key, &f).map_err(|_| Drop::MapFull)?;
+    t.count(NatCounter::NewFlows);
     Ok(())
 }
 
 /// The external endpoint of an outbound flow, creating flow (and binding) if needed.
 #[inline(always)]
-fn outbound_flow(cfg: &NatConfig, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<(u32, u16)> {
-    if let Some((addr, port, _)) = touch_live(cfg, key, true, tcp_flags, len, now) {
+fn outbound_flow<T: Tables>(
+    t: &T,
+    cfg: &NatConfig,
+    key: &FlowKey,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) -> Res<(u32, u16)> {
+    if let Some((addr, port, _)) = touch_live(t, cfg, key, true, tcp_flags, len, now) {
         return Ok((addr, port));
     }
-    let ext = binding_for(cfg, key.proto, key.int_addr, key.int_port, now)?;
-    new_flow(cfg, key, ext, ORIGIN_OUTBOUND, tcp_flags, len, now)?;
+    let ext = binding_for(t, cfg, key.proto, key.int_addr, key.int_port, now)?;
+    new_flow(t, cfg, key, ext, ORIGIN_OUTBOUND, tcp_flags, len, now)?;
     Ok(ext)
 }
 
 /// Admits an inbound packet to binding `b` from remote (rem_addr, rem_port): an existing
 /// live flow, or a new one if `b` is a port forward or filtering is endpoint-independent.
 #[inline(always)]
-fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len: u64, now: u64) -> Res<()> {
-    if touch_live(cfg, key, false, tcp_flags, len, now).is_some() {
+fn inbound_flow<T: Tables>(
+    t: &T,
+    cfg: &NatConfig,
+    b: &Binding,
+    key: &FlowKey,
+    tcp_flags: u8,
+    len: u64,
+    now: u64,
+) -> Res<()> {
+    if touch_live(t, cfg, key, false, tcp_flags, len, now).is_some() {
         return Ok(());
     }
     let open = b.is_static() || (cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 && !b.expired(now));
@@ -296,6 +415,7 @@ fn inbound_flow(cfg: &NatConfig, b: &Binding, key: &FlowKey, tcp_flags: u8, len:
         return Err(Drop::Unsolicited);
     }
     new_flow(
+        t,
         cfg,
         key,
         (b.ext_addr, b.ext_port),
@@ -361,11 +481,11 @@ fn is_icmp_error(t: u8) -> bool {
 }
 
 #[inline(always)]
-fn unsupported(cfg: &NatConfig) -> Res<Action> {
+fn unsupported<T: Tables>(t: &T, cfg: &NatConfig) -> Res<Action> {
     if cfg.flags & FLAG_DROP_UNSUPPORTED != 0 {
         Err(Drop::Unsupported)
     } else {
-        count(NatCounter::DropUnsupported);
+        t.count(NatCounter::DropUnsupported);
         Ok(Action::Pass)
     }
 }
@@ -385,8 +505,8 @@ pub fn ports<P: Packet>(ctx: &P, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
 /// The Ethernet and IPv4 headers, the configuration and the L4 offset, or None when the
 /// packet (not IPv4) or the moment (not configured yet) is not the NAT's.
 #[inline(always)]
-pub fn headers<P: Packet>(ctx: &P) -> Res<Option<(EthIp, &'static NatConfig, usize)>> {
-    let (Some(h), Some(cfg)) = (eth_ipv4(ctx), config()) else {
+pub fn headers<'t, P: Packet, T: Tables>(ctx: &P, t: &'t T) -> Res<Option<(EthIp, &'t NatConfig, usize)>> {
+    let (Some(h), Some(cfg)) = (eth_ipv4(ctx), t.config()) else {
         return Ok(None);
     };
     let ip = h.ip;
@@ -409,128 +529,112 @@ fn frag_key(ip: &IpHdr) -> FragKey {
 }
 
 /// TC egress on the uplink.
-pub fn egress<P: Packet>(ctx: &P) -> Res<Action> {
-    let Some((h, cfg, l4)) = headers(ctx)? else {
+pub fn egress<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
+    let Some((h, cfg, l4)) = headers(ctx, t)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
     let first = ip.frag_offset() == 0;
     if ip.proto == PROTO_ICMP && first {
-        let t: u8 = ctx.load(l4).map_err(malformed)?;
-        if is_icmp_error(t) {
-            return icmp_error(ctx, &ip, l4, false);
+        let kind: u8 = ctx.load(l4).map_err(malformed)?;
+        if is_icmp_error(kind) {
+            return icmp_error(ctx, t, &ip, l4, false);
         }
     }
     if !cfg.is_internal(ip.src) {
-        count(NatCounter::Passed);
+        t.count(NatCounter::Passed);
         return Ok(Action::Pass);
     }
-    let now = now();
-    let len = u64::from(ctx.len());
-    match ip.proto {
-        // Non-first fragments of TCP, UDP and ICMP echo: the first one's ports (identifier).
+    // The flow's ports (for ICMP echo: the identifier and 0) and TCP flags. Non-first
+    // fragments of TCP, UDP and ICMP echo take the first one's from the fragment table.
+    let (ports, flags) = match ip.proto {
         PROTO_TCP | PROTO_UDP | PROTO_ICMP if !first => {
-            let Some(p) = NAT_FRAGS.get_ptr(frag_key(&ip)) else {
+            let Some(p) = t.frag(&frag_key(&ip)) else {
                 return Err(Drop::FragmentUnknown);
             };
-            // Safety: a pointer from a successful lookup, copied at once.
-            let p = unsafe { *p };
-            let key = FlowKey::new(ip.proto, ip.src, p.sport, ip.dst, p.dport);
-            let (ext_addr, _) = outbound_flow(cfg, &key, 0, len, now)?;
-            rewrite_addr(ctx, true, ip.src, ext_addr)?;
-            count(NatCounter::Fragments);
+            ((p.sport, p.dport), 0)
         }
         PROTO_TCP | PROTO_UDP => {
             let (p, flags) = ports(ctx, ip.proto, l4)?;
-            let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
-            let (ext_addr, ext_port) = outbound_flow(cfg, &key, flags, len, now)?;
-            rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
-            if ip.more_fragments() {
-                let fk = frag_key(&ip);
-                let fp = FragPorts {
-                    sport: p[0],
-                    dport: p[1],
-                };
-                let _ = NAT_FRAGS.insert(fk, fp, 0);
-            }
-            count(if ip.proto == PROTO_TCP {
-                NatCounter::OutTcp
-            } else {
-                NatCounter::OutUdp
-            });
+            ((p[0], p[1]), flags)
         }
-        PROTO_ICMP if first => {
-            let t: u8 = ctx.load(l4).map_err(malformed)?;
-            if t != ICMP_ECHO_REQUEST {
-                return unsupported(cfg);
+        PROTO_ICMP => {
+            let kind: u8 = ctx.load(l4).map_err(malformed)?;
+            if kind != ICMP_ECHO_REQUEST {
+                return unsupported(t, cfg);
             }
             let id: u16 = ctx.load(l4 + 4).map_err(malformed)?;
-            let key = FlowKey::new(PROTO_ICMP, ip.src, id, ip.dst, 0);
-            let (ext_addr, ext_id) = outbound_flow(cfg, &key, 0, len, now)?;
-            rewrite(ctx, PROTO_ICMP, l4, true, (ip.src, ext_addr), (id, ext_id))?;
-            if ip.more_fragments() {
-                let fp = FragPorts { sport: id, dport: 0 };
-                let _ = NAT_FRAGS.insert(frag_key(&ip), fp, 0);
-            }
-            count(NatCounter::OutIcmp);
+            ((id, 0), 0)
         }
-        _ => return unsupported(cfg),
+        _ => return unsupported(t, cfg),
+    };
+    // One place creates or refreshes the flow (fewer paths for the verifier to walk).
+    let key = FlowKey::new(ip.proto, ip.src, ports.0, ip.dst, ports.1);
+    let (ext_addr, ext_port) = outbound_flow(t, cfg, &key, flags, u64::from(ctx.len()), t.now())?;
+    if !first {
+        rewrite_addr(ctx, true, ip.src, ext_addr)?;
+        t.count(NatCounter::Fragments);
+        return Ok(Action::Pass);
     }
+    rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (ports.0, ext_port))?;
+    if ip.more_fragments() {
+        let fp = FragPorts {
+            sport: ports.0,
+            dport: ports.1,
+        };
+        t.insert_frag(&frag_key(&ip), &fp);
+    }
+    t.count(match ip.proto {
+        PROTO_TCP => NatCounter::OutTcp,
+        PROTO_UDP => NatCounter::OutUdp,
+        _ => NatCounter::OutIcmp,
+    });
     Ok(Action::Pass)
 }
 
 /// TC ingress on the uplink.
-pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
-    let Some((h, cfg, l4)) = headers(ctx)? else {
+pub fn ingress<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
+    let Some((h, cfg, l4)) = headers(ctx, t)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
-    let now = now();
-    let len = u64::from(ctx.len());
     let first = ip.frag_offset() == 0;
     // (remote port, external port, TCP flags) of the packet.
     let (sport, dport, flags) = match ip.proto {
         // Non-first fragments of TCP, UDP and ICMP echo: the first one's ports (identifier).
         PROTO_TCP | PROTO_UDP | PROTO_ICMP if !first => {
-            let fk = frag_key(&ip);
-            let Some(p) = NAT_FRAGS.get_ptr(fk) else {
+            let Some(p) = t.frag(&frag_key(&ip)) else {
                 return Err(Drop::FragmentUnknown);
             };
-            // Safety: a pointer from a successful lookup, copied at once.
-            let p = unsafe { *p };
-            let Some(b) = get_binding(&BindingKey::external(ip.proto, ip.dst, p.dport)) else {
-                return Err(Drop::FragmentUnknown);
-            };
-            let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p.sport);
-            inbound_flow(cfg, &b, &key, 0, len, now)?;
-            rewrite_addr(ctx, false, ip.dst, b.int_addr)?;
-            count(NatCounter::Fragments);
-            return Ok(Action::Pass);
+            (p.sport, p.dport, 0)
         }
         PROTO_TCP | PROTO_UDP => {
             let (p, flags) = ports(ctx, ip.proto, l4)?;
             (p[0], p[1], flags)
         }
-        PROTO_ICMP if first => {
-            let t: u8 = ctx.load(l4).map_err(malformed)?;
-            if is_icmp_error(t) {
-                return icmp_error(ctx, &ip, l4, true);
+        PROTO_ICMP => {
+            let kind: u8 = ctx.load(l4).map_err(malformed)?;
+            if is_icmp_error(kind) {
+                return icmp_error(ctx, t, &ip, l4, true);
             }
-            if t != ICMP_ECHO_REPLY {
+            if kind != ICMP_ECHO_REPLY {
                 // Echo requests to the router are the router's to answer.
-                count(NatCounter::Passed);
+                t.count(NatCounter::Passed);
                 return Ok(Action::Pass);
             }
             let id: u16 = ctx.load(l4 + 4).map_err(malformed)?;
             (0, id, 0)
         }
         _ => {
-            count(NatCounter::Passed);
+            t.count(NatCounter::Passed);
             return Ok(Action::Pass);
         }
     };
-    let Some(b) = get_binding(&BindingKey::external(ip.proto, ip.dst, dport)) else {
-        count(if ip.dst == cfg.ext_addr {
+    let Some(b) = t.binding(&BindingKey::external(ip.proto, ip.dst, dport)) else {
+        if !first {
+            return Err(Drop::FragmentUnknown);
+        }
+        t.count(if ip.dst == cfg.ext_addr {
             NatCounter::InUnmapped
         } else {
             NatCounter::Passed
@@ -538,7 +642,12 @@ pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
         return Ok(Action::Pass);
     };
     let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, sport);
-    inbound_flow(cfg, &b, &key, flags, len, now)?;
+    inbound_flow(t, cfg, &b, &key, flags, u64::from(ctx.len()), t.now())?;
+    if !first {
+        rewrite_addr(ctx, false, ip.dst, b.int_addr)?;
+        t.count(NatCounter::Fragments);
+        return Ok(Action::Pass);
+    }
     rewrite(
         ctx,
         ip.proto,
@@ -548,11 +657,10 @@ pub fn ingress<P: Packet>(ctx: &P) -> Res<Action> {
         (dport, b.int_port),
     )?;
     if ip.more_fragments() {
-        let fk = frag_key(&ip);
         let fp = FragPorts { sport, dport };
-        let _ = NAT_FRAGS.insert(fk, fp, 0);
+        t.insert_frag(&frag_key(&ip), &fp);
     }
-    count(match ip.proto {
+    t.count(match ip.proto {
         PROTO_TCP => NatCounter::InTcp,
         PROTO_UDP => NatCounter::InUdp,
         _ => NatCounter::InIcmp,
@@ -572,7 +680,7 @@ fn icmp_csum16<P: Packet>(ctx: &P, icmp_csum: usize, old: u16, new: u16) -> Res<
 /// is a packet we sent out (its source is external); outbound, a packet we let in (its
 /// destination is internal). An error never creates, refreshes or removes state.
 #[inline(always)]
-fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<Action> {
+fn icmp_error<P: Packet, T: Tables>(ctx: &P, t: &T, ip: &IpHdr, l4: usize, ingress: bool) -> Res<Action> {
     let inner_off = l4 + 8;
     let inner: IpHdr = ctx.load(inner_off).map_err(malformed)?;
     let iihl = inner.header_len();
@@ -592,29 +700,26 @@ fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<A
             (id, 0)
         }
         _ => {
-            count(NatCounter::Passed);
+            t.count(NatCounter::Passed);
             return Ok(Action::Pass);
         }
     };
-    let now = now();
+    let now = t.now();
     // Find the binding, then require a live flow: filtering applies to errors too.
     let (b, key) = if ingress {
-        let Some(b) = get_binding(&BindingKey::external(iproto, inner.src, isport)) else {
-            count(NatCounter::Passed);
+        let Some(b) = t.binding(&BindingKey::external(iproto, inner.src, isport)) else {
+            t.count(NatCounter::Passed);
             return Ok(Action::Pass);
         };
         (b, FlowKey::new(iproto, b.int_addr, b.int_port, inner.dst, idport))
     } else {
-        let Some(b) = get_binding(&BindingKey::internal(iproto, inner.dst, idport)) else {
-            count(NatCounter::Passed);
+        let Some(b) = t.binding(&BindingKey::internal(iproto, inner.dst, idport)) else {
+            t.count(NatCounter::Passed);
             return Ok(Action::Pass);
         };
         (b, FlowKey::new(iproto, inner.dst, idport, inner.src, isport))
     };
-    let live = NAT_FLOWS.get_ptr(key).is_some_and(|f| {
-        // Safety: a pointer from a successful lookup, read at once.
-        now < unsafe { (*f).expires_ns }
-    });
+    let live = t.with_flow(&key, |f| now < f.expires_ns) == Some(true);
     if !live {
         return Err(Drop::Unsolicited);
     }
@@ -656,7 +761,10 @@ fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<A
         PROTO_UDP => (il4 + UDP_CSUM, true),
         _ => (il4 + ICMP_CSUM, false),
     };
-    if l4_csum_off + 2 <= ctx.len() as usize {
+    // The packet ends at its IPv4 total length; bytes after it (Ethernet padding) are not
+    // covered by the ICMP checksum.
+    let end = (ctx.len() as usize).min(IP_OFF + usize::from(u16::from_be(ip.tot_len)));
+    if l4_csum_off + 2 <= end {
         let old_c: u16 = ctx.load(l4_csum_off).map_err(malformed)?;
         if !(iproto == PROTO_UDP && old_c == 0) {
             let mut c = u16::from_be(old_c);
@@ -676,7 +784,7 @@ fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<A
     } else if !ingress && ip.src == old_addr {
         rewrite_addr(ctx, true, ip.src, new_addr)?;
     }
-    count(if ingress {
+    t.count(if ingress {
         NatCounter::IcmpErrorIn
     } else {
         NatCounter::IcmpErrorOut
@@ -686,20 +794,21 @@ fn icmp_error<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize, ingress: bool) -> Res<A
 
 /// TC ingress on the internal interfaces: a packet from an internal host to the external
 /// address on a mapped port is translated as if it had left by the uplink and come back in
-/// (SNAT, then DNAT), and sent straight back out (RFC 4787 REQ-9, hairpinning).
-pub fn hairpin(ctx: &TcContext) -> Res<Action> {
+/// (SNAT, then DNAT) (RFC 4787 REQ-9, hairpinning). True when it was: the caller sends it
+/// straight back out.
+pub fn hairpin<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<bool> {
     let Some(h) = eth_ipv4(ctx) else {
-        return Ok(Action::Pass);
+        return Ok(false);
     };
     let ip = h.ip;
-    let Some(cfg) = config() else {
-        return Ok(Action::Pass);
+    let Some(cfg) = t.config() else {
+        return Ok(false);
     };
     if ip.dst != cfg.ext_addr || ip.frag_offset() != 0 || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
-        return Ok(Action::Pass);
+        return Ok(false);
     }
     if !cfg.is_internal(ip.src) {
-        return Ok(Action::Pass);
+        return Ok(false);
     }
     let ihl = ip.header_len();
     if ihl == 0 {
@@ -708,24 +817,17 @@ pub fn hairpin(ctx: &TcContext) -> Res<Action> {
     let l4 = IP_OFF + ihl;
     let (p, flags) = ports(ctx, ip.proto, l4)?;
     // A port nobody owns is the router's own business.
-    let Some(b) = get_binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
-        return Ok(Action::Pass);
+    let Some(b) = t.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
+        return Ok(false);
     };
-    let now = now();
+    let now = t.now();
     let len = u64::from(ctx.len());
     let out_key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
-    let (ext_addr, ext_port) = outbound_flow(cfg, &out_key, flags, len, now)?;
+    let (ext_addr, ext_port) = outbound_flow(t, cfg, &out_key, flags, len, now)?;
     let in_key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ext_addr, ext_port);
-    inbound_flow(cfg, &b, &in_key, flags, len, now)?;
+    inbound_flow(t, cfg, &b, &in_key, flags, len, now)?;
     rewrite(ctx, ip.proto, l4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     rewrite(ctx, ip.proto, l4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
-    count(NatCounter::Hairpinned);
-    let ifindex = ctx.ifindex();
-    // Safety: no parameters (the kernel looks up the next hop itself), no flags.
-    let r = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
-    if r == TC_ACT_REDIRECT as i64 {
-        Ok(Action::Redirect)
-    } else {
-        Err(Drop::Malformed)
-    }
+    t.count(NatCounter::Hairpinned);
+    Ok(true)
 }

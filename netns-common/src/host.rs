@@ -1,0 +1,268 @@
+//! The NAT on the host: [`Frame`], a packet in memory with the kernel helpers' checksum
+//! semantics (as the XDP programs have them), and [`MemTables`], the state in memory with a
+//! clock and a random generator the caller sets. With them the steps of
+//! [`crate::translate`] run in ordinary tests, property tests and the fuzz target.
+extern crate std;
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    vec::Vec,
+};
+
+use crate::{
+    counters::NatCounter,
+    nat::MAX_PORT_TRIES,
+    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, SIDE_EXTERNAL},
+    packet::{Fail, OOB, Packet, csum_updated, l4_csum_updated},
+    translate::{InsertError, PortSearch, Tables, try_port},
+};
+
+/// A frame in memory. Every access is bounds-checked, as the verifier makes the programs'.
+#[derive(Debug)]
+pub struct Frame {
+    bytes: RefCell<Vec<u8>>,
+}
+
+impl Frame {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: RefCell::new(bytes),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.borrow().clone()
+    }
+
+    fn check(&self, off: usize, size: usize) -> Result<(), Fail> {
+        match off.checked_add(size) {
+            Some(end) if end <= self.bytes.borrow().len() => Ok(()),
+            _ => Err(OOB),
+        }
+    }
+}
+
+impl Packet for Frame {
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
+        self.check(off, core::mem::size_of::<T>())?;
+        let b = self.bytes.borrow();
+        // Safety: `check` found size_of::<T>() bytes at `off`; T is plain data (see the
+        // trait), so any bytes are a valid T; the read is unaligned.
+        Ok(unsafe { b.as_ptr().add(off).cast::<T>().read_unaligned() })
+    }
+
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
+        self.check(off, core::mem::size_of::<T>())?;
+        let mut b = self.bytes.borrow_mut();
+        // Safety: as in `load`.
+        unsafe { b.as_mut_ptr().add(off).cast::<T>().write_unaligned(*v) };
+        Ok(())
+    }
+
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
+        let c: u16 = self.load(off)?;
+        self.store(off, &csum_updated(c, from, to, size))
+    }
+
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail> {
+        let c: u16 = self.load(off)?;
+        match l4_csum_updated(c, from, to, flags) {
+            Some(n) => self.store(off, &n),
+            None => Ok(()),
+        }
+    }
+
+    fn len(&self) -> u32 {
+        self.bytes.borrow().len() as u32
+    }
+}
+
+/// Table sizes: an insert beyond them fails as a full map does.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub bindings: usize,
+    pub flows: usize,
+    pub frags: usize,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Self {
+            bindings: 1 << 16,
+            flows: 1 << 16,
+            frags: 1024,
+        }
+    }
+}
+
+/// The NAT's tables in memory.
+#[derive(Debug)]
+pub struct MemTables {
+    pub cfg: Option<NatConfig>,
+    pub sizes: Sizes,
+    clock: Cell<u64>,
+    rng: Cell<u32>,
+    counters: RefCell<[u64; NatCounter::COUNT as usize]>,
+    bindings: RefCell<HashMap<BindingKey, Binding>>,
+    flows: RefCell<HashMap<FlowKey, Flow>>,
+    frags: RefCell<HashMap<FragKey, FragPorts>>,
+}
+
+impl MemTables {
+    pub fn new(cfg: NatConfig, sizes: Sizes, seed: u32) -> Self {
+        Self {
+            cfg: Some(cfg),
+            sizes,
+            // Not zero: a flow's expiry of 0 would read as "never seen".
+            clock: Cell::new(1_000_000_000),
+            rng: Cell::new(seed | 1),
+            counters: RefCell::new([0; NatCounter::COUNT as usize]),
+            bindings: RefCell::default(),
+            flows: RefCell::default(),
+            frags: RefCell::default(),
+        }
+    }
+
+    pub fn advance(&self, ns: u64) {
+        self.clock.set(self.clock.get() + ns);
+    }
+
+    pub fn counter(&self, c: NatCounter) -> u64 {
+        self.counters.borrow()[c as usize]
+    }
+
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.flows.borrow().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    pub fn bindings(&self) -> Vec<(BindingKey, Binding)> {
+        self.bindings.borrow().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Adds an entry as user space does (a port forward's static binding).
+    pub fn put_binding(&self, key: BindingKey, b: Binding) {
+        self.bindings.borrow_mut().insert(key, b);
+    }
+
+    /// What the sweeper (`netns-nat sweep`) does, without its grace period: removes expired
+    /// flows, and expired dynamic bindings by their external entry (the one flows refresh)
+    /// together with their internal entry; an internal entry whose external one is gone or
+    /// another endpoint's goes too.
+    pub fn sweep(&self) {
+        let now = self.now();
+        self.flows.borrow_mut().retain(|_, f| f.expires_ns > now);
+        let mut m = self.bindings.borrow_mut();
+        let gone: Vec<BindingKey> = m
+            .iter()
+            .filter(|(k, b)| k.side == SIDE_EXTERNAL && !b.is_static() && b.expired(now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            m.remove(&k);
+        }
+        let snapshot = m.clone();
+        m.retain(|k, b| {
+            k.side == SIDE_EXTERNAL
+                || snapshot
+                    .get(&BindingKey::external(k.proto, b.ext_addr, b.ext_port))
+                    .is_some_and(|e| e.int_addr == b.int_addr && e.int_port == b.int_port)
+        });
+        self.frags.borrow_mut().clear();
+    }
+}
+
+impl Tables for MemTables {
+    fn config(&self) -> Option<&NatConfig> {
+        self.cfg.as_ref()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.get()
+    }
+
+    fn random(&self) -> u32 {
+        // xorshift32: deterministic for a seed, so a failing case replays.
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng.set(x);
+        x
+    }
+
+    fn count(&self, c: NatCounter) {
+        self.counters.borrow_mut()[c as usize] += 1;
+    }
+
+    fn add(counter: &mut u64, by: u64) {
+        *counter += by;
+    }
+
+    fn add32(counter: &mut u32, by: u32) {
+        *counter = counter.wrapping_add(by);
+    }
+
+    fn binding(&self, key: &BindingKey) -> Option<Binding> {
+        self.bindings.borrow().get(key).copied()
+    }
+
+    fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R> {
+        self.bindings.borrow_mut().get_mut(key).map(f)
+    }
+
+    fn insert_binding(&self, key: &BindingKey, b: &Binding) -> Result<(), InsertError> {
+        let mut m = self.bindings.borrow_mut();
+        if m.contains_key(key) {
+            return Err(InsertError::Exists);
+        }
+        if m.len() >= self.sizes.bindings {
+            return Err(InsertError::Full);
+        }
+        m.insert(*key, *b);
+        Ok(())
+    }
+
+    fn remove_binding(&self, key: &BindingKey) {
+        self.bindings.borrow_mut().remove(key);
+    }
+
+    fn with_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
+        // Copied out and back, so that `f` may use the other tables (it refreshes bindings).
+        let mut flow = self.flows.borrow().get(key).copied()?;
+        let r = f(&mut flow);
+        self.flows.borrow_mut().insert(*key, flow);
+        Some(r)
+    }
+
+    fn insert_flow(&self, key: &FlowKey, f: &Flow) -> Result<(), InsertError> {
+        let mut m = self.flows.borrow_mut();
+        if !m.contains_key(key) && m.len() >= self.sizes.flows {
+            return Err(InsertError::Full);
+        }
+        m.insert(*key, *f);
+        Ok(())
+    }
+
+    fn frag(&self, key: &FragKey) -> Option<FragPorts> {
+        self.frags.borrow().get(key).copied()
+    }
+
+    fn insert_frag(&self, key: &FragKey, p: &FragPorts) {
+        let mut m = self.frags.borrow_mut();
+        if !m.contains_key(key) && m.len() >= self.sizes.frags {
+            // An LRU table forgets one: which one does not matter here.
+            let victim = *m.keys().next().expect("a full table has a key");
+            m.remove(&victim);
+        }
+        m.insert(*key, *p);
+    }
+
+    fn search_ports(&self, s: &mut PortSearch) {
+        for i in 0..MAX_PORT_TRIES {
+            if try_port(self, s, i) {
+                break;
+            }
+        }
+    }
+}
