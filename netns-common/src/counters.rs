@@ -131,10 +131,15 @@ pub enum NatCounter {
     SlowPartialChecksum,
     /// A redirect the hook refused (the packet went to the slow path, untouched).
     RedirectFailed,
+    /// Hand-over to the slow path: an IPv4 header checksum that fails (the kernel drops it).
+    SlowIpChecksum,
+    /// Dropped arriving on the uplink: an IPv4 header checksum that fails (RFC 1812 5.2.2),
+    /// before it can touch any state.
+    DropBadChecksum,
 }
 
 impl NatCounter {
-    pub const ALL: [NatCounter; 34] = [
+    pub const ALL: [NatCounter; 36] = [
         NatCounter::OutTcp,
         NatCounter::OutUdp,
         NatCounter::OutIcmp,
@@ -169,6 +174,8 @@ impl NatCounter {
         NatCounter::SlowMtu,
         NatCounter::SlowPartialChecksum,
         NatCounter::RedirectFailed,
+        NatCounter::SlowIpChecksum,
+        NatCounter::DropBadChecksum,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -209,6 +216,8 @@ impl NatCounter {
             NatCounter::SlowMtu => "slow_mtu",
             NatCounter::SlowPartialChecksum => "slow_partial_checksum",
             NatCounter::RedirectFailed => "redirect_failed",
+            NatCounter::SlowIpChecksum => "slow_ip_checksum",
+            NatCounter::DropBadChecksum => "drop_bad_checksum",
         }
     }
 }
@@ -227,6 +236,7 @@ impl From<crate::fwd::Slow> for NatCounter {
             Slow::Mtu => NatCounter::SlowMtu,
             Slow::PartialChecksum => NatCounter::SlowPartialChecksum,
             Slow::Redirect => NatCounter::RedirectFailed,
+            Slow::IpChecksum => NatCounter::SlowIpChecksum,
         }
     }
 }

@@ -75,6 +75,9 @@ pub enum Slow {
     PartialChecksum,
     /// The hook refused the redirect (in XDP: the port is not in the DEVMAP).
     Redirect,
+    /// The IPv4 header checksum fails: the kernel's input path drops it, as a router must
+    /// (RFC 1812 5.2.2); the fast path, which skips that path, must not forward it.
+    IpChecksum,
 }
 
 /// The IPv4 facts the fast path decides on (host order where it matters).

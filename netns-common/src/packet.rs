@@ -43,6 +43,13 @@ pub trait Packet {
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail>;
     /// Length of the whole frame.
     fn len(&self) -> u32;
+    /// Whether the frame came with an 802.1Q tag for a VLAN (not 0) that the kernel has
+    /// already taken out of the frame (TC sees it only in the skb's metadata). Such a frame
+    /// belongs to that VLAN's interface, not to this one: the NAT leaves it alone, or it
+    /// would forward another VLAN's traffic as its own.
+    fn other_vlan(&self) -> bool {
+        false
+    }
 }
 
 /// The checksum (wire order) after a field of `size` bytes (2 or 4) changed from `from` to
@@ -139,6 +146,29 @@ impl IpHdr {
     }
 }
 
+/// The one's complement sum of the fixed IPv4 header's 16-bit words (checksum included).
+#[inline(always)]
+pub fn ip_header_sum(ip: &IpHdr) -> u32 {
+    let word32 = |v: u32| {
+        let v = u32::from_be(v);
+        (v >> 16) + (v & 0xffff)
+    };
+    u32::from(u16::from_be_bytes([ip.ver_ihl, ip.tos]))
+        + u32::from(u16::from_be(ip.tot_len))
+        + u32::from(u16::from_be(ip.id))
+        + u32::from(u16::from_be(ip.frag_off))
+        + u32::from(u16::from_be_bytes([ip.ttl, ip.proto]))
+        + u32::from(u16::from_be(ip.csum))
+        + word32(ip.src)
+        + word32(ip.dst)
+}
+
+/// Whether a 20-byte IPv4 header's checksum verifies.
+#[inline(always)]
+pub fn ip_header_ok(ip: &IpHdr) -> bool {
+    csum::fold(ip_header_sum(ip)) == 0xffff
+}
+
 /// The Ethernet header and the IPv4 header after it, as on the wire: read with one load
 /// (each helper call costs).
 #[repr(C, packed)]
@@ -153,13 +183,37 @@ pub struct EthIp {
 /// to hold both).
 #[inline(always)]
 pub fn eth_ipv4<P: Packet>(ctx: &P) -> Option<EthIp> {
+    if ctx.other_vlan() {
+        return None;
+    }
     let h: EthIp = ctx.load(0).ok()?;
     (u16::from_be(h.proto) == ETH_P_IP).then_some(h)
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use proptest::prelude::*;
+
+    fn header(b: &[u8; 20]) -> IpHdr {
+        // Safety: IpHdr is 20 bytes of integers; any bytes are a valid value.
+        unsafe { core::ptr::read_unaligned(b.as_ptr().cast()) }
+    }
+
+    proptest! {
+        #[test]
+        fn header_checksum_agrees_with_the_byte_sum(mut b: [u8; 20], flip in 0usize..160) {
+            b[10] = 0;
+            b[11] = 0;
+            let c = csum::checksum(&b).to_be_bytes();
+            b[10..12].copy_from_slice(&c);
+            prop_assert!(ip_header_ok(&header(&b)));
+            prop_assert_eq!(ip_header_ok(&header(&b)), csum::verifies(&b));
+            b[flip / 8] ^= 1 << (flip % 8);
+            prop_assert_eq!(ip_header_ok(&header(&b)), csum::verifies(&b));
+        }
+    }
 
     #[test]
     fn header_layouts() {

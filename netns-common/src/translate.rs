@@ -65,6 +65,7 @@ pub enum Drop {
     MapFull,
     Unsupported,
     FragmentUnknown,
+    BadChecksum,
 }
 
 impl Drop {
@@ -76,6 +77,7 @@ impl Drop {
             Drop::MapFull => NatCounter::DropMapFull,
             Drop::Unsupported => NatCounter::DropUnsupported,
             Drop::FragmentUnknown => NatCounter::DropFragmentUnknown,
+            Drop::BadChecksum => NatCounter::DropBadChecksum,
         }
     }
 }
@@ -516,6 +518,25 @@ pub fn headers<'t, P: Packet, T: Tables>(ctx: &P, t: &'t T) -> Res<Option<(EthIp
     }
 }
 
+/// Whether the IPv4 header checksum verifies, options (up to `l4`) included. Checked
+/// where the kernel has not checked it yet, before the packet touches any state.
+#[inline(always)]
+pub fn header_ok<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize) -> Res<bool> {
+    let mut acc = ip_header_sum(ip);
+    let mut off = IP_OFF + 20;
+    // At most 40 bytes of options, read a word at a time.
+    for _ in 0..10 {
+        if off >= l4 {
+            break;
+        }
+        let w: u32 = ctx.load(off).map_err(malformed)?;
+        let v = u32::from_be(w);
+        acc += (v >> 16) + (v & 0xffff);
+        off += 4;
+    }
+    Ok(csum::fold(acc) == 0xffff)
+}
+
 /// The fragment-table key of a packet (as it is before translation).
 #[inline(always)]
 fn frag_key(ip: &IpHdr) -> FragKey {
@@ -598,6 +619,10 @@ pub fn ingress<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
+    // A router discards these (RFC 1812 5.2.2); here, before they refresh any flow.
+    if !header_ok(ctx, &ip, l4)? {
+        return Err(Drop::BadChecksum);
+    }
     let first = ip.frag_offset() == 0;
     // (remote port, external port, TCP flags) of the packet.
     let (sport, dport, flags) = match ip.proto {
@@ -815,6 +840,10 @@ pub fn hairpin<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<bool> {
         return Err(Drop::Malformed);
     }
     let l4 = IP_OFF + ihl;
+    // The kernel drops it (its input path checks the header), untranslated.
+    if !header_ok(ctx, &ip, l4)? {
+        return Ok(false);
+    }
     let (p, flags) = ports(ctx, ip.proto, l4)?;
     // A port nobody owns is the router's own business.
     let Some(b) = t.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {

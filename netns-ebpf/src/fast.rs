@@ -23,7 +23,7 @@ use netns_common::translate::{self as nat, Res, Tables};
 
 use crate::{
     maps::{FAST_CONFIG, Maps, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
-    packet::{Action, Hook, Hooked, IP_CSUM_OFF, IP_OFF, IpHdr, TCP_CSUM, UDP_CSUM},
+    packet::{Action, Hook, Hooked, IP_CSUM_OFF, IP_OFF, IpHdr, TCP_CSUM, UDP_CSUM, ip_header_ok},
 };
 
 const AF_INET: u8 = 2;
@@ -204,6 +204,9 @@ fn outbound_fast<P: Hooked>(
     if let Err(why) = fast_ip(&facts(ip)) {
         return Ok(Err(why));
     }
+    if !ip_header_ok(ip) {
+        return Ok(Err(Slow::IpChecksum));
+    }
     let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
@@ -278,6 +281,9 @@ fn inbound_fast<P: Hooked>(
 ) -> Res<Result<Action, Slow>> {
     if let Err(why) = fast_ip(&facts(ip)) {
         return Ok(Err(why));
+    }
+    if !ip_header_ok(ip) {
+        return Ok(Err(Slow::IpChecksum));
     }
     let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
     if let Err(why) = checksum_complete(ctx, ip)? {

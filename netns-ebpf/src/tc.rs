@@ -40,6 +40,14 @@ impl Packet for Tc {
     fn len(&self) -> u32 {
         self.0.len()
     }
+
+    #[inline(always)]
+    fn other_vlan(&self) -> bool {
+        // Safety: reading fields of the skb the program was given.
+        let (present, tci) = unsafe { ((*self.0.skb.skb).vlan_present, (*self.0.skb.skb).vlan_tci) };
+        // VLAN 0 (a priority tag) is this interface's own traffic.
+        present != 0 && tci & 0x0fff != 0
+    }
 }
 
 impl Hooked for Tc {

@@ -272,6 +272,35 @@ proptest! {
     }
 }
 
+/// A header checksum that fails: dropped arriving (before it touches a flow), passed
+/// leaving (the kernel checked it on the way in), untouched by hairpinning.
+#[test]
+fn bad_header_checksums_are_dropped_before_any_state() {
+    let t = nat(4);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q")));
+    let (_, _, ip) = parse_frame(&out).unwrap();
+    let (ext_port, _) = ip.ports().unwrap();
+    let before = t.flows();
+    let mut reply = frame(LAN, EXT, &udp(53, ext_port, b"a"));
+    reply[packet::ETH_HLEN + 10] ^= 0x40;
+    assert_eq!(
+        run(&t, Step::Ingress, &reply),
+        (Err(Drop::BadChecksum), reply.clone())
+    );
+    assert_eq!(t.flows(), before, "no flow refreshed");
+    // With options too.
+    let mut opts = Ipv4::new(LAN, EXT);
+    opts.options = vec![1, 1, 1, 0];
+    let mut f = packet::frame(MAC_B, MAC_A, &opts, &udp(53, ext_port, b"a")).to_vec();
+    assert_eq!(run(&t, Step::Ingress, &f).0, Ok(Action::Pass));
+    f[packet::ETH_HLEN + 21] ^= 1;
+    assert_eq!(run(&t, Step::Ingress, &f).0, Err(Drop::BadChecksum));
+    let mut hp = frame(red, EXT, &tcp(4000, 80, TCP_SYN, b""));
+    hp[packet::ETH_HLEN + 10] ^= 1;
+    assert_eq!(run(&t, Step::Hairpin, &hp), (Ok(Action::Pass), hp.clone()));
+}
+
 /// Hairpinning: red to the external address's port 80 reaches blue from the external
 /// address, and blue's answer goes back to red the same way.
 #[test]
