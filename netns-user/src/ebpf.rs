@@ -54,6 +54,17 @@ pub enum EbpfError {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "the kernel's verifier refused eBPF program {name} ({reason}); the end of its log:\n{tail}\n\
+         (the whole log, {lines} lines: {path})"
+    )]
+    Verifier {
+        name: &'static str,
+        reason: io::Error,
+        tail: String,
+        lines: usize,
+        path: String,
+    },
     #[error("cannot attach {name} to {iface}: {source}")]
     Attach {
         name: &'static str,
@@ -312,6 +323,48 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
     res
 }
 
+/// An error of program `name`. A verifier refusal is made readable: its log's last lines
+/// (where the verifier says what it stopped at and why) in the message, the whole log,
+/// often thousands of lines, in a file.
+pub(crate) fn program_error(name: &'static str, source: aya::programs::ProgramError) -> EbpfError {
+    match source {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let file = std::env::temp_dir().join(format!("netns-nat-verifier-{name}.log"));
+            let path = match fs::write(&file, &log) {
+                Ok(()) => file.display().to_string(),
+                Err(e) => format!("not written to {}: {e}", file.display()),
+            };
+            let (tail, lines) = log_tail(&log, VERIFIER_TAIL);
+            EbpfError::Verifier {
+                name,
+                reason: io_error,
+                tail,
+                lines,
+                path,
+            }
+        }
+        source => EbpfError::Program { name, source },
+    }
+}
+
+/// Lines of a verifier log shown in an error.
+const VERIFIER_TAIL: usize = 12;
+
+/// The last `n` non-empty lines of a verifier log, indented, and how many lines it has.
+pub fn log_tail(log: &str, n: usize) -> (String, usize) {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (tail, lines.len())
+}
+
 /// Writes both entries of every port forward for external address `ext_addr`.
 pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
     bindings: &mut HashMap<T, BindingKey, Binding>,
@@ -359,20 +412,17 @@ fn attach(ebpf: &mut Ebpf, hooks: &[(&'static str, &str, TcAttachType)]) -> Resu
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
-            .map_err(|source| EbpfError::Program { name, source })?;
+            .map_err(|source| program_error(name, source))?;
         // One program may serve several interfaces: load it once.
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| program_error(name, source))?;
         }
         let id = prog.attach(iface, hook).map_err(|source| EbpfError::Attach {
             name,
             iface: iface.to_owned(),
             source,
         })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| EbpfError::Program { name, source })?;
+        let link = prog.take_link(id).map_err(|source| program_error(name, source))?;
         let link: FdLink = link.try_into().map_err(|e| EbpfError::Pin {
             path: PathBuf::from(name),
             detail: format!("not a TCX link ({e}); a kernel >= 6.6 is needed"),
@@ -566,7 +616,7 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
 
 /// Puts `ifaces` (of the current namespace) in the NAT's DEVMAP, keyed by ifindex: the
 /// ports XDP may redirect to.
-fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
+pub(crate) fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
     let map = ebpf
         .map_mut(MAP_NAT_DEVMAP)
         .ok_or(EbpfError::Missing(MAP_NAT_DEVMAP))?;
@@ -595,10 +645,9 @@ fn attach_xdp_links(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<V
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
-            .map_err(|source| EbpfError::Program { name, source })?;
+            .map_err(|source| program_error(name, source))?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| program_error(name, source))?;
         }
         let id = prog
             .attach(iface, XdpMode::Driver)
@@ -607,9 +656,7 @@ fn attach_xdp_links(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<V
                 iface: iface.to_owned(),
                 source,
             })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| EbpfError::Program { name, source })?;
+        let link = prog.take_link(id).map_err(|source| program_error(name, source))?;
         let link: FdLink = link.try_into().map_err(|e| EbpfError::Pin {
             path: PathBuf::from(name),
             detail: format!("not an XDP link ({e}); a kernel >= 5.9 is needed"),
@@ -691,4 +738,38 @@ pub fn attached_programs(ns: &str) -> Result<Vec<ProgramRuns>> {
     }
     out.sort_by(|a, b| a.label.cmp(&b.label));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verifier_refusal_shows_the_end_of_its_log_and_keeps_all_of_it() {
+        let log: String = (0..5000)
+            .map(|i| format!("{i}: (bf) r{} = r1\n", i % 10))
+            .collect::<String>()
+            + "\nBPF program is too large. Processed 1000001 insn\n\
+               processed 1000001 insns (limit 1000000) max_states_per_insn 34\n";
+        let e = program_error(
+            "test_prog",
+            aya::programs::ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(7),
+                verifier_log: aya_obj::VerifierLog::new(log.clone()),
+            },
+        );
+        let text = e.to_string();
+        assert!(text.contains("verifier refused eBPF program test_prog"), "{text}");
+        assert!(
+            text.contains("  processed 1000001 insns (limit 1000000)"),
+            "{text}"
+        );
+        assert!(text.contains("  4999: (bf) r9 = r1"), "{text}");
+        assert!(!text.contains("  0: (bf)"), "only the end: {text}");
+        assert!(text.contains("5002 lines"), "{text}");
+        let path = std::env::temp_dir().join("netns-nat-verifier-test_prog.log");
+        assert_eq!(fs::read_to_string(&path).unwrap(), log);
+        let _ = fs::remove_file(path);
+        assert!(text.lines().count() < 20, "short: {text}");
+    }
 }

@@ -19,7 +19,7 @@ use netns_common::{
 };
 
 use crate::{
-    ebpf::{EbpfError, StaticBinding, install_forwards, map_err, object},
+    ebpf::{EbpfError, StaticBinding, fill_devmap, install_forwards, map_err, object, program_error},
     netns,
 };
 
@@ -94,7 +94,7 @@ impl ProgBed {
                     aya::programs::Program::Xdp(p) => p.load(),
                     _ => continue,
                 };
-                loaded.map_err(|source| EbpfError::Program { name, source })?;
+                loaded.map_err(|source| program_error(name, source))?;
             }
             Ok(ebpf)
         })??;
@@ -106,13 +106,55 @@ impl ProgBed {
         self.ebpf.as_ref().expect("loaded in new()")
     }
 
+    /// The bed's namespace (where a test builds the interfaces a fast-path run needs).
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// Sets the fast path's configuration.
+    pub fn set_fast(&mut self, fast: FastConfig) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
+        let map = ebpf
+            .map_mut(MAP_FAST_CONFIG)
+            .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
+        let mut a: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
+        a.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))
+    }
+
+    /// Lets XDP redirect to `ifaces` (interfaces of the bed's namespace).
+    pub fn allow_xdp_redirect(&mut self, ifaces: &[&str]) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
+        netns::run_in(&self.ns, || fill_devmap(ebpf, ifaces.iter().copied()))?
+    }
+
     /// Runs program `name` (TC or XDP) once on `frame`.
     pub fn run(&self, name: &'static str, frame: &[u8]) -> Result<Outcome> {
+        self.run_on(name, frame, None)
+    }
+
+    /// Runs program `name` once on `frame` as if it arrived on interface `ifindex` of the
+    /// bed's namespace (the fast path learns it, and starts its FIB lookup from it).
+    pub fn run_on(&self, name: &'static str, frame: &[u8], ifindex: Option<u32>) -> Result<Outcome> {
         let prog = self.ebpf().program(name).ok_or(EbpfError::Missing(name))?;
         let mut out = vec![0u8; frame.len() + OUT_ROOM];
+        let ctx = ifindex.map(|i| match prog {
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+            // egress_ifindex (data_end must be the frame's length).
+            aya::programs::Program::Xdp(_) => [0, frame.len() as u32, 0, i, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect::<Vec<u8>>(),
+            // struct __sk_buff up to `ifindex` (offset 40), the rest zero.
+            _ => {
+                let mut c = vec![0u8; 44];
+                c[40..44].copy_from_slice(&i.to_ne_bytes());
+                c
+            }
+        });
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx.as_deref(),
             ..TestRunOptions::default()
         };
         let r = netns::run_in(&self.ns, || match prog {

@@ -419,6 +419,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         assert!(red_sock.recv_from(&mut b).is_err(), "red's socket got {what}");
     };
 
+    let start = counters(g.prefix());
     let bystander = Bystander::start(&g);
     let mut s = Suite {
         g: &g,
@@ -847,6 +848,13 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         checks.len(),
         checks.len()
     );
+    let end = counters(g.prefix());
+    let drops: Vec<String> = end
+        .iter()
+        .filter(|(k, v)| k.starts_with("drop_") && **v > start[*k])
+        .map(|(k, v)| format!("{k} {}", v - start[k]))
+        .collect();
+    text.push_str(&format!("\n  drops by reason: {}", drops.join(", ")));
     for o in &s.outcomes {
         text.push_str(&format!("\n  {} ({} frames): {}", o.kind, o.frames, o.result));
     }

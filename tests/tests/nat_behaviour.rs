@@ -448,6 +448,87 @@ fn a_port_range_of_eight_is_exhausted_and_recovers_after_expiry() {
     assert!((40000..=40007).contains(&last.port()), "{last}");
 }
 
+/// Small tables under a flood from both sides: new endpoints beyond the port range and
+/// flows beyond the table are dropped and counted, unsolicited traffic from outside creates
+/// nothing, an established flow keeps working throughout, and once everything has expired
+/// the tables drain to the forward's two static entries and take new flows again.
+#[test]
+fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
+    if !privileged("flood") {
+        return;
+    }
+    let cfg = lab_with(
+        "ports = \"40000-40015\"\nflows = 32\nbindings = 40\nsweep_interval_ms = 200\n\
+         timeouts = { udp = 2, allow_short = true }",
+    );
+    let g = LabGuard::up_with(&cfg, "fl", NatKind::Ebpf);
+    let _lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    let to = SocketAddrV4::new(LAN, 7001);
+    let kept = in_ns(&g.lab.ns("red"), || udp(47000));
+    echo(&kept, to, b"established").unwrap();
+    let before = nat_ebpf::stats(g.prefix()).unwrap().counters;
+    let n = |name: &str, c: &std::collections::BTreeMap<&str, u64>| c[name] - before[name];
+
+    // From inside: 100 new endpoints on blue (16 ports for them all) ...
+    let blue_socks: Vec<UdpSocket> = in_ns(&g.lab.ns("blue"), || (0..100).map(|i| udp(52000 + i)).collect());
+    for s in &blue_socks {
+        s.send_to(b"new", to).unwrap();
+    }
+    echo(&kept, to, b"still here").unwrap();
+    // ... and red's established endpoint to 60 new remote ports (32 flows in all).
+    for p in 0..60u16 {
+        kept.send_to(b"more", SocketAddrV4::new(LAN, 8000 + p)).unwrap();
+    }
+    echo(&kept, to, b"still here").unwrap();
+    // From outside: datagrams and SYNs to every port of the range and around it.
+    in_ns(&g.lab.ns("lan"), || {
+        let s = udp(0);
+        for p in 39990..40030u16 {
+            s.send_to(b"unsolicited", SocketAddrV4::new(UPLINK, p)).unwrap();
+            let _ = std::net::TcpStream::connect_timeout(
+                &SocketAddrV4::new(UPLINK, p).into(),
+                Duration::from_millis(20),
+            );
+        }
+    });
+    echo(&kept, to, b"still here").unwrap();
+    let c = nat_ebpf::stats(g.prefix()).unwrap().counters;
+    assert!(
+        n("drop_no_port", &c) >= 100 - 15,
+        "endpoints beyond the range: {}",
+        n("drop_no_port", &c)
+    );
+    assert!(n("drop_map_full", &c) >= 1, "flows beyond the table");
+    assert!(n("drop_unsolicited", &c) >= 1, "unsolicited to mapped ports");
+    assert!(n("in_unmapped", &c) >= 1, "unsolicited to free ports");
+    let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    assert!(
+        flows.len() <= 32 && bindings.len() <= 40,
+        "{} {}",
+        flows.len(),
+        bindings.len()
+    );
+
+    // Everything expires (2 s, a quarter more for bindings, then a sweep).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        if flows.is_empty() && bindings.iter().all(|(_, b)| b.is_static()) {
+            assert_eq!(bindings.len(), 2, "the forward's two entries stay");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after expiry: {} flows, {} bindings",
+            flows.len(),
+            bindings.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Capacity is back: a new endpoint gets a port.
+    echo(&blue_socks[99], to, b"room again").unwrap();
+}
+
 #[test]
 fn tiny_tables_under_pressure_never_keep_half_a_flow() {
     if !privileged("pressure") {

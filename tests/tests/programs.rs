@@ -5,8 +5,11 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use netns_common::{
-    fwd::{FAST_XDP, FastConfig},
-    names::{PROG_NAT_EGRESS, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT},
+    fwd::{FAST_TC, FAST_XDP, FastConfig},
+    names::{
+        PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_XDP_FAST_IN,
+        PROG_XDP_FAST_OUT,
+    },
     nat::{Flow, FlowKey, TcpState, addr_to_wire, port_to_wire},
 };
 use netns_tests::{prefix, privileged};
@@ -28,6 +31,8 @@ const MAC_B: Mac = [2, 0, 0, 0, 0, 2];
 const NEXT: i32 = -1;
 const SHOT: i32 = 2;
 const XDP_PASS: i32 = 2;
+const XDP_REDIRECT: i32 = 4;
+const TC_REDIRECT: i32 = 7;
 
 /// A bed with the reference lab's NAT (external address 192.168.1.2, forward of TCP 80 to
 /// blue), and the fast path as given.
@@ -610,4 +615,131 @@ fn fragmented_icmp_echo_is_translated_both_ways() {
     let want = packet::fragments(&with_ip(LAN, RED, 0x5555), &want_reply, 64);
     fragments_through(&bed, PROG_NAT_INGRESS, &frags, &want);
     assert_eq!(counters(&bed)["fragments"], 2 * (frags.len() as u64 - 1));
+}
+
+/// The fast path with a next hop: the bed's namespace gets a bridge port (`port0`) and an
+/// uplink (`up0`, 192.168.1.2/24, lan's MAC as a permanent neighbour), so that the FIB lookup,
+/// the MTU check and the redirect run for real. Outbound and inbound frames come out exactly
+/// as the builder makes them (MACs of the next hop, translated, TTL one less, checksums
+/// right) with the hook's redirect code; with the neighbour gone, the slow path takes over
+/// and the frame is untouched.
+fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
+    let tag = if xdp { "pfnx" } else { "pfnt" };
+    let Some(mut bed) = bed(tag, None) else {
+        return;
+    };
+    const LAN_MAC: Mac = [2, 0, 0, 0, 0, 3];
+    const GW_MAC: Mac = [2, 0, 0, 0, 0, 0xfe];
+    let ns = bed.namespace().to_owned();
+    let ip = |args: &[&str]| netns_tests::sh_in(&ns, "ip", args);
+    ip(&["link", "add", "port0", "type", "veth", "peer", "name", "host0"]);
+    ip(&["link", "add", "up0", "type", "veth", "peer", "name", "lan0"]);
+    for dev in ["port0", "host0", "up0", "lan0"] {
+        ip(&["link", "set", dev, "up"]);
+    }
+    ip(&["addr", "add", "192.168.1.2/24", "dev", "up0"]);
+    ip(&[
+        "neigh",
+        "replace",
+        "192.168.1.3",
+        "lladdr",
+        "02:00:00:00:00:03",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    let (port0, up0) = netns_user::netlink::in_ns(&ns, |r| async move {
+        Ok((r.link("port0").await?, r.link("up0").await?))
+    })
+    .unwrap();
+    bed.set_fast(FastConfig {
+        mode: if xdp { FAST_XDP } else { FAST_TC },
+        uplink_ifindex: up0.index,
+        gateway_mac: GW_MAC,
+        flags: 0,
+    })
+    .unwrap();
+    let (out_prog, in_prog, redirect, pass) = if xdp {
+        bed.allow_xdp_redirect(&["port0", "up0"]).unwrap();
+        (PROG_XDP_FAST_OUT, PROG_XDP_FAST_IN, XDP_REDIRECT, XDP_PASS)
+    } else {
+        (PROG_NAT_FAST_OUT, PROG_NAT_INGRESS, TC_REDIRECT, NEXT)
+    };
+    let fast = if xdp { "xdp" } else { "tc" };
+
+    // The flow's first packet, by the slow path.
+    let first = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &udp(45000, 7000, b"first")),
+    );
+    assert_frame(&first, &frame(EXT, LAN, &udp(45000, 7000, b"first")));
+
+    let from_red = |ttl: u8, payload: &[u8]| {
+        packet::frame(
+            GW_MAC,
+            MAC_A,
+            &Ipv4::new(RED, LAN).ttl(ttl),
+            &udp(45000, 7000, payload),
+        )
+        .to_vec()
+    };
+    let out = bed
+        .run_on(out_prog, &from_red(64, b"fast out"), Some(port0.index))
+        .unwrap();
+    assert_eq!(out.code, redirect, "redirected to the uplink");
+    let want = packet::frame(
+        LAN_MAC,
+        up0.mac,
+        &Ipv4::new(EXT, LAN).ttl(63),
+        &udp(45000, 7000, b"fast out"),
+    );
+    assert_frame(&out, &want);
+
+    let from_lan = packet::frame(
+        up0.mac,
+        LAN_MAC,
+        &Ipv4::new(LAN, EXT),
+        &udp(7000, 45000, b"fast in"),
+    )
+    .to_vec();
+    let back = bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap();
+    assert_eq!(back.code, redirect, "redirected to red's port");
+    let want = packet::frame(
+        MAC_A,
+        GW_MAC,
+        &Ipv4::new(LAN, RED).ttl(63),
+        &udp(7000, 45000, b"fast in"),
+    );
+    assert_frame(&back, &want);
+    let c = counters(&bed);
+    assert_eq!(
+        (c[&*format!("fast_out_{fast}")], c[&*format!("fast_in_{fast}")]),
+        (1, 1),
+        "{c:?}"
+    );
+
+    // TTL 1: the router owes red a time exceeded: the slow path, untouched.
+    let f = from_red(1, b"ttl");
+    let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
+    assert_eq!((o.code, &o.frame), (pass, &f));
+    // No neighbour for the next hop: the slow path (the kernel resolves it), untouched.
+    ip(&["neigh", "del", "192.168.1.3", "dev", "up0"]);
+    let f = from_red(64, b"no neighbour");
+    let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
+    assert_eq!((o.code, &o.frame), (pass, &f));
+    let c = counters(&bed);
+    assert_eq!((c["slow_ttl"], c["slow_no_neighbour"]), (1, 1), "{c:?}");
+}
+
+#[test]
+fn the_fast_path_rewrites_and_redirects_to_the_next_hop_tc() {
+    the_fast_path_rewrites_and_redirects_to_the_next_hop(false);
+}
+
+#[test]
+fn the_fast_path_rewrites_and_redirects_to_the_next_hop_xdp() {
+    the_fast_path_rewrites_and_redirects_to_the_next_hop(true);
 }
