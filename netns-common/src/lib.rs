@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod csum;
+pub mod filter;
 pub mod fwd;
 #[cfg(any(test, feature = "host"))]
 pub mod host;

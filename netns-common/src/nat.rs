@@ -343,7 +343,7 @@ pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> O
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcpState {
-    /// No packet seen (never stored).
+    /// No segment that moves the machine seen yet.
     None = 0,
     /// SYN seen from inside only.
     SynOut = 1,
@@ -370,6 +370,22 @@ impl TcpState {
             6 => TcpState::Closed,
             _ => TcpState::None,
         }
+    }
+
+    /// Every state, in code order.
+    pub const ALL: [TcpState; 7] = [
+        TcpState::None,
+        TcpState::SynOut,
+        TcpState::SynIn,
+        TcpState::Established,
+        TcpState::FinOut,
+        TcpState::FinIn,
+        TcpState::Closed,
+    ];
+
+    /// The state called `name` (as [`TcpState::name`] writes it).
+    pub fn from_name(name: &str) -> Option<TcpState> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
     pub const fn name(self) -> &'static str {
@@ -568,7 +584,9 @@ mod tests {
     proptest! {
         #[test]
         fn state_codes_round_trip(v in 0u8..=6) {
-            prop_assert_eq!(TcpState::from_u8(v) as u8, v);
+            let s = TcpState::from_u8(v);
+            prop_assert_eq!(s as u8, v);
+            prop_assert_eq!(TcpState::from_name(s.name()), Some(s));
         }
 
         #[test]

@@ -4,6 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use netns_common::{
+    filter::EntryFilter,
+    nat::{TcpState, addr_to_wire, port_to_wire},
+};
 use netns_user::{
     bench,
     config::LabConfig,
@@ -81,20 +85,78 @@ enum Command {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
-    /// List the eBPF NAT's live flows and mappings (its BPF conntrack tables).
+    /// The eBPF NAT's conntrack tables, like conntrack(8): list, count, delete or watch its
+    /// flows and mappings.
+    ///
+    /// Filters select entries by what is on any side of them (internal, external or remote):
+    /// --proto, --addr, --port; --state and --origin select flows only. Examples:
+    ///
+    ///   netns-nat conntrack --proto tcp --state established
+    ///
+    ///   netns-nat conntrack --addr 192.168.15.1 --count
+    ///
+    ///   netns-nat conntrack --port 7001 --delete
+    ///
+    ///   netns-nat conntrack --watch --for 10
     Conntrack {
         #[command(flatten)]
         prefix: PrefixArg,
-        /// Machine-readable output (field names in the README).
+        /// Machine-readable output (field names in the README; with --watch one JSON object
+        /// per line).
         #[arg(long)]
         json: bool,
+        /// Only this protocol.
+        #[arg(long, value_enum)]
+        proto: Option<ProtoArg>,
+        /// Only entries with this IPv4 address on any side.
+        #[arg(long)]
+        addr: Option<std::net::Ipv4Addr>,
+        /// Only entries with this port (or ICMP echo identifier) on any side.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only TCP flows in this state: none, syn_out, syn_in, established, fin_out, fin_in,
+        /// closed.
+        #[arg(long, value_parser = parse_tcp_state)]
+        state: Option<TcpState>,
+        /// Only flows opened from inside (outbound) or from outside (inbound).
+        #[arg(long, value_enum)]
+        origin: Option<OriginArg>,
+        /// Print how many flows and mappings the filters select.
+        #[arg(long, conflicts_with_all = ["delete", "flush", "watch"])]
+        count: bool,
+        /// Delete the selected flows and mappings (a mapping goes with both of its entries
+        /// and every flow that uses it; port forwards stay). Needs at least one filter.
+        #[arg(long, conflicts_with_all = ["flush", "watch"])]
+        delete: bool,
+        /// Delete every flow and mapping except the port forwards.
+        #[arg(long, conflicts_with_all = ["watch", "proto", "addr", "port", "state", "origin"])]
+        flush: bool,
+        /// Print flows and mappings as they appear and go ([NEW], [DESTROY]), until Ctrl-C
+        /// (or --for).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many seconds.
+        #[arg(long = "for", value_name = "SECS", requires = "watch")]
+        watch_for: Option<f64>,
     },
     /// Show the NAT's counters (eBPF labs) and the uplink's packet counters (every lab).
+    ///
+    /// With --watch: the counters and their rates per second, refreshed in place every
+    /// --interval seconds until Ctrl-C (or --for); with --json, one JSON object per refresh.
     Stats {
         #[command(flatten)]
         prefix: PrefixArg,
         #[arg(long)]
         json: bool,
+        /// Refresh, with rates per second.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// With --watch: stop after this many seconds.
+        #[arg(long = "for", value_name = "SECS", requires = "watch")]
+        watch_for: Option<f64>,
     },
     /// Benchmark every NAT backend side by side: forwarding rate and CPU per packet at full
     /// offered rate (1 and many flows, 1 and one generator thread per CPU), TCP throughput,
@@ -251,7 +313,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("cannot run {:?}: {err}", command[0]);
         }
-        Command::Conntrack { prefix, json } => {
+        Command::Conntrack {
+            prefix,
+            json,
+            proto,
+            addr,
+            port,
+            state,
+            origin,
+            count,
+            delete,
+            flush,
+            watch,
+            watch_for,
+        } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
             if lab.state.nat != NatKind::Ebpf {
@@ -263,9 +338,68 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     prefix.prefix
                 );
             }
-            let flows = nat_ebpf::live_flows(&prefix.prefix)?;
-            let mappings = nat_ebpf::mappings(&prefix.prefix)?;
-            if json {
+            let filter = EntryFilter {
+                proto: proto.map(ProtoArg::number),
+                addr: addr.map(addr_to_wire),
+                port: port.map(port_to_wire),
+                state,
+                origin: origin.map(OriginArg::code),
+            };
+            let p = &prefix.prefix;
+            if delete || flush {
+                if delete && filter == EntryFilter::default() {
+                    bail!(
+                        "--delete needs a filter (--proto, --addr, --port, --state, --origin); \
+                         --flush deletes everything"
+                    );
+                }
+                let gone = nat_ebpf::delete(p, &filter)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&gone)?);
+                } else {
+                    println!(
+                        "deleted {} flows and {} mappings{}",
+                        gone.flows,
+                        gone.mappings,
+                        if gone.forwards_kept > 0 {
+                            format!(
+                                " ({} port forwards kept: they are the lab's configuration)",
+                                gone.forwards_kept
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if watch {
+                let until = watch_for.map(|s| std::time::Instant::now() + Duration::from_secs_f64(s));
+                let go_on = || until.is_none_or(|u| std::time::Instant::now() < u);
+                nat_ebpf::watch(p, &filter, Duration::from_millis(100), go_on, |e| {
+                    if json {
+                        println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    } else {
+                        println!("{}", event_line(&e));
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let flows = nat_ebpf::live_flows_where(p, &filter)?;
+            let mappings = if filter.flows_only() {
+                Vec::new()
+            } else {
+                nat_ebpf::mappings_where(p, &filter)?
+            };
+            if count {
+                if json {
+                    let out = serde_json::json!({ "flows": flows.len(), "mappings": mappings.len() });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    println!("{} flows, {} mappings", flows.len(), mappings.len());
+                }
+            } else if json {
                 let out = serde_json::json!({ "flows": flows, "mappings": mappings });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -300,14 +434,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Stats { prefix, json } => {
+        Command::Stats {
+            prefix,
+            json,
+            watch,
+            interval,
+            watch_for,
+        } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
-            let out = if lab.state.nat == NatKind::Ebpf {
-                serde_json::to_value(nat_ebpf::stats(&prefix.prefix)?)?
-            } else {
-                serde_json::json!({ "uplink": netns_user::ebpf::read_uplink_counters(&prefix.prefix)? })
+            let read = || -> Result<serde_json::Value> {
+                Ok(if lab.state.nat == NatKind::Ebpf {
+                    serde_json::to_value(nat_ebpf::stats(&prefix.prefix)?)?
+                } else {
+                    serde_json::json!({ "uplink": netns_user::ebpf::read_uplink_counters(&prefix.prefix)? })
+                })
             };
+            if watch {
+                if !(0.05..=3600.0).contains(&interval) {
+                    bail!("--interval {interval}: give 0.05 to 3600 seconds");
+                }
+                let until = watch_for.map(|s| std::time::Instant::now() + Duration::from_secs_f64(s));
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                let mut before = (std::time::Instant::now(), flatten(&read()?));
+                while until.is_none_or(|u| std::time::Instant::now() < u) {
+                    std::thread::sleep(Duration::from_secs_f64(interval));
+                    let now = (std::time::Instant::now(), flatten(&read()?));
+                    let dt = now.0.duration_since(before.0).as_secs_f64();
+                    let per_s = rates(&before.1, &now.1, dt);
+                    if json {
+                        let out = serde_json::json!({ "interval_s": dt, "totals": now.1, "per_s": per_s });
+                        println!("{}", serde_json::to_string(&out)?);
+                    } else {
+                        // In place on a terminal; one block after another into a file or pipe.
+                        print!("{}", if tty { "\x1b[H\x1b[2J" } else { "\n" });
+                        println!("{:<32} {:>16} {:>14}", "counter", "total", "per second");
+                        for (name, total) in &now.1 {
+                            if *total != 0 || per_s[name] != 0.0 {
+                                println!("{name:<32} {total:>16} {:>14.1}", per_s[name]);
+                            }
+                        }
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    before = now;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let out = read()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -431,6 +604,49 @@ fn print_summary(lab: &Lab) {
     println!("  netns-nat down --prefix {p}");
 }
 
+/// Every number in a `stats` object by its dotted path (`counters.out_udp`, `flows`, ...).
+fn flatten(v: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut std::collections::BTreeMap<String, u64>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, &p, out);
+                }
+            }
+            serde_json::Value::Number(n) => {
+                if let Some(n) = n.as_u64() {
+                    out.insert(path.to_owned(), n);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// Change per second of each number between two readings `dt` seconds apart (a counter
+/// that went down, e.g. live flows, gives a negative rate).
+fn rates(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    dt: f64,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (k.clone(), (*v as f64 - b as f64) / dt.max(1e-9))
+        })
+        .collect()
+}
+
 fn print_stats(v: &serde_json::Value) {
     if let Some(c) = v.get("counters").and_then(|c| c.as_object()) {
         println!("eBPF NAT counters:");
@@ -499,5 +715,84 @@ fn print_status(s: &LabStatus) {
             "  uplink counters (eBPF): in {} pkts / {} B, out {} pkts / {} B",
             c.ingress_packets, c.ingress_bytes, c.egress_packets, c.egress_bytes
         );
+    }
+}
+
+/// `--proto` of `conntrack`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl ProtoArg {
+    fn number(self) -> u8 {
+        match self {
+            ProtoArg::Tcp => netns_common::nat::PROTO_TCP,
+            ProtoArg::Udp => netns_common::nat::PROTO_UDP,
+            ProtoArg::Icmp => netns_common::nat::PROTO_ICMP,
+        }
+    }
+}
+
+/// `--origin` of `conntrack`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OriginArg {
+    Outbound,
+    Inbound,
+}
+
+impl OriginArg {
+    fn code(self) -> u8 {
+        match self {
+            OriginArg::Outbound => netns_common::nat::ORIGIN_OUTBOUND,
+            OriginArg::Inbound => netns_common::nat::ORIGIN_INBOUND,
+        }
+    }
+}
+
+fn parse_tcp_state(s: &str) -> Result<TcpState, String> {
+    TcpState::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown TCP state {s:?}; one of {}", names.join(", "))
+    })
+}
+
+/// One line of `conntrack --watch`.
+fn event_line(e: &nat_ebpf::ConntrackEvent) -> String {
+    let tag = if e.event == "new" { "[NEW]" } else { "[DESTROY]" };
+    match (&e.flow, &e.mapping) {
+        (Some(f), _) => format!(
+            "{tag:<9} flow    {:<4} {} -> {} as {} {} {}",
+            f.protocol, f.internal, f.remote, f.external, f.state, f.origin
+        ),
+        (_, Some(m)) => format!(
+            "{tag:<9} mapping {:<4} {} <-> {}{}",
+            m.protocol,
+            m.internal,
+            m.external,
+            if m.is_static { " static" } else { "" }
+        ),
+        _ => tag.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_flatten_to_dotted_paths_and_rates_per_second() {
+        let a = serde_json::json!({ "counters": { "out_udp": 10, "in_udp": 4 }, "flows": 3, "uplink": { "ingress_packets": 100 } });
+        let b = serde_json::json!({ "counters": { "out_udp": 30, "in_udp": 4 }, "flows": 1, "uplink": { "ingress_packets": 150 } });
+        let (fa, fb) = (flatten(&a), flatten(&b));
+        assert_eq!(fa["counters.out_udp"], 10);
+        assert_eq!(fa["uplink.ingress_packets"], 100);
+        let r = rates(&fa, &fb, 2.0);
+        assert_eq!(r["counters.out_udp"], 10.0);
+        assert_eq!(r["counters.in_udp"], 0.0);
+        assert_eq!(r["flows"], -1.0);
+        assert_eq!(r["uplink.ingress_packets"], 25.0);
     }
 }
