@@ -6,6 +6,7 @@ pub mod config;
 pub mod ebpf;
 pub mod ethtool;
 pub mod lab;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -139,6 +139,21 @@ enum Command {
         #[arg(long = "for", value_name = "SECS", requires = "watch")]
         watch_for: Option<f64>,
     },
+    /// Serve the lab's NAT as Prometheus metrics (OpenMetrics text at /metrics): every
+    /// counter, conntrack occupancy per protocol and TCP state, port-range use, table
+    /// pressure, the uplink's counters. Runs until stopped (Ctrl-C).
+    ///
+    /// Example: netns-nat metrics --listen 127.0.0.1:9464, then curl 127.0.0.1:9464/metrics
+    Metrics {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// Print the metrics once and exit, instead of serving them.
+        #[arg(long)]
+        once: bool,
+    },
     /// Show the NAT's counters (eBPF labs) and the uplink's packet counters (every lab).
     ///
     /// With --watch: the counters and their rates per second, refreshed in place every
@@ -432,6 +447,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         m.protocol, m.internal, m.external
                     );
                 }
+            }
+        }
+        Command::Metrics { prefix, listen, once } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            if once {
+                print!("{}", netns_user::metrics::scrape(&lab)?);
+            } else {
+                eprintln!(
+                    "serving the metrics of lab {:?} on http://{listen}/metrics",
+                    prefix.prefix
+                );
+                netns_user::metrics::serve(&lab, listen)?;
             }
         }
         Command::Stats {

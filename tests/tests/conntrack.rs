@@ -244,3 +244,133 @@ fn filters_count_delete_flush_and_watch() {
     // Traffic goes on, with new flows.
     assert!(udp_echo(&red, SocketAddrV4::new(LAN, 7001), b"after flush"));
 }
+
+/// Kills a background `netns-nat` when the test ends, whatever happens.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` from 127.0.0.1:`port` inside namespace `ns`: (status line, body).
+fn http_get(ns: &str, port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_owned(), body.to_owned()))
+    })
+}
+
+/// Prometheus text, checked line by line: `# HELP`/`# TYPE`, samples `name{labels} value`,
+/// and `# EOF` last. Samples by `name{labels}`.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "OpenMetrics ends with # EOF");
+    for l in &lines[..lines.len() - 1] {
+        if l.starts_with("# HELP ") || l.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = l
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {l:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "metric name {name:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "labels of {l:?}");
+            for pair in series[name_end + 1..series.len() - 1].split(',') {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("label {pair:?}"));
+                assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{k:?}");
+                assert!(v.starts_with('"') && v.ends_with('"'), "{v:?}");
+            }
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("value of {l:?}"));
+        assert!(out.insert(series.to_owned(), v).is_none(), "{series} twice");
+    }
+    out
+}
+
+#[test]
+fn metrics_over_http_parse_and_agree_with_stats() {
+    if !privileged("metrics") {
+        return;
+    }
+    let g = LabGuard::up("met", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let lan = g.lab.ns("lan");
+    let _echo = UdpEcho::start(&lan, &[7001]);
+    let red = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47005)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for i in 0..5 {
+        assert!(udp_echo(
+            &red,
+            SocketAddrV4::new(LAN, 7001),
+            format!("m{i}").as_bytes()
+        ));
+    }
+    // Served inside the lab (lan's loopback), so the test touches nothing of the machine's.
+    let _server = Killed(
+        netns_user::netns::command(&lan, bin())
+            .unwrap()
+            .args(["metrics", "--prefix", &p, "--listen", "127.0.0.1:9464"])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        if let Some(r) = http_get(&lan, 9464, "/metrics") {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the metrics server answers");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains("200"), "{status}");
+    let m = parse_metrics(&body);
+    let stats = json(&["stats", "--prefix", &p, "--json"]);
+    for (name, v) in stats["counters"].as_object().unwrap() {
+        let key = format!("netns_nat_events_total{{name=\"{name}\"}}");
+        assert_eq!(m.get(&key).copied(), v.as_f64(), "{key}");
+    }
+    let sum = |prefix: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(sum("netns_nat_flows{"), stats["flows"].as_f64().unwrap());
+    assert_eq!(sum("netns_nat_mappings{"), stats["mappings"].as_f64().unwrap());
+    assert_eq!(m["netns_nat_ports_in_use{proto=\"udp\"}"], 1.0);
+    assert_eq!(
+        m["netns_nat_mappings{proto=\"tcp\",kind=\"static\"}"], 1.0,
+        "the forward"
+    );
+    assert_eq!(m["netns_nat_ports_available{proto=\"udp\"}"], 65535.0);
+    assert_eq!(m["netns_nat_table_capacity{table=\"flows\"}"], 262_144.0);
+    assert_eq!(
+        m["netns_nat_uplink_packets_total{direction=\"out\"}"],
+        stats["uplink"]["egress_packets"].as_f64().unwrap()
+    );
+    let (status, _) = http_get(&lan, 9464, "/nothing").unwrap();
+    assert!(status.contains("404"), "{status}");
+    // --once prints the same families.
+    let once = run(&["metrics", "--prefix", &p, "--once"]);
+    assert!(once.status.success());
+    assert!(
+        parse_metrics(&String::from_utf8_lossy(&once.stdout))
+            .contains_key("netns_nat_events_total{name=\"new_flows\"}")
+    );
+}

@@ -253,6 +253,11 @@ fn config_map(prefix: &str) -> Result<Array<MapData, NatConfig>, NatError> {
     Array::try_from(ebpf::pinned_map(prefix, MAP_NAT_CONFIG)?).map_err(map_err(prefix, MAP_NAT_CONFIG))
 }
 
+/// The configuration the programs run with now.
+pub fn running_config(prefix: &str) -> Result<NatConfig, NatError> {
+    read_config(prefix)
+}
+
 fn read_config(prefix: &str) -> Result<NatConfig, NatError> {
     config_map(prefix)?
         .get(&0, 0)
