@@ -73,6 +73,12 @@ pub enum ConfigError {
     BadForwardPort(u16),
     #[error("[[nat.forward]] {protocol} port {port} is declared twice")]
     DuplicateForward { protocol: L4Proto, port: u16 },
+    #[error("[[nat.forward]] {protocol} port {port} goes to {to}, which is in no internal prefix of [nat]")]
+    ForwardOutside {
+        protocol: L4Proto,
+        port: u16,
+        to: std::net::SocketAddrV4,
+    },
     #[error("[nat.ebpf] {0}")]
     BadEbpfNat(String),
     #[error("lab prefix {prefix:?} {why}")]
@@ -120,7 +126,7 @@ impl fmt::Display for Cidr {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum L4Proto {
     Tcp,
@@ -574,6 +580,13 @@ impl LabConfig {
                         port: f.port,
                     });
                 }
+                if !nat.internal.iter().any(|n| n.0.contains(*f.to.ip())) {
+                    return Err(ConfigError::ForwardOutside {
+                        protocol: f.protocol,
+                        port: f.port,
+                        to: f.to,
+                    });
+                }
             }
             nat.ebpf.validate()?;
         }
@@ -822,6 +835,13 @@ mod tests {
         let mut cfg = LabConfig::reference();
         cfg.nat.as_mut().unwrap().forwards[0].port = 0;
         assert!(matches!(cfg.validate(), Err(ConfigError::BadForwardPort(0))));
+
+        // A forward must lead inside: the NAT translates replies of internal hosts only.
+        let mut cfg = LabConfig::reference();
+        cfg.nat.as_mut().unwrap().forwards[0].to = "192.168.1.3:80".parse().unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::ForwardOutside { port: 80, .. }), "{err}");
+        assert!(err.to_string().contains("192.168.1.3:80"), "{err}");
 
         let mut cfg = LabConfig::reference();
         cfg.veths[2].a.addresses.clear();

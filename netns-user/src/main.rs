@@ -139,6 +139,14 @@ enum Command {
         #[arg(long = "for", value_name = "SECS", requires = "watch")]
         watch_for: Option<f64>,
     },
+    /// Port forwards of a running eBPF NAT, changed live through its maps (no flow of any
+    /// other forward or mapping is touched) and recorded in the lab's stored configuration.
+    ///
+    /// Example: netns-nat forward add --proto tcp --port 8080 --to 192.168.15.1:8080
+    Forward {
+        #[command(subcommand)]
+        action: ForwardCmd,
+    },
     /// Serve the lab's NAT as Prometheus metrics (OpenMetrics text at /metrics): every
     /// counter, conntrack occupancy per protocol and TCP state, port-range use, table
     /// pressure, the uplink's counters. Runs until stopped (Ctrl-C).
@@ -449,6 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Forward { action } => forward(action)?,
         Command::Metrics { prefix, listen, once } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
@@ -823,4 +832,118 @@ mod tests {
         assert_eq!(r["flows"], -1.0);
         assert_eq!(r["uplink.ingress_packets"], 25.0);
     }
+}
+
+/// `netns-nat forward ...`.
+#[derive(Subcommand)]
+enum ForwardCmd {
+    /// Forward PROTO port PORT of the uplink's address to TO (an internal address:port).
+    Add {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        #[arg(long, value_enum)]
+        proto: netns_user::config::L4Proto,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        to: std::net::SocketAddrV4,
+    },
+    /// Remove the forward of PROTO port PORT (and the connections that came in through it).
+    Del {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        #[arg(long, value_enum)]
+        proto: netns_user::config::L4Proto,
+        #[arg(long)]
+        port: u16,
+    },
+    /// The lab's forwards, and whether each is live in the NAT's maps.
+    List {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn forward(cmd: ForwardCmd) -> Result<()> {
+    use netns_user::config::ForwardSpec;
+    let p = match &cmd {
+        ForwardCmd::Add { prefix, .. } | ForwardCmd::Del { prefix, .. } | ForwardCmd::List { prefix, .. } => {
+            prefix.prefix.clone()
+        }
+    };
+    lab::require_root()?;
+    let mut lab = Lab::open(&p)?;
+    if lab.state.nat != NatKind::Ebpf {
+        bail!(
+            "lab {p:?} uses {} NAT: live forwards are for the eBPF NAT (its forwards are the lab \
+             file's [[nat.forward]])",
+            lab.state.nat
+        );
+    }
+    let mut config = lab.config.clone();
+    let nat = config.nat.as_mut().context("the lab has no [nat] section")?;
+    match cmd {
+        ForwardCmd::Add { proto, port, to, .. } => {
+            let f = ForwardSpec {
+                protocol: proto,
+                port,
+                to,
+            };
+            nat.forwards.push(f.clone());
+            // The whole configuration must stay valid (ports, duplicates, internal target).
+            config.validate()?;
+            nat_ebpf::add_forward(&p, &f)?;
+            lab.store_config(config)?;
+            println!("forwarding {proto} port {port} of lab {p:?} to {to}");
+        }
+        ForwardCmd::Del { proto, port, .. } => {
+            let to = nat_ebpf::del_forward(&p, proto, port)?;
+            nat.forwards.retain(|f| !(f.protocol == proto && f.port == port));
+            lab.store_config(config)?;
+            println!("removed the forward of {proto} port {port} (to {to})");
+        }
+        ForwardCmd::List { json, .. } => {
+            let live = nat_ebpf::mappings(&p)?;
+            let ext = lab.config.uplink_address();
+            let rows: Vec<serde_json::Value> = nat
+                .forwards
+                .iter()
+                .map(|f| {
+                    let external = ext.map(|a| format!("{a}:{}", f.port)).unwrap_or_default();
+                    let is_live = live.iter().any(|m| {
+                        m.is_static && m.protocol == f.protocol.to_string() && m.internal == f.to.to_string()
+                    });
+                    serde_json::json!({
+                        "protocol": f.protocol.to_string(),
+                        "port": f.port,
+                        "to": f.to.to_string(),
+                        "external": external,
+                        "live": is_live,
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no port forwards");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<4} {:>5} -> {:<21} {}",
+                        r["protocol"].as_str().unwrap_or(""),
+                        r["port"],
+                        r["to"].as_str().unwrap_or(""),
+                        if r["live"] == true {
+                            ""
+                        } else {
+                            "(not in the maps!)"
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

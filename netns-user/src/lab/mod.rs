@@ -229,6 +229,16 @@ impl Lab {
         self.save()
     }
 
+    /// Replaces the lab's stored configuration (what `status`, `down` and a later `up
+    /// --resume` read) with `config`, once it validates: a live change is recorded only when
+    /// it is whole and applied.
+    pub fn store_config(&mut self, config: LabConfig) -> Result<()> {
+        let path = state_dir(self.prefix()).join("lab.toml");
+        fs::write(&path, config.to_toml()).map_err(|e| state_err(&path, e))?;
+        self.config = config;
+        Ok(())
+    }
+
     fn save(&self) -> Result<()> {
         let path = state_dir(self.prefix()).join("state.json");
         let text = serde_json::to_string_pretty(&self.state).expect("lab state serialises");

@@ -1,5 +1,6 @@
-//! `netns-nat conntrack` as conntrack(8): filters, `--count`, `--delete`, `--flush` and
-//! `--watch`, run through the binary against a live eBPF lab with real flows.
+//! Operating a running eBPF NAT through the binary, against live labs with real flows:
+//! `conntrack` as conntrack(8) (filters, `--count`, `--delete`, `--flush`, `--watch`),
+//! `stats --watch`, `metrics` over HTTP, and port forwards added and removed live.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -373,4 +374,144 @@ fn metrics_over_http_parse_and_agree_with_stats() {
         parse_metrics(&String::from_utf8_lossy(&once.stdout))
             .contains_key("netns_nat_events_total{name=\"new_flows\"}")
     );
+}
+
+/// A TCP echo server on `port` in namespace `ns`, for the connections of one test.
+fn tcp_echo_server(ns: &str, port: u16) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let listener = in_ns(ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Sends a block on `s` and checks it comes back.
+fn still_echoes(s: &mut TcpStream, round: u8) {
+    use std::io::{Read, Write};
+    let block = vec![round; 1500];
+    s.write_all(&block).unwrap();
+    let mut back = vec![0u8; block.len()];
+    s.read_exact(&mut back)
+        .expect("the other connection keeps flowing");
+    assert_eq!(back, block);
+}
+
+/// Connects from lan to the external address's `port`: whether it was answered.
+fn lan_connects(g: &LabGuard, port: u16) -> bool {
+    in_ns(&g.lab.ns("lan"), || {
+        TcpStream::connect_timeout(
+            &SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), port).into(),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    })
+}
+
+#[test]
+fn forwards_added_and_removed_live() {
+    if !privileged("live_forwards") {
+        return;
+    }
+    let g = LabGuard::up("fwd", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    // A connection that must not notice anything: red to lan.
+    let _lan_server = tcp_echo_server(&g.lab.ns("lan"), 7100);
+    let mut other = in_ns(&g.lab.ns("red"), || {
+        TcpStream::connect(SocketAddrV4::new(LAN, 7100)).unwrap()
+    });
+    other.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    still_echoes(&mut other, 1);
+    // red serves on 8080, which nobody outside can reach yet.
+    let _red_server = tcp_echo_server(&g.lab.ns("red"), 8080);
+    assert!(!lan_connects(&g, 8080), "not forwarded yet");
+
+    let out = run(&[
+        "forward",
+        "add",
+        "--prefix",
+        &p,
+        "--proto",
+        "tcp",
+        "--port",
+        "8080",
+        "--to",
+        "192.168.15.1:8080",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lan_connects(&g, 8080), "the new forward answers");
+    still_echoes(&mut other, 2);
+    let list = json(&["forward", "list", "--prefix", &p, "--json"]);
+    let rows = list.as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["port"] == 8080 && r["to"] == "192.168.15.1:8080" && r["live"] == true),
+        "{list}"
+    );
+    assert!(
+        rows.iter().any(|r| r["port"] == 80 && r["live"] == true),
+        "the lab's own forward: {list}"
+    );
+    // The lab's stored configuration follows what runs.
+    let stored = netns_user::lab::Lab::open(&p).unwrap().config;
+    assert!(stored.nat.unwrap().forwards.iter().any(|f| f.port == 8080));
+
+    // Refused, whole, and nothing changes: a duplicate, a target outside, a port a mapping holds.
+    let refused = |args: &[&str], why: &str| {
+        let mut a = vec!["forward", "add", "--prefix", &p];
+        a.extend_from_slice(args);
+        let out = run(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+    };
+    refused(
+        &["--proto", "tcp", "--port", "8080", "--to", "192.168.15.2:8080"],
+        "declared twice",
+    );
+    refused(
+        &["--proto", "tcp", "--port", "8081", "--to", "192.168.1.3:80"],
+        "no internal prefix",
+    );
+    let held = json(&["conntrack", "--prefix", &p, "--json", "--port", "7100"])["flows"][0]["external"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    refused(
+        &["--proto", "tcp", "--port", &held, "--to", "192.168.15.2:9000"],
+        "held by the mapping",
+    );
+    let after = netns_user::lab::Lab::open(&p).unwrap().config;
+    assert_eq!(
+        after.nat.unwrap().forwards.len(),
+        2,
+        "nothing recorded for refused changes"
+    );
+
+    let out = run(&[
+        "forward", "del", "--prefix", &p, "--proto", "tcp", "--port", "8080",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!lan_connects(&g, 8080), "a removed forward stops answering");
+    still_echoes(&mut other, 3);
+    let out = run(&[
+        "forward", "del", "--prefix", &p, "--proto", "tcp", "--port", "8080",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tcp port 8080 is forwarded"));
+    let stored = netns_user::lab::Lab::open(&p).unwrap().config;
+    assert!(!stored.nat.unwrap().forwards.iter().any(|f| f.port == 8080));
+    // The lab still passes its acceptance exchanges (the forward to blue:80 included).
+    let checks = netns_user::probe::check(&g.lab, Duration::from_secs(3)).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
 }
