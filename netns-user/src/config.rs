@@ -840,7 +840,10 @@ mod tests {
         let mut cfg = LabConfig::reference();
         cfg.nat.as_mut().unwrap().forwards[0].to = "192.168.1.3:80".parse().unwrap();
         let err = cfg.validate().unwrap_err();
-        assert!(matches!(err, ConfigError::ForwardOutside { port: 80, .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::ForwardOutside { port: 80, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("192.168.1.3:80"), "{err}");
 
         let mut cfg = LabConfig::reference();

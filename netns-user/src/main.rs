@@ -747,6 +747,30 @@ fn print_status(s: &LabStatus) {
             println!("    {line}");
         }
     }
+    if let Some(e) = &s.ebpf {
+        let t: Vec<String> = e.timeouts.iter().map(|(k, v)| format!("{k} {v}s")).collect();
+        println!("  timeouts: {}", t.join(", "));
+        for (name, u) in &e.tables {
+            println!(
+                "  table {name}: {} live of {} entries, capacity {}",
+                u.live, u.entries, u.capacity
+            );
+        }
+        println!(
+            "  forwards: {}",
+            if e.forwards.is_empty() {
+                "none".to_owned()
+            } else {
+                e.forwards.join(", ")
+            }
+        );
+        match e.sweeper_pid {
+            Some(pid) => println!("  sweeper: running (pid {pid})"),
+            None => println!(
+                "  sweeper: NOT RUNNING (expired entries are not deleted; their ports are still reused)"
+            ),
+        }
+    }
     if let Some(c) = &s.uplink_counters {
         println!(
             "  uplink counters (eBPF): in {} pkts / {} B, out {} pkts / {} B",

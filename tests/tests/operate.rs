@@ -461,6 +461,21 @@ fn forwards_added_and_removed_live() {
         rows.iter().any(|r| r["port"] == 80 && r["live"] == true),
         "the lab's own forward: {list}"
     );
+    // status shows the NAT as it runs.
+    let st = json(&["status", "--prefix", &p, "--json"]);
+    let e = &st["ebpf"];
+    assert_eq!(e["external_address"], "192.168.1.2", "{e}");
+    assert_eq!(e["fast_path"], "tc");
+    assert_eq!(e["timeouts"]["tcp_established"], 7440);
+    assert_eq!(e["tables"]["flows"]["capacity"], 262_144);
+    assert!(e["tables"]["flows"]["live"].as_u64().unwrap() >= 1);
+    assert!(e["sweeper_pid"].as_u64().is_some(), "the sweeper runs: {e}");
+    let has = |k: &str, v: &str| e[k].as_array().unwrap().iter().any(|x| x == v);
+    assert!(
+        has("forwards", "tcp 192.168.1.2:8080 -> 192.168.15.1:8080"),
+        "{e}"
+    );
+    assert!(has("attached", "nat_egress@uplink:tcx-egress"), "{e}");
     // The lab's stored configuration follows what runs.
     let stored = netns_user::lab::Lab::open(&p).unwrap().config;
     assert!(stored.nat.unwrap().forwards.iter().any(|f| f.port == 8080));

@@ -396,8 +396,13 @@ impl Lab {
             });
         }
         let nat = self.config.nat.as_ref();
-        let nat_rules = match (self.nat_target(), self.state.nat.backend()) {
-            (Some(t), Some(b)) => Some(b.describe(&t)?),
+        let target = self.nat_target();
+        let nat_rules = match (&target, self.state.nat.backend()) {
+            (Some(t), Some(b)) => Some(b.describe(t)?),
+            _ => None,
+        };
+        let ebpf_status = match &target {
+            Some(t) if self.state.nat == NatKind::Ebpf => Some(crate::nat::ebpf::status(t)?),
             _ => None,
         };
         Ok(LabStatus {
@@ -411,6 +416,7 @@ impl Lab {
             nat_rules,
             uplink_counters: nat.and_then(|_| ebpf::read_uplink_counters(self.prefix()).ok()),
             pin_dir: ebpf::pin_dir(self.prefix()).display().to_string(),
+            ebpf: ebpf_status,
         })
     }
 }
@@ -430,6 +436,9 @@ pub struct LabStatus {
     pub nat_rules: Option<String>,
     pub uplink_counters: Option<UplinkCounters>,
     pub pin_dir: String,
+    /// eBPF labs: the NAT as it runs (address, fast path, timeouts, forwards, tables,
+    /// programs attached, the sweeper).
+    pub ebpf: Option<crate::nat::ebpf::EbpfStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -402,6 +402,88 @@ fn mapping_entry(k: &BindingKey, b: &Binding, now: u64) -> MappingEntry {
     }
 }
 
+/// `status --json`'s `ebpf` object: the eBPF NAT as it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct EbpfStatus {
+    pub external_address: String,
+    pub fast_path: &'static str,
+    pub filtering: &'static str,
+    /// Idle timeouts in seconds, as the programs have them.
+    pub timeouts: BTreeMap<&'static str, u64>,
+    /// Port forwards in the maps: `proto port -> address:port`.
+    pub forwards: Vec<String>,
+    /// Entries and capacity of each table.
+    pub tables: BTreeMap<&'static str, TableUse>,
+    /// Programs attached in the router, `name@interface:hook`.
+    pub attached: Vec<String>,
+    /// The sweeper's PID, null when it does not run.
+    pub sweeper_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TableUse {
+    pub entries: usize,
+    pub live: usize,
+    pub capacity: u32,
+}
+
+/// The eBPF NAT of `t` as it runs.
+pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
+    let cfg = read_config(t.prefix)?;
+    let (flows, bindings) = raw_tables(t.prefix)?;
+    let now = monotonic_ns();
+    let s = |ns: u64| ns / NS;
+    let live_maps = mappings(t.prefix)?;
+    Ok(EbpfStatus {
+        external_address: addr_from_wire(cfg.ext_addr).to_string(),
+        fast_path: t.nat.ebpf.fast_path.name(),
+        filtering: if cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 {
+            "endpoint-independent"
+        } else {
+            "address-and-port-dependent"
+        },
+        timeouts: [
+            ("udp", s(cfg.timeouts.udp_ns)),
+            ("tcp_established", s(cfg.timeouts.tcp_established_ns)),
+            ("tcp_transitory", s(cfg.timeouts.tcp_transitory_ns)),
+            ("icmp", s(cfg.timeouts.icmp_ns)),
+        ]
+        .into_iter()
+        .collect(),
+        forwards: live_maps
+            .iter()
+            .filter(|m| m.is_static)
+            .map(|m| format!("{} {} -> {}", m.protocol, m.external, m.internal))
+            .collect(),
+        tables: [
+            (
+                "flows",
+                TableUse {
+                    entries: flows.len(),
+                    live: flows.iter().filter(|(_, f)| f.expires_ns > now).count(),
+                    capacity: t.nat.ebpf.flows,
+                },
+            ),
+            (
+                "bindings",
+                TableUse {
+                    entries: bindings.len(),
+                    live: bindings.iter().filter(|(_, b)| !b.expired(now)).count(),
+                    capacity: t.nat.ebpf.bindings,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        attached: ebpf::attached_programs(&t.router_ns)
+            .map_err(NatError::Ebpf)?
+            .into_iter()
+            .map(|p| p.label)
+            .collect(),
+        sweeper_pid: sweeper_pid(t.prefix),
+    })
+}
+
 /// What `conntrack --delete` or `--flush` removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Deleted {
@@ -890,20 +972,23 @@ fn spawn_sweeper(prefix: &str) -> Result<(), NatError> {
     fs::write(sweeper_pid_file(prefix), child.id().to_string()).map_err(|e| fail(e.to_string()))
 }
 
-/// Stops lab `prefix`'s sweeper, if it runs (only a process that is that sweeper).
-pub fn stop_sweeper(prefix: &str) {
-    let Ok(pid) = fs::read_to_string(sweeper_pid_file(prefix)) else {
-        return;
-    };
-    let Ok(pid) = pid.trim().parse::<i32>() else {
-        return;
-    };
+/// The PID of lab `prefix`'s sweeper, if one runs (a process that is that sweeper).
+pub fn sweeper_pid(prefix: &str) -> Option<i32> {
+    let pid = fs::read_to_string(sweeper_pid_file(prefix))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args.contains(&b"sweep".as_slice()) && args.contains(&prefix.as_bytes());
-    if !ours {
+    (args.contains(&b"sweep".as_slice()) && args.contains(&prefix.as_bytes())).then_some(pid)
+}
+
+/// Stops lab `prefix`'s sweeper, if it runs (only a process that is that sweeper).
+pub fn stop_sweeper(prefix: &str) {
+    let Some(pid) = sweeper_pid(prefix) else {
         return;
-    }
+    };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     // Reap it if it is our child (it is when the lab was made by this process).
