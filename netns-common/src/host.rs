@@ -203,6 +203,14 @@ impl Tables for MemTables {
         *counter = counter.wrapping_add(by);
     }
 
+    fn swap_state(f: &mut Flow, old: u8, new: u8) -> bool {
+        let won = f.state == old;
+        if won {
+            f.state = new;
+        }
+        won
+    }
+
     fn binding(&self, key: &BindingKey) -> Option<Binding> {
         self.bindings.borrow().get(key).copied()
     }

@@ -86,8 +86,10 @@ pub struct Binding {
     pub int_port: u16,
     pub ext_port: u16,
     pub flags: u32,
-    /// TCP: flows using the binding that are not closed (added to atomically; a count
-    /// that ever wraps below zero stays far from zero, which only holds the port longer).
+    /// TCP: flows using the binding that have begun and not closed. Changed only by the CPU
+    /// that wins a flow's state change (compare-and-swap), atomically; a flow that expires
+    /// or is deleted while open is never taken off, which only holds the port until the
+    /// binding's own expiry, as before the count existed.
     pub open_flows: u32,
     pub _pad: u32,
     /// CLOCK_MONOTONIC ns after which the binding is free (static ones: never). Kept at the
@@ -172,6 +174,27 @@ pub struct Flow {
     pub packets_in: u64,
     pub bytes_in: u64,
 }
+
+impl Flow {
+    /// The aligned 64-bit word that holds `ext_addr`, `ext_port`, `state` and `origin`, as
+    /// it is with `state` (in memory order): what an atomic compare-and-swap of the state
+    /// compares (eBPF has no narrower one on every CPU version). The other three never change
+    /// after a flow is made.
+    pub const fn state_word(&self, state: u8) -> u64 {
+        let a = self.ext_addr.to_ne_bytes();
+        let p = self.ext_port.to_ne_bytes();
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], state, self.origin])
+    }
+}
+
+/// Where [`Flow::state_word`] sits in a flow.
+pub const FLOW_STATE_WORD: usize = core::mem::offset_of!(Flow, ext_addr);
+const _: () = {
+    assert!(FLOW_STATE_WORD.is_multiple_of(8));
+    assert!(core::mem::offset_of!(Flow, ext_port) == FLOW_STATE_WORD + 4);
+    assert!(core::mem::offset_of!(Flow, state) == FLOW_STATE_WORD + 6);
+    assert!(core::mem::offset_of!(Flow, origin) == FLOW_STATE_WORD + 7);
+};
 
 /// Key of the fragment table: the first fragment's ports, for the fragments that follow.
 #[repr(C)]

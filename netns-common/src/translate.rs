@@ -38,6 +38,9 @@ pub trait Tables {
     fn add(counter: &mut u64, by: u64);
     /// The same for a 32-bit count (wrapping: adding `u32::MAX` takes one away).
     fn add32(counter: &mut u32, by: u32);
+    /// Moves a flow's TCP state from `old` to `new` if it still is `old` (atomically where
+    /// CPUs share the flow); whether this call made the change.
+    fn swap_state(f: &mut Flow, old: u8, new: u8) -> bool;
     fn binding(&self, key: &BindingKey) -> Option<Binding>;
     /// Runs `f` on the binding in place, if there is one.
     fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R>;
@@ -120,8 +123,14 @@ pub fn touch<T: Tables>(
     if proto == PROTO_TCP {
         let old = TcpState::from_u8(f.state);
         let new = tcp_next(old, outbound, tcp_flags);
-        f.state = new as u8;
-        let (was, is) = (holds_binding(old), holds_binding(new));
+        // Only the CPU whose compare-and-swap makes the change counts it: two RSTs at once
+        // close a flow once, and a packet that changes nothing writes nothing back.
+        let (was, is) = if new != old && T::swap_state(f, old as u8, new as u8) {
+            (holds_binding(old), holds_binding(new))
+        } else {
+            let h = holds_binding(TcpState::from_u8(f.state));
+            (h, h)
+        };
         if was != is || !is {
             mind_binding(t, f, was, is, now + cfg.timeouts.tcp_transitory_ns);
         }

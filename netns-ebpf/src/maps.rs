@@ -1,7 +1,7 @@
 //! The maps. Hash tables are not preallocated, so an element removed by one CPU is never
 //! reused under another CPU that still holds a pointer to it.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -13,7 +13,9 @@ use aya_ebpf::{
 use netns_common::{
     counters::{Counter, NatCounter},
     fwd::{FastConfig, Neigh, NextHop},
-    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig},
+    nat::{
+        Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig,
+    },
     translate::{InsertError, PortSearch, Tables, try_port},
 };
 
@@ -121,6 +123,19 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
+    fn swap_state(f: &mut Flow, old: u8, new: u8) -> bool {
+        let (o, n) = (f.state_word(old), f.state_word(new));
+        let word = (f as *mut Flow)
+            .cast::<u8>()
+            .wrapping_add(FLOW_STATE_WORD)
+            .cast::<u64>();
+        // Safety: the aligned u64 of a flow (a map element or the caller's own) that holds
+        // ext_addr, ext_port, state and origin (layout asserted in netns-common); the
+        // kernel's compare-and-swap, so that one CPU wins a state change.
+        unsafe { atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(word, o, n).1 }
+    }
+
+    #[inline(always)]
     fn binding(&self, key: &BindingKey) -> Option<Binding> {
         // Safety: the pointer comes from a successful lookup; the map is not preallocated, so
         // the element stays valid for the rest of the program even if another CPU removes it.
@@ -129,8 +144,8 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R> {
-        // Safety: as in `binding`; racing writes of the same fields by two CPUs are benign
-        // (an expiry pushed by one of them).
+        // Safety: as in `binding`. The callers only raise expiries there (check, then
+        // store): a race can lose one raise by the microseconds between two CPUs' packets.
         NAT_BINDINGS.get_ptr_mut(key).map(|p| f(unsafe { &mut *p }))
     }
 
@@ -148,7 +163,9 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn with_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
-        // Safety: as in `with_binding`; counters are added atomically (`add`).
+        // Safety: as in `with_binding`. Counters are added atomically (`add`), the TCP state
+        // changes by compare-and-swap (`swap_state`); expiries are plain stores of "now +
+        // timeout", where the last writer wins by microseconds.
         NAT_FLOWS.get_ptr_mut(key).map(|p| f(unsafe { &mut *p }))
     }
 

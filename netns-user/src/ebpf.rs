@@ -5,6 +5,7 @@ use std::{
     fs, io,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use aya::{
@@ -331,10 +332,24 @@ pub(crate) fn program_error(name: &'static str, source: aya::programs::ProgramEr
         aya::programs::ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
+        } if !verifier_log.to_string().trim().is_empty() => {
             let log = verifier_log.to_string();
-            let file = std::env::temp_dir().join(format!("netns-nat-verifier-{name}.log"));
-            let path = match fs::write(&file, &log) {
+            // A new file each time (two loads never share one, and no existing path is
+            // followed or overwritten).
+            let file = std::env::temp_dir().join(format!(
+                "netns-nat-verifier-{name}-{}-{}.log",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .and_then(|mut f| io::Write::write_all(&mut f, log.as_bytes()));
+            let path = match written {
                 Ok(()) => file.display().to_string(),
                 Err(e) => format!("not written to {}: {e}", file.display()),
             };
@@ -760,6 +775,12 @@ mod tests {
         );
         let text = e.to_string();
         assert!(text.contains("verifier refused eBPF program test_prog"), "{text}");
+        let path = text
+            .rsplit("lines: ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .to_owned();
         assert!(
             text.contains("  processed 1000001 insns (limit 1000000)"),
             "{text}"
@@ -767,9 +788,17 @@ mod tests {
         assert!(text.contains("  4999: (bf) r9 = r1"), "{text}");
         assert!(!text.contains("  0: (bf)"), "only the end: {text}");
         assert!(text.contains("5002 lines"), "{text}");
-        let path = std::env::temp_dir().join("netns-nat-verifier-test_prog.log");
-        assert_eq!(fs::read_to_string(&path).unwrap(), log);
+        assert_eq!(fs::read_to_string(&path).unwrap(), log, "{path}");
         let _ = fs::remove_file(path);
         assert!(text.lines().count() < 20, "short: {text}");
+        // No log (a refusal that is not the verifier's): the plain error.
+        let e = program_error(
+            "test_prog",
+            aya::programs::ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(1),
+                verifier_log: aya_obj::VerifierLog::new(String::new()),
+            },
+        );
+        assert!(matches!(e, EbpfError::Program { .. }), "{e}");
     }
 }

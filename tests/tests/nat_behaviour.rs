@@ -480,7 +480,13 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
         kept.send_to(b"more", SocketAddrV4::new(LAN, 8000 + p)).unwrap();
     }
     echo(&kept, to, b"still here").unwrap();
-    // From outside: datagrams and SYNs to every port of the range and around it.
+    // From outside: datagrams and SYNs to every port of the range and around it. They
+    // create nothing.
+    let tables = |g: &LabGuard| {
+        let (f, b) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        (f.len(), b.len())
+    };
+    let before_outside = tables(&g);
     in_ns(&g.lab.ns("lan"), || {
         let s = udp(0);
         for p in 39990..40030u16 {
@@ -491,6 +497,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
             );
         }
     });
+    assert_eq!(tables(&g), before_outside, "unsolicited traffic made no entry");
     echo(&kept, to, b"still here").unwrap();
     let c = nat_ebpf::stats(g.prefix()).unwrap().counters;
     assert!(

@@ -725,13 +725,22 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     let f = from_red(1, b"ttl");
     let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
     assert_eq!((o.code, &o.frame), (pass, &f));
+    // A failing IPv4 header checksum: the kernel's input path must see (and drop) it.
+    let mut f = from_red(64, b"bad header");
+    f[packet::ETH_HLEN + 10] ^= 0x40;
+    let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
+    assert_eq!((o.code, &o.frame), (pass, &f));
     // No neighbour for the next hop: the slow path (the kernel resolves it), untouched.
     ip(&["neigh", "del", "192.168.1.3", "dev", "up0"]);
     let f = from_red(64, b"no neighbour");
     let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
     assert_eq!((o.code, &o.frame), (pass, &f));
     let c = counters(&bed);
-    assert_eq!((c["slow_ttl"], c["slow_no_neighbour"]), (1, 1), "{c:?}");
+    assert_eq!(
+        (c["slow_ttl"], c["slow_ip_checksum"], c["slow_no_neighbour"]),
+        (1, 1, 1),
+        "{c:?}"
+    );
 }
 
 #[test]

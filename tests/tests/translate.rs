@@ -25,7 +25,7 @@ use netns_common::{
     host::{Frame, MemTables, Sizes},
     nat::{
         BindingKey, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, SIDE_EXTERNAL, TCP_ACK, TCP_FIN,
-        TCP_SYN, Timeouts, addr_to_wire,
+        TCP_RST, TCP_SYN, Timeouts, addr_to_wire,
     },
     packet::Action,
     translate::{self, Drop, Tables},
@@ -296,6 +296,10 @@ fn bad_header_checksums_are_dropped_before_any_state() {
     assert_eq!(run(&t, Step::Ingress, &f).0, Ok(Action::Pass));
     f[packet::ETH_HLEN + 21] ^= 1;
     assert_eq!(run(&t, Step::Ingress, &f).0, Err(Drop::BadChecksum));
+    // Leaving, the kernel has checked it already: translated like any (still failing).
+    let mut leaving = frame(red, LAN, &udp(5000, 53, b"q"));
+    leaving[packet::ETH_HLEN + 10] ^= 0x40;
+    assert_eq!(run(&t, Step::Egress, &leaving).0, Ok(Action::Pass));
     let mut hp = frame(red, EXT, &tcp(4000, 80, TCP_SYN, b""));
     hp[packet::ETH_HLEN + 10] ^= 1;
     assert_eq!(run(&t, Step::Hairpin, &hp), (Ok(Action::Pass), hp.clone()));
@@ -522,6 +526,54 @@ fn closed_tcp_connections_give_their_ports_back() {
         t.advance(closed);
     }
     check_tables(&t);
+}
+
+/// A TCP mapping shared by two connections (one endpoint, two remotes): when one closes and
+/// the transitory timeout passes, the other still holds the port, and its replies still
+/// reach it, however hard other endpoints ask for ports.
+#[test]
+fn an_open_connection_keeps_its_port_when_a_sibling_closes() {
+    let t = nat_with(Sizes::default(), 13, |c| {
+        c.ports = PortRange::new(30000, 30000);
+    });
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let (a, b) = (Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(192, 168, 1, 11));
+    let out = |to: Ipv4Addr, flags| run(&t, Step::Egress, &frame(red, to, &tcp(41000, 443, flags, b""))).0;
+    let back =
+        |from: Ipv4Addr, flags| run(&t, Step::Ingress, &frame(from, EXT, &tcp(443, 30000, flags, b"")));
+    for remote in [a, b] {
+        assert_eq!(out(remote, TCP_SYN), Ok(Action::Pass));
+        assert_eq!(back(remote, TCP_SYN | TCP_ACK).0, Ok(Action::Pass));
+        assert_eq!(out(remote, TCP_ACK), Ok(Action::Pass));
+    }
+    // a closes both ways.
+    assert_eq!(out(a, TCP_FIN | TCP_ACK), Ok(Action::Pass));
+    assert_eq!(back(a, TCP_FIN | TCP_ACK).0, Ok(Action::Pass));
+    assert_eq!(out(a, TCP_ACK), Ok(Action::Pass));
+    let closed = t.config().unwrap().timeouts.tcp_transitory_ns;
+    for _ in 0..4 {
+        t.advance(closed);
+        t.sweep();
+        // Others ask for the one port: it is b's.
+        let other = Ipv4Addr::new(192, 168, 15, 77);
+        assert_eq!(
+            run(&t, Step::Egress, &frame(other, b, &tcp(50000, 443, TCP_SYN, b""))).0,
+            Err(Drop::NoPort)
+        );
+        let (v, got) = back(b, TCP_ACK);
+        assert_eq!(v, Ok(Action::Pass));
+        assert_same(&got, &frame(b, red, &tcp(443, 41000, TCP_ACK, b"")));
+        assert_eq!(out(b, TCP_ACK), Ok(Action::Pass));
+        check_tables(&t);
+    }
+    // b closes: after the transitory timeout the port is free.
+    assert_eq!(out(b, TCP_RST), Ok(Action::Pass));
+    t.advance(closed + 1);
+    let other = Ipv4Addr::new(192, 168, 15, 77);
+    assert_eq!(
+        run(&t, Step::Egress, &frame(other, b, &tcp(50000, 443, TCP_SYN, b""))).0,
+        Ok(Action::Pass)
+    );
 }
 
 /// Frames of every kind the NAT meets, each with the step that meets it: the fuzz target's

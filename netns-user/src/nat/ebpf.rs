@@ -468,7 +468,11 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
                 "bindings",
                 TableUse {
                     entries: bindings.len(),
-                    live: bindings.iter().filter(|(_, b)| !b.expired(now)).count(),
+                    // A mapping's two entries live as long as its external one.
+                    live: 2 * bindings
+                        .iter()
+                        .filter(|(k, b)| k.side == SIDE_EXTERNAL && !b.expired(now))
+                        .count(),
                     capacity: t.nat.ebpf.bindings,
                 },
             ),
@@ -610,8 +614,12 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
             });
         }
     }
+    // The internal entry is a copy made when the mapping was; whether the mapping lives
+    // is its external entry's to say (the one flows keep up to date).
     if let Ok(old) = bindings.get(&ikey, 0)
-        && !old.expired(now)
+        && bindings
+            .get(&BindingKey::external(ikey.proto, old.ext_addr, old.ext_port), 0)
+            .is_ok_and(|e| e.int_addr == old.int_addr && e.int_port == old.int_port && !e.expired(now))
     {
         return Err(ForwardError::TargetMapped {
             proto: f.protocol,
