@@ -1,15 +1,18 @@
 //! netns-nat: network namespace labs over netlink, with their NAT done by eBPF programs or
 //! by the kernel's iptables/nftables for comparison.
+//!
+//! Layers, each depending only on those above it in this list: `sys` (namespaces,
+//! rtnetlink, offloads, state paths), `config` (lab files), `packet` (the frame builder),
+//! `bpf` (the embedded object: load, pin, attach, typed maps, test runs), `nat` (the backends
+//! behind one trait), `ops` (operating a running eBPF NAT), `lab` (up, down, status),
+//! `probe` (acceptance exchanges), `bench`; the binary's `main.rs` is the command line.
 
 pub mod bench;
+pub mod bpf;
 pub mod config;
-pub mod ebpf;
-pub mod ethtool;
 pub mod lab;
-pub mod metrics;
 pub mod nat;
-pub mod netlink;
-pub mod netns;
+pub mod ops;
 pub mod packet;
 pub mod probe;
-pub mod progtest;
+pub mod sys;

@@ -12,8 +12,9 @@ use netns_user::{
     bench,
     config::LabConfig,
     lab::{self, DEFAULT_PREFIX, Lab, LabStatus},
-    nat::{NatKind, ebpf as nat_ebpf},
-    netns, probe,
+    nat::NatKind,
+    probe,
+    sys::netns,
 };
 
 /// Network namespace labs over netlink, with their NAT in eBPF or in the kernel
@@ -376,7 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                          --flush deletes everything"
                     );
                 }
-                let gone = nat_ebpf::delete(p, &filter)?;
+                let gone = netns_user::ops::conntrack::delete(p, &filter)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&gone)?);
                 } else {
@@ -399,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if watch {
                 let until = watch_for.map(|s| std::time::Instant::now() + Duration::from_secs_f64(s));
                 let go_on = || until.is_none_or(|u| std::time::Instant::now() < u);
-                nat_ebpf::watch(p, &filter, Duration::from_millis(100), go_on, |e| {
+                netns_user::ops::conntrack::watch(p, &filter, Duration::from_millis(100), go_on, |e| {
                     if json {
                         println!("{}", serde_json::to_string(&e).unwrap_or_default());
                     } else {
@@ -409,11 +410,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let flows = nat_ebpf::live_flows_where(p, &filter)?;
+            let flows = netns_user::ops::conntrack::live_flows_where(p, &filter)?;
             let mappings = if filter.flows_only() {
                 Vec::new()
             } else {
-                nat_ebpf::mappings_where(p, &filter)?
+                netns_user::ops::conntrack::mappings_where(p, &filter)?
             };
             if count {
                 if json {
@@ -461,14 +462,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Metrics { prefix, listen, once } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
+            let src = netns_user::ops::metrics::Source {
+                prefix: &prefix.prefix,
+                kind: lab.state.nat,
+                nat: lab.config.nat.as_ref(),
+            };
             if once {
-                print!("{}", netns_user::metrics::scrape(&lab)?);
+                print!("{}", netns_user::ops::metrics::scrape(src)?);
             } else {
                 eprintln!(
                     "serving the metrics of lab {:?} on http://{listen}/metrics",
                     prefix.prefix
                 );
-                netns_user::metrics::serve(&lab, listen)?;
+                netns_user::ops::metrics::serve(src, listen)?;
             }
         }
         Command::Stats {
@@ -482,9 +488,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let lab = Lab::open(&prefix.prefix)?;
             let read = || -> Result<serde_json::Value> {
                 Ok(if lab.state.nat == NatKind::Ebpf {
-                    serde_json::to_value(nat_ebpf::stats(&prefix.prefix)?)?
+                    serde_json::to_value(netns_user::ops::conntrack::stats(&prefix.prefix)?)?
                 } else {
-                    serde_json::json!({ "uplink": netns_user::ebpf::read_uplink_counters(&prefix.prefix)? })
+                    serde_json::json!({ "uplink": netns_user::bpf::read_uplink_counters(&prefix.prefix)? })
                 })
             };
             if watch {
@@ -591,7 +597,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sweep { prefix } => {
             lab::require_root()?;
-            nat_ebpf::sweep_forever(&prefix.prefix)?;
+            let lab = Lab::open(&prefix.prefix)?;
+            let nat = lab.config.nat.clone().context("the lab has no [nat] section")?;
+            netns_user::ops::sweeper::sweep_forever(&prefix.prefix, &nat, &lab.ns(&nat.router))?;
         }
         Command::Check { prefix, wait, json } => {
             lab::require_root()?;
@@ -821,7 +829,7 @@ fn parse_tcp_state(s: &str) -> Result<TcpState, String> {
 }
 
 /// One line of `conntrack --watch`.
-fn event_line(e: &nat_ebpf::ConntrackEvent) -> String {
+fn event_line(e: &netns_user::ops::conntrack::ConntrackEvent) -> String {
     let tag = if e.event == "new" { "[NEW]" } else { "[DESTROY]" };
     match (&e.flow, &e.mapping) {
         (Some(f), _) => format!(
@@ -918,18 +926,18 @@ fn forward(cmd: ForwardCmd) -> Result<()> {
             nat.forwards.push(f.clone());
             // The whole configuration must stay valid (ports, duplicates, internal target).
             config.validate()?;
-            nat_ebpf::add_forward(&p, &f)?;
+            netns_user::ops::forwards::add_forward(&p, &f)?;
             lab.store_config(config)?;
             println!("forwarding {proto} port {port} of lab {p:?} to {to}");
         }
         ForwardCmd::Del { proto, port, .. } => {
-            let to = nat_ebpf::del_forward(&p, proto, port)?;
+            let to = netns_user::ops::forwards::del_forward(&p, proto, port)?;
             nat.forwards.retain(|f| !(f.protocol == proto && f.port == port));
             lab.store_config(config)?;
             println!("removed the forward of {proto} port {port} (to {to})");
         }
         ForwardCmd::List { json, .. } => {
-            let live = nat_ebpf::mappings(&p)?;
+            let live = netns_user::ops::conntrack::mappings(&p)?;
             let ext = lab.config.uplink_address();
             let rows: Vec<serde_json::Value> = nat
                 .forwards

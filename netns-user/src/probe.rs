@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::{
     config::L4Proto,
     lab::Lab,
-    netns::{self, NetnsError},
+    sys::netns::{self, NetnsError},
 };
 
 /// UDP port the probe's echo server listens on in the external namespace.

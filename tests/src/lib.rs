@@ -7,7 +7,7 @@ use netns_user::{
     config::{FastPath, LabConfig},
     lab::{self, Lab},
     nat::NatKind,
-    netns,
+    sys::netns,
 };
 
 /// Whether this test can run: root is needed for namespaces and BPF. Outside CI a test
@@ -111,7 +111,7 @@ pub fn assert_gone(prefix: &str) {
         .filter(|n| n.starts_with(prefix))
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    let pins = netns_user::ebpf::pin_dir(prefix);
+    let pins = netns_user::bpf::pin_dir(prefix);
     assert!(!pins.exists(), "pinned objects left behind in {}", pins.display());
     let state = PathBuf::from(lab::STATE_ROOT).join(prefix);
     assert!(!state.exists(), "lab state left behind in {}", state.display());

@@ -7,7 +7,7 @@ use std::{
 };
 
 use netns_tests::{LabGuard, Nat, privileged};
-use netns_user::{config::FastPath, ebpf, nat::NatKind, probe};
+use netns_user::{bpf, config::FastPath, nat::NatKind, probe};
 
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
@@ -34,7 +34,7 @@ fn scenario_passes_with(nat: impl Into<Nat>, tag: &str) {
         }
     }
     // The lab's eBPF program on the uplink saw the traffic both ways.
-    let counters = ebpf::read_uplink_counters(g.prefix()).unwrap();
+    let counters = bpf::read_uplink_counters(g.prefix()).unwrap();
     assert!(
         counters.egress_packets >= 5 && counters.ingress_packets >= 5,
         "{counters:?}"

@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 
 use netns_tests::{assert_gone, bin, prefix, privileged};
-use netns_user::netns;
+use netns_user::sys::netns;
 
 fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().expect("netns-nat runs")

@@ -12,9 +12,10 @@ use std::{
 use netns_tests::{LabGuard, UdpEcho, in_ns, privileged};
 use netns_user::{
     config::{FastPath, LabConfig},
-    ethtool::{self, Offload},
-    nat::{NatKind, ebpf as nat_ebpf},
-    netns, probe,
+    nat::NatKind,
+    probe,
+    sys::ethtool::{self, Offload},
+    sys::netns,
 };
 
 /// Runs a test in both fast-path modes.
@@ -46,7 +47,7 @@ fn tag(name: &str, mode: FastPath) -> String {
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 
 fn counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
-    nat_ebpf::stats(prefix)
+    netns_user::ops::conntrack::stats(prefix)
         .unwrap()
         .counters
         .into_iter()
@@ -125,7 +126,7 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     assert_eq!(delta(&c0, &c1, "in_udp"), 0, "{c1:?}");
     assert_eq!(delta(&c0, &c1, "slow_no_flow"), 1, "{c1:?}");
     // One conntrack truth: the flow counted every packet, whichever path it took.
-    let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+    let flows = netns_user::ops::conntrack::live_flows(g.prefix()).unwrap();
     let f = flows
         .iter()
         .find(|f| f.protocol == "udp" && f.internal == "192.168.15.1:42000")
@@ -137,7 +138,7 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     assert_eq!(udp_exchange(&g, 5, None), 5);
     let c3 = counters(g.prefix());
     assert_eq!(delta(&c2, &c3, &fast(mode, "out")), 5, "{c3:?}");
-    let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+    let flows = netns_user::ops::conntrack::live_flows(g.prefix()).unwrap();
     let f2 = flows
         .iter()
         .find(|f| f.protocol == "udp" && f.internal == "192.168.15.1:42000")

@@ -17,7 +17,7 @@ use std::{
 use netns_tests::{LabGuard, UdpEcho, in_ns, privileged, record_summary};
 use netns_user::{
     config::{FastPath, LabConfig},
-    nat::{NatKind, ebpf as nat_ebpf},
+    nat::NatKind,
     packet::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ipv4, L4, Mac, parse_frame},
     probe,
 };
@@ -179,7 +179,7 @@ fn snmp(ns: &str, section: &str, field: &str) -> u64 {
 }
 
 fn counters(prefix: &str) -> BTreeMap<String, u64> {
-    let mut c: BTreeMap<String, u64> = nat_ebpf::stats(prefix)
+    let mut c: BTreeMap<String, u64> = netns_user::ops::conntrack::stats(prefix)
         .unwrap()
         .counters
         .into_iter()

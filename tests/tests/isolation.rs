@@ -10,8 +10,8 @@ use std::{
 
 use netns_tests::{assert_gone, prefix, privileged};
 use netns_user::{
+    bpf,
     config::{FastPath, LabConfig},
-    ebpf,
     lab::{self, Lab, LabError},
     nat::NatKind,
     probe,
@@ -87,7 +87,7 @@ fn a_lab_life_cycle_leaves_the_machine_as_it_was() {
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
     // Root's only: the pins (whoever opens a map can change the NAT) and the state.
     let state = PathBuf::from(lab::STATE_ROOT).join(&p);
-    assert_eq!(mode(&ebpf::pin_dir(&p)), 0o700);
+    assert_eq!(mode(&bpf::pin_dir(&p)), 0o700);
     assert_eq!(mode(&state), 0o700);
     let during = host_view();
     lab::down(&p).expect("down");

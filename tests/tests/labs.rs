@@ -8,7 +8,8 @@ use netns_user::{
     config::LabConfig,
     lab::{self, Lab, LabError},
     nat::NatKind,
-    netns, probe,
+    probe,
+    sys::netns,
 };
 
 fn all_pass(lab: &Lab) {

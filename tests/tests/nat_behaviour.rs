@@ -70,7 +70,7 @@ fn echo(s: &UdpSocket, to: SocketAddrV4, data: &[u8]) -> io::Result<()> {
 }
 
 fn counter(prefix: &str, name: &str) -> u64 {
-    nat_ebpf::stats(prefix).unwrap().counters[name]
+    netns_user::ops::conntrack::stats(prefix).unwrap().counters[name]
 }
 
 fn endpoint_independent_mapping(nat: Nat) {
@@ -163,7 +163,7 @@ fn many_concurrent_udp_flows(nat: Nat) {
     });
     assert_eq!(answered, FLOWS, "every flow answered");
     if nat.is_ebpf() {
-        let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+        let flows = netns_user::ops::conntrack::live_flows(g.prefix()).unwrap();
         assert!(flows.iter().filter(|f| f.protocol == "udp").count() >= FLOWS);
     }
 }
@@ -198,7 +198,7 @@ fn icmp_errors_reach_the_sender(nat: Nat) {
             assert!(counter(g.prefix(), "slow_protocol") >= 1);
         }
         // An ICMP error never removes a mapping.
-        let maps = nat_ebpf::mappings(g.prefix()).unwrap();
+        let maps = netns_user::ops::conntrack::mappings(g.prefix()).unwrap();
         assert!(
             maps.iter().any(|m| m.internal == "192.168.15.1:46000"),
             "{maps:?}"
@@ -326,7 +326,7 @@ fn ebpf_leaves_the_kernel_nat_and_conntrack_unused() {
         "",
         "nftables rules in the router"
     );
-    let out = netns_user::netns::command(&host, "conntrack")
+    let out = netns_user::sys::netns::command(&host, "conntrack")
         .unwrap()
         .arg("-L")
         .output()
@@ -337,7 +337,7 @@ fn ebpf_leaves_the_kernel_nat_and_conntrack_unused() {
         "kernel conntrack in the router: {said}"
     );
     // The state is in the BPF maps instead.
-    let flows = nat_ebpf::live_flows(g.prefix()).unwrap();
+    let flows = netns_user::ops::conntrack::live_flows(g.prefix()).unwrap();
     assert_eq!(flows.len(), 5, "{flows:#?}");
     let tcp = flows
         .iter()
@@ -347,7 +347,7 @@ fn ebpf_leaves_the_kernel_nat_and_conntrack_unused() {
     assert_eq!(tcp.state, "closed");
     assert!(tcp.expires_in_s <= 240.0);
     assert!(tcp.bytes_out >= probe::TCP_PAYLOAD as u64);
-    let stats = nat_ebpf::stats(g.prefix()).unwrap();
+    let stats = netns_user::ops::conntrack::stats(g.prefix()).unwrap();
     for (name, min) in [
         ("out_icmp", 2),
         ("in_icmp", 2),
@@ -466,7 +466,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     let to = SocketAddrV4::new(LAN, 7001);
     let kept = in_ns(&g.lab.ns("red"), || udp(47000));
     echo(&kept, to, b"established").unwrap();
-    let before = nat_ebpf::stats(g.prefix()).unwrap().counters;
+    let before = netns_user::ops::conntrack::stats(g.prefix()).unwrap().counters;
     let n = |name: &str, c: &std::collections::BTreeMap<&str, u64>| c[name] - before[name];
 
     // From inside: 100 new endpoints on blue (16 ports for them all) ...
@@ -499,7 +499,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     });
     assert_eq!(tables(&g), before_outside, "unsolicited traffic made no entry");
     echo(&kept, to, b"still here").unwrap();
-    let c = nat_ebpf::stats(g.prefix()).unwrap().counters;
+    let c = netns_user::ops::conntrack::stats(g.prefix()).unwrap().counters;
     assert!(
         n("drop_no_port", &c) >= 100 - 15,
         "endpoints beyond the range: {}",
@@ -612,9 +612,9 @@ fn a_new_uplink_address_is_used_by_new_flows() {
     let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
     let sock = in_ns(&g.lab.ns("red"), || udp(0));
     loop {
-        let _ = nat_ebpf::stats(g.prefix());
+        let _ = netns_user::ops::conntrack::stats(g.prefix());
         std::thread::sleep(Duration::from_millis(200));
-        let cfg_now = nat_ebpf::mappings(g.prefix()).unwrap();
+        let cfg_now = netns_user::ops::conntrack::mappings(g.prefix()).unwrap();
         if cfg_now
             .iter()
             .any(|m| m.is_static && m.external == format!("{new}:80"))

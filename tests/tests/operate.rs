@@ -144,7 +144,7 @@ fn filters_count_delete_flush_and_watch() {
     std::thread::sleep(Duration::from_millis(400));
 
     // --delete: blue's mapping and both of its flows go; red's stay.
-    let before_new = nat_ebpf::stats(&p).unwrap().counters["new_flows"];
+    let before_new = netns_user::ops::conntrack::stats(&p).unwrap().counters["new_flows"];
     let d = json(&[
         "conntrack",
         "--prefix",
@@ -190,7 +190,10 @@ fn filters_count_delete_flush_and_watch() {
 
     // The deleted flow's next packet is a new flow, and gets through.
     assert!(udp_echo(&blue, SocketAddrV4::new(LAN, 7001), b"again"));
-    assert_eq!(nat_ebpf::stats(&p).unwrap().counters["new_flows"], before_new + 1);
+    assert_eq!(
+        netns_user::ops::conntrack::stats(&p).unwrap().counters["new_flows"],
+        before_new + 1
+    );
 
     // stats --watch: rates per second while red sends, totals as `stats --json` has them.
     let watcher = Command::new(bin())
@@ -325,7 +328,7 @@ fn metrics_over_http_parse_and_agree_with_stats() {
     }
     // Served inside the lab (lan's loopback), so the test touches nothing of the machine's.
     let _server = Killed(
-        netns_user::netns::command(&lan, bin())
+        netns_user::sys::netns::command(&lan, bin())
             .unwrap()
             .args(["metrics", "--prefix", &p, "--listen", "127.0.0.1:9464"])
             .spawn()

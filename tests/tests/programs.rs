@@ -14,10 +14,10 @@ use netns_common::{
 };
 use netns_tests::{prefix, privileged};
 use netns_user::{
+    bpf::progtest::{Outcome, ProgBed},
     config::LabConfig,
     nat::ebpf as nat_ebpf,
     packet::{self, Ipv4, L4, Mac, parse_frame},
-    progtest::{Outcome, ProgBed},
 };
 
 const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
@@ -650,7 +650,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         "permanent",
     ]);
     netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    let (port0, up0) = netns_user::netlink::in_ns(&ns, |r| async move {
+    let (port0, up0) = netns_user::sys::netlink::in_ns(&ns, |r| async move {
         Ok((r.link("port0").await?, r.link("up0").await?))
     })
     .unwrap();

@@ -13,7 +13,7 @@ use std::{
 };
 
 use netns_tests::{LabGuard, privileged};
-use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, netns, probe};
+use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, probe, sys::netns};
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
@@ -229,14 +229,14 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
                 Ok(seen) if seen.source == UPLINK => t.pings.fetch_add(1, Relaxed),
                 _ => t.pings_failed.fetch_add(1, Relaxed),
             };
-            peak_flows = peak_flows.max(nat_ebpf::live_flows(g.prefix()).unwrap().len());
+            peak_flows = peak_flows.max(netns_user::ops::conntrack::live_flows(g.prefix()).unwrap().len());
             std::thread::sleep(Duration::from_millis(500));
             i += 1;
         }
     });
     let _ = udp.stop();
     let _ = tcp.stop();
-    let stats = nat_ebpf::stats(g.prefix()).unwrap();
+    let stats = netns_user::ops::conntrack::stats(g.prefix()).unwrap();
     let c = &stats.counters;
     let get = |x: &AtomicU64| x.load(Relaxed);
     let summary = format!(
@@ -295,7 +295,7 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
     let (mut udp_left, mut raw_udp);
     loop {
         std::thread::sleep(Duration::from_millis(1000));
-        udp_left = nat_ebpf::live_flows(g.prefix())
+        udp_left = netns_user::ops::conntrack::live_flows(g.prefix())
             .unwrap()
             .into_iter()
             .filter(|f| f.protocol == "udp")

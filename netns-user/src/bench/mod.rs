@@ -33,11 +33,12 @@ use serde_json::json;
 use netns_common::fwd::NextHop;
 
 use crate::{
+    bpf::{self, CeilingHook},
     config::{FastPath, LabConfig},
-    ebpf::{self, CeilingHook},
     lab::{self, Lab},
-    nat::{NatKind, ebpf as nat_ebpf},
-    netlink, netns,
+    nat::NatKind,
+    sys::netlink,
+    sys::netns,
 };
 
 /// A backend the benchmark compares: a NAT of the lab, or a bare-redirect ceiling.
@@ -451,7 +452,7 @@ impl Parts {
 struct BenchLab {
     lab: Lab,
     parts: Parts,
-    _ceiling: Option<ebpf::Ceiling>,
+    _ceiling: Option<bpf::Ceiling>,
 }
 
 impl BenchLab {
@@ -482,7 +483,7 @@ impl BenchLab {
         }
         let parts = Parts::of(lab)?;
         let ceiling = match backend.and_then(Backend::ceiling) {
-            Some(hook) => Some(ebpf::attach_ceiling(
+            Some(hook) => Some(bpf::attach_ceiling(
                 &parts.host,
                 "veth-red-br",
                 hook,
@@ -857,7 +858,7 @@ fn packets(
     } else {
         (p.lan.as_str(), "lan0")
     };
-    let sink = ebpf::attach_sink(sink_ns, sink_dev)?;
+    let sink = bpf::attach_sink(sink_ns, sink_dev)?;
     let ends = load::Endpoints {
         src_mac: p.red_mac,
         dst_mac: p.gateway_mac,
@@ -911,7 +912,7 @@ fn packets(
 fn window(
     opts: &BenchOptions,
     bl: &BenchLab,
-    sink: &ebpf::Sink,
+    sink: &bpf::Sink,
     sending: &Sending,
 ) -> Result<(PacketRun, Option<(u64, f64)>)> {
     // trafgen only reports its total when it ends (and not at all when it had to be
@@ -952,11 +953,11 @@ fn window(
         // Run-time statistics cost every program two clock reads per run: they are on in
         // this separate window only, never while packets and CPU are counted.
         let router = &bl.parts.host;
-        let stats = ebpf::enable_run_time_stats()?;
-        let p0 = ebpf::attached_programs(router)?;
+        let stats = bpf::enable_run_time_stats()?;
+        let p0 = bpf::attached_programs(router)?;
         let (s0, _) = sink.counts()?;
         std::thread::sleep(opts.stats_window);
-        let p1 = ebpf::attached_programs(router)?;
+        let p1 = bpf::attached_programs(router)?;
         let (s1, _) = sink.counts()?;
         drop(stats);
         let pkts = s1.saturating_sub(s0).max(1) as f64;
@@ -1063,7 +1064,7 @@ fn conn_rate(
         bail!("no connection completed ({failed} failed)");
     }
     let left = match b {
-        b if b.nat() == NatKind::Ebpf => nat_ebpf::live_flows(bl.lab.prefix())?.len(),
+        b if b.nat() == NatKind::Ebpf => crate::ops::conntrack::live_flows(bl.lab.prefix())?.len(),
         Backend::Iptables | Backend::Nftables => {
             let out = netns::command(&p.host, "conntrack")?.arg("-C").output()?;
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns;
+use crate::sys::netns;
 
 use super::load::{PAYLOAD, flow_ports};
 

@@ -14,18 +14,18 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::netlink::{NetlinkError, NsSnapshot};
+pub use crate::sys::netlink::{NetlinkError, NsSnapshot};
 use crate::{
+    bpf::{self, EbpfError, UplinkCounters},
     config::{ConfigError, LabConfig},
-    ebpf::{self, EbpfError, UplinkCounters},
     nat::{NatError, NatKind, NatTarget},
-    netlink,
-    netns::{self, NetnsError},
+    sys::netlink,
+    sys::netns::{self, NetnsError},
 };
 
 /// Where labs keep their state, one directory per prefix (tmpfs: gone at reboot, as are
 /// the namespaces themselves).
-pub const STATE_ROOT: &str = "/run/netns-nat";
+pub use crate::sys::paths::{STATE_ROOT, state_dir};
 /// The prefix used when none is given.
 pub const DEFAULT_PREFIX: &str = "nn-";
 
@@ -110,11 +110,6 @@ pub struct LabState {
 pub struct Lab {
     pub config: LabConfig,
     pub state: LabState,
-}
-
-/// Where lab `prefix` keeps its state.
-pub fn state_dir(prefix: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(prefix)
 }
 
 fn state_err(path: &Path, detail: impl ToString) -> LabError {
@@ -321,7 +316,7 @@ impl Lab {
                 "attaching the eBPF uplink counters to {} in {router}",
                 target.nat.uplink
             ));
-            ebpf::attach_uplink_counters(router, &target.nat.uplink, self.prefix())?;
+            bpf::attach_uplink_counters(router, &target.nat.uplink, self.prefix())?;
             if let Some(backend) = self.state.nat.backend() {
                 progress(&format!("applying {} NAT in {router}", self.state.nat));
                 backend.apply(&target)?;
@@ -402,7 +397,7 @@ impl Lab {
             _ => None,
         };
         let ebpf_status = match &target {
-            Some(t) if self.state.nat == NatKind::Ebpf => Some(crate::nat::ebpf::status(t)?),
+            Some(t) if self.state.nat == NatKind::Ebpf => Some(crate::ops::status::status(t)?),
             _ => None,
         };
         Ok(LabStatus {
@@ -414,8 +409,8 @@ impl Lab {
             uplink_address: self.config.uplink_address().map(|a| a.to_string()),
             namespaces,
             nat_rules,
-            uplink_counters: nat.and_then(|_| ebpf::read_uplink_counters(self.prefix()).ok()),
-            pin_dir: ebpf::pin_dir(self.prefix()).display().to_string(),
+            uplink_counters: nat.and_then(|_| bpf::read_uplink_counters(self.prefix()).ok()),
+            pin_dir: bpf::pin_dir(self.prefix()).display().to_string(),
             ebpf: ebpf_status,
         })
     }
@@ -438,7 +433,7 @@ pub struct LabStatus {
     pub pin_dir: String,
     /// eBPF labs: the NAT as it runs (address, fast path, timeouts, forwards, tables,
     /// programs attached, the sweeper).
-    pub ebpf: Option<crate::nat::ebpf::EbpfStatus>,
+    pub ebpf: Option<crate::ops::status::EbpfStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -487,7 +482,7 @@ pub fn down(prefix: &str) -> Result<DownReport> {
             report.namespaces.push(name);
         }
     }
-    report.pins_removed = ebpf::remove_pins(prefix).map_err(|e| state_err(&ebpf::pin_dir(prefix), e))?;
+    report.pins_removed = bpf::remove_pins(prefix).map_err(|e| state_err(&bpf::pin_dir(prefix), e))?;
     report.state_removed = match fs::remove_dir_all(&dir) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{NatBackend, NatError, NatTarget};
-use crate::{config::NatSpec, netns};
+use crate::{config::NatSpec, sys::netns};
 
 /// iptables (on Debian 12 the nf_tables backend: the same datapath as nftables).
 pub struct Iptables;

@@ -6,7 +6,7 @@ pub mod kernel;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::NatSpec, ebpf::EbpfError, lab::NetlinkError, netns::NetnsError};
+use crate::{bpf::EbpfError, config::NatSpec, sys::netlink::NetlinkError, sys::netns::NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -22,7 +22,7 @@ pub enum NatError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
-    Ethtool(#[from] crate::ethtool::EthtoolError),
+    Ethtool(#[from] crate::sys::ethtool::EthtoolError),
     #[error("the sweeper of lab {prefix}: {detail}")]
     Sweeper { prefix: String, detail: String },
     #[error("`{command}` in namespace {ns} failed: {detail}")]

@@ -1,6 +1,8 @@
 //! The embedded eBPF object: loading it into a lab's router, attaching it, pinning it per
 //! lab, and reading what it counted.
 
+pub mod progtest;
+
 use std::{
     fs, io,
     os::unix::fs::PermissionsExt as _,
@@ -32,8 +34,8 @@ use nix::{
 use serde::Serialize;
 
 use crate::{
-    netlink,
-    netns::{self, NetnsError},
+    sys::netlink,
+    sys::netns::{self, NetnsError},
 };
 
 /// The programs, built by `build.rs` for bpfel-unknown-none.

@@ -14,7 +14,7 @@ use rtnetlink::{
 };
 use serde::Serialize;
 
-use crate::netns::{self, NetnsError};
+use crate::sys::netns::{self, NetnsError};
 use netns_common::net::Ipv4Cidr;
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 
 use std::{io, os::fd::AsRawFd};
 
-use crate::netns::{self, NetnsError};
+use crate::sys::netns::{self, NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EthtoolError {

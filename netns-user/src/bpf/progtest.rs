@@ -19,8 +19,8 @@ use netns_common::{
 };
 
 use crate::{
-    ebpf::{EbpfError, StaticBinding, fill_devmap, install_forwards, map_err, object, program_error},
-    netns,
+    bpf::{EbpfError, StaticBinding, fill_devmap, install_forwards, map_err, object, program_error},
+    sys::netns,
 };
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;

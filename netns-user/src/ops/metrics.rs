@@ -20,8 +20,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    ebpf::UplinkCounters,
-    lab::Lab,
+    bpf::UplinkCounters,
+    config::NatSpec,
     nat::{NatError, NatKind, ebpf as nat_ebpf},
 };
 
@@ -36,7 +36,7 @@ pub enum MetricsError {
     #[error(transparent)]
     Nat(Box<NatError>),
     #[error(transparent)]
-    Ebpf(Box<crate::ebpf::EbpfError>),
+    Ebpf(Box<crate::bpf::EbpfError>),
     #[error("writing the metrics: {0}")]
     Format(#[from] std::fmt::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -49,8 +49,8 @@ impl From<NatError> for MetricsError {
     }
 }
 
-impl From<crate::ebpf::EbpfError> for MetricsError {
-    fn from(e: crate::ebpf::EbpfError) -> Self {
+impl From<crate::bpf::EbpfError> for MetricsError {
+    fn from(e: crate::bpf::EbpfError) -> Self {
         MetricsError::Ebpf(Box::new(e))
     }
 }
@@ -77,17 +77,17 @@ pub struct Reading {
     pub uplink: UplinkCounters,
 }
 
-/// Reads everything the metrics show.
-pub fn read(lab: &Lab) -> Result<Option<Reading>, MetricsError> {
-    let prefix = lab.prefix();
-    if lab.state.nat != NatKind::Ebpf {
+/// Reads everything the metrics show of lab `prefix`, whose NAT is `kind` (`nat` its
+/// section of the lab file).
+pub fn read(prefix: &str, kind: NatKind, nat: Option<&NatSpec>) -> Result<Option<Reading>, MetricsError> {
+    if kind != NatKind::Ebpf {
         return Ok(None);
     }
     let cfg = nat_ebpf::running_config(prefix)?;
     let (flows, bindings) = nat_ebpf::raw_tables(prefix)?;
-    let spec = lab.config.nat.as_ref().map(|n| (n.ebpf.flows, n.ebpf.bindings));
+    let spec = nat.map(|n| (n.ebpf.flows, n.ebpf.bindings));
     Ok(Some(Reading {
-        counters: crate::ebpf::read_nat_counters(prefix)?.into_iter().collect(),
+        counters: crate::bpf::read_nat_counters(prefix)?.into_iter().collect(),
         flows,
         bindings,
         now_ns: nat_ebpf::monotonic_ns(),
@@ -97,7 +97,7 @@ pub fn read(lab: &Lab) -> Result<Option<Reading>, MetricsError> {
             (PROTO_ICMP, cfg.icmp_ids.len()),
         ],
         capacity: spec.unwrap_or((0, 0)),
-        uplink: crate::ebpf::read_uplink_counters(prefix)?,
+        uplink: crate::bpf::read_uplink_counters(prefix)?,
     }))
 }
 
@@ -237,20 +237,28 @@ fn nat_metrics(reg: &mut Registry, r: &Reading) {
     }
 }
 
+/// What a scrape reads: the lab's prefix, its NAT and that NAT's lab-file section.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub prefix: &'a str,
+    pub kind: NatKind,
+    pub nat: Option<&'a NatSpec>,
+}
+
 /// Serves `GET /metrics` on `addr` (any other path: 404), one request at a time, until
 /// the process is stopped.
-pub fn serve(lab: &Lab, addr: SocketAddr) -> Result<(), MetricsError> {
+pub fn serve(src: Source, addr: SocketAddr) -> Result<(), MetricsError> {
     let listener = TcpListener::bind(addr).map_err(|source| MetricsError::Listen { addr, source })?;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        if let Err(e) = answer(lab, &mut conn) {
+        if let Err(e) = answer(src, &mut conn) {
             eprintln!("metrics: {e}");
         }
     }
     Ok(())
 }
 
-fn answer(lab: &Lab, conn: &mut TcpStream) -> io::Result<()> {
+fn answer(src: Source, conn: &mut TcpStream) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request = String::new();
@@ -262,7 +270,7 @@ fn answer(lab: &Lab, conn: &mut TcpStream) -> io::Result<()> {
     }
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/metrics" {
-        match scrape(lab) {
+        match scrape(src) {
             Ok(text) => ("200 OK", CONTENT_TYPE, text),
             Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
         }
@@ -276,12 +284,12 @@ fn answer(lab: &Lab, conn: &mut TcpStream) -> io::Result<()> {
     )
 }
 
-/// The metrics text of `lab` now.
-pub fn scrape(lab: &Lab) -> Result<String, MetricsError> {
-    let reading = read(lab)?;
+/// The metrics text now.
+pub fn scrape(src: Source) -> Result<String, MetricsError> {
+    let reading = read(src.prefix, src.kind, src.nat)?;
     let uplink = match &reading {
         Some(r) => r.uplink.clone(),
-        None => crate::ebpf::read_uplink_counters(lab.prefix())?,
+        None => crate::bpf::read_uplink_counters(src.prefix)?,
     };
     render(reading.as_ref(), &uplink)
 }

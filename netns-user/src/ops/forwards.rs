@@ -1,0 +1,154 @@
+//! Port forwards added to and removed from a running eBPF NAT through its maps.
+
+use std::net::Ipv4Addr;
+
+use netns_common::{
+    filter,
+    names::MAP_NAT_BINDINGS,
+    nat::{BindingKey, Flow, FlowKey, PROTO_TCP, PROTO_UDP, addr_to_wire, port_to_wire},
+};
+
+use super::conntrack::endpoint;
+use crate::{
+    bpf::StaticBinding,
+    config::{ForwardSpec, L4Proto},
+    nat::{
+        NatError,
+        ebpf::{bindings_map, flows_map, map_err, monotonic_ns, read_config},
+    },
+};
+
+/// Why a port forward cannot be added or removed live.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{proto} port {port} is already forwarded (to {to})")]
+    Exists { proto: L4Proto, port: u16, to: String },
+    #[error(
+        "{proto} port {port} is held by the mapping of {internal}; it is free again when that \
+         expires, or now with `netns-nat conntrack --delete --proto {proto} --port {port}`"
+    )]
+    PortInUse {
+        proto: L4Proto,
+        port: u16,
+        internal: String,
+    },
+    #[error(
+        "{internal} already has a mapping ({external}); a forward to it would give it two: \
+         `netns-nat conntrack --delete --proto {proto} --addr {addr} --port {int_port}` first"
+    )]
+    TargetMapped {
+        proto: L4Proto,
+        internal: String,
+        external: String,
+        addr: Ipv4Addr,
+        int_port: u16,
+    },
+    #[error("no {proto} port {port} is forwarded")]
+    NoSuchForward { proto: L4Proto, port: u16 },
+    #[error(transparent)]
+    Nat(#[from] Box<NatError>),
+}
+
+fn nat_err(e: impl Into<NatError>) -> ForwardError {
+    ForwardError::Nat(Box::new(e.into()))
+}
+
+fn l4(proto: L4Proto) -> u8 {
+    match proto {
+        L4Proto::Tcp => PROTO_TCP,
+        L4Proto::Udp => PROTO_UDP,
+    }
+}
+
+/// Adds port forward `f` to the running NAT: both static entries, exclusively, so that a
+/// port some mapping holds, or a target that has a mapping of its own, is refused rather
+/// than taken; nothing else changes, so every flow goes on as it was.
+pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
+    let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
+    let sb = StaticBinding {
+        proto: l4(f.protocol),
+        ext_port: port_to_wire(f.port),
+        int_addr: addr_to_wire(*f.to.ip()),
+        int_port: port_to_wire(f.to.port()),
+    };
+    let [(ekey, eb), (ikey, ib)] = sb.entries(ext);
+    let mut bindings = bindings_map(prefix).map_err(nat_err)?;
+    let now = monotonic_ns();
+    if let Ok(old) = bindings.get(&ekey, 0) {
+        if old.is_static() {
+            return Err(ForwardError::Exists {
+                proto: f.protocol,
+                port: f.port,
+                to: endpoint(old.int_addr, old.int_port),
+            });
+        }
+        if !old.expired(now) {
+            return Err(ForwardError::PortInUse {
+                proto: f.protocol,
+                port: f.port,
+                internal: endpoint(old.int_addr, old.int_port),
+            });
+        }
+    }
+    // The internal entry is a copy made when the mapping was; whether the mapping lives
+    // is its external entry's to say (the one flows keep up to date).
+    if let Ok(old) = bindings.get(&ikey, 0)
+        && bindings
+            .get(&BindingKey::external(ikey.proto, old.ext_addr, old.ext_port), 0)
+            .is_ok_and(|e| e.int_addr == old.int_addr && e.int_port == old.int_port && !e.expired(now))
+    {
+        return Err(ForwardError::TargetMapped {
+            proto: f.protocol,
+            internal: endpoint(old.int_addr, old.int_port),
+            external: endpoint(old.ext_addr, old.ext_port),
+            addr: *f.to.ip(),
+            int_port: f.to.port(),
+        });
+    }
+    // An expired mapping on the port or of the target is reclaimed, as the programs would.
+    for key in [ekey, ikey] {
+        if bindings.get(&key, 0).is_ok_and(|b| !b.is_static()) {
+            let _ = bindings.remove(&key);
+        }
+    }
+    const BPF_NOEXIST: u64 = 1;
+    bindings
+        .insert(ekey, eb, BPF_NOEXIST)
+        .map_err(map_err(prefix, MAP_NAT_BINDINGS))
+        .map_err(nat_err)?;
+    if let Err(e) = bindings.insert(ikey, ib, BPF_NOEXIST) {
+        let _ = bindings.remove(&ekey);
+        return Err(nat_err(map_err(prefix, MAP_NAT_BINDINGS)(e)));
+    }
+    Ok(())
+}
+
+/// Removes the forward of `proto` port `port` from the running NAT: both entries and the
+/// flows that came in through it (their next packet finds nothing, as for a port nobody
+/// holds). Other flows are not touched. Returns where it went.
+pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, ForwardError> {
+    let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
+    let p = l4(proto);
+    let ekey = BindingKey::external(p, ext, port_to_wire(port));
+    let mut bindings = bindings_map(prefix).map_err(nat_err)?;
+    let b = match bindings.get(&ekey, 0) {
+        Ok(b) if b.is_static() => b,
+        _ => return Err(ForwardError::NoSuchForward { proto, port }),
+    };
+    let mut flows = flows_map(prefix).map_err(nat_err)?;
+    let all: Vec<(FlowKey, Flow)> = flows.iter().filter_map(|r| r.ok()).collect();
+    for (k, f) in &all {
+        if filter::uses(k, f, p, &b) {
+            let _ = flows.remove(k);
+        }
+    }
+    let ikey = BindingKey::internal(p, b.int_addr, b.int_port);
+    if bindings
+        .get(&ikey, 0)
+        .is_ok_and(|i| i.is_static() && i.ext_port == b.ext_port)
+    {
+        let _ = bindings.remove(&ikey);
+    }
+    let _ = bindings.remove(&ekey);
+    Ok(endpoint(b.int_addr, b.int_port))
+}

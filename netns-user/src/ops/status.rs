@@ -1,0 +1,102 @@
+//! The eBPF NAT as it runs, for `status`: address, fast path, timeouts, forwards, tables,
+//! programs attached, the sweeper.
+
+use std::collections::BTreeMap;
+
+use netns_common::nat::{FLAG_ENDPOINT_INDEPENDENT_FILTERING, SIDE_EXTERNAL, addr_from_wire};
+use serde::Serialize;
+
+use super::conntrack::mappings;
+use crate::{
+    bpf,
+    nat::{
+        NatError, NatTarget,
+        ebpf::{NS, monotonic_ns, raw_tables, read_config, sweeper_pid},
+    },
+};
+
+/// `status --json`'s `ebpf` object: the eBPF NAT as it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct EbpfStatus {
+    pub external_address: String,
+    pub fast_path: &'static str,
+    pub filtering: &'static str,
+    /// Idle timeouts in seconds, as the programs have them.
+    pub timeouts: BTreeMap<&'static str, u64>,
+    /// Port forwards in the maps: `proto port -> address:port`.
+    pub forwards: Vec<String>,
+    /// Entries and capacity of each table.
+    pub tables: BTreeMap<&'static str, TableUse>,
+    /// Programs attached in the router, `name@interface:hook`.
+    pub attached: Vec<String>,
+    /// The sweeper's PID, null when it does not run.
+    pub sweeper_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TableUse {
+    pub entries: usize,
+    pub live: usize,
+    pub capacity: u32,
+}
+
+/// The eBPF NAT of `t` as it runs.
+pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
+    let cfg = read_config(t.prefix)?;
+    let (flows, bindings) = raw_tables(t.prefix)?;
+    let now = monotonic_ns();
+    let s = |ns: u64| ns / NS;
+    let live_maps = mappings(t.prefix)?;
+    Ok(EbpfStatus {
+        external_address: addr_from_wire(cfg.ext_addr).to_string(),
+        fast_path: t.nat.ebpf.fast_path.name(),
+        filtering: if cfg.flags & FLAG_ENDPOINT_INDEPENDENT_FILTERING != 0 {
+            "endpoint-independent"
+        } else {
+            "address-and-port-dependent"
+        },
+        timeouts: [
+            ("udp", s(cfg.timeouts.udp_ns)),
+            ("tcp_established", s(cfg.timeouts.tcp_established_ns)),
+            ("tcp_transitory", s(cfg.timeouts.tcp_transitory_ns)),
+            ("icmp", s(cfg.timeouts.icmp_ns)),
+        ]
+        .into_iter()
+        .collect(),
+        forwards: live_maps
+            .iter()
+            .filter(|m| m.is_static)
+            .map(|m| format!("{} {} -> {}", m.protocol, m.external, m.internal))
+            .collect(),
+        tables: [
+            (
+                "flows",
+                TableUse {
+                    entries: flows.len(),
+                    live: flows.iter().filter(|(_, f)| f.expires_ns > now).count(),
+                    capacity: t.nat.ebpf.flows,
+                },
+            ),
+            (
+                "bindings",
+                TableUse {
+                    entries: bindings.len(),
+                    // A mapping's two entries live as long as its external one.
+                    live: 2 * bindings
+                        .iter()
+                        .filter(|(k, b)| k.side == SIDE_EXTERNAL && !b.expired(now))
+                        .count(),
+                    capacity: t.nat.ebpf.bindings,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        attached: bpf::attached_programs(&t.router_ns)
+            .map_err(NatError::Ebpf)?
+            .into_iter()
+            .map(|p| p.label)
+            .collect(),
+        sweeper_pid: sweeper_pid(t.prefix),
+    })
+}
