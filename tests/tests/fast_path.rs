@@ -287,3 +287,29 @@ fn checksum_offload_on_at_the_senders(mode: FastPath) {
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
 }
 modes!(checksum_offload_on_at_the_senders);
+
+/// In XDP the fast path cannot see a VLAN tag that a veth carries beside the frame (VLAN TX
+/// offload, used by a VLAN interface on top of it): the lab turns that offload off on the
+/// far ends of the XDP ports, so such a tag is in the frame, where the programs see it and
+/// leave the frame alone (hostile.rs sends tagged frames that way). At TC the kernel has the
+/// tag in the packet's metadata, which the programs read, so nothing is changed. (VLAN
+/// interfaces themselves cannot be made here: this kernel has no CONFIG_VLAN_8021Q.)
+fn vlan_tags_stay_visible_to_the_fast_path(mode: FastPath) {
+    if !privileged("fast_vlan") {
+        return;
+    }
+    let g = lab(&tag("fpv", mode), mode);
+    for (ns, iface) in [("red", "veth-red"), ("blue", "veth-blue"), ("lan", "lan0")] {
+        let on = ethtool::get(&g.lab.ns(ns), iface, Offload::TxVlan).unwrap();
+        assert_eq!(
+            on,
+            mode != FastPath::Xdp,
+            "txvlan of {iface} with the fast path in {}",
+            mode.name()
+        );
+    }
+    // And traffic flows as before.
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    assert_eq!(udp_exchange(&g, 5, None), 5);
+}
+modes!(vlan_tags_stay_visible_to_the_fast_path);

@@ -152,6 +152,9 @@ fn prepare_xdp_peers(t: &NatTarget) -> Result<(), NatError> {
     for (ns, iface) in t.port_peers.iter().chain(&t.uplink_peer) {
         ethtool::set(ns, iface, Offload::Gro, true)?;
         ethtool::set(ns, iface, Offload::TxChecksum, false)?;
+        // A VLAN interface on the peer then puts its tag in the frame, where XDP sees it
+        // (and leaves the frame alone) instead of beside it, where XDP would not.
+        ethtool::set(ns, iface, Offload::TxVlan, false)?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! Two interface offloads the XDP fast path depends on, through the SIOCETHTOOL ioctl (the
-//! legacy one-feature commands, as `ethtool -K` falls back to): GRO, which gives a veth the
-//! NAPI instance that frames redirected into its peer need, and TX checksum offload, which
-//! leaves the L4 checksum partial, something XDP cannot see.
+//! Three interface offloads the XDP fast path depends on, through the SIOCETHTOOL ioctl (the
+//! legacy commands, as `ethtool -K` falls back to): GRO, which gives a veth the NAPI
+//! instance that frames redirected into its peer need; TX checksum offload, which leaves the
+//! L4 checksum partial; and VLAN TX offload, which carries a VLAN tag beside the frame
+//! rather than in it. XDP sees neither of the last two.
 
 use std::{io, os::fd::AsRawFd};
 
@@ -27,14 +28,22 @@ pub enum Offload {
     Gro,
     /// Transmit checksum offload (the L4 checksum is left for the device to finish).
     TxChecksum,
+    /// 802.1Q tag insertion by the device (`txvlan`): the tag travels as metadata.
+    TxVlan,
 }
 
+/// ETHTOOL_GFLAGS / ETHTOOL_SFLAGS, and their TX VLAN bit (ETH_FLAG_TXVLAN).
+const GFLAGS: u32 = 0x25;
+const SFLAGS: u32 = 0x26;
+const FLAG_TXVLAN: u32 = 1 << 7;
+
 impl Offload {
-    /// (get, set) commands of linux/ethtool.h.
+    /// (get, set) commands of linux/ethtool.h (TxVlan: a bit of the flags word).
     fn commands(self) -> (u32, u32) {
         match self {
             Offload::Gro => (0x2b, 0x2c),
             Offload::TxChecksum => (0x16, 0x17),
+            Offload::TxVlan => (GFLAGS, SFLAGS),
         }
     }
 
@@ -42,6 +51,7 @@ impl Offload {
         match self {
             Offload::Gro => "gro",
             Offload::TxChecksum => "tx-checksumming",
+            Offload::TxVlan => "tx-vlan-offload",
         }
     }
 }
@@ -92,7 +102,10 @@ pub fn get(ns: &str, iface: &str, offload: Offload) -> Result<bool, EthtoolError
         source,
     };
     netns::run_in(ns, || ioctl(iface, offload.commands().0, 0))?
-        .map(|d| d != 0)
+        .map(|d| match offload {
+            Offload::TxVlan => d & FLAG_TXVLAN != 0,
+            _ => d != 0,
+        })
         .map_err(fail)
 }
 
@@ -104,7 +117,21 @@ pub fn set(ns: &str, iface: &str, offload: Offload, on: bool) -> Result<(), Etht
         ns: ns.to_owned(),
         source,
     };
-    netns::run_in(ns, || ioctl(iface, offload.commands().1, u32::from(on)))?
-        .map(|_| ())
-        .map_err(fail)
+    netns::run_in(ns, || {
+        let value = match offload {
+            // The flags word holds other offloads too: change only this bit.
+            Offload::TxVlan => {
+                let flags = ioctl(iface, GFLAGS, 0)?;
+                if on {
+                    flags | FLAG_TXVLAN
+                } else {
+                    flags & !FLAG_TXVLAN
+                }
+            }
+            _ => u32::from(on),
+        };
+        ioctl(iface, offload.commands().1, value)
+    })?
+    .map(|_| ())
+    .map_err(fail)
 }
