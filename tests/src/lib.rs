@@ -229,3 +229,22 @@ pub fn record_summary(name: &str, text: &str) {
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n"));
 }
+
+/// Runs a test function `fn name(mode: FastPath)` with the fast path at TC and in XDP, as
+/// the tests `name::tc` and `name::xdp`.
+#[macro_export]
+macro_rules! modes {
+    ($name:ident) => {
+        mod $name {
+            use netns_user::config::FastPath;
+            #[test]
+            fn tc() {
+                super::$name(FastPath::Tc)
+            }
+            #[test]
+            fn xdp() {
+                super::$name(FastPath::Xdp)
+            }
+        }
+    };
+}

@@ -18,23 +18,6 @@ use netns_user::{
     sys::netns,
 };
 
-/// Runs a test in both fast-path modes.
-macro_rules! modes {
-    ($name:ident) => {
-        mod $name {
-            use netns_user::config::FastPath;
-            #[test]
-            fn tc() {
-                super::$name(FastPath::Tc)
-            }
-            #[test]
-            fn xdp() {
-                super::$name(FastPath::Xdp)
-            }
-        }
-    };
-}
-
 /// The fast-path counter of `mode` for one direction ("out" or "in").
 fn fast(mode: FastPath, dir: &str) -> String {
     format!("fast_{dir}_{}", mode.name())
@@ -146,7 +129,7 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     assert!(f2.expires_in_s > f.expires_in_s - 0.5, "{f:?} then {f2:?}");
     assert_eq!((f2.packets_out, f2.packets_in), (55, 55), "{f2:?}");
 }
-modes!(established_udp_takes_the_fast_path_both_ways);
+netns_tests::modes!(established_udp_takes_the_fast_path_both_ways);
 
 fn ttl_one_takes_the_slow_path_and_goes_no_further(mode: FastPath) {
     if !privileged("fast_ttl") {
@@ -168,7 +151,7 @@ fn ttl_one_takes_the_slow_path_and_goes_no_further(mode: FastPath) {
     let c2 = counters(g.prefix());
     assert_eq!(delta(&c1, &c2, &fast(mode, "out")), 2, "{c2:?}");
 }
-modes!(ttl_one_takes_the_slow_path_and_goes_no_further);
+netns_tests::modes!(ttl_one_takes_the_slow_path_and_goes_no_further);
 
 #[test]
 fn fast_path_off_takes_every_packet_through_the_router() {
@@ -239,7 +222,7 @@ fn a_tcp_connection_moves_between_the_paths(mode: FastPath) {
     );
     assert!(delta(&c0, &c1, "out_tcp") >= 2, "{c1:?}");
 }
-modes!(a_tcp_connection_moves_between_the_paths);
+netns_tests::modes!(a_tcp_connection_moves_between_the_paths);
 
 /// TX checksum offload on the senders (the kernel's default for veth; the XDP mode turns
 /// it off on the peers of its ports, so this test turns it back on): at TC the fast path
@@ -286,7 +269,7 @@ fn checksum_offload_on_at_the_senders(mode: FastPath) {
     let checks = probe::check(&g.lab, Duration::from_secs(3)).unwrap();
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
 }
-modes!(checksum_offload_on_at_the_senders);
+netns_tests::modes!(checksum_offload_on_at_the_senders);
 
 /// In XDP the fast path cannot see a VLAN tag that a veth carries beside the frame (VLAN TX
 /// offload, used by a VLAN interface on top of it): the lab turns that offload off on the
@@ -312,4 +295,4 @@ fn vlan_tags_stay_visible_to_the_fast_path(mode: FastPath) {
     let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
     assert_eq!(udp_exchange(&g, 5, None), 5);
 }
-modes!(vlan_tags_stay_visible_to_the_fast_path);
+netns_tests::modes!(vlan_tags_stay_visible_to_the_fast_path);

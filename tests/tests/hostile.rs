@@ -31,22 +31,6 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 254);
 const SETTLE: Duration = Duration::from_millis(300);
 const ETH_P_ALL: u16 = 0x0003;
 
-macro_rules! modes {
-    ($name:ident) => {
-        mod $name {
-            use netns_user::config::FastPath;
-            #[test]
-            fn tc() {
-                super::$name(FastPath::Tc)
-            }
-            #[test]
-            fn xdp() {
-                super::$name(FastPath::Xdp)
-            }
-        }
-    };
-}
-
 /// An AF_PACKET socket on one interface of a lab namespace: sends frames as they are and
 /// receives every frame that arrives there.
 struct Wire {
@@ -861,4 +845,4 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
     println!("{text}");
     record_summary(&format!("hostile-{}", mode.name()), &text);
 }
-modes!(hostile_traffic_is_dropped_or_passed_as_designed);
+netns_tests::modes!(hostile_traffic_is_dropped_or_passed_as_designed);

@@ -281,6 +281,24 @@ pub(crate) fn bindings_map(prefix: &str) -> Result<HashMap<MapData, BindingKey, 
     HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_BINDINGS)?).map_err(map_err(prefix, MAP_NAT_BINDINGS))
 }
 
+/// Removes mapping `b`, whose external entry is `ekey`, with both of its entries: the
+/// internal one only while it still points at this external endpoint (it may be another
+/// mapping's by now). Whether the external entry was there to remove.
+pub(crate) fn remove_mapping(
+    bindings: &mut HashMap<MapData, BindingKey, Binding>,
+    ekey: &BindingKey,
+    b: &Binding,
+) -> bool {
+    let ikey = BindingKey::internal(ekey.proto, b.int_addr, b.int_port);
+    if bindings
+        .get(&ikey, 0)
+        .is_ok_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
+    {
+        let _ = bindings.remove(&ikey);
+    }
+    bindings.remove(ekey).is_ok()
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

@@ -18,7 +18,7 @@ use crate::{
     bpf::{self, UplinkCounters},
     nat::{
         NatError,
-        ebpf::{NS, bindings_map, flows_map, map_err, monotonic_ns},
+        ebpf::{NS, bindings_map, flows_map, map_err, monotonic_ns, remove_mapping},
     },
 };
 
@@ -185,14 +185,7 @@ pub fn delete(prefix: &str, filter: &EntryFilter) -> Result<Deleted, NatError> {
                 gone.flows += 1;
             }
         }
-        let ikey = BindingKey::internal(k.proto, b.int_addr, b.int_port);
-        if bindings
-            .get(&ikey, 0)
-            .is_ok_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
-        {
-            let _ = bindings.remove(&ikey);
-        }
-        if bindings.remove(k).is_ok() {
+        if remove_mapping(&mut bindings, k, b) {
             gone.mappings += 1;
         }
     }

@@ -14,7 +14,7 @@ use crate::{
     config::{ForwardSpec, L4Proto},
     nat::{
         NatError,
-        ebpf::{bindings_map, flows_map, map_err, monotonic_ns, read_config},
+        ebpf::{bindings_map, flows_map, map_err, monotonic_ns, read_config, remove_mapping},
     },
 };
 
@@ -142,13 +142,6 @@ pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, Fo
             let _ = flows.remove(k);
         }
     }
-    let ikey = BindingKey::internal(p, b.int_addr, b.int_port);
-    if bindings
-        .get(&ikey, 0)
-        .is_ok_and(|i| i.is_static() && i.ext_port == b.ext_port)
-    {
-        let _ = bindings.remove(&ikey);
-    }
-    let _ = bindings.remove(&ekey);
+    remove_mapping(&mut bindings, &ekey, &b);
     Ok(endpoint(b.int_addr, b.int_port))
 }

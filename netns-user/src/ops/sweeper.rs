@@ -18,8 +18,8 @@ use crate::{
     nat::{
         NatError,
         ebpf::{
-            GRACE_NS, bindings_map, config_map, flows_map, map_err, monotonic_ns, static_bindings,
-            uplink_address,
+            GRACE_NS, bindings_map, config_map, flows_map, map_err, monotonic_ns, remove_mapping,
+            static_bindings, uplink_address,
         },
     },
 };
@@ -63,14 +63,7 @@ pub fn sweep_once(prefix: &str, now: u64) -> Result<Swept, NatError> {
             {
                 continue;
             }
-            let ikey = BindingKey::internal(k.proto, b.int_addr, b.int_port);
-            if bindings
-                .get(&ikey, 0)
-                .is_ok_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
-            {
-                let _ = bindings.remove(&ikey);
-            }
-            if bindings.remove(k).is_ok() {
+            if remove_mapping(&mut bindings, k, b) {
                 swept.bindings += 1;
             }
         } else {
