@@ -9,6 +9,7 @@ pub mod filter;
 pub mod fwd;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
+pub mod layout;
 pub mod names;
 pub mod nat;
 pub mod net;

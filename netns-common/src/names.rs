@@ -38,6 +38,8 @@ pub const MAP_NAT_DEVMAP: &str = "NAT_DEVMAP";
 pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 /// Per-CPU array of [`crate::counters::NatCounter`] values.
 pub const MAP_NAT_COUNTERS: &str = "NAT_COUNTERS";
+/// Array of one u64: the [`crate::layout::LAYOUT_STAMP`] of the build that made the maps.
+pub const MAP_NAT_LAYOUT: &str = "NAT_LAYOUT";
 
 /// XDP program of the benchmark's sink: counts and drops UDP to [`SINK_PORT`].
 pub const PROG_SINK: &str = "bench_sink";

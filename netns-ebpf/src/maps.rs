@@ -69,6 +69,11 @@ pub static NAT_DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
 #[map(name = "NAT_FRAGS")]
 pub static NAT_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(8192, 0);
 
+/// The layout stamp of the build that made these maps, written by user space and read only
+/// by it (before an upgrade); no program touches it.
+#[map(name = "NAT_LAYOUT")]
+pub static NAT_LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
     if let Some(slot) = map.get_ptr_mut(index) {

@@ -20,8 +20,9 @@ pub const PREFIX_MAX: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // Not a #[source]: its text is the message, printed once.
     #[error("invalid lab file: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
     #[error("the lab has no namespace")]
     NoNamespace,
     #[error("namespace name {name:?} {source}")]
@@ -83,6 +84,48 @@ pub enum ConfigError {
     BadEbpfNat(String),
     #[error("lab prefix {prefix:?} {why}")]
     BadPrefix { prefix: String, why: String },
+    #[error("{what} cannot change while the NAT runs (`netns-nat down`, then `up` with the new file)")]
+    NotLive { what: String },
+    #[error("{what}: use `netns-nat forward add|del` to change port forwards while the NAT runs")]
+    ForwardsNotApplied { what: String },
+    #[error("{0} has no [nat] section")]
+    NoNat(String),
+    #[error("the lab's stored configuration {path}: {detail}")]
+    Stored { path: String, detail: String },
+}
+
+impl From<toml::de::Error> for ConfigError {
+    fn from(e: toml::de::Error) -> Self {
+        ConfigError::Toml(e)
+    }
+}
+
+/// The configuration a lab stores in its state directory (what `up` built, with every live
+/// change since): read by `status`, `down`, the agent and `up --resume`.
+pub fn stored_path(prefix: &str) -> std::path::PathBuf {
+    crate::sys::paths::state_dir(prefix).join("lab.toml")
+}
+
+pub fn load_stored(prefix: &str) -> Result<LabConfig, ConfigError> {
+    let path = stored_path(prefix);
+    let fail = |detail: String| ConfigError::Stored {
+        path: path.display().to_string(),
+        detail,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+    LabConfig::parse(&text).map_err(|e| fail(e.to_string()))
+}
+
+/// Replaces the stored configuration, atomically (a reader sees the old file or the new).
+pub fn store(prefix: &str, config: &LabConfig) -> Result<(), ConfigError> {
+    let path = stored_path(prefix);
+    let tmp = path.with_extension("toml.new");
+    let fail = |e: std::io::Error| ConfigError::Stored {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    std::fs::write(&tmp, config.to_toml()).map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)
 }
 
 /// An IPv4 address with prefix length, written `a.b.c.d/len`; `default` means `0.0.0.0/0`.
@@ -388,6 +431,65 @@ pub struct Interface<'a> {
 }
 
 impl LabConfig {
+    /// This lab with its `[nat]` replaced by `new`, if everything that differs can change
+    /// while the eBPF NAT runs (port ranges, timeouts, filtering, unsupported protocols,
+    /// internal prefixes, the sweep interval) and the result validates. The router, the
+    /// uplink, table sizes and the fast path are fixed at `up`; forwards change through
+    /// `forward add|del`, one at a time, with their own checks.
+    pub fn with_live_nat(&self, new: NatSpec) -> Result<LabConfig, ConfigError> {
+        let old = self
+            .nat
+            .as_ref()
+            .ok_or_else(|| ConfigError::NoNat("the running lab".into()))?;
+        let fixed = [
+            ("[nat] router", old.router != new.router),
+            ("[nat] uplink", old.uplink != new.uplink),
+            ("[nat.ebpf] flows", old.ebpf.flows != new.ebpf.flows),
+            ("[nat.ebpf] bindings", old.ebpf.bindings != new.ebpf.bindings),
+            ("[nat.ebpf] fast_path", old.ebpf.fast_path != new.ebpf.fast_path),
+        ];
+        if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(ConfigError::NotLive {
+                what: (*what).to_owned(),
+            });
+        }
+        if old.forwards != new.forwards {
+            return Err(ConfigError::ForwardsNotApplied {
+                what: "[[nat.forward]] differs from the running forwards".into(),
+            });
+        }
+        let mut out = self.clone();
+        out.nat = Some(new);
+        out.validate()?;
+        Ok(out)
+    }
+
+    /// The `[nat]` section of `text`, for a live change of this lab: a file with only a
+    /// `[nat]` section, or a whole lab file whose other sections are this lab's.
+    pub fn nat_from_file(&self, text: &str) -> Result<NatSpec, ConfigError> {
+        let table: toml::Table = toml::from_str(text)?;
+        if table.keys().all(|k| k == "nat") {
+            let nat = table
+                .get("nat")
+                .cloned()
+                .ok_or_else(|| ConfigError::NoNat("the file".into()))?;
+            return Ok(nat.try_into()?);
+        }
+        let mut whole = LabConfig::parse(text)?;
+        let nat = whole
+            .nat
+            .take()
+            .ok_or_else(|| ConfigError::NoNat("the file".into()))?;
+        let mut running = self.clone();
+        running.nat = None;
+        if whole != running {
+            return Err(ConfigError::NotLive {
+                what: "the namespaces, bridges, veths, routes or sysctls of the lab".into(),
+            });
+        }
+        Ok(nat)
+    }
+
     /// Parses and validates a lab file.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let cfg: LabConfig = toml::from_str(text)?;

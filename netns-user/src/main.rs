@@ -12,7 +12,7 @@ use netns_user::{
     bench,
     config::LabConfig,
     lab::{self, DEFAULT_PREFIX, Lab, LabStatus},
-    nat::NatKind,
+    nat::{NatKind, Resumed},
     probe,
     sys::netns,
 };
@@ -43,20 +43,34 @@ struct PrefixArg {
 #[derive(Subcommand)]
 enum Command {
     /// Create a lab and return when it is ready; it stays until `down`.
+    ///
+    /// On a lab that exists: --resume restarts its agent if it died; --upgrade swaps this
+    /// build's eBPF programs into it (flows, mappings and counters kept).
     Up {
         /// Lab file (TOML); the built-in default is the reference lab
         /// (netns-user/labs/reference.toml).
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with_all = ["resume", "upgrade"])]
         config: Option<PathBuf>,
         #[command(flatten)]
         prefix: PrefixArg,
         /// NAT in the router namespace.
-        #[arg(long, value_enum, default_value_t = NatKind::Ebpf)]
+        #[arg(long, value_enum, default_value_t = NatKind::Ebpf, conflicts_with_all = ["resume", "upgrade"])]
         nat: NatKind,
         /// eBPF NAT only: where established flows skip the bridge and routing (overrides
         /// the lab file's [nat.ebpf] fast_path; default tc).
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with_all = ["resume", "upgrade"])]
         fast_path: Option<netns_user::config::FastPath>,
+        /// The lab exists: start its agent again if it is not running (after a crash or a
+        /// kill). Packets were translated all along; this brings back expiry, address
+        /// following and live changes.
+        #[arg(long, conflicts_with = "upgrade")]
+        resume: bool,
+        /// The lab exists: load this build's eBPF programs and swap them into the running
+        /// hooks atomically (TCX and XDP link updates), keeping the pinned maps, so
+        /// established connections keep flowing; the agent is restarted from this build.
+        /// Refused, with nothing changed, if the maps' layout differs from this build's.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
     /// Works on a half-built lab; a lab that is not there is not an error.
@@ -226,11 +240,17 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Run the eBPF NAT's sweeper for a lab (started by `up`; not for direct use).
+    /// Run the eBPF NAT's agent for a lab (started by `up`, stopped by `down`; not for
+    /// direct use).
     #[command(hide = true)]
-    Sweep {
+    Agent {
         #[command(flatten)]
         prefix: PrefixArg,
+    },
+    /// The running configuration of a lab's NAT.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
     },
     /// Play the scenario's acceptance exchanges (ICMP, UDP, TCP, HTTP through the port
     /// forward) and say whether each behaves as the lab's NAT should. Exits non-zero if not.
@@ -258,10 +278,36 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Up {
+            prefix, resume: true, ..
+        } => {
+            let lab = Lab::open(&prefix.prefix)?;
+            match lab.resume()? {
+                Resumed::Nothing => eprintln!(
+                    "lab {:?} ({} NAT) has nothing to resume: the kernel runs its NAT",
+                    prefix.prefix, lab.state.nat
+                ),
+                Resumed::Running(pid) => {
+                    eprintln!("the agent of lab {:?} is running (pid {pid})", prefix.prefix)
+                }
+                Resumed::Started(pid) => {
+                    eprintln!("started the agent of lab {:?} (pid {pid})", prefix.prefix)
+                }
+            }
+        }
+        Command::Up {
+            prefix,
+            upgrade: true,
+            ..
+        } => {
+            let lab = Lab::open(&prefix.prefix)?;
+            eprintln!("upgrading lab {:?}: {}", prefix.prefix, lab.upgrade()?);
+        }
+        Command::Up {
             config,
             prefix,
             nat,
             fast_path,
+            ..
         } => {
             let mut cfg = match &config {
                 Some(path) => {
@@ -595,12 +641,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Sweep { prefix } => {
+        Command::Agent { prefix } => {
             lab::require_root()?;
-            let lab = Lab::open(&prefix.prefix)?;
-            let nat = lab.config.nat.clone().context("the lab has no [nat] section")?;
-            netns_user::ops::sweeper::sweep_forever(&prefix.prefix, &nat, &lab.ns(&nat.router))?;
+            netns_user::ops::agent::run(&prefix.prefix)?;
         }
+        Command::Config { action } => config_cmd(action)?,
         Command::Check { prefix, wait, json } => {
             lab::require_root()?;
             let lab = Lab::open(&prefix.prefix)?;
@@ -772,10 +817,31 @@ fn print_status(s: &LabStatus) {
                 e.forwards.join(", ")
             }
         );
-        match e.sweeper_pid {
-            Some(pid) => println!("  sweeper: running (pid {pid})"),
-            None => println!(
-                "  sweeper: NOT RUNNING (expired entries are not deleted; their ports are still reused)"
+        match (&e.agent.pid, &e.agent.health) {
+            (Some(pid), Some(h)) => println!(
+                "  agent: running (pid {pid}): {} sweeps (last {} ms), {} flows and {} mappings \
+                 swept, {} address events ({} changes), {} live changes applied, {} refused{}",
+                h.sweeps,
+                h.last_sweep_ms,
+                h.swept_flows,
+                h.swept_mappings,
+                h.address_events,
+                h.address_changes,
+                h.changes_applied,
+                h.changes_refused,
+                h.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            ),
+            (Some(pid), None) => println!(
+                "  agent: pid {pid} does NOT ANSWER: {}",
+                e.agent.error.as_deref().unwrap_or("")
+            ),
+            (None, _) => println!(
+                "  agent: NOT RUNNING (expired entries are not deleted, address changes are not \
+                 followed, live changes are refused): `netns-nat up --prefix {} --resume`",
+                s.prefix
             ),
         }
     }
@@ -906,7 +972,7 @@ fn forward(cmd: ForwardCmd) -> Result<()> {
         }
     };
     lab::require_root()?;
-    let mut lab = Lab::open(&p)?;
+    let lab = Lab::open(&p)?;
     if lab.state.nat != NatKind::Ebpf {
         bail!(
             "lab {p:?} uses {} NAT: live forwards are for the eBPF NAT (its forwards are the lab \
@@ -914,29 +980,32 @@ fn forward(cmd: ForwardCmd) -> Result<()> {
             lab.state.nat
         );
     }
-    let mut config = lab.config.clone();
-    let nat = config.nat.as_mut().context("the lab has no [nat] section")?;
+    use netns_user::ops::agent::{Request, request};
     match cmd {
         ForwardCmd::Add { proto, port, to, .. } => {
-            let f = ForwardSpec {
+            let forward = ForwardSpec {
                 protocol: proto,
                 port,
                 to,
             };
-            nat.forwards.push(f.clone());
-            // The whole configuration must stay valid (ports, duplicates, internal target).
-            config.validate()?;
-            netns_user::ops::forwards::add_forward(&p, &f)?;
-            lab.store_config(config)?;
+            request(&p, &Request::ForwardAdd { forward })?;
             println!("forwarding {proto} port {port} of lab {p:?} to {to}");
         }
         ForwardCmd::Del { proto, port, .. } => {
-            let to = netns_user::ops::forwards::del_forward(&p, proto, port)?;
-            nat.forwards.retain(|f| !(f.protocol == proto && f.port == port));
-            lab.store_config(config)?;
-            println!("removed the forward of {proto} port {port} (to {to})");
+            let v = request(
+                &p,
+                &Request::ForwardDel {
+                    protocol: proto,
+                    port,
+                },
+            )?;
+            println!(
+                "removed the forward of {proto} port {port} (to {})",
+                v["to"].as_str().unwrap_or("?")
+            );
         }
         ForwardCmd::List { json, .. } => {
+            let nat = lab.config.nat.as_ref().context("the lab has no [nat] section")?;
             let live = netns_user::ops::conntrack::mappings(&p)?;
             let ext = lab.config.uplink_address();
             let rows: Vec<serde_json::Value> = nat
@@ -975,6 +1044,62 @@ fn forward(cmd: ForwardCmd) -> Result<()> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `netns-nat config ...`.
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Apply FILE's [nat] settings to the running eBPF NAT: port ranges, timeouts,
+    /// filtering, unsupported protocols, internal prefixes, the sweep interval. New flows
+    /// follow them at once; existing flows and mappings keep what they were made with.
+    /// Anything else that differs (router, uplink, table sizes, fast path, namespaces,
+    /// forwards) refuses the whole file and nothing changes.
+    ///
+    /// FILE is a lab file, or a file with only a [nat] section.
+    Apply {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        file: PathBuf,
+    },
+    /// Print the lab's running configuration (the lab file with every live change).
+    Show {
+        #[command(flatten)]
+        prefix: PrefixArg,
+    },
+}
+
+fn config_cmd(cmd: ConfigCmd) -> Result<()> {
+    lab::require_root()?;
+    match cmd {
+        ConfigCmd::Apply { prefix, file } => {
+            let p = prefix.prefix;
+            let lab = Lab::open(&p)?;
+            if lab.state.nat != NatKind::Ebpf {
+                bail!(
+                    "lab {p:?} uses {} NAT: live settings are for the eBPF NAT",
+                    lab.state.nat
+                );
+            }
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let nat = lab
+                .config
+                .nat_from_file(&text)
+                .with_context(|| format!("in {}", file.display()))?;
+            // Checked here for a clear error, and again by the agent against what runs.
+            lab.config.with_live_nat(nat.clone())?;
+            netns_user::ops::agent::request(
+                &p,
+                &netns_user::ops::agent::Request::ConfigApply { nat: Box::new(nat) },
+            )?;
+            println!("applied {} to lab {p:?}", file.display());
+        }
+        ConfigCmd::Show { prefix } => {
+            let lab = Lab::open(&prefix.prefix)?;
+            print!("{}", lab.config.to_toml());
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Operating a running eBPF NAT through the binary, against live labs with real flows:
 //! `conntrack` as conntrack(8) (filters, `--count`, `--delete`, `--flush`, `--watch`),
-//! `stats --watch`, `metrics` over HTTP, and port forwards added and removed live.
+//! `stats --watch`, `metrics` over HTTP, port forwards added and removed live, `config
+//! apply`, the agent (killed, resumed, signalled) and `up --upgrade`.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -472,7 +473,11 @@ fn forwards_added_and_removed_live() {
     assert_eq!(e["timeouts"]["tcp_established"], 7440);
     assert_eq!(e["tables"]["flows"]["capacity"], 262_144);
     assert!(e["tables"]["flows"]["live"].as_u64().unwrap() >= 1);
-    assert!(e["sweeper_pid"].as_u64().is_some(), "the sweeper runs: {e}");
+    assert!(e["agent"]["pid"].as_u64().is_some(), "the agent runs: {e}");
+    assert_eq!(
+        e["agent"]["health"]["changes_applied"], 1,
+        "the agent applied the add: {e}"
+    );
     let has = |k: &str, v: &str| e[k].as_array().unwrap().iter().any(|x| x == v);
     assert!(
         has("forwards", "tcp 192.168.1.2:8080 -> 192.168.15.1:8080"),
@@ -532,4 +537,350 @@ fn forwards_added_and_removed_live() {
     // The lab still passes its acceptance exchanges (the forward to blue:80 included).
     let checks = netns_user::probe::check(&g.lab, Duration::from_secs(3)).unwrap();
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+}
+
+/// A connection from red to lan's echo server on `port` that exchanges a block every 20 ms
+/// for `secs` seconds from another thread: how many rounds came back intact, or the first
+/// failure.
+type Paced = std::thread::JoinHandle<Result<(u32, TcpStream), String>>;
+
+/// (The stream comes back open, so that its flow can be looked at afterwards.)
+fn paced_connection(g: &LabGuard, port: u16, secs: f64) -> Paced {
+    use std::io::{Read, Write};
+    let mut s = in_ns(&g.lab.ns("red"), || {
+        TcpStream::connect(SocketAddrV4::new(LAN, port)).unwrap()
+    });
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        let mut rounds = 0u32;
+        while std::time::Instant::now() < end {
+            let block: Vec<u8> = (0..4000u32).map(|i| (i ^ rounds) as u8).collect();
+            s.write_all(&block)
+                .map_err(|e| format!("round {rounds}: write: {e}"))?;
+            let mut back = vec![0u8; block.len()];
+            s.read_exact(&mut back)
+                .map_err(|e| format!("round {rounds}: read: {e}"))?;
+            if back != block {
+                return Err(format!("round {rounds}: the echo differs"));
+            }
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((rounds, s))
+    })
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn refused(args: &[&str], why: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+}
+
+fn agent_pid(p: &str) -> Option<i32> {
+    nat_ebpf::agent_pid(p)
+}
+
+/// The programs attached in the router, as `status --json` has them, with their ids.
+fn program_ids(g: &LabGuard) -> Vec<(String, u32)> {
+    let mut ids: Vec<(String, u32)> = netns_user::bpf::attached_programs(&g.lab.ns("host"))
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.label, p.id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The agent killed with SIGKILL and brought back by `up --resume`, then the programs
+/// swapped by `up --upgrade`, while a TCP connection exchanges data all along: it never
+/// notices, its flow entry is the same one, and the new programs are the ones attached.
+fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath) {
+    if !privileged("agent_resume_upgrade") {
+        return;
+    }
+    let g = LabGuard::up(
+        &format!("upg{}", netns_tests::Nat::ebpf(fast).letter()),
+        netns_tests::Nat::ebpf(fast),
+    );
+    let p = g.prefix().to_owned();
+    let _server = tcp_echo_server(&g.lab.ns("lan"), 7200);
+    let conn = paced_connection(&g, 7200, 6.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let flow_before = json(&["conntrack", "--prefix", &p, "--json", "--port", "7200"])["flows"].clone();
+    assert_eq!(flow_before.as_array().unwrap().len(), 1, "{flow_before}");
+
+    // kill -9: nothing cleans up; packets go on being translated; live changes are refused.
+    let pid = agent_pid(&p).expect("up started the agent");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while agent_pid(&p).is_some() {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        assert!(std::time::Instant::now() < deadline, "the agent did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = json(&["status", "--prefix", &p, "--json"]);
+    assert!(st["ebpf"]["agent"]["pid"].is_null(), "{}", st["ebpf"]["agent"]);
+    refused(
+        &[
+            "forward",
+            "add",
+            "--prefix",
+            &p,
+            "--proto",
+            "udp",
+            "--port",
+            "5000",
+            "--to",
+            "192.168.15.1:5000",
+        ],
+        "--resume",
+    );
+    let out = ok(&["up", "--prefix", &p, "--resume"]);
+    assert!(out.contains("started the agent"), "{out}");
+    let new_pid = agent_pid(&p).expect("resumed");
+    assert_ne!(new_pid, pid);
+    let out = ok(&["up", "--prefix", &p, "--resume"]);
+    assert!(
+        out.contains("is running"),
+        "a second resume starts nothing: {out}"
+    );
+    assert_eq!(agent_pid(&p), Some(new_pid));
+    let h = &json(&["status", "--prefix", &p, "--json"])["ebpf"]["agent"]["health"];
+    assert_eq!(h["pid"], new_pid, "the new agent answers: {h}");
+
+    // The upgrade: every link gets a new program; the maps are the same objects.
+    let before = program_ids(&g);
+    let counters_before = json(&["stats", "--prefix", &p, "--json"]);
+    let out = ok(&["up", "--prefix", &p, "--upgrade"]);
+    assert!(out.contains("links updated in place"), "{out}");
+    let after = program_ids(&g);
+    assert_eq!(before.len(), after.len(), "{before:?} vs {after:?}");
+    for ((l0, id0), (l1, id1)) in before.iter().zip(&after) {
+        assert_eq!(l0, l1);
+        assert_ne!(id0, id1, "{l0} still runs the old program");
+    }
+    let upgraded_pid = agent_pid(&p).expect("the upgrade restarts the agent");
+    assert_ne!(upgraded_pid, new_pid);
+
+    let (rounds, _open) = conn.join().unwrap().expect("the connection never noticed");
+    assert!(rounds > 50, "only {rounds} rounds");
+    // The same flow, carried over with its state, and counters that went on counting.
+    let flow_after = json(&["conntrack", "--prefix", &p, "--json", "--port", "7200"])["flows"].clone();
+    assert_eq!(
+        flow_after[0]["external"], flow_before[0]["external"],
+        "{flow_after}"
+    );
+    assert_eq!(flow_after[0]["state"], "established", "{flow_after}");
+    let counters_after = json(&["stats", "--prefix", &p, "--json"]);
+    let out_tcp = |v: &Value| v["uplink"]["egress_packets"].as_u64().unwrap_or(0);
+    assert!(
+        out_tcp(&counters_after) > out_tcp(&counters_before),
+        "{counters_before} -> {counters_after}"
+    );
+    let checks = netns_user::probe::check(&g.lab, Duration::from_secs(3)).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+}
+netns_tests::modes!(agent_restart_and_upgrade_keep_connections);
+
+/// Maps pinned by a build with another layout are refused by `up --upgrade`, and nothing
+/// changes: the same programs stay attached.
+#[test]
+fn an_upgrade_onto_another_layout_is_refused() {
+    use aya::maps::{Array, MapData};
+    use netns_common::{layout::LAYOUT_STAMP, names::MAP_NAT_LAYOUT};
+    if !privileged("upgrade_layout") {
+        return;
+    }
+    let g = LabGuard::up("lay", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let set_stamp = |v: u64| {
+        let mut a: Array<MapData, u64> =
+            Array::try_from(netns_user::bpf::pinned_map(&p, MAP_NAT_LAYOUT).unwrap()).unwrap();
+        a.set(0, v, 0).unwrap();
+    };
+    assert_eq!(netns_user::bpf::pinned_layout(&p).unwrap(), LAYOUT_STAMP);
+    let before = program_ids(&g);
+    set_stamp(LAYOUT_STAMP ^ 1);
+    refused(&["up", "--prefix", &p, "--upgrade"], "another layout");
+    assert_eq!(program_ids(&g), before, "nothing was swapped");
+    let checks = netns_user::probe::check(&g.lab, Duration::from_secs(3)).unwrap();
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+    set_stamp(LAYOUT_STAMP);
+    ok(&["up", "--prefix", &p, "--upgrade"]);
+    assert_ne!(program_ids(&g), before);
+}
+
+/// `config apply`: a good file changes the running settings (status, stored config) and new
+/// flows follow them; a bad one, of any kind, is refused whole and changes nothing.
+#[test]
+fn config_apply_changes_live_settings_or_nothing() {
+    if !privileged("config_apply") {
+        return;
+    }
+    let g = LabGuard::up("cfa", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let dir = std::env::temp_dir().join(format!("{p}config-apply"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let nat = |ebpf: &str, uplink: &str, fwd_port: u16| {
+        format!(
+            "[nat]\nrouter = \"host\"\nuplink = \"{uplink}\"\ninternal = [\"192.168.15.0/24\"]\n\
+             [[nat.forward]]\nprotocol = \"tcp\"\nport = {fwd_port}\nto = \"192.168.15.2:80\"\n\
+             [nat.ebpf]\n{ebpf}\n"
+        )
+    };
+    let ebpf_of = |st: &Value| {
+        let mut e = st["ebpf"].clone();
+        e["agent"] = Value::Null;
+        e["tables"] = Value::Null;
+        e
+    };
+    let before = ebpf_of(&json(&["status", "--prefix", &p, "--json"]));
+    let stored_before = ok(&["config", "show", "--prefix", &p]);
+    for (name, text, why) in [
+        ("syntax.toml", "[nat\n".to_owned(), "invalid lab file"),
+        ("uplink.toml", nat("", "v-net-0", 80), "uplink cannot change"),
+        ("fwd.toml", nat("", "uplink", 81), "forward add|del"),
+        (
+            "short.toml",
+            nat("timeouts = { udp = 30 }", "uplink", 80),
+            "RFC 4787",
+        ),
+        ("range.toml", nat("ports = \"2000-1000\"", "uplink", 80), "empty"),
+        (
+            "table.toml",
+            nat("flows = 1024", "uplink", 80),
+            "flows cannot change",
+        ),
+        (
+            "unknown.toml",
+            nat("colour = \"red\"", "uplink", 80),
+            "unknown field",
+        ),
+    ] {
+        refused(&["config", "apply", "--prefix", &p, &file(name, text)], why);
+    }
+    assert_eq!(
+        ebpf_of(&json(&["status", "--prefix", &p, "--json"])),
+        before,
+        "nothing changed"
+    );
+    assert_eq!(ok(&["config", "show", "--prefix", &p]), stored_before);
+
+    let good = file(
+        "good.toml",
+        nat(
+            "filtering = \"endpoint-independent\"\nports = \"20000-20009\"\n\
+             timeouts = { udp = 150, icmp = 30 }",
+            "uplink",
+            80,
+        ),
+    );
+    ok(&["config", "apply", "--prefix", &p, &good]);
+    let e = json(&["status", "--prefix", &p, "--json"])["ebpf"].clone();
+    assert_eq!(e["filtering"], "endpoint-independent", "{e}");
+    assert_eq!(e["timeouts"]["udp"], 150);
+    assert_eq!(e["timeouts"]["icmp"], 30);
+    let shown = ok(&["config", "show", "--prefix", &p]);
+    assert!(
+        shown.contains("ports = \"20000-20009\"") && shown.contains("udp = 150"),
+        "{shown}"
+    );
+    // A new flow takes its port from the new range.
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7301]);
+    let red = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47301)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(udp_echo(&red, SocketAddrV4::new(LAN, 7301), b"x"));
+    let (flows, _) = listed(&p, &["--port", "7301"]);
+    let port: u16 = flows[0]["external"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((20000..=20009).contains(&port), "{flows:?}");
+    // A whole lab file whose other sections differ is refused.
+    let mut other = netns_user::lab::Lab::open(&p).unwrap().config;
+    other.routes.retain(|r| r.namespace != "blue");
+    refused(
+        &[
+            "config",
+            "apply",
+            "--prefix",
+            &p,
+            &file("whole.toml", other.to_toml()),
+        ],
+        "cannot change",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM ends the agent cleanly (its socket and PID file go); `down` stops it too.
+#[test]
+fn the_agent_ends_on_sigterm_and_with_the_lab() {
+    if !privileged("agent_signals") {
+        return;
+    }
+    let g = LabGuard::up("sig", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let pid = agent_pid(&p).expect("running");
+    let sock = nat_ebpf::agent_socket(&p);
+    assert!(sock.exists());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not end on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!sock.exists(), "its socket is removed");
+    assert!(!nat_ebpf::agent_pid_file(&p).exists(), "its PID file is removed");
+    let log = std::fs::read_to_string(nat_ebpf::agent_log(&p)).unwrap();
+    assert!(log.contains("SIGTERM; ending"), "{log}");
+    ok(&["up", "--prefix", &p, "--resume"]);
+    let pid = agent_pid(&p).expect("resumed");
+    drop(g);
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    assert!(
+        std::fs::metadata(format!("/proc/{pid}")).is_err(),
+        "down stopped the agent"
+    );
 }

@@ -18,12 +18,14 @@ use aya::{
 use netns_common::{
     counters::{Counter, NatCounter},
     fwd::{FAST_XDP, FastConfig, NextHop},
+    layout::LAYOUT_STAMP,
     names::{
         MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
-        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_NEIGH, MAP_SINK_COUNTERS,
-        MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT,
-        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_SINK_TC, PROG_UPLINK_COUNT_EGRESS,
-        PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
+        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_LAYOUT, MAP_NAT_NEIGH,
+        MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS,
+        PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_SINK_TC,
+        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT,
+        full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -89,6 +91,17 @@ pub enum EbpfError {
     MapSet { name: &'static str, detail: String },
     #[error("BPF statistics: {0}")]
     Stats(String),
+    #[error(
+        "the pinned maps in {dir} were made by a build with another layout (stamp {pinned:#018x}, \
+         this build {build:#018x}): this build would misread them, so it is not swapped in; \
+         recreate the lab (`netns-nat down` then `up`) to run this build"
+    )]
+    LayoutMismatch { dir: PathBuf, pinned: u64, build: u64 },
+    #[error(
+        "the pinned maps in {0} carry no layout stamp (made by an older netns-nat): recreate the \
+         lab (`netns-nat down` then `up`) to run this build"
+    )]
+    NoLayoutStamp(PathBuf),
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
@@ -273,6 +286,13 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
             install_forwards(&mut bindings, load.config.ext_addr, &load.forwards)
                 .map_err(map_err(MAP_NAT_BINDINGS))?;
         }
+        {
+            let map = ebpf
+                .map_mut(MAP_NAT_LAYOUT)
+                .ok_or(EbpfError::Missing(MAP_NAT_LAYOUT))?;
+            let mut stamp: Array<_, u64> = Array::try_from(map).map_err(map_err(MAP_NAT_LAYOUT))?;
+            stamp.set(0, LAYOUT_STAMP, 0).map_err(map_err(MAP_NAT_LAYOUT))?;
+        }
         if let Some((_, fast)) = &load.fast {
             let map = ebpf
                 .map_mut(MAP_FAST_CONFIG)
@@ -304,26 +324,145 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         let mut links = attach(&mut ebpf, &hooks)?;
         // XDP after TC: by the time frames skip the stack, the slow path is in place.
         links.extend(attach_xdp_links(&mut ebpf, &xdp_hooks)?);
-        pin(
-            &ebpf,
-            &dir,
-            &[
-                MAP_NAT_CONFIG,
-                MAP_NAT_BINDINGS,
-                MAP_NAT_FLOWS,
-                MAP_NAT_FRAGS,
-                MAP_NAT_COUNTERS,
-                MAP_FAST_CONFIG,
-                MAP_NAT_NEIGH,
-                MAP_NAT_DEVMAP,
-            ],
-            links,
-        )
+        pin(&ebpf, &dir, NAT_PINNED_MAPS, links)
     })?;
     if res.is_err() {
         let _ = remove_pins(prefix);
     }
     res
+}
+
+/// The maps a NAT lab pins (besides the uplink's counters, pinned with their programs).
+const NAT_PINNED_MAPS: &[&str] = &[
+    MAP_NAT_CONFIG,
+    MAP_NAT_BINDINGS,
+    MAP_NAT_FLOWS,
+    MAP_NAT_FRAGS,
+    MAP_NAT_COUNTERS,
+    MAP_FAST_CONFIG,
+    MAP_NAT_NEIGH,
+    MAP_NAT_DEVMAP,
+    MAP_NAT_LAYOUT,
+];
+
+/// The programs whose links a lab pins, longest name first (a link's pin is named
+/// `link_<program>_<interface>_<hook>`, and interface names may hold underscores).
+const PINNED_PROGRAMS: &[&str] = &[
+    PROG_UPLINK_COUNT_INGRESS,
+    PROG_UPLINK_COUNT_EGRESS,
+    PROG_NAT_FAST_OUT,
+    PROG_XDP_FAST_OUT,
+    PROG_NAT_HAIRPIN,
+    PROG_NAT_INGRESS,
+    PROG_XDP_FAST_IN,
+    PROG_NAT_EGRESS,
+];
+
+/// The layout stamp of lab `prefix`'s pinned maps.
+pub fn pinned_layout(prefix: &str) -> Result<u64> {
+    let dir = pin_dir(prefix);
+    let path = dir.join(MAP_NAT_LAYOUT);
+    if !path.exists() {
+        return Err(EbpfError::NoLayoutStamp(dir));
+    }
+    let stamp: Array<MapData, u64> =
+        Array::try_from(pinned_map(prefix, MAP_NAT_LAYOUT)?).map_err(|source| EbpfError::Map {
+            path: path.clone(),
+            source,
+        })?;
+    stamp.get(&0, 0).map_err(|source| EbpfError::Map { path, source })
+}
+
+/// What an upgrade swapped.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Upgraded {
+    /// (link pin, old program id, new program id).
+    pub links: Vec<(String, u32, u32)>,
+}
+
+/// Swaps this build's programs into lab `prefix`'s pinned links (BPF_LINK_UPDATE: each hook
+/// changes program atomically, no packet sees none), reusing every pinned map as it is, so
+/// flows, mappings, forwards, counters and the running configuration carry over. Refused,
+/// with nothing changed, when the pinned maps' layout stamp is not this build's.
+pub fn upgrade_nat(ns: &str, prefix: &str) -> Result<Upgraded> {
+    let dir = pin_dir(prefix);
+    let pinned = pinned_layout(prefix)?;
+    if pinned != LAYOUT_STAMP {
+        return Err(EbpfError::LayoutMismatch {
+            dir,
+            pinned,
+            build: LAYOUT_STAMP,
+        });
+    }
+    // Every link is found before anything is swapped, so that a surprise leaves all as it was.
+    let mut found: Vec<(String, &'static str)> = Vec::new();
+    let entries = fs::read_dir(&dir).map_err(|e| EbpfError::Pin {
+        path: dir.clone(),
+        detail: e.to_string(),
+    })?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix("link_") else {
+            continue;
+        };
+        let prog = PINNED_PROGRAMS
+            .iter()
+            .find(|p| rest.strip_prefix(**p).is_some_and(|r| r.starts_with('_')))
+            .ok_or_else(|| EbpfError::Pin {
+                path: entry.path(),
+                detail: "a link of no program this build knows".into(),
+            })?;
+        found.push((file, prog));
+    }
+    found.sort();
+    netns::run_in(ns, || {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = NAT_PINNED_MAPS
+            .iter()
+            .chain(&[MAP_UPLINK_COUNTERS])
+            .map(|m| (*m, dir.join(m)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object()?).map_err(EbpfError::Load)?;
+        let mut out = Upgraded::default();
+        for (file, name) in &found {
+            let path = dir.join(file);
+            let pin_err = |detail: String| EbpfError::Pin {
+                path: path.clone(),
+                detail,
+            };
+            let link: FdLink = aya::programs::links::PinnedLink::from_pin(&path)
+                .map_err(|e| pin_err(e.to_string()))?
+                .into();
+            let old = link.info().map_err(|e| pin_err(e.to_string()))?.program_id();
+            let prog = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
+            let new = if file.ends_with("_xdp") {
+                let prog: &mut Xdp = prog.try_into().map_err(|source| program_error(name, source))?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|source| program_error(name, source))?;
+                }
+                let link = aya::programs::xdp::XdpLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+                prog.attach_to_link(link)
+                    .map_err(|source| program_error(name, source))?;
+                prog.info().map_err(|source| program_error(name, source))?.id()
+            } else {
+                let prog: &mut SchedClassifier =
+                    prog.try_into().map_err(|source| program_error(name, source))?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|source| program_error(name, source))?;
+                }
+                let link = aya::programs::tc::SchedClassifierLink::try_from(link)
+                    .map_err(|e| pin_err(e.to_string()))?;
+                prog.attach_to_link(link)
+                    .map_err(|source| program_error(name, source))?;
+                prog.info().map_err(|source| program_error(name, source))?.id()
+            };
+            out.links.push((file.clone(), old, new));
+        }
+        Ok(out)
+    })?
 }
 
 /// An error of program `name`. A verifier refusal is made readable: its log's last lines

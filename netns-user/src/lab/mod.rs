@@ -18,7 +18,7 @@ pub use crate::sys::netlink::{NetlinkError, NsSnapshot};
 use crate::{
     bpf::{self, EbpfError, UplinkCounters},
     config::{ConfigError, LabConfig},
-    nat::{NatError, NatKind, NatTarget},
+    nat::{NatError, NatKind, NatTarget, Resumed},
     sys::netlink,
     sys::netns::{self, NetnsError},
 };
@@ -224,16 +224,6 @@ impl Lab {
         self.save()
     }
 
-    /// Replaces the lab's stored configuration (what `status`, `down` and a later `up
-    /// --resume` read) with `config`, once it validates: a live change is recorded only when
-    /// it is whole and applied.
-    pub fn store_config(&mut self, config: LabConfig) -> Result<()> {
-        let path = state_dir(self.prefix()).join("lab.toml");
-        fs::write(&path, config.to_toml()).map_err(|e| state_err(&path, e))?;
-        self.config = config;
-        Ok(())
-    }
-
     fn save(&self) -> Result<()> {
         let path = state_dir(self.prefix()).join("state.json");
         let text = serde_json::to_string_pretty(&self.state).expect("lab state serialises");
@@ -323,6 +313,24 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Brings back what runs beside the lab's NAT if it died (the eBPF NAT's agent).
+    pub fn resume(&self) -> Result<Resumed> {
+        require_root()?;
+        match (self.state.nat.backend(), self.nat_target()) {
+            (Some(backend), Some(t)) => Ok(backend.resume(&t)?),
+            _ => Ok(Resumed::Nothing),
+        }
+    }
+
+    /// Swaps this build's NAT dataplane into the running lab, keeping its state.
+    pub fn upgrade(&self) -> Result<String> {
+        require_root()?;
+        match (self.state.nat.backend(), self.nat_target()) {
+            (Some(backend), Some(t)) => Ok(backend.upgrade(&t)?),
+            _ => Err(NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into()),
+        }
     }
 
     /// Where the lab's NAT lives, if it has a `[nat]` section.
@@ -432,7 +440,7 @@ pub struct LabStatus {
     pub uplink_counters: Option<UplinkCounters>,
     pub pin_dir: String,
     /// eBPF labs: the NAT as it runs (address, fast path, timeouts, forwards, tables,
-    /// programs attached, the sweeper).
+    /// programs attached, the agent).
     pub ebpf: Option<crate::ops::status::EbpfStatus>,
 }
 
@@ -475,7 +483,7 @@ pub fn down(prefix: &str) -> Result<DownReport> {
         Err(_) => fallback_names(prefix),
     };
     let mut report = DownReport::default();
-    crate::nat::ebpf::stop_sweeper(prefix);
+    crate::nat::ebpf::stop_agent(prefix);
     // Links, addresses, routes and kernel NAT rules all live in the namespaces.
     for name in names {
         if netns::delete(&name)? {

@@ -1,14 +1,14 @@
 //! The eBPF NAT backend: loads the programs and BPF conntrack maps into the router, keeps
-//! them company with a sweeper process (its work is `ops::sweeper`), and gives `ops` typed
-//! access to the pinned maps. No iptables, nftables or kernel conntrack is involved.
+//! them company with a per-lab agent process (its work is `ops::agent`), and gives `ops`
+//! typed access to the pinned maps. No iptables, nftables or kernel conntrack is involved.
 //!
 //! Expiry: every entry carries its expiry time and the programs ignore expired entries, so
 //! correctness never waits for cleanup. Reclaiming the memory and ports is done twice over:
-//! the programs take over an expired binding's port when they need it, and a per-lab
-//! sweeper process (`netns-nat sweep`) deletes expired flows and bindings (a binding's two
-//! entries together) every `sweep_interval_ms`. A sweeper rather than bpf_timer, because
-//! aya-ebpf 0.2's maps carry no BTF for their values, which bpf_timer requires; the sweeper
-//! also watches the uplink's address, which a program cannot read.
+//! the programs take over an expired binding's port when they need it, and the lab's agent
+//! (`netns-nat agent`) deletes expired flows and bindings (a binding's two entries
+//! together) every `sweep_interval_ms`. An agent rather than bpf_timer, because aya-ebpf
+//! 0.2's maps carry no BTF for their values, which bpf_timer requires; the agent also
+//! follows the uplink's address, which a program cannot read.
 
 use std::{
     fs,
@@ -29,7 +29,7 @@ use netns_common::{
     },
 };
 
-use super::{NatBackend, NatError, NatTarget};
+use super::{NatBackend, NatError, NatTarget, Resumed};
 use crate::{
     bpf::{self, EbpfError, NatLoad, StaticBinding},
     config::{FastPath, Filtering, L4Proto, NatSpec, Unsupported},
@@ -168,15 +168,12 @@ pub(crate) fn uplink_address(router_ns: &str, uplink: &str) -> Result<Option<Ipv
 impl NatBackend for EbpfNat {
     fn apply(&self, t: &NatTarget) -> Result<(), NatError> {
         if t.nat.internal.len() > MAX_INTERNAL {
-            return Err(NatError::Sweeper {
-                prefix: t.prefix.to_owned(),
-                detail: format!("the eBPF NAT takes at most {MAX_INTERNAL} internal prefixes"),
-            });
+            return Err(NatError::Unsupported(format!(
+                "the eBPF NAT takes at most {MAX_INTERNAL} internal prefixes"
+            )));
         }
-        let ext = uplink_address(&t.router_ns, &t.nat.uplink)?.ok_or_else(|| NatError::Sweeper {
-            prefix: t.prefix.to_owned(),
-            detail: format!("uplink {} has no IPv4 address", t.nat.uplink),
-        })?;
+        let ext = uplink_address(&t.router_ns, &t.nat.uplink)?
+            .ok_or_else(|| NatError::Unsupported(format!("uplink {} has no IPv4 address", t.nat.uplink)))?;
         if t.nat.ebpf.fast_path == FastPath::Xdp {
             prepare_xdp_peers(t)?;
         }
@@ -188,7 +185,37 @@ impl NatBackend for EbpfNat {
             fast: fast_config(t)?,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
-        spawn_sweeper(t.prefix)
+        start_agent(t.prefix).map(|_| ())
+    }
+
+    fn resume(&self, t: &NatTarget) -> Result<Resumed, NatError> {
+        if !bpf::pin_dir(t.prefix).join(MAP_NAT_CONFIG).exists() {
+            return Err(agent_err(
+                t.prefix,
+                "the NAT's pinned maps are gone: nothing to resume (`down`, then `up`)",
+            ));
+        }
+        Ok(match agent_pid(t.prefix) {
+            Some(pid) => Resumed::Running(pid as u32),
+            None => Resumed::Started(start_agent(t.prefix)?),
+        })
+    }
+
+    fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
+        let done = bpf::upgrade_nat(&t.router_ns, t.prefix)?;
+        // The agent of the new build, too.
+        stop_agent(t.prefix);
+        let pid = start_agent(t.prefix)?;
+        let swapped: Vec<String> = done
+            .links
+            .iter()
+            .map(|(link, old, new)| format!("{link}: program {old} -> {new}"))
+            .collect();
+        Ok(format!(
+            "{} links updated in place, maps kept; agent restarted (pid {pid})\n  {}",
+            done.links.len(),
+            swapped.join("\n  ")
+        ))
     }
 
     fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
@@ -316,20 +343,33 @@ pub fn raw_tables(prefix: &str) -> Result<RawTables, NatError> {
     Ok((flows, bindings))
 }
 
-pub(crate) fn sweeper_pid_file(prefix: &str) -> PathBuf {
-    state_dir(prefix).join("sweeper.pid")
+/// The agent's PID file and control socket (the protocol is `ops::agent`'s).
+pub fn agent_pid_file(prefix: &str) -> PathBuf {
+    state_dir(prefix).join("agent.pid")
 }
 
-/// The `netns-nat` executable that runs the sweeper: this one, or (for the library used
+pub fn agent_socket(prefix: &str) -> PathBuf {
+    state_dir(prefix).join("agent.sock")
+}
+
+pub fn agent_log(prefix: &str) -> PathBuf {
+    state_dir(prefix).join("agent.log")
+}
+
+fn agent_err(prefix: &str, detail: impl Into<String>) -> NatError {
+    NatError::Agent {
+        prefix: prefix.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// The `netns-nat` executable that runs the agent: this one, or (for the library used
 /// from elsewhere, e.g. tests) `$NETNS_NAT_BIN` or one found beside the running program.
-fn netns_nat_binary() -> Result<PathBuf, NatError> {
+fn netns_nat_binary(prefix: &str) -> Result<PathBuf, NatError> {
     if let Some(p) = std::env::var_os("NETNS_NAT_BIN") {
         return Ok(p.into());
     }
-    let exe = std::env::current_exe().map_err(|e| NatError::Sweeper {
-        prefix: String::new(),
-        detail: e.to_string(),
-    })?;
+    let exe = std::env::current_exe().map_err(|e| agent_err(prefix, e.to_string()))?;
     if exe.file_name().is_some_and(|n| n == "netns-nat") {
         return Ok(exe);
     }
@@ -337,23 +377,30 @@ fn netns_nat_binary() -> Result<PathBuf, NatError> {
     [dir.join("netns-nat"), dir.join("../netns-nat")]
         .into_iter()
         .find(|p| p.exists())
-        .ok_or_else(|| NatError::Sweeper {
-            prefix: String::new(),
-            detail: "cannot find the netns-nat binary to run the sweeper (set NETNS_NAT_BIN)".into(),
+        .ok_or_else(|| {
+            agent_err(
+                prefix,
+                "cannot find the netns-nat binary to run the agent (set NETNS_NAT_BIN)",
+            )
         })
 }
 
-fn spawn_sweeper(prefix: &str) -> Result<(), NatError> {
+/// Starts lab `prefix`'s agent and returns its PID once its control socket answers (it has
+/// read the lab, bound the socket and subscribed to the router's address events).
+pub fn start_agent(prefix: &str) -> Result<u32, NatError> {
     use std::os::unix::process::CommandExt as _;
-    let fail = |detail: String| NatError::Sweeper {
-        prefix: prefix.to_owned(),
-        detail,
-    };
-    let log_path = state_dir(prefix).join("sweeper.log");
-    let log = fs::File::create(&log_path).map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
+    let fail = |detail: String| agent_err(prefix, detail);
+    let log_path = agent_log(prefix);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
     let log2 = log.try_clone().map_err(|e| fail(e.to_string()))?;
-    let child = Command::new(netns_nat_binary()?)
-        .args(["sweep", "--prefix", prefix])
+    let sock = agent_socket(prefix);
+    let _ = fs::remove_file(&sock);
+    let mut child = Command::new(netns_nat_binary(prefix)?)
+        .args(["agent", "--prefix", prefix])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -361,30 +408,53 @@ fn spawn_sweeper(prefix: &str) -> Result<(), NatError> {
         .process_group(0)
         .spawn()
         .map_err(|e| fail(format!("cannot start: {e}")))?;
-    fs::write(sweeper_pid_file(prefix), child.id().to_string()).map_err(|e| fail(e.to_string()))
+    let pid = child.id();
+    fs::write(agent_pid_file(prefix), pid.to_string()).map_err(|e| fail(e.to_string()))?;
+    let started = std::time::Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(fail(format!(
+                "it ended at start ({status}): {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail("its control socket did not answer within 10 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
-/// The PID of lab `prefix`'s sweeper, if one runs (a process that is that sweeper).
-pub fn sweeper_pid(prefix: &str) -> Option<i32> {
-    let pid = fs::read_to_string(sweeper_pid_file(prefix))
+/// The PID of lab `prefix`'s agent, if one runs (a process that is that agent).
+pub fn agent_pid(prefix: &str) -> Option<i32> {
+    let pid = fs::read_to_string(agent_pid_file(prefix))
         .ok()?
         .trim()
         .parse::<i32>()
         .ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    (args.contains(&b"sweep".as_slice()) && args.contains(&prefix.as_bytes())).then_some(pid)
+    // A zombie has an empty command line: not running.
+    (args.contains(&b"agent".as_slice()) && args.contains(&prefix.as_bytes())).then_some(pid)
 }
 
-/// Stops lab `prefix`'s sweeper, if it runs (only a process that is that sweeper).
-pub fn stop_sweeper(prefix: &str) {
-    let Some(pid) = sweeper_pid(prefix) else {
+/// Stops lab `prefix`'s agent, if it runs (only a process that is that agent): SIGTERM, and
+/// waits for it to end.
+pub fn stop_agent(prefix: &str) {
+    let Some(pid) = agent_pid(prefix) else {
         return;
     };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     // Reap it if it is our child (it is when the lab was made by this process).
-    for _ in 0..100 {
+    for _ in 0..300 {
         match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(nix::sys::wait::WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
             Ok(_) => return,

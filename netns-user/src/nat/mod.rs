@@ -23,8 +23,10 @@ pub enum NatError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Ethtool(#[from] crate::sys::ethtool::EthtoolError),
-    #[error("the sweeper of lab {prefix}: {detail}")]
-    Sweeper { prefix: String, detail: String },
+    #[error("the agent of lab {prefix}: {detail}")]
+    Agent { prefix: String, detail: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("`{command}` in namespace {ns} failed: {detail}")]
     Command {
         ns: String,
@@ -100,4 +102,27 @@ pub trait NatBackend {
 
     /// What is installed, in the backend's own words (for `status`).
     fn describe(&self, target: &NatTarget) -> Result<String, NatError>;
+
+    /// Brings back what runs beside the dataplane (the eBPF NAT's agent) if it died.
+    fn resume(&self, _target: &NatTarget) -> Result<Resumed, NatError> {
+        Ok(Resumed::Nothing)
+    }
+
+    /// Swaps this build's dataplane in without losing state; what it did, in words.
+    fn upgrade(&self, _target: &NatTarget) -> Result<String, NatError> {
+        Err(NatError::Unsupported(
+            "the kernel's NAT has nothing of this build to upgrade (only --nat ebpf does)".into(),
+        ))
+    }
+}
+
+/// What `resume` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Nothing runs beside this backend's dataplane.
+    Nothing,
+    /// It was running (this PID).
+    Running(u32),
+    /// It was not; now it is (this PID).
+    Started(u32),
 }

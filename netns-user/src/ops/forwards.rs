@@ -11,7 +11,7 @@ use netns_common::{
 use super::conntrack::endpoint;
 use crate::{
     bpf::StaticBinding,
-    config::{ForwardSpec, L4Proto},
+    config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
     nat::{
         NatError,
         ebpf::{bindings_map, flows_map, map_err, monotonic_ns, read_config, remove_mapping},
@@ -45,6 +45,8 @@ pub enum ForwardError {
     },
     #[error("no {proto} port {port} is forwarded")]
     NoSuchForward { proto: L4Proto, port: u16 },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Nat(#[from] Box<NatError>),
 }
@@ -144,4 +146,41 @@ pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, Fo
     }
     remove_mapping(&mut bindings, &ekey, &b);
     Ok(endpoint(b.int_addr, b.int_port))
+}
+
+/// Adds forward `f` to lab `prefix`, whose configuration is `running`: refused whole unless
+/// the configuration with it validates and the maps take it; recorded in the stored
+/// configuration once live. Returns the new configuration.
+pub fn add_live(prefix: &str, running: &LabConfig, f: ForwardSpec) -> Result<LabConfig, ForwardError> {
+    let mut next = running.clone();
+    let nat = next
+        .nat
+        .as_mut()
+        .ok_or_else(|| ConfigError::NoNat("the running lab".into()))?;
+    nat.forwards.push(f.clone());
+    // Ports, duplicates, a target inside the internal prefixes.
+    next.validate()?;
+    add_forward(prefix, &f)?;
+    if let Err(e) = config::store(prefix, &next) {
+        let _ = del_forward(prefix, f.protocol, f.port);
+        return Err(e.into());
+    }
+    Ok(next)
+}
+
+/// Removes the forward of `proto` port `port` from lab `prefix` and from its stored
+/// configuration. Returns the new configuration and where the forward went.
+pub fn del_live(
+    prefix: &str,
+    running: &LabConfig,
+    proto: L4Proto,
+    port: u16,
+) -> Result<(LabConfig, String), ForwardError> {
+    let to = del_forward(prefix, proto, port)?;
+    let mut next = running.clone();
+    if let Some(nat) = next.nat.as_mut() {
+        nat.forwards.retain(|f| !(f.protocol == proto && f.port == port));
+    }
+    config::store(prefix, &next)?;
+    Ok((next, to))
 }

@@ -1,9 +1,11 @@
-//! Operating a running eBPF NAT, from user space, through its pinned maps: the sweeper's
-//! work, conntrack (list, count, delete, watch) and stats, live port forwards, its status,
-//! and metrics.
+//! Operating a running eBPF NAT, from user space, through its pinned maps: the per-lab
+//! agent (expiry, the uplink's address, live changes), conntrack (list, count, delete,
+//! watch) and stats, live port forwards and settings, its status, and metrics.
 
+pub mod agent;
 pub mod conntrack;
 pub mod forwards;
 pub mod metrics;
+pub mod reconfig;
 pub mod status;
 pub mod sweeper;

@@ -1,5 +1,5 @@
 //! The eBPF NAT as it runs, for `status`: address, fast path, timeouts, forwards, tables,
-//! programs attached, the sweeper.
+//! programs attached, the agent.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use crate::{
     bpf,
     nat::{
         NatError, NatTarget,
-        ebpf::{NS, monotonic_ns, raw_tables, read_config, sweeper_pid},
+        ebpf::{NS, agent_pid, monotonic_ns, raw_tables, read_config},
     },
 };
 
@@ -29,8 +29,27 @@ pub struct EbpfStatus {
     pub tables: BTreeMap<&'static str, TableUse>,
     /// Programs attached in the router, `name@interface:hook`.
     pub attached: Vec<String>,
-    /// The sweeper's PID, null when it does not run.
-    pub sweeper_pid: Option<i32>,
+    /// The agent: its PID (null when it does not run) and what it answers.
+    pub agent: AgentStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    pub pid: Option<i32>,
+    /// Its answer to a ping (null when it does not answer within a second).
+    pub health: Option<super::agent::Health>,
+    /// Why there is no answer.
+    pub error: Option<String>,
+}
+
+fn agent_status(prefix: &str) -> AgentStatus {
+    let pid = agent_pid(prefix);
+    let (health, error) = match pid.map(|_| super::agent::health(prefix)) {
+        None => (None, Some("not running".to_owned())),
+        Some(Ok(h)) => (Some(h), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+    };
+    AgentStatus { pid, health, error }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -97,6 +116,6 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
             .into_iter()
             .map(|p| p.label)
             .collect(),
-        sweeper_pid: sweeper_pid(t.prefix),
+        agent: agent_status(t.prefix),
     })
 }

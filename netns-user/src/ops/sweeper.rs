@@ -1,11 +1,7 @@
-//! What the per-lab sweeper process (`netns-nat sweep`) does: delete expired flows and
-//! mappings (a mapping's two entries together), and follow the uplink's address. Started and
-//! stopped with the lab by the eBPF backend (`nat::ebpf`).
+//! Two of the agent's jobs (`ops::agent`): deleting expired flows and mappings (a mapping's
+//! two entries together), and moving the NAT to the uplink's new address.
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::net::Ipv4Addr;
 
 use netns_common::{
     names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG},
@@ -18,8 +14,8 @@ use crate::{
     nat::{
         NatError,
         ebpf::{
-            GRACE_NS, bindings_map, config_map, flows_map, map_err, monotonic_ns, remove_mapping,
-            static_bindings, uplink_address,
+            GRACE_NS, bindings_map, config_map, flows_map, map_err, remove_mapping, static_bindings,
+            uplink_address,
         },
     },
 };
@@ -81,7 +77,11 @@ pub fn sweep_once(prefix: &str, now: u64) -> Result<Swept, NatError> {
 
 /// Follows a change of the uplink's address: new flows take the new address, and the port
 /// forwards move to it. Flows already mapped keep their address until they expire.
-fn follow_uplink_address(prefix: &str, nat: &NatSpec, router_ns: &str) -> Result<Option<Ipv4Addr>, NatError> {
+pub fn follow_uplink_address(
+    prefix: &str,
+    nat: &NatSpec,
+    router_ns: &str,
+) -> Result<Option<Ipv4Addr>, NatError> {
     let Some(now_addr) = uplink_address(router_ns, &nat.uplink)? else {
         return Ok(None);
     };
@@ -101,40 +101,4 @@ fn follow_uplink_address(prefix: &str, nat: &NatSpec, router_ns: &str) -> Result
     cfg.ext_addr = new;
     cfg_map.set(0, cfg, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
     Ok(Some(now_addr))
-}
-
-/// The sweeper spends at most one part in this many of a CPU on sweeping.
-const SWEEP_DUTY: u32 = 20;
-
-/// The sweeper's loop for lab `prefix` (its NAT `nat`, router namespace `router_ns`);
-/// returns when the lab's pinned maps are gone.
-pub fn sweep_forever(prefix: &str, nat: &NatSpec, router_ns: &str) -> Result<(), NatError> {
-    let interval = Duration::from_millis(nat.ebpf.sweep_interval_ms);
-    eprintln!("sweeper for lab {prefix}: every {interval:?}");
-    let mut next_sweep = Instant::now();
-    while bpf::pin_dir(prefix).join(MAP_NAT_CONFIG).exists() {
-        match follow_uplink_address(prefix, nat, router_ns) {
-            Ok(Some(addr)) => eprintln!("uplink address is now {addr}: new flows use it"),
-            Ok(None) => {}
-            // The lab may be going away under us; the loop condition decides.
-            Err(e) => eprintln!("uplink address check: {e}"),
-        }
-        if Instant::now() >= next_sweep {
-            let started = Instant::now();
-            match sweep_once(prefix, monotonic_ns()) {
-                Ok(s) if s != Swept::default() => {
-                    eprintln!("swept {} flows, {} mappings", s.flows, s.bindings)
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("sweep: {e}"),
-            }
-            // A sweep reads every entry (two system calls each): with large tables, back off
-            // so that sweeping takes at most 1/SWEEP_DUTY of a CPU. Expired entries are
-            // already inert, so a later sweep costs memory, never correctness.
-            next_sweep = Instant::now() + interval.max(started.elapsed() * SWEEP_DUTY);
-        }
-        std::thread::sleep(interval);
-    }
-    eprintln!("lab {prefix} is gone: sweeper exits");
-    Ok(())
 }

@@ -1,0 +1,474 @@
+//! The per-lab agent of an eBPF NAT: one process per lab (`netns-nat agent`, started by
+//! `up`, stopped by `down`, restarted by `up --resume`). It expires entries (the sweep of
+//! `ops::sweeper`), follows the uplink's address from rtnetlink address events, and applies
+//! live changes (forwards, `config apply`) one at a time, so that the maps, the stored
+//! configuration and its own view of them never disagree. Its control socket
+//! (`agent.sock` in the lab's state directory) takes one JSON request per line and answers one JSON line.
+//!
+//! The agent is not on the packet path: if it dies, packets go on being translated; only
+//! expired entries stay (their ports are still reused) and address changes go unnoticed
+//! until it is back.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use netns_common::names::MAP_NAT_CONFIG;
+use rtnetlink::{
+    constants::RTMGRP_IPV4_IFADDR,
+    sys::{SocketAddr, protocols::NETLINK_ROUTE},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::unix::AsyncFd,
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+};
+
+use super::{forwards, reconfig, sweeper};
+use crate::{
+    bpf,
+    config::{self, ForwardSpec, L4Proto, LabConfig, NatSpec},
+    nat::ebpf::{agent_pid_file, agent_socket, monotonic_ns},
+    sys::netns,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "the agent of lab {prefix:?} is not running ({detail}); start it again with \
+         `netns-nat up --prefix {prefix} --resume`"
+    )]
+    NotRunning { prefix: String, detail: String },
+    #[error("the agent of lab {prefix:?}: {detail}")]
+    Protocol { prefix: String, detail: String },
+    /// The agent refused the change; its words.
+    #[error("{0}")]
+    Refused(String),
+    #[error("agent of lab {prefix:?}: {detail}")]
+    Start { prefix: String, detail: String },
+}
+
+/// What a client asks the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Its health.
+    Ping,
+    ForwardAdd {
+        forward: ForwardSpec,
+    },
+    ForwardDel {
+        protocol: L4Proto,
+        port: u16,
+    },
+    /// Replace the `[nat]` settings that can change live.
+    ConfigApply {
+        nat: Box<NatSpec>,
+    },
+}
+
+/// The agent's answer: `ok`, and either `error` or what the request returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub value: serde_json::Value,
+}
+
+/// What `ping` answers (and `status` shows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub pid: u32,
+    pub started_unix: u64,
+    pub sweeps: u64,
+    pub swept_flows: u64,
+    pub swept_mappings: u64,
+    /// Milliseconds the last sweep took.
+    pub last_sweep_ms: u64,
+    /// Address events seen on the router's rtnetlink socket, and the changes of the uplink's
+    /// address they led to.
+    pub address_events: u64,
+    pub address_changes: u64,
+    /// Live changes applied (forwards, config apply) and refused.
+    pub changes_applied: u64,
+    pub changes_refused: u64,
+    /// The last error of a sweep or of following the address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Sends `req` to lab `prefix`'s agent and returns what it answers (`Refused` when it says
+/// no).
+pub fn request(prefix: &str, req: &Request) -> Result<serde_json::Value, AgentError> {
+    request_within(prefix, req, Duration::from_secs(30))
+}
+
+pub fn request_within(
+    prefix: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, AgentError> {
+    let not_running = |detail: String| AgentError::NotRunning {
+        prefix: prefix.to_owned(),
+        detail,
+    };
+    let proto = |detail: String| AgentError::Protocol {
+        prefix: prefix.to_owned(),
+        detail,
+    };
+    let mut conn = UnixStream::connect(agent_socket(prefix)).map_err(|e| not_running(e.to_string()))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| proto(e.to_string()))?;
+    let mut line = serde_json::to_string(req).expect("a request serialises");
+    line.push('\n');
+    conn.write_all(line.as_bytes())
+        .map_err(|e| proto(e.to_string()))?;
+    let mut answer = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut answer)
+        .map_err(|e| proto(format!("no answer: {e}")))?;
+    if answer.is_empty() {
+        return Err(proto("it closed the connection without answering".into()));
+    }
+    let reply: Reply = serde_json::from_str(&answer).map_err(|e| proto(format!("bad answer: {e}")))?;
+    if reply.ok {
+        Ok(reply.value)
+    } else {
+        Err(AgentError::Refused(reply.error.unwrap_or_default()))
+    }
+}
+
+/// The agent's health, if it runs and answers within a second.
+pub fn health(prefix: &str) -> Result<Health, AgentError> {
+    let v = request_within(prefix, &Request::Ping, Duration::from_secs(1))?;
+    serde_json::from_value(v).map_err(|e| AgentError::Protocol {
+        prefix: prefix.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Waits until lab `prefix`'s agent answers (after it was started), at most `within`.
+pub fn wait_ready(prefix: &str, within: Duration) -> Result<Health, AgentError> {
+    let start = Instant::now();
+    loop {
+        match health(prefix) {
+            Ok(h) => return Ok(h),
+            Err(e) if start.elapsed() >= within => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// What the agent's tasks share.
+struct Shared {
+    prefix: String,
+    router_ns: String,
+    /// The lab's configuration as it runs (the stored one, kept in step).
+    config: Mutex<LabConfig>,
+    health: Mutex<Health>,
+}
+
+impl Shared {
+    fn nat(&self) -> NatSpec {
+        self.config
+            .lock()
+            .expect("not poisoned")
+            .nat
+            .clone()
+            .expect("an eBPF lab has [nat]")
+    }
+
+    fn note_error(&self, what: &str, e: impl std::fmt::Display) {
+        eprintln!("{what}: {e}");
+        self.health.lock().expect("not poisoned").last_error = Some(format!("{what}: {e}"));
+    }
+
+    /// Follows the uplink's address (blocking: a netlink request in the router namespace).
+    fn follow_address(&self) {
+        match sweeper::follow_uplink_address(&self.prefix, &self.nat(), &self.router_ns) {
+            Ok(Some(addr)) => {
+                eprintln!("uplink address is now {addr}: new flows use it");
+                self.health.lock().expect("not poisoned").address_changes += 1;
+            }
+            Ok(None) => {}
+            Err(e) => self.note_error("following the uplink's address", e),
+        }
+    }
+
+    fn handle(&self, req: Request) -> Reply {
+        let result: Result<serde_json::Value, String> = match req {
+            Request::Ping => {
+                return Reply {
+                    ok: true,
+                    error: None,
+                    value: serde_json::to_value(&*self.health.lock().expect("not poisoned"))
+                        .expect("health serialises"),
+                };
+            }
+            Request::ForwardAdd { forward } => {
+                let mut cfg = self.config.lock().expect("not poisoned");
+                forwards::add_live(&self.prefix, &cfg, forward)
+                    .map(|next| *cfg = next)
+                    .map(|()| serde_json::Value::Null)
+                    .map_err(|e| e.to_string())
+            }
+            Request::ForwardDel { protocol, port } => {
+                let mut cfg = self.config.lock().expect("not poisoned");
+                forwards::del_live(&self.prefix, &cfg, protocol, port)
+                    .map(|(next, to)| {
+                        *cfg = next;
+                        serde_json::json!({ "to": to })
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Request::ConfigApply { nat } => {
+                let mut cfg = self.config.lock().expect("not poisoned");
+                reconfig::apply(&self.prefix, &cfg, *nat)
+                    .map(|next| *cfg = next)
+                    .map(|()| serde_json::Value::Null)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let mut h = self.health.lock().expect("not poisoned");
+        match result {
+            Ok(value) => {
+                h.changes_applied += 1;
+                Reply {
+                    ok: true,
+                    error: None,
+                    value,
+                }
+            }
+            Err(e) => {
+                h.changes_refused += 1;
+                Reply {
+                    ok: false,
+                    error: Some(e),
+                    value: serde_json::Value::Null,
+                }
+            }
+        }
+    }
+}
+
+/// Whether the lab's NAT is still there (its pinned configuration map).
+fn lab_present(prefix: &str) -> bool {
+    bpf::pin_dir(prefix).join(MAP_NAT_CONFIG).exists()
+}
+
+/// A netlink socket in the router namespace that hears of every IPv4 address change there.
+fn address_events(router_ns: &str) -> Result<rtnetlink::sys::Socket, String> {
+    netns::run_in(router_ns, || -> std::io::Result<rtnetlink::sys::Socket> {
+        let mut s = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
+        s.bind(&SocketAddr::new(0, RTMGRP_IPV4_IFADDR))?;
+        s.set_non_blocking(true)?;
+        Ok(s)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Runs the agent of lab `prefix` until it is signalled (SIGINT, SIGTERM: a clean end; a
+/// second signal ends it at once) or the lab's NAT is gone.
+pub fn run(prefix: &str) -> Result<(), AgentError> {
+    let fail = |detail: String| AgentError::Start {
+        prefix: prefix.to_owned(),
+        detail,
+    };
+    let config = config::load_stored(prefix).map_err(|e| fail(e.to_string()))?;
+    let nat = config
+        .nat
+        .clone()
+        .ok_or_else(|| fail("the lab has no [nat] section".into()))?;
+    let router_ns = format!("{prefix}{}", nat.router);
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let shared = Arc::new(Shared {
+        prefix: prefix.to_owned(),
+        router_ns: router_ns.clone(),
+        config: Mutex::new(config),
+        health: Mutex::new(Health {
+            pid: std::process::id(),
+            started_unix,
+            ..Health::default()
+        }),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    rt.block_on(async move {
+        let sock = agent_socket(prefix);
+        // A socket file left by an agent that died (`up --resume` checked that none runs).
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).map_err(|e| fail(format!("{}: {e}", sock.display())))?;
+        let events = address_events(&router_ns).map_err(|e| fail(format!("address events: {e}")))?;
+        // Safety: the socket owns its descriptor, which stays open and the same until the
+        // AsyncFd (its owner from here on) is dropped.
+        let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| fail(e.to_string()))?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
+        eprintln!(
+            "agent of lab {prefix} (pid {}): control socket {}",
+            std::process::id(),
+            sock.display()
+        );
+
+        // The address may have changed while no agent ran.
+        {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.follow_address()).await;
+        }
+        tokio::spawn(follow_events(shared.clone(), events));
+        let mut sweeps = tokio::spawn(sweep_loop(shared.clone()));
+
+        let end = loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = &mut sweeps => break "the lab's NAT is gone",
+                conn = listener.accept() => {
+                    if let Ok((conn, _)) = conn {
+                        tokio::spawn(serve(shared.clone(), conn));
+                    }
+                }
+            }
+        };
+        eprintln!("agent of lab {prefix}: {end}; ending");
+        // A second signal while ending: end at once.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+            eprintln!("second signal: ending now");
+            std::process::exit(1);
+        });
+        let _ = std::fs::remove_file(&sock);
+        if std::fs::read_to_string(agent_pid_file(prefix))
+            .is_ok_and(|p| p.trim() == std::process::id().to_string())
+        {
+            let _ = std::fs::remove_file(agent_pid_file(prefix));
+        }
+        Ok(())
+    })
+}
+
+/// Answers one client: a JSON request per line, a JSON reply per line.
+async fn serve(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
+    let (read, mut write) = conn.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let s = shared.clone();
+                // Map updates and netlink requests block: off the runtime's thread.
+                tokio::task::spawn_blocking(move || s.handle(req))
+                    .await
+                    .unwrap_or_else(|e| Reply {
+                        ok: false,
+                        error: Some(format!("the request failed: {e}")),
+                        value: serde_json::Value::Null,
+                    })
+            }
+            Err(e) => Reply {
+                ok: false,
+                error: Some(format!("not a request: {e}")),
+                value: serde_json::Value::Null,
+            },
+        };
+        let mut out = serde_json::to_string(&reply).expect("a reply serialises");
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Re-reads the uplink's address whenever the router's addresses change.
+async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Socket>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(mut ready) = events.readable().await else {
+            return;
+        };
+        let mut heard = false;
+        loop {
+            let fd = ready.get_inner().as_raw_fd();
+            // Safety: `fd` is the open socket `events` owns, `buf` is writable for its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                heard = true;
+                continue;
+            }
+            if n == 0 {
+                ready.clear_ready();
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Events were lost: re-read the address anyway.
+                Some(libc::ENOBUFS) => heard = true,
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) => {
+                    ready.clear_ready();
+                    break;
+                }
+                _ => {
+                    shared.note_error("address events", err);
+                    ready.clear_ready();
+                    break;
+                }
+            }
+        }
+        if heard {
+            shared.health.lock().expect("not poisoned").address_events += 1;
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.follow_address()).await;
+        }
+    }
+}
+
+/// The sweep, every `sweep_interval_ms` (or less often on large tables: a sweep reads every
+/// entry, and sweeping takes at most one part in `SWEEP_DUTY` of a CPU). Returns when the
+/// lab's NAT is gone.
+async fn sweep_loop(shared: Arc<Shared>) {
+    const SWEEP_DUTY: u32 = 20;
+    loop {
+        let interval = Duration::from_millis(shared.nat().ebpf.sweep_interval_ms.max(10));
+        if !lab_present(&shared.prefix) {
+            return;
+        }
+        let started = Instant::now();
+        let prefix = shared.prefix.clone();
+        let swept = tokio::task::spawn_blocking(move || sweeper::sweep_once(&prefix, monotonic_ns())).await;
+        let took = started.elapsed();
+        match swept {
+            Ok(Ok(s)) => {
+                let mut h = shared.health.lock().expect("not poisoned");
+                h.sweeps += 1;
+                h.swept_flows += s.flows as u64;
+                h.swept_mappings += s.bindings as u64;
+                h.last_sweep_ms = took.as_millis() as u64;
+                if s != sweeper::Swept::default() {
+                    eprintln!("swept {} flows, {} mappings", s.flows, s.bindings);
+                }
+            }
+            Ok(Err(e)) if lab_present(&shared.prefix) => shared.note_error("sweep", e),
+            Ok(Err(_)) => return,
+            Err(e) => shared.note_error("sweep", e),
+        }
+        // Expired entries are already inert, so a later sweep costs memory, not correctness.
+        tokio::time::sleep(interval.max(took * SWEEP_DUTY)).await;
+    }
+}

@@ -1,0 +1,47 @@
+//! `config apply`: a running eBPF NAT's settings changed through its configuration map.
+//! New flows and mappings follow the new settings at once; existing ones keep what they
+//! were made with (a mapping outside a narrowed port range lives until it expires).
+
+use netns_common::{names::MAP_NAT_CONFIG, nat::addr_from_wire};
+
+use crate::{
+    config::{self, ConfigError, LabConfig, NatSpec},
+    nat::{
+        NatError,
+        ebpf::{config_map, map_err, nat_config},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Nat(#[from] Box<NatError>),
+}
+
+impl From<NatError> for ReconfigError {
+    fn from(e: NatError) -> Self {
+        ReconfigError::Nat(Box::new(e))
+    }
+}
+
+/// Applies `new` to lab `prefix`, whose configuration is `running`: refused whole, nothing
+/// changed, unless every difference can change live and the result validates. The external
+/// address stays the one the NAT runs with. Returns the new configuration, stored.
+pub fn apply(prefix: &str, running: &LabConfig, new: NatSpec) -> Result<LabConfig, ReconfigError> {
+    let next = running.with_live_nat(new)?;
+    let nat = next.nat.as_ref().expect("with_live_nat keeps a [nat]");
+    let mut map = config_map(prefix)?;
+    let old = map.get(&0, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    let cfg = nat_config(nat, addr_from_wire(old.ext_addr));
+    // One update of the whole value; the programs read it for every packet. (An array
+    // update is a copy, not a swap: a packet on another CPU in that instant can read some
+    // fields old and some new.)
+    map.set(0, cfg, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    if let Err(e) = config::store(prefix, &next) {
+        let _ = map.set(0, old, 0);
+        return Err(e.into());
+    }
+    Ok(next)
+}
