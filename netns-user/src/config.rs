@@ -90,6 +90,8 @@ pub enum ConfigError {
     ForwardsNotApplied { what: String },
     #[error("{0} has no [nat] section")]
     NoNat(String),
+    #[error("an attached NAT's configuration names its router namespace and nothing else: {0}")]
+    Attached(String),
     #[error("the lab's stored configuration {path}: {detail}")]
     Stored { path: String, detail: String },
 }
@@ -200,6 +202,11 @@ pub struct LabConfig {
     pub sysctls: Vec<SysctlSpec>,
     #[serde(default)]
     pub nat: Option<NatSpec>,
+    /// The NAT was put on a namespace netns-nat did not make (`nat attach`): the one
+    /// namespace is the router, named as it is (no prefix), and its interfaces are the
+    /// kernel's, not declared here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -548,6 +555,9 @@ impl LabConfig {
         if self.namespaces.is_empty() {
             return Err(ConfigError::NoNamespace);
         }
+        if self.attached {
+            return self.validate_attached();
+        }
         let mut namespaces = HashSet::new();
         for ns in &self.namespaces {
             validate_ns_name(&ns.name).map_err(|source| ConfigError::BadNamespaceName {
@@ -666,6 +676,51 @@ impl LabConfig {
             if self.uplink_address().is_none() {
                 return Err(ConfigError::UplinkWithoutAddress(nat.uplink.clone()));
             }
+            nat.validate()?;
+        }
+        Ok(())
+    }
+
+    /// An attached NAT: one namespace, the router, nothing to build; the NAT's own rules.
+    fn validate_attached(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Attached(m.to_owned()));
+        let Some(nat) = &self.nat else {
+            return bad("it has no [nat]");
+        };
+        if self.namespaces.len() != 1 || self.namespaces[0].name != nat.router {
+            return bad("exactly one [[namespace]], the router");
+        }
+        if !(self.bridges.is_empty()
+            && self.veths.is_empty()
+            && self.routes.is_empty()
+            && self.sysctls.is_empty())
+        {
+            return bad("no bridges, veths, routes or sysctls (netns-nat builds nothing there)");
+        }
+        validate_ifname(&nat.uplink).map_err(|source| ConfigError::BadIfname {
+            ns: nat.router.clone(),
+            name: nat.uplink.clone(),
+            source,
+        })?;
+        nat.validate()
+    }
+
+    /// The full name of lab namespace `name` under `prefix` (an attached NAT's router keeps
+    /// its own).
+    pub fn netns_name(&self, prefix: &str, name: &str) -> String {
+        if self.attached {
+            name.to_owned()
+        } else {
+            format!("{prefix}{name}")
+        }
+    }
+}
+
+impl NatSpec {
+    /// What holds for the NAT wherever it runs: internal prefixes, forwards, eBPF settings.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let nat = self;
+        {
             if nat.internal.is_empty() {
                 return Err(ConfigError::NoInternalPrefix);
             }

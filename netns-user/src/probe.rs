@@ -506,8 +506,18 @@ impl Roles {
 /// through and the far end must see the uplink's address; with `--nat none` the outbound
 /// exchanges and the port forward must fail.
 pub fn check(lab: &Lab, wait: Duration) -> Result<Vec<Check>> {
+    if lab.config.attached {
+        return Err(ProbeError::NotInLab(
+            "hosts (an attached NAT's namespaces are not netns-nat's to know)".into(),
+        ));
+    }
     let roles = Roles::of(lab)?;
-    let nat_on = lab.state.nat != crate::nat::NatKind::None;
+    Ok(play(&roles, lab.state.nat != crate::nat::NatKind::None, wait))
+}
+
+/// Plays the acceptance exchanges between the namespaces `roles` names (with a NAT on, or
+/// not): for labs, and for topologies built by other tools.
+pub fn play(roles: &Roles, nat_on: bool, wait: Duration) -> Vec<Check> {
     let (lan_ns, lan_ip) = roles.external.clone();
     let mut out = Vec::new();
     let mut record = |name: String, expect_source: Option<Ipv4Addr>, res: Result<Seen>| {
@@ -559,5 +569,5 @@ pub fn check(lab: &Lab, wait: Duration) -> Result<Vec<Check>> {
             http_get(&lan_ns, target_ns, target.port(), to, wait),
         );
     }
-    Ok(out)
+    out
 }

@@ -23,6 +23,9 @@ use crate::{
     sys::netns::{self, NetnsError},
 };
 
+mod attach;
+pub use attach::AttachSpec;
+
 /// Where labs keep their state, one directory per prefix (tmpfs: gone at reboot, as are
 /// the namespaces themselves).
 pub use crate::sys::paths::{STATE_ROOT, state_dir};
@@ -136,7 +139,7 @@ pub fn list() -> Vec<String> {
 impl Lab {
     /// Full name of lab namespace `name` (`prefix` + `name`).
     pub fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.state.prefix)
+        self.config.netns_name(&self.state.prefix, name)
     }
 
     pub fn prefix(&self) -> &str {
@@ -336,6 +339,9 @@ impl Lab {
     /// Where the lab's NAT lives, if it has a `[nat]` section.
     pub fn nat_target(&self) -> Option<NatTarget<'_>> {
         let nat = self.config.nat.as_ref()?;
+        if self.config.attached {
+            return attach::target(self.prefix(), nat).ok();
+        }
         let internal_ifaces = self
             .config
             .interfaces()

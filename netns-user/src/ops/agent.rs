@@ -287,7 +287,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         .nat
         .clone()
         .ok_or_else(|| fail("the lab has no [nat] section".into()))?;
-    let router_ns = format!("{prefix}{}", nat.router);
+    let router_ns = config.netns_name(prefix, &nat.router);
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

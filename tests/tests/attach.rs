@@ -1,0 +1,325 @@
+//! `nat attach` and `nat detach` on namespaces built by hand, as the namespaces walkthrough
+//! builds them (`ip netns add`, a bridge, veths): the acceptance exchanges pass through the
+//! eBPF NAT, the operating commands work on it, and detach leaves every namespace exactly
+//! as it was.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use netns_tests::{bin, privileged, sh_in};
+use netns_user::{
+    bpf,
+    config::L4Proto,
+    probe::{self, Roles},
+    sys::{ethtool, netns},
+};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("netns-nat runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn refused(args: &[&str], why: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+}
+
+/// The walkthrough's namespaces, made with `ip` as a user would, removed when dropped.
+struct HandMade {
+    p: String,
+}
+
+impl HandMade {
+    fn build(p: &str) -> HandMade {
+        let h = HandMade { p: p.to_owned() };
+        let ip = |args: &str| {
+            let out = Command::new("ip")
+                .args(args.split_whitespace())
+                .output()
+                .expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for n in ["router", "red", "blue", "lan"] {
+            ip(&format!("netns add {p}{n}"));
+            ip(&format!("-n {p}{n} link set lo up"));
+        }
+        ip(&format!("-n {p}router link add br0 type bridge"));
+        ip(&format!("-n {p}router addr add 192.168.15.254/24 dev br0"));
+        ip(&format!("-n {p}router link set br0 up"));
+        for (host, addr) in [("red", "192.168.15.1/24"), ("blue", "192.168.15.2/24")] {
+            ip(&format!(
+                "-n {p}router link add p-{host} type veth peer name eth0 netns {p}{host}"
+            ));
+            ip(&format!("-n {p}router link set p-{host} master br0 up"));
+            ip(&format!("-n {p}{host} addr add {addr} dev eth0"));
+            ip(&format!("-n {p}{host} link set eth0 up"));
+            ip(&format!("-n {p}{host} route add default via 192.168.15.254"));
+        }
+        ip(&format!(
+            "-n {p}router link add wan type veth peer name eth0 netns {p}lan"
+        ));
+        ip(&format!("-n {p}router addr add 192.168.1.2/24 dev wan"));
+        ip(&format!("-n {p}router link set wan up"));
+        ip(&format!("-n {p}lan addr add 192.168.1.3/24 dev eth0"));
+        ip(&format!("-n {p}lan link set eth0 up"));
+        netns::run_in(&format!("{p}router"), || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .unwrap()
+        .unwrap();
+        h
+    }
+
+    /// Waits until IPv6 duplicate address detection has finished everywhere (its end adds
+    /// local routes), so that the namespaces only change when something changes them.
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for n in ["router", "red", "blue", "lan"] {
+            while sh_in(&self.ns(n), "ip", &["-6", "addr", "show"]).contains("tentative") {
+                assert!(std::time::Instant::now() < deadline, "IPv6 DAD never ended in {n}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.p)
+    }
+
+    /// Everything `attach` could have changed, as text: links (with their details),
+    /// addresses, routes, rules, qdiscs, filters, offloads, forwarding, BPF programs.
+    fn snapshot(&self) -> String {
+        let mut out = String::new();
+        for n in ["router", "red", "blue", "lan"] {
+            let ns = self.ns(n);
+            out += &format!("== {ns}\n");
+            for args in [
+                &["-d", "link", "show"][..],
+                &["-d", "addr", "show"],
+                &["route", "show", "table", "all"],
+                &["rule", "show"],
+            ] {
+                out += &steady(&sh_in(&ns, "ip", args));
+            }
+            out += &sh_in(&ns, "tc", &["qdisc", "show"]);
+            let links: Vec<String> = sh_in(&ns, "ip", &["-o", "link", "show"])
+                .lines()
+                .filter_map(|l| l.split(':').nth(1))
+                .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+                .collect();
+            for l in &links {
+                for dir in ["ingress", "egress"] {
+                    // No clsact qdisc is a fine answer: say so rather than fail.
+                    let o = netns::command(&ns, "tc")
+                        .unwrap()
+                        .args(["filter", "show", "dev", l, dir])
+                        .output()
+                        .unwrap();
+                    out += &format!("filter {l} {dir}: {}\n", String::from_utf8_lossy(&o.stdout));
+                }
+                if l != "lo" {
+                    for o in [
+                        ethtool::Offload::Gro,
+                        ethtool::Offload::TxChecksum,
+                        ethtool::Offload::TxVlan,
+                    ] {
+                        out += &format!("{l} {}: {:?}\n", o.name(), ethtool::get(&ns, l, o).ok());
+                    }
+                }
+            }
+            out += &format!(
+                "ip_forward {}\n",
+                netns::run_in(&ns, || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+                    .unwrap()
+                    .unwrap()
+            );
+            let mut progs: Vec<String> = bpf::attached_programs(&ns)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.label)
+                .collect();
+            progs.sort();
+            out += &format!("programs {progs:?}\n");
+        }
+        out
+    }
+}
+
+/// `ip` output without what changes by itself: the bridge's running timers, and IPv6
+/// duplicate address detection still under way.
+fn steady(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let mut kept = Vec::new();
+        while let Some(w) = words.next() {
+            if w.ends_with("_timer") {
+                words.next();
+            } else if w != "tentative" {
+                kept.push(w);
+            }
+        }
+        out += &kept.join(" ");
+        out.push('\n');
+    }
+    out
+}
+
+/// Asserts two snapshots are equal, showing only the lines that differ.
+fn assert_same(before: &str, after: &str, what: &str) {
+    let b: Vec<&str> = before.lines().collect();
+    let a: Vec<&str> = after.lines().collect();
+    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    assert!(
+        before == after,
+        "{what}:\n  before only: {gone:#?}\n  after only: {new:#?}"
+    );
+}
+
+impl Drop for HandMade {
+    fn drop(&mut self) {
+        for n in ["router", "red", "blue", "lan"] {
+            let _ = netns::delete(&self.ns(n));
+        }
+    }
+}
+
+#[test]
+fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
+    if !privileged("nat_attach") {
+        return;
+    }
+    let p = netns_tests::prefix("hm");
+    let h = HandMade::build(&p);
+    let router = h.ns("router");
+    h.settle();
+    let before = h.snapshot();
+    assert!(before.contains("programs []"), "{before}");
+
+    // Refusals change nothing.
+    let attach = |extra: &[&str], prefix: &str| {
+        let mut a = vec![
+            "nat",
+            "attach",
+            "--prefix",
+            prefix,
+            "--netns",
+            &router,
+            "--uplink",
+            "wan",
+            "--internal",
+            "192.168.15.0/24",
+            "--forward",
+            "tcp:80=192.168.15.2:80",
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let lab = format!("{p}nat-");
+    let mut nowhere = attach(&[], &lab);
+    nowhere[5] = format!("{p}nowhere");
+    refused(&as_strs(&nowhere), "no namespace");
+    refused(&as_strs(&attach(&["--fast-path", "xdp"], &lab)), "use tc");
+    let mut no_uplink = attach(&[], &lab);
+    no_uplink[7] = "wan9".into();
+    refused(&as_strs(&no_uplink), "wan9");
+    refused(
+        &as_strs(&attach(&["--forward", "tcp:81=192.168.1.3:80"], &lab)),
+        "no internal prefix",
+    );
+    assert_same(&before, &h.snapshot(), "a refused attach changed something");
+    assert!(
+        !netns_user::lab::list().contains(&lab),
+        "nothing left of refused attaches"
+    );
+
+    let out = ok(&as_strs(&attach(&[], &lab)));
+    assert!(out.contains("nat detach"), "{out}");
+    let second = format!("{p}two-");
+    refused(&as_strs(&attach(&[], &second)), "already runs netns-nat's NAT");
+
+    // The acceptance exchanges, between the hand-made namespaces.
+    let roles = Roles {
+        internal: vec![
+            (h.ns("red"), Ipv4Addr::new(192, 168, 15, 1)),
+            (h.ns("blue"), Ipv4Addr::new(192, 168, 15, 2)),
+        ],
+        external: (h.ns("lan"), Ipv4Addr::new(192, 168, 1, 3)),
+        uplink: Ipv4Addr::new(192, 168, 1, 2),
+        forwards: vec![(
+            L4Proto::Tcp,
+            80,
+            h.ns("blue"),
+            SocketAddrV4::new(Ipv4Addr::new(192, 168, 15, 2), 80),
+        )],
+    };
+    let checks = probe::play(&roles, true, Duration::from_secs(3));
+    assert_eq!(checks.len(), 5, "{checks:#?}");
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+
+    // The operating commands, as on a lab.
+    let ct: serde_json::Value =
+        serde_json::from_str(&ok(&["conntrack", "--prefix", &lab, "--json"])).unwrap();
+    assert!(
+        ct["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["internal"] == "192.168.15.2:80" && f["origin"] == "inbound"),
+        "{ct}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&["stats", "--prefix", &lab, "--json"])).unwrap();
+    assert!(stats["counters"]["new_flows"].as_u64().unwrap() >= 4, "{stats}");
+    let st: serde_json::Value = serde_json::from_str(&ok(&["status", "--prefix", &lab, "--json"])).unwrap();
+    assert_eq!(st["router"], router.as_str(), "{st}");
+    assert!(st["ebpf"]["agent"]["health"]["pid"].is_u64(), "{st}");
+    assert!(ok(&["metrics", "--prefix", &lab, "--once"]).contains("netns_nat_events_total"));
+    ok(&[
+        "forward",
+        "add",
+        "--prefix",
+        &lab,
+        "--proto",
+        "udp",
+        "--port",
+        "5353",
+        "--to",
+        "192.168.15.1:5353",
+    ]);
+    ok(&["up", "--prefix", &lab, "--upgrade"]);
+    refused(&["check", "--prefix", &lab], "not netns-nat's to know");
+    assert!(ok(&["list"]).contains(&lab));
+
+    let out = ok(&["nat", "detach", "--prefix", &lab]);
+    assert!(out.contains("programs and pins removed"), "{out}");
+    assert_same(&before, &h.snapshot(), "detach left the namespaces changed");
+    for n in ["router", "red", "blue", "lan"] {
+        assert!(netns::exists(&h.ns(n)), "{n} is the user's: it stays");
+    }
+    netns_tests::assert_gone(&lab);
+    // Once detached, nothing translates: lan sees red's own address, or nothing at all.
+    let checks = probe::play(&roles, false, Duration::from_millis(500));
+    assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+}
