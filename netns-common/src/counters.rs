@@ -136,10 +136,12 @@ pub enum NatCounter {
     /// Dropped arriving on the uplink: an IPv4 header checksum that fails (RFC 1812 5.2.2),
     /// before it can touch any state.
     DropBadChecksum,
+    /// Trace events that did not fit in the ring buffer (`netns-nat trace` reads too slowly).
+    TraceLost,
 }
 
 impl NatCounter {
-    pub const ALL: [NatCounter; 36] = [
+    pub const ALL: [NatCounter; 37] = [
         NatCounter::OutTcp,
         NatCounter::OutUdp,
         NatCounter::OutIcmp,
@@ -176,6 +178,7 @@ impl NatCounter {
         NatCounter::RedirectFailed,
         NatCounter::SlowIpChecksum,
         NatCounter::DropBadChecksum,
+        NatCounter::TraceLost,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -218,6 +221,7 @@ impl NatCounter {
             NatCounter::RedirectFailed => "redirect_failed",
             NatCounter::SlowIpChecksum => "slow_ip_checksum",
             NatCounter::DropBadChecksum => "drop_bad_checksum",
+            NatCounter::TraceLost => "trace_lost",
         }
     }
 }

@@ -14,4 +14,5 @@ pub mod names;
 pub mod nat;
 pub mod net;
 pub mod packet;
+pub mod trace;
 pub mod translate;

@@ -40,6 +40,10 @@ pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 pub const MAP_NAT_COUNTERS: &str = "NAT_COUNTERS";
 /// Array of one u64: the [`crate::layout::LAYOUT_STAMP`] of the build that made the maps.
 pub const MAP_NAT_LAYOUT: &str = "NAT_LAYOUT";
+/// Array of one u32: how many `netns-nat trace` listen (0: no events written).
+pub const MAP_NAT_TRACE_ON: &str = "NAT_TRACE_ON";
+/// Ring buffer of [`crate::trace::TraceEvent`].
+pub const MAP_NAT_TRACE: &str = "NAT_TRACE";
 
 /// XDP program of the benchmark's sink: counts and drops UDP to [`SINK_PORT`].
 pub const PROG_SINK: &str = "bench_sink";

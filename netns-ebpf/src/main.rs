@@ -12,6 +12,7 @@ mod maps;
 mod packet;
 mod sink;
 mod tc;
+mod trace;
 mod xdp;
 
 use aya_ebpf::{
@@ -25,6 +26,8 @@ use aya_ebpf::{
 };
 use netns_common::{
     counters::{Counter, Direction},
+    packet::Packet,
+    trace::{HOOK_EGRESS, HOOK_FAST_IN_XDP, HOOK_FAST_OUT_TC, HOOK_FAST_OUT_XDP, HOOK_HAIRPIN, HOOK_INGRESS},
     translate::{self, Drop, Res},
 };
 
@@ -54,24 +57,34 @@ fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
     NEXT
 }
 
+/// Runs a step on `p` at `hook`, traced while anyone listens (see `trace`).
+#[inline(always)]
+fn traced<P: Packet>(p: &P, hook: u8, step: impl FnOnce(&P) -> Res<Action>) -> Res<Action> {
+    trace::begin(p);
+    let r = step(p);
+    trace::end(p, hook, &r);
+    r
+}
+
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    tc_verdict(translate::egress(&Tc(ctx), &Maps))
+    tc_verdict(traced(&Tc(ctx), HOOK_EGRESS, |p| translate::egress(p, &Maps)))
 }
 
 /// The fast path first; what it passes on untouched, the slow path translates.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    let p = Tc(ctx);
-    tc_verdict(fast::inbound(&p).and_then(|a| match a {
-        Action::Pass => translate::ingress(&p, &Maps),
-        a => Ok(a),
+    tc_verdict(traced(&Tc(ctx), HOOK_INGRESS, |p| {
+        fast::inbound(p).and_then(|a| match a {
+            Action::Pass => translate::ingress(p, &Maps),
+            a => Ok(a),
+        })
     }))
 }
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_verdict(hairpin(&Tc(ctx)))
+    tc_verdict(traced(&Tc(ctx), HOOK_HAIRPIN, hairpin))
 }
 
 /// Hairpinning: translated both ways, then sent straight back out of the port it came in
@@ -92,18 +105,18 @@ fn hairpin(p: &Tc) -> Res<Action> {
 
 #[classifier]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
-    tc_verdict(fast::outbound(&Tc(ctx)))
+    tc_verdict(traced(&Tc(ctx), HOOK_FAST_OUT_TC, fast::outbound))
 }
 
 #[xdp]
 pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
-    xdp_verdict(fast::outbound(&Xdp(ctx)))
+    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_OUT_XDP, fast::outbound))
 }
 
 /// What this passes on, TC's `nat_ingress` (the slow path) takes.
 #[xdp]
 pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
-    xdp_verdict(fast::inbound(&Xdp(ctx)))
+    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_IN_XDP, fast::inbound))
 }
 
 #[xdp]

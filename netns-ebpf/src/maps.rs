@@ -8,7 +8,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::map,
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
@@ -16,6 +16,7 @@ use netns_common::{
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig,
     },
+    trace::TraceEvent,
     translate::{InsertError, PortSearch, Tables, try_port},
 };
 
@@ -73,6 +74,24 @@ pub static NAT_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entr
 /// by it (before an upgrade); no program touches it.
 #[map(name = "NAT_LAYOUT")]
 pub static NAT_LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// How many `netns-nat trace` listen: while 0, the programs write no trace event.
+#[map(name = "NAT_TRACE_ON")]
+pub static NAT_TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Trace events, for `netns-nat trace`.
+#[map(name = "NAT_TRACE")]
+pub static NAT_TRACE: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// The event being traced on this CPU: its tuple before the step, until the step ends.
+#[map(name = "NAT_TRACE_SCRATCH")]
+pub static NAT_TRACE_SCRATCH: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether anyone traces (an array lookup, which the verifier inlines).
+#[inline(always)]
+pub fn tracing() -> bool {
+    NAT_TRACE_ON.get(0).is_some_and(|n| *n != 0)
+}
 
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {

@@ -258,6 +258,33 @@ enum Command {
         #[command(subcommand)]
         action: NatCmd,
     },
+    /// Print each translation and drop of the eBPF NAT as it happens: hook, protocol,
+    /// addresses and ports before and after, verdict, drop reason. The programs write events
+    /// only while a trace runs (otherwise it costs them one array lookup per packet).
+    ///
+    /// Example: netns-nat trace --proto udp --host 192.168.15.1 --for 10
+    Trace {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Only this protocol.
+        #[arg(long, value_enum)]
+        proto: Option<ProtoArg>,
+        /// Only packets with this address on any side, before or after translation.
+        #[arg(long)]
+        host: Option<std::net::Ipv4Addr>,
+        /// Only packets with this port (or ICMP echo identifier) on any side.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long = "for", value_name = "SECS")]
+        trace_for: Option<f64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per event (field names in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// The running configuration of a lab's NAT.
     Config {
         #[command(subcommand)]
@@ -657,6 +684,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             netns_user::ops::agent::run(&prefix.prefix)?;
         }
         Command::Config { action } => config_cmd(action)?,
+        Command::Trace {
+            prefix,
+            proto,
+            host,
+            port,
+            trace_for,
+            count,
+            json,
+        } => {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            static STOP: AtomicBool = AtomicBool::new(false);
+            lab::require_root()?;
+            let p = prefix.prefix;
+            let lab = Lab::open(&p)?;
+            if lab.state.nat != NatKind::Ebpf {
+                bail!("lab {p:?} uses {} NAT: trace is for the eBPF NAT", lab.state.nat);
+            }
+            ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
+                .context("installing the Ctrl-C handler")?;
+            let filter = netns_user::ops::trace::TraceFilter {
+                proto: proto.map(ProtoArg::number),
+                host,
+                port,
+            };
+            if !json {
+                eprintln!("tracing lab {p:?} (Ctrl-C to stop)");
+            }
+            let n = netns_user::ops::trace::run(
+                &p,
+                filter,
+                trace_for.map(Duration::from_secs_f64),
+                count,
+                &STOP,
+                |e| {
+                    if json {
+                        println!("{}", serde_json::to_string(e).expect("an event serialises"));
+                    } else {
+                        println!("{}", e.line());
+                    }
+                },
+            )?;
+            if !json {
+                eprintln!("{n} events");
+            }
+        }
         Command::Nat { action } => nat_cmd(action)?,
         Command::Check { prefix, wait, json } => {
             lab::require_root()?;

@@ -97,7 +97,10 @@ impl HandMade {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         for n in ["router", "red", "blue", "lan"] {
             while sh_in(&self.ns(n), "ip", &["-6", "addr", "show"]).contains("tentative") {
-                assert!(std::time::Instant::now() < deadline, "IPv6 DAD never ended in {n}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "IPv6 DAD never ended in {n}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

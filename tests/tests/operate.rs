@@ -884,3 +884,155 @@ fn the_agent_ends_on_sigterm_and_with_the_lab() {
         "down stopped the agent"
     );
 }
+
+/// `trace` shows the translation of packets the test sends, both ways, and a drop with its
+/// reason; filters select; tracing is off again when the last listener ends (even one
+/// killed with SIGKILL, once the agent recounts).
+#[test]
+fn trace_shows_translations_and_drops_as_they_happen() {
+    if !privileged("trace") {
+        return;
+    }
+    let g = LabGuard::up("trc", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let listeners = || json(&["status", "--prefix", &p, "--json"])["ebpf"]["trace_listeners"].clone();
+    assert_eq!(listeners(), 0);
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7401]);
+    let tracer = Command::new(bin())
+        .args([
+            "trace", "--prefix", &p, "--json", "--proto", "udp", "--port", "7401", "--for", "4",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Listening once the flag says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while listeners() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace never started listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let red = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47401)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(udp_echo(&red, SocketAddrV4::new(LAN, 7401), b"traced"));
+    // Traffic the filter leaves out.
+    let other = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47402)).unwrap()
+    });
+    other.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _echo2 = UdpEcho::start(&g.lab.ns("lan"), &[7402]);
+    assert!(udp_echo(&other, SocketAddrV4::new(LAN, 7402), b"not traced"));
+    // For the drop below: lan will answer from another port, which the mapping's filtering
+    // refuses.
+    let (flows, _) = listed(&p, &["--port", "7401"]);
+    let ext_port: u16 = flows[0]["external"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let lan = in_ns(&g.lab.ns("lan"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7499)).unwrap()
+    });
+
+    let out = tracer.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out_ev = events
+        .iter()
+        .find(|e| e["hook"] == "nat_egress")
+        .unwrap_or_else(|| panic!("no egress event: {events:#?}"));
+    assert_eq!(out_ev["protocol"], "udp");
+    assert_eq!(
+        out_ev["before"], "192.168.15.1:47401 -> 192.168.1.3:7401",
+        "{out_ev}"
+    );
+    assert_eq!(
+        out_ev["after"],
+        format!("192.168.1.2:{ext_port} -> 192.168.1.3:7401"),
+        "{out_ev}"
+    );
+    assert_eq!(out_ev["verdict"], "pass");
+    let in_ev = events
+        .iter()
+        .find(|e| e["hook"] == "nat_ingress")
+        .unwrap_or_else(|| panic!("no ingress event: {events:#?}"));
+    assert_eq!(
+        in_ev["before"],
+        format!("192.168.1.3:7401 -> 192.168.1.2:{ext_port}"),
+        "{in_ev}"
+    );
+    assert_eq!(
+        in_ev["after"], "192.168.1.3:7401 -> 192.168.15.1:47401",
+        "{in_ev}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !e["before"].as_str().unwrap().contains("7402")),
+        "the filter let another flow through: {events:#?}"
+    );
+    assert_eq!(listeners(), 0, "tracing is off after the trace");
+
+    // Drops, with their reason; and a listener killed with SIGKILL does not leave tracing on.
+    let mut tracer = Command::new(bin())
+        .args([
+            "trace",
+            "--prefix",
+            &p,
+            "--json",
+            "--host",
+            "192.168.1.3",
+            "--for",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while listeners() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace never started listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lan.send_to(
+        b"spoof",
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), ext_port),
+    )
+    .unwrap();
+    let mut first = String::new();
+    {
+        use std::io::BufRead as _;
+        let mut r = std::io::BufReader::new(tracer.stdout.take().unwrap());
+        r.read_line(&mut first).unwrap();
+    }
+    let ev: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ev["verdict"], "drop", "{ev}");
+    assert_eq!(ev["reason"], "drop_unsolicited", "{ev}");
+    assert_eq!(
+        ev["before"],
+        format!("192.168.1.3:7499 -> 192.168.1.2:{ext_port}"),
+        "{ev}"
+    );
+    tracer.kill().unwrap();
+    tracer.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while listeners() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tracing stayed on after its listener died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

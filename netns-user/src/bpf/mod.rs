@@ -22,10 +22,10 @@ use netns_common::{
     names::{
         MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
         MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_LAYOUT, MAP_NAT_NEIGH,
-        MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS,
-        PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK, PROG_SINK_TC,
-        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT,
-        full_program_name,
+        MAP_NAT_TRACE, MAP_NAT_TRACE_ON, MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC,
+        PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
+        PROG_SINK_TC, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN,
+        PROG_XDP_FAST_OUT, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -247,6 +247,14 @@ pub struct NatLoad {
     pub fast: Option<(Vec<String>, FastConfig)>,
 }
 
+/// A map error of the map pinned at `path`.
+pub fn map_err_at(path: &Path) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
+    move |source| EbpfError::Map {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 pub(crate) fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
     move |source| EbpfError::Map {
         path: path.into(),
@@ -343,6 +351,8 @@ const NAT_PINNED_MAPS: &[&str] = &[
     MAP_NAT_NEIGH,
     MAP_NAT_DEVMAP,
     MAP_NAT_LAYOUT,
+    MAP_NAT_TRACE_ON,
+    MAP_NAT_TRACE,
 ];
 
 /// The programs whose links a lab pins, longest name first (a link's pin is named

@@ -449,6 +449,11 @@ async fn sweep_loop(shared: Arc<Shared>) {
         if !lab_present(&shared.prefix) {
             return;
         }
+        // A `trace` that died without cleaning up must not leave tracing on.
+        let prefix = shared.prefix.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || super::trace::sync_flag(&prefix)).await {
+            shared.note_error("trace listeners", e);
+        }
         let started = Instant::now();
         let prefix = shared.prefix.clone();
         let swept = tokio::task::spawn_blocking(move || sweeper::sweep_once(&prefix, monotonic_ns())).await;

@@ -19,6 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::conntrack::proto_name;
 use crate::{
     bpf::UplinkCounters,
     config::NatSpec,
@@ -52,15 +53,6 @@ impl From<NatError> for MetricsError {
 impl From<crate::bpf::EbpfError> for MetricsError {
     fn from(e: crate::bpf::EbpfError) -> Self {
         MetricsError::Ebpf(Box::new(e))
-    }
-}
-
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        PROTO_ICMP => "icmp",
-        _ => "other",
     }
 }
 

@@ -1,6 +1,6 @@
 //! Operating a running eBPF NAT, from user space, through its pinned maps: the per-lab
 //! agent (expiry, the uplink's address, live changes), conntrack (list, count, delete,
-//! watch) and stats, live port forwards and settings, its status, and metrics.
+//! watch) and stats, live port forwards and settings, its status, metrics and tracing.
 
 pub mod agent;
 pub mod conntrack;
@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod reconfig;
 pub mod status;
 pub mod sweeper;
+pub mod trace;

@@ -31,6 +31,8 @@ pub struct EbpfStatus {
     pub attached: Vec<String>,
     /// The agent: its PID (null when it does not run) and what it answers.
     pub agent: AgentStatus,
+    /// How many `trace` listen (the programs write trace events while this is not 0).
+    pub trace_listeners: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +42,15 @@ pub struct AgentStatus {
     pub health: Option<super::agent::Health>,
     /// Why there is no answer.
     pub error: Option<String>,
+}
+
+fn trace_listeners(prefix: &str) -> u32 {
+    use aya::maps::{Array, MapData};
+    bpf::pinned_map(prefix, netns_common::names::MAP_NAT_TRACE_ON)
+        .ok()
+        .and_then(|m| Array::<MapData, u32>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or(0)
 }
 
 fn agent_status(prefix: &str) -> AgentStatus {
@@ -117,5 +128,6 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
             .map(|p| p.label)
             .collect(),
         agent: agent_status(t.prefix),
+        trace_listeners: trace_listeners(t.prefix),
     })
 }

@@ -1,0 +1,229 @@
+//! `netns-nat trace`: the programs' translations and drops as they happen, read from the
+//! `NAT_TRACE` ring buffer. The programs write events only while `NAT_TRACE_ON` is not 0;
+//! it holds the number of listeners, each a `trace.<pid>` file in the lab's state
+//! directory, so a listener that dies without cleaning up is noticed (by the next listener
+//! or by the agent, which recount) and tracing does not stay on with nobody reading.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, RingBuf};
+use netns_common::{
+    counters::NatCounter,
+    names::{MAP_NAT_TRACE, MAP_NAT_TRACE_ON},
+    nat::{addr_from_wire, addr_to_wire, port_from_wire},
+    trace::{TraceEvent, Tuple, VERDICT_DROP, hook_name, verdict_name},
+};
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+use super::conntrack::proto_name;
+use crate::{bpf, nat::ebpf::monotonic_ns, sys::paths::state_dir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Ebpf(#[from] Box<bpf::EbpfError>),
+    #[error("tracing lab {prefix:?}: {detail}")]
+    Io { prefix: String, detail: String },
+}
+
+impl From<bpf::EbpfError> for TraceError {
+    fn from(e: bpf::EbpfError) -> Self {
+        TraceError::Ebpf(Box::new(e))
+    }
+}
+
+/// Which events to show (all that are given must match; address and port on any side,
+/// before or after translation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceFilter {
+    pub proto: Option<u8>,
+    pub host: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+}
+
+impl TraceFilter {
+    pub fn matches(&self, ev: &TraceEvent) -> bool {
+        let sides = [ev.before, ev.after];
+        self.proto.is_none_or(|p| ev.before.proto == p)
+            && self.host.is_none_or(|h| {
+                let h = addr_to_wire(h);
+                sides.iter().any(|t| t.saddr == h || t.daddr == h)
+            })
+            && self.port.is_none_or(|p| {
+                let p = p.to_be();
+                sides.iter().any(|t| t.sport == p || t.dport == p)
+            })
+    }
+}
+
+/// One event as printed (`trace --json`: one object per line).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Seconds since the trace started.
+    pub t_s: f64,
+    pub hook: &'static str,
+    pub verdict: &'static str,
+    /// Drops: the counter of the reason (as in `stats`).
+    pub reason: Option<&'static str>,
+    pub protocol: &'static str,
+    /// `source -> destination` before and after the step (`address:port`).
+    pub before: String,
+    pub after: String,
+}
+
+fn side(t: &Tuple) -> String {
+    format!(
+        "{}:{} -> {}:{}",
+        addr_from_wire(t.saddr),
+        port_from_wire(t.sport),
+        addr_from_wire(t.daddr),
+        port_from_wire(t.dport)
+    )
+}
+
+impl Event {
+    fn of(ev: &TraceEvent, start_ns: u64) -> Event {
+        Event {
+            t_s: ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+            hook: hook_name(ev.hook),
+            verdict: verdict_name(ev.verdict),
+            reason: (ev.verdict == VERDICT_DROP)
+                .then(|| NatCounter::ALL.get(usize::from(ev.reason)).map(|c| c.name()))
+                .flatten(),
+            protocol: proto_name(ev.before.proto),
+            before: side(&ev.before),
+            after: side(&ev.after),
+        }
+    }
+
+    /// One line of text.
+    pub fn line(&self) -> String {
+        let outcome = match self.reason {
+            Some(r) => format!("drop ({r})"),
+            None => self.verdict.to_owned(),
+        };
+        if self.before == self.after {
+            format!(
+                "{:>10.6} {:<12} {:<4} {:<43} {outcome}",
+                self.t_s, self.hook, self.protocol, self.before
+            )
+        } else {
+            format!(
+                "{:>10.6} {:<12} {:<4} {:<43} => {:<43} {outcome}",
+                self.t_s, self.hook, self.protocol, self.before, self.after
+            )
+        }
+    }
+}
+
+fn listener_file(prefix: &str, pid: u32) -> PathBuf {
+    state_dir(prefix).join(format!("trace.{pid}"))
+}
+
+/// Sets `NAT_TRACE_ON` to the number of live listeners, removing the files of dead ones.
+/// Returns that number.
+pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
+    let io = |e: std::io::Error| TraceError::Io {
+        prefix: prefix.to_owned(),
+        detail: e.to_string(),
+    };
+    let dir = state_dir(prefix);
+    let lock = fs::File::create(dir.join("trace.lock")).map_err(io)?;
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+    let mut live = 0u32;
+    for e in fs::read_dir(&dir).map_err(io)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("trace.").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if fs::metadata(format!("/proc/{pid}")).is_ok() {
+            live += 1;
+        } else {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
+    let mut flag: Array<MapData, u32> =
+        Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
+    if flag.get(&0, 0).map_err(bpf::map_err_at(&path))? != live {
+        flag.set(0, live, 0).map_err(bpf::map_err_at(&path))?;
+    }
+    Ok(live)
+}
+
+/// This process as a listener, for as long as it lives.
+struct Listening<'a> {
+    prefix: &'a str,
+}
+
+impl<'a> Listening<'a> {
+    fn start(prefix: &'a str) -> Result<Self, TraceError> {
+        fs::write(listener_file(prefix, std::process::id()), b"").map_err(|e| TraceError::Io {
+            prefix: prefix.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let me = Listening { prefix };
+        sync_flag(prefix)?;
+        Ok(me)
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(listener_file(self.prefix, std::process::id()));
+        let _ = sync_flag(self.prefix);
+    }
+}
+
+/// Traces lab `prefix`: calls `show` for every event `filter` selects until `stop` is set,
+/// `within` has passed or `max` events were shown. Returns how many were shown.
+pub fn run(
+    prefix: &str,
+    filter: TraceFilter,
+    within: Option<Duration>,
+    max: Option<u64>,
+    stop: &AtomicBool,
+    mut show: impl FnMut(&Event),
+) -> Result<u64, TraceError> {
+    let mut ring = RingBuf::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE)?)
+        .map_err(bpf::map_err_at(&bpf::pin_dir(prefix).join(MAP_NAT_TRACE)))?;
+    // Events left from an earlier listener are not this trace's.
+    while ring.next().is_some() {}
+    let _listening = Listening::start(prefix)?;
+    let start = Instant::now();
+    let start_ns = monotonic_ns();
+    let mut shown = 0u64;
+    while !stop.load(Ordering::Relaxed)
+        && within.is_none_or(|w| start.elapsed() < w)
+        && max.is_none_or(|m| shown < m)
+    {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            any = true;
+            if item.len() < size_of::<TraceEvent>() {
+                continue;
+            }
+            // Safety: the programs write whole TraceEvents (repr(C), any bit pattern valid);
+            // read unaligned, as the ring gives no alignment promise to Rust.
+            let ev: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if filter.matches(&ev) {
+                show(&Event::of(&ev, start_ns));
+                shown += 1;
+                if max.is_some_and(|m| shown >= m) {
+                    break;
+                }
+            }
+        }
+        if !any {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(shown)
+}
