@@ -7,8 +7,15 @@ use std::{collections::HashSet, process::Command};
 use netns_tests::{bin, privileged};
 use serde_json::Value;
 
-const BACKENDS: [&str; 7] = [
-    "none", "iptables", "nftables", "ebpf", "ebpf-off", "ebpf-tc", "ebpf-xdp",
+const BACKENDS: [&str; 8] = [
+    "none",
+    "iptables",
+    "nftables",
+    "ebpf",
+    "ebpf-off",
+    "ebpf-tc",
+    "ebpf-xdp",
+    "ebpf-traced",
 ];
 /// The bare-redirect ceilings: packet workloads only.
 const CEILINGS: [&str; 2] = ["tc-redirect", "xdp-redirect"];
@@ -38,8 +45,9 @@ fn cpus() -> usize {
 }
 
 /// The BPF program each backend's run-time figures must name.
-const PROGRAM_OF: [(&str, &str); 6] = [
+const PROGRAM_OF: [(&str, &str); 7] = [
     ("ebpf", "nat_fast_out@veth-red-br:tcx-ingress"),
+    ("ebpf-traced", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-off", "nat_egress@uplink"),
     ("ebpf-tc", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-xdp", "xdp_fast_out@veth-red-br:xdp"),

@@ -60,6 +60,10 @@ pub enum Backend {
     EbpfTc,
     /// The eBPF NAT with the fast path in XDP.
     EbpfXdp,
+    /// The default eBPF NAT while `trace` listens (every translation written to the ring
+    /// buffer and read, none shown): what tracing costs when on. `ebpf` is the cost when
+    /// off.
+    EbpfTraced,
     /// Ceiling: the load redirected at TC from red's bridge port straight into the ingress
     /// of the uplink's veth peer (bpf_redirect_peer, as the TC fast path does), MAC
     /// addresses rewritten, nothing else (no NAT, no routing). Packet workloads only.
@@ -69,7 +73,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const ALL: [Backend; 9] = [
+    pub const ALL: [Backend; 10] = [
         Backend::None,
         Backend::Iptables,
         Backend::Nftables,
@@ -77,6 +81,7 @@ impl Backend {
         Backend::EbpfOff,
         Backend::EbpfTc,
         Backend::EbpfXdp,
+        Backend::EbpfTraced,
         Backend::TcRedirect,
         Backend::XdpRedirect,
     ];
@@ -90,6 +95,7 @@ impl Backend {
             Backend::EbpfOff => "ebpf-off",
             Backend::EbpfTc => "ebpf-tc",
             Backend::EbpfXdp => "ebpf-xdp",
+            Backend::EbpfTraced => "ebpf-traced",
             Backend::TcRedirect => "tc-redirect",
             Backend::XdpRedirect => "xdp-redirect",
         }
@@ -100,7 +106,9 @@ impl Backend {
         match self {
             Backend::Iptables => NatKind::Iptables,
             Backend::Nftables => NatKind::Nftables,
-            Backend::Ebpf | Backend::EbpfOff | Backend::EbpfTc | Backend::EbpfXdp => NatKind::Ebpf,
+            Backend::Ebpf | Backend::EbpfOff | Backend::EbpfTc | Backend::EbpfXdp | Backend::EbpfTraced => {
+                NatKind::Ebpf
+            }
             Backend::None | Backend::TcRedirect | Backend::XdpRedirect => NatKind::None,
         }
     }
@@ -453,6 +461,53 @@ struct BenchLab {
     lab: Lab,
     parts: Parts,
     _ceiling: Option<bpf::Ceiling>,
+    _tracer: Option<Tracer>,
+}
+
+/// A `trace` listener for the whole measurement, reading every event and showing none.
+struct Tracer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracer {
+    fn start(prefix: &str) -> Result<Tracer> {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (p, flag) = (prefix.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Matches no event: the programs write them all, this reads them all.
+            let none = crate::ops::trace::TraceFilter {
+                proto: Some(0),
+                host: None,
+                port: None,
+            };
+            if let Err(e) = crate::ops::trace::run(&p, none, None, None, &flag, |_| {}) {
+                eprintln!("bench tracer: {e}");
+            }
+        });
+        let tracer = Tracer {
+            stop,
+            thread: Some(thread),
+        };
+        // Listening before the load starts.
+        let start = Instant::now();
+        while crate::ops::trace::listeners(prefix)? == 0 {
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("the bench's trace listener did not start");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(tracer)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl BenchLab {
@@ -491,10 +546,15 @@ impl BenchLab {
             )?),
             None => None,
         };
+        let tracer = match backend {
+            Some(Backend::EbpfTraced) => Some(Tracer::start(lab.prefix())?),
+            _ => None,
+        };
         Ok(BenchLab {
             lab: guard.take(),
             parts,
             _ceiling: ceiling,
+            _tracer: tracer,
         })
     }
 }

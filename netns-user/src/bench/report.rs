@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use super::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
-const ORDER: [&str; 10] = [
+const ORDER: [&str; 11] = [
     "generator",
     "none",
     "iptables",
@@ -18,6 +18,7 @@ const ORDER: [&str; 10] = [
     "ebpf-off",
     "ebpf-tc",
     "ebpf-xdp",
+    "ebpf-traced",
     "tc-redirect",
     "xdp-redirect",
 ];

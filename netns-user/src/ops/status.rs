@@ -45,12 +45,7 @@ pub struct AgentStatus {
 }
 
 fn trace_listeners(prefix: &str) -> u32 {
-    use aya::maps::{Array, MapData};
-    bpf::pinned_map(prefix, netns_common::names::MAP_NAT_TRACE_ON)
-        .ok()
-        .and_then(|m| Array::<MapData, u32>::try_from(m).ok())
-        .and_then(|a| a.get(&0, 0).ok())
-        .unwrap_or(0)
+    super::trace::listeners(prefix).unwrap_or(0)
 }
 
 fn agent_status(prefix: &str) -> AgentStatus {

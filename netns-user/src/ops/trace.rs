@@ -158,6 +158,14 @@ pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
     Ok(live)
 }
 
+/// How many listen now (the flag as the programs see it).
+pub fn listeners(prefix: &str) -> Result<u32, TraceError> {
+    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
+    let flag: Array<MapData, u32> =
+        Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
+    Ok(flag.get(&0, 0).map_err(bpf::map_err_at(&path))?)
+}
+
 /// This process as a listener, for as long as it lives.
 struct Listening<'a> {
     prefix: &'a str,
