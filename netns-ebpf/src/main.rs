@@ -24,10 +24,16 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::{
+    debug,
+    macro_support::{Level, level_enabled},
+};
 use netns_common::{
     counters::{Counter, Direction},
     packet::Packet,
-    trace::{HOOK_EGRESS, HOOK_FAST_IN_XDP, HOOK_FAST_OUT_TC, HOOK_FAST_OUT_XDP, HOOK_HAIRPIN, HOOK_INGRESS},
+    trace::{
+        HOOK_EGRESS, HOOK_FAST_IN_XDP, HOOK_FAST_OUT_TC, HOOK_FAST_OUT_XDP, HOOK_HAIRPIN, HOOK_INGRESS, tuple,
+    },
     translate::{self, Drop, Res},
 };
 
@@ -57,13 +63,39 @@ fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
     NEXT
 }
 
-/// Runs a step on `p` at `hook`, traced while anyone listens (see `trace`).
+/// Runs a step on `p` at `hook`, traced while anyone listens (see `trace`), its drops
+/// logged at the level set at load.
 #[inline(always)]
 fn traced<P: Packet>(p: &P, hook: u8, step: impl FnOnce(&P) -> Res<Action>) -> Res<Action> {
     trace::begin(p);
     let r = step(p);
     trace::end(p, hook, &r);
+    if let Err(d) = r {
+        log_drop(p, hook, d);
+    }
     r
+}
+
+/// A drop as a debug record, with numbers only: string arguments make aya-log's code too
+/// long for the verifier on paths this many (the agent names hook and reason).
+#[inline(always)]
+fn log_drop<P: Packet>(p: &P, hook: u8, d: Drop) {
+    // The tuple only when the record is wanted (the macro tests the level again).
+    if !level_enabled(Level::Debug) {
+        return;
+    }
+    let t = tuple(p);
+    debug!(
+        &(),
+        "drop hook={} reason={} proto={} {:i}:{} -> {:i}:{}",
+        hook,
+        d.counter() as u8,
+        t.proto,
+        u32::from_be(t.saddr),
+        u16::from_be(t.sport),
+        u32::from_be(t.daddr),
+        u16::from_be(t.dport)
+    );
 }
 
 #[classifier]

@@ -10,6 +10,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::{info, warn};
 use netns_common::{
     counters::{Counter, NatCounter},
     fwd::{FastConfig, Neigh, NextHop},
@@ -105,6 +106,15 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
 #[inline(always)]
 pub fn count(c: NatCounter) {
     bump(&NAT_COUNTERS, c as u32, 1);
+    // Diagnostics through aya-log: below the level set at load they are gone (the level is
+    // a constant the verifier sees, so their code is never even checked).
+    match c {
+        NatCounter::DropMapFull => warn!(&(), "a table is full: a new flow or mapping was dropped"),
+        NatCounter::DropNoPort => warn!(&(), "no free port in the range: a new mapping was dropped"),
+        NatCounter::NewMappings => info!(&(), "new mapping"),
+        NatCounter::TraceLost => warn!(&(), "the trace ring buffer is full: events lost"),
+        _ => {}
+    }
 }
 
 /// The NAT's state as `netns_common::translate` sees it: these maps and the helpers.

@@ -84,8 +84,8 @@ pub enum ConfigError {
     BadEbpfNat(String),
     #[error("lab prefix {prefix:?} {why}")]
     BadPrefix { prefix: String, why: String },
-    #[error("{what} cannot change while the NAT runs (`netns-nat down`, then `up` with the new file)")]
-    NotLive { what: String },
+    #[error("{what} cannot change while the NAT runs ({how})")]
+    NotLive { what: String, how: &'static str },
     #[error("{what}: use `netns-nat forward add|del` to change port forwards while the NAT runs")]
     ForwardsNotApplied { what: String },
     #[error("{0} has no [nat] section")]
@@ -394,9 +394,44 @@ pub struct EbpfNatSpec {
     /// Capacity of the binding table (two entries per mapping).
     pub bindings: u32,
     pub timeouts: TimeoutSpec,
-    /// How often the sweeper reclaims expired entries and checks the uplink's address.
+    /// How often the agent reclaims expired entries.
     pub sweep_interval_ms: u64,
     pub fast_path: FastPath,
+    /// The programs' diagnostics (aya-log) from this level up, in the agent's log; fixed
+    /// when the programs are loaded (`up`, `up --upgrade`).
+    pub log_level: LogLevel,
+}
+
+/// Levels of the programs' diagnostics, as aya-log numbers them (0: off).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// None: the logging code is not even verified, so it costs nothing.
+    #[default]
+    Off = 0,
+    /// A table or the port range exhausted.
+    Error = 1,
+    Warn = 2,
+    /// New mappings, and the above.
+    Info = 3,
+    /// Every drop with its reason and addresses, and the above.
+    Debug = 4,
+    Trace = 5,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 impl Default for EbpfNatSpec {
@@ -415,6 +450,7 @@ impl Default for EbpfNatSpec {
             timeouts: TimeoutSpec::default(),
             sweep_interval_ms: 1000,
             fast_path: FastPath::default(),
+            log_level: LogLevel::default(),
         }
     }
 }
@@ -448,16 +484,31 @@ impl LabConfig {
             .nat
             .as_ref()
             .ok_or_else(|| ConfigError::NoNat("the running lab".into()))?;
+        const REBUILD: &str = "`netns-nat down`, then `up` with the new file";
         let fixed = [
-            ("[nat] router", old.router != new.router),
-            ("[nat] uplink", old.uplink != new.uplink),
-            ("[nat.ebpf] flows", old.ebpf.flows != new.ebpf.flows),
-            ("[nat.ebpf] bindings", old.ebpf.bindings != new.ebpf.bindings),
-            ("[nat.ebpf] fast_path", old.ebpf.fast_path != new.ebpf.fast_path),
+            ("[nat] router", old.router != new.router, REBUILD),
+            ("[nat] uplink", old.uplink != new.uplink, REBUILD),
+            ("[nat.ebpf] flows", old.ebpf.flows != new.ebpf.flows, REBUILD),
+            (
+                "[nat.ebpf] bindings",
+                old.ebpf.bindings != new.ebpf.bindings,
+                REBUILD,
+            ),
+            (
+                "[nat.ebpf] fast_path",
+                old.ebpf.fast_path != new.ebpf.fast_path,
+                REBUILD,
+            ),
+            (
+                "[nat.ebpf] log_level",
+                old.ebpf.log_level != new.ebpf.log_level,
+                "it is set when the programs load: `netns-nat up --upgrade --log-level LEVEL`",
+            ),
         ];
-        if let Some((what, _)) = fixed.iter().find(|(_, changed)| *changed) {
+        if let Some((what, _, how)) = fixed.iter().find(|(_, changed, _)| *changed) {
             return Err(ConfigError::NotLive {
                 what: (*what).to_owned(),
+                how,
             });
         }
         if old.forwards != new.forwards {
@@ -492,6 +543,7 @@ impl LabConfig {
         if whole != running {
             return Err(ConfigError::NotLive {
                 what: "the namespaces, bridges, veths, routes or sysctls of the lab".into(),
+                how: "`netns-nat down`, then `up` with the new file",
             });
         }
         Ok(nat)

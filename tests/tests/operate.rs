@@ -1036,3 +1036,77 @@ fn trace_shows_translations_and_drops_as_they_happen() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The programs' diagnostics (aya-log) reach the agent's log at the level set when they
+/// load, with hook, reason and addresses named; an upgrade to `off` silences them.
+#[test]
+fn the_programs_log_at_the_level_set_at_load() {
+    if !privileged("program_logs") {
+        return;
+    }
+    let mut cfg = netns_user::config::LabConfig::reference();
+    cfg.nat.as_mut().unwrap().ebpf.log_level = netns_user::config::LogLevel::Debug;
+    let g = LabGuard::up_with(&cfg, "log", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    assert_eq!(
+        json(&["status", "--prefix", &p, "--json"])["ebpf"]["log_level"],
+        "debug"
+    );
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7501]);
+    let red = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47501)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(udp_echo(&red, SocketAddrV4::new(LAN, 7501), b"x"));
+    let (flows, _) = listed(&p, &["--port", "7501"]);
+    let ext = flows[0]["external"].as_str().unwrap().to_owned();
+    let ext_port: u16 = ext.rsplit(':').next().unwrap().parse().unwrap();
+    let lan = in_ns(&g.lab.ns("lan"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7599)).unwrap()
+    });
+    let spoof = || {
+        lan.send_to(
+            b"spoof",
+            SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), ext_port),
+        )
+        .unwrap()
+    };
+    spoof();
+    let drop_line = format!("bpf DEBUG: drop nat_ingress drop_unsolicited udp 192.168.1.3:7599 -> {ext}");
+    let logs = || ok(&["logs", "--prefix", &p]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !logs().contains(&drop_line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop record in the agent's log:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs().contains("bpf INFO: new mapping"), "{}", logs());
+
+    // The level is the programs': config apply cannot change it, an upgrade can.
+    let file = std::env::temp_dir().join(format!("{p}log.toml"));
+    let mut next = netns_user::lab::Lab::open(&p).unwrap().config;
+    next.nat.as_mut().unwrap().ebpf.log_level = netns_user::config::LogLevel::Off;
+    std::fs::write(&file, next.to_toml()).unwrap();
+    refused(
+        &["config", "apply", "--prefix", &p, file.to_str().unwrap()],
+        "--upgrade --log-level",
+    );
+    let _ = std::fs::remove_file(&file);
+    ok(&["up", "--prefix", &p, "--upgrade", "--log-level", "off"]);
+    assert_eq!(
+        json(&["status", "--prefix", &p, "--json"])["ebpf"]["log_level"],
+        "off"
+    );
+    let before = logs().matches(&drop_line).count();
+    spoof();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = json(&["stats", "--prefix", &p, "--json"]);
+    assert!(
+        after["counters"]["drop_unsolicited"].as_u64().unwrap() >= 2,
+        "{after}"
+    );
+    assert_eq!(logs().matches(&drop_line).count(), before, "logged while off");
+}

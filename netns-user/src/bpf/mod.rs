@@ -187,7 +187,10 @@ fn release_bpffs() {
 pub fn attach_uplink_counters(ns: &str, uplink: &str, prefix: &str) -> Result<()> {
     let dir = prepare_pin_dir(prefix)?;
     let res = netns::run_in(ns, || {
-        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &LOG_OFF, false)
+            .load(object()?)
+            .map_err(EbpfError::Load)?;
         let links = attach(
             &mut ebpf,
             &[
@@ -245,7 +248,13 @@ pub struct NatLoad {
     /// The fast path: where it takes packets (bridge ports) and its configuration (the
     /// uplink's ifindex and the bridge's MAC are filled in here), if it is on.
     pub fast: Option<(Vec<String>, FastConfig)>,
+    /// The programs' diagnostics from this aya-log level up (0: off).
+    pub log_level: u8,
 }
+
+/// The aya-log level of loads that are not a lab's NAT (counters, the benchmark's
+/// programs): off.
+const LOG_OFF: u8 = 0;
 
 /// A map error of the map pinned at `path`.
 pub fn map_err_at(path: &Path) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -273,6 +282,7 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         // counts there what skips the uplink's own TC hook.
         let counters = dir.join(MAP_UPLINK_COUNTERS);
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &load.log_level, false)
             .map_max_entries(MAP_NAT_FLOWS, load.flows)
             .map_max_entries(MAP_NAT_BINDINGS, load.bindings)
             .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
@@ -383,6 +393,29 @@ pub fn pinned_layout(prefix: &str) -> Result<u64> {
     stamp.get(&0, 0).map_err(|source| EbpfError::Map { path, source })
 }
 
+/// The id of the program behind lab `prefix`'s pinned `nat_egress` link: the one eBPF
+/// object of the NAT, whose log ring buffer the agent reads.
+pub fn nat_program_id(prefix: &str) -> Result<u32> {
+    let dir = pin_dir(prefix);
+    let fail = |detail: String| EbpfError::Pin {
+        path: dir.clone(),
+        detail,
+    };
+    let entry = fs::read_dir(&dir)
+        .map_err(|e| fail(e.to_string()))?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("link_{PROG_NAT_EGRESS}_"))
+        })
+        .ok_or_else(|| fail(format!("no pinned link of {PROG_NAT_EGRESS}")))?;
+    let link: FdLink = aya::programs::links::PinnedLink::from_pin(entry.path())
+        .map_err(|e| fail(e.to_string()))?
+        .into();
+    Ok(link.info().map_err(|e| fail(e.to_string()))?.program_id())
+}
+
 /// What an upgrade swapped.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Upgraded {
@@ -394,7 +427,7 @@ pub struct Upgraded {
 /// changes program atomically, no packet sees none), reusing every pinned map as it is, so
 /// flows, mappings, forwards, counters and the running configuration carry over. Refused,
 /// with nothing changed, when the pinned maps' layout stamp is not this build's.
-pub fn upgrade_nat(ns: &str, prefix: &str) -> Result<Upgraded> {
+pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
     let dir = pin_dir(prefix);
     let pinned = pinned_layout(prefix)?;
     if pinned != LAYOUT_STAMP {
@@ -427,6 +460,7 @@ pub fn upgrade_nat(ns: &str, prefix: &str) -> Result<Upgraded> {
     found.sort();
     netns::run_in(ns, || {
         let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &log_level, false);
         let paths: Vec<(&str, PathBuf)> = NAT_PINNED_MAPS
             .iter()
             .chain(&[MAP_UPLINK_COUNTERS])
@@ -703,7 +737,10 @@ pub struct Sink {
 /// sink ports into one map. Detached when the returned value is dropped.
 pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
     netns::run_in(ns, || {
-        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &LOG_OFF, false)
+            .load(object()?)
+            .map_err(EbpfError::Load)?;
         let mut links = attach_xdp_links(&mut ebpf, &[(PROG_SINK, iface)])?;
         links.extend(attach(
             &mut ebpf,
@@ -749,7 +786,10 @@ pub struct Ceiling {
 /// sent to `hop` with only its MAC addresses rewritten. Detached when dropped.
 pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) -> Result<Ceiling> {
     netns::run_in(ns, || {
-        let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &LOG_OFF, false)
+            .load(object()?)
+            .map_err(EbpfError::Load)?;
         {
             let map = ebpf
                 .map_mut(MAP_CEILING_NEXT_HOP)

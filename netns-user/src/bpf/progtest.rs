@@ -58,7 +58,11 @@ impl ProgBed {
             ebpf: None,
         };
         let ebpf = netns::run_in(ns, || -> Result<Ebpf> {
-            let mut ebpf = Ebpf::load(object()?).map_err(EbpfError::Load)?;
+            // Every diagnostic on: the verifier checks the logging code too.
+            let mut ebpf = aya::EbpfLoader::new()
+                .override_global(aya_log::LEVEL, &5u8, false)
+                .load(object()?)
+                .map_err(EbpfError::Load)?;
             {
                 let map = ebpf
                     .map_mut(MAP_NAT_CONFIG)

@@ -192,6 +192,9 @@ pub(super) enum NatCmd {
         /// Where established flows skip the bridge and routing: tc (default) or off.
         #[arg(long, value_enum, default_value_t = netns_user::config::FastPath::Tc)]
         fast_path: netns_user::config::FastPath,
+        /// The programs' diagnostics from this level up, in the agent's log.
+        #[arg(long, value_enum, default_value_t = netns_user::config::LogLevel::Off)]
+        log_level: netns_user::config::LogLevel,
     },
     /// Remove what `nat attach` added (programs, pins, agent, state); the namespace stays
     /// exactly as it was before.
@@ -226,6 +229,7 @@ pub(super) fn nat_cmd(cmd: NatCmd) -> Result<()> {
             internal,
             forwards,
             fast_path,
+            log_level,
         } => {
             let spec = netns_user::lab::AttachSpec {
                 netns,
@@ -233,6 +237,7 @@ pub(super) fn nat_cmd(cmd: NatCmd) -> Result<()> {
                 internal,
                 forwards,
                 fast_path,
+                log_level,
             };
             let lab = Lab::attach(&spec, &prefix.prefix, &mut |step| eprintln!("  {step}"))?;
             println!(

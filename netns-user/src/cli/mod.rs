@@ -81,6 +81,23 @@ enum Command {
         /// Refused, with nothing changed, if the maps' layout differs from this build's.
         #[arg(long)]
         upgrade: bool,
+        /// eBPF NAT only: the programs' diagnostics (aya-log) from this level up, written to
+        /// the agent's log (`netns-nat logs`). Set when the programs load: with `up`, or
+        /// changed with --upgrade. Default: the lab file's [nat.ebpf] log_level, off.
+        #[arg(long, value_enum, conflicts_with = "resume")]
+        log_level: Option<netns_user::config::LogLevel>,
+    },
+    /// The log of a lab's agent: its own messages and the eBPF programs' diagnostics (at
+    /// the level set with `up --log-level`).
+    Logs {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Keep printing what is appended, until Ctrl-C (or --for).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long = "for", value_name = "SECS", requires = "follow")]
+        follow_for: Option<f64>,
     },
     /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
     /// Works on a half-built lab; a lab that is not there is not an error.
@@ -313,6 +330,24 @@ enum Command {
     },
 }
 
+/// Prints file `path`, and with `follow` what is appended to it until Ctrl-C or `within`.
+fn follow_file(path: &std::path::Path, follow: bool, within: Option<Duration>) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        f.read_to_end(&mut buf)?;
+        std::io::stdout().write_all(&buf)?;
+        std::io::stdout().flush()?;
+        if !follow || within.is_some_and(|w| start.elapsed() >= w) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Lab `prefix`, as root, refused unless it runs the eBPF NAT (`what` needs its maps).
 pub(super) fn ebpf_lab(prefix: &str, what: &str) -> Result<Lab> {
     lab::require_root()?;
@@ -358,16 +393,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Up {
             prefix,
             upgrade: true,
+            log_level,
             ..
         } => {
-            let lab = Lab::open(&prefix.prefix)?;
-            eprintln!("upgrading lab {:?}: {}", prefix.prefix, lab.upgrade()?);
+            let mut lab = Lab::open(&prefix.prefix)?;
+            eprintln!("upgrading lab {:?}: {}", prefix.prefix, lab.upgrade(log_level)?);
         }
         Command::Up {
             config,
             prefix,
             nat,
             fast_path,
+            log_level,
             ..
         } => {
             let mut cfg = match &config {
@@ -385,6 +422,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 match cfg.nat.as_mut() {
                     Some(n) => n.ebpf.fast_path = fp,
                     None => bail!("--fast-path: the lab file has no [nat] section"),
+                }
+            }
+            if let Some(level) = log_level {
+                if nat != NatKind::Ebpf {
+                    bail!("--log-level is a setting of the eBPF NAT (--nat ebpf), not of --nat {nat}");
+                }
+                match cfg.nat.as_mut() {
+                    Some(n) => n.ebpf.log_level = level,
+                    None => bail!("--log-level: the lab file has no [nat] section"),
                 }
             }
             let lab = Lab::up(&cfg, &prefix.prefix, nat, &mut |step| eprintln!("  {step}"))?;
@@ -707,6 +753,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             netns_user::ops::agent::run(&prefix.prefix)?;
         }
         Command::Config { action } => config_cmd(action)?,
+        Command::Logs {
+            prefix,
+            follow,
+            follow_for,
+        } => {
+            lab::require_root()?;
+            let lab = Lab::open(&prefix.prefix)?;
+            let path = netns_user::nat::ebpf::agent_log(lab.prefix());
+            if lab.state.nat != NatKind::Ebpf {
+                bail!(
+                    "lab {:?} uses {} NAT: it has no agent and no programs to log",
+                    prefix.prefix,
+                    lab.state.nat
+                );
+            }
+            follow_file(&path, follow, follow_for.map(Duration::from_secs_f64))?;
+        }
         Command::Trace {
             prefix,
             proto,

@@ -11,7 +11,9 @@ use std::{
 use super::{Lab, LabError, LabState, Result, down, require_root};
 use crate::{
     bpf,
-    config::{Cidr, ConfigError, EbpfNatSpec, FastPath, ForwardSpec, LabConfig, NamespaceSpec, NatSpec},
+    config::{
+        Cidr, ConfigError, EbpfNatSpec, FastPath, ForwardSpec, LabConfig, LogLevel, NamespaceSpec, NatSpec,
+    },
     nat::{NatError, NatKind, NatTarget},
     sys::{netlink, netns},
 };
@@ -25,6 +27,7 @@ pub struct AttachSpec {
     pub internal: Vec<Cidr>,
     pub forwards: Vec<ForwardSpec>,
     pub fast_path: FastPath,
+    pub log_level: LogLevel,
 }
 
 fn refuse(why: String) -> LabError {
@@ -107,6 +110,7 @@ impl Lab {
                 forwards: spec.forwards.clone(),
                 ebpf: EbpfNatSpec {
                     fast_path: spec.fast_path,
+                    log_level: spec.log_level,
                     ..EbpfNatSpec::default()
                 },
             }),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::sys::netlink::{NetlinkError, NsSnapshot};
 use crate::{
     bpf::{self, EbpfError, UplinkCounters},
-    config::{ConfigError, LabConfig},
+    config::{self, ConfigError, LabConfig, LogLevel},
     nat::{NatError, NatKind, NatTarget, Resumed},
     sys::netlink,
     sys::netns::{self, NetnsError},
@@ -327,13 +327,26 @@ impl Lab {
         }
     }
 
-    /// Swaps this build's NAT dataplane into the running lab, keeping its state.
-    pub fn upgrade(&self) -> Result<String> {
+    /// Swaps this build's NAT dataplane into the running lab, keeping its state; with
+    /// `log_level`, the programs' diagnostics from that level up (recorded in the stored
+    /// configuration only if the swap succeeds).
+    pub fn upgrade(&mut self, log_level: Option<LogLevel>) -> Result<String> {
         require_root()?;
-        match (self.state.nat.backend(), self.nat_target()) {
-            (Some(backend), Some(t)) => Ok(backend.upgrade(&t)?),
-            _ => Err(NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into()),
+        let before = self.config.clone();
+        if let (Some(l), Some(n)) = (log_level, self.config.nat.as_mut()) {
+            n.ebpf.log_level = l;
+            // The agent the upgrade restarts reads it.
+            config::store(self.prefix(), &self.config)?;
         }
+        let res = match (self.state.nat.backend(), self.nat_target()) {
+            (Some(backend), Some(t)) => backend.upgrade(&t).map_err(LabError::from),
+            _ => Err(NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into()),
+        };
+        if res.is_err() && self.config != before {
+            let _ = config::store(self.prefix(), &before);
+            self.config = before;
+        }
+        res
     }
 
     /// Where the lab's NAT lives, if it has a `[nat]` section.

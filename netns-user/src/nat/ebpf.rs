@@ -183,6 +183,7 @@ impl NatBackend for EbpfNat {
             flows: t.nat.ebpf.flows,
             bindings: t.nat.ebpf.bindings,
             fast: fast_config(t)?,
+            log_level: t.nat.ebpf.log_level as u8,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
         start_agent(t.prefix).map(|_| ())
@@ -202,7 +203,7 @@ impl NatBackend for EbpfNat {
     }
 
     fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
-        let done = bpf::upgrade_nat(&t.router_ns, t.prefix)?;
+        let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
         // The agent of the new build, too.
         stop_agent(t.prefix);
         let pid = start_agent(t.prefix)?;

@@ -330,6 +330,24 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             let _ = tokio::task::spawn_blocking(move || s.follow_address()).await;
         }
         tokio::spawn(follow_events(shared.clone(), events));
+        let level = nat.ebpf.log_level;
+        if level != crate::config::LogLevel::Off {
+            match aya_log::EbpfLogger::init_from_id_with_logger(
+                bpf::nat_program_id(prefix).map_err(|e| fail(e.to_string()))?,
+                ProgramLog,
+            ) {
+                Ok(logger) => {
+                    eprintln!("the programs' diagnostics from level {} up follow", level.name());
+                    // Safety: the logger owns its ring buffer's descriptor, open and the same
+                    // until the AsyncFd that owns the logger from here on is dropped.
+                    let fd =
+                        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                            .map_err(|e| fail(e.to_string()))?;
+                    tokio::spawn(follow_program_log(fd));
+                }
+                Err(e) => shared.note_error("the programs' log", e),
+            }
+        }
         let mut sweeps = tokio::spawn(sweep_loop(shared.clone()));
 
         let end = loop {
@@ -392,6 +410,55 @@ async fn serve(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
         if write.write_all(out.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// Writes the programs' aya-log records to the agent's log (its stderr).
+struct ProgramLog;
+
+impl log::Log for ProgramLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!("bpf {}: {}", record.level(), named(&record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+/// A program's record with its numbers named: `hook=N` by the program, `reason=N` by the
+/// counter (the programs log numbers; names would cost them too much to verify).
+fn named(msg: &str) -> String {
+    use netns_common::{counters::NatCounter, trace::hook_name};
+    msg.split(' ')
+        .map(|w| {
+            if let Some(n) = w.strip_prefix("hook=").and_then(|n| n.parse::<u8>().ok()) {
+                hook_name(n).to_owned()
+            } else if let Some(c) = w
+                .strip_prefix("reason=")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| NatCounter::ALL.get(n))
+            {
+                c.name().to_owned()
+            } else if let Some(p) = w.strip_prefix("proto=").and_then(|n| n.parse::<u8>().ok()) {
+                super::conntrack::proto_name(p).to_owned()
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn follow_program_log(mut fd: AsyncFd<aya_log::EbpfLogger<ProgramLog>>) {
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
     }
 }
 
@@ -475,5 +542,20 @@ async fn sweep_loop(shared: Arc<Shared>) {
         }
         // Expired entries are already inert, so a later sweep costs memory, not correctness.
         tokio::time::sleep(interval.max(took * SWEEP_DUTY)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named;
+
+    #[test]
+    fn program_records_get_names() {
+        assert_eq!(
+            named("drop hook=1 reason=14 proto=17 192.168.1.3:7499 -> 192.168.1.2:1024"),
+            "drop nat_ingress drop_unsolicited udp 192.168.1.3:7499 -> 192.168.1.2:1024"
+        );
+        assert_eq!(named("new mapping"), "new mapping");
+        assert_eq!(named("hook=99 reason=999"), "? reason=999");
     }
 }

@@ -31,6 +31,8 @@ pub struct EbpfStatus {
     pub attached: Vec<String>,
     /// The agent: its PID (null when it does not run) and what it answers.
     pub agent: AgentStatus,
+    /// The programs' diagnostics level (aya-log), set when they were loaded.
+    pub log_level: &'static str,
     /// How many `trace` listen (the programs write trace events while this is not 0).
     pub trace_listeners: u32,
 }
@@ -124,5 +126,6 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
             .collect(),
         agent: agent_status(t.prefix),
         trace_listeners: trace_listeners(t.prefix),
+        log_level: t.nat.ebpf.log_level.name(),
     })
 }
