@@ -516,6 +516,13 @@ impl LabConfig {
                 what: "[[nat.forward]] differs from the running forwards".into(),
             });
         }
+        // The eBPF NAT's limit (`up` checks it when it loads the programs).
+        if new.internal.len() > netns_common::nat::MAX_INTERNAL {
+            return Err(ConfigError::BadEbpfNat(format!(
+                "the eBPF NAT takes at most {} internal prefixes",
+                netns_common::nat::MAX_INTERNAL
+            )));
+        }
         let mut out = self.clone();
         out.nat = Some(new);
         out.validate()?;
@@ -776,6 +783,7 @@ impl NatSpec {
             if nat.internal.is_empty() {
                 return Err(ConfigError::NoInternalPrefix);
             }
+
             let mut seen = HashSet::new();
             for f in &nat.forwards {
                 for port in [f.port, f.to.port()] {

@@ -325,4 +325,13 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
     // Once detached, nothing translates: lan sees red's own address, or nothing at all.
     let checks = probe::play(&roles, false, Duration::from_millis(500));
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+
+    // `down` on an attached NAT is a detach: it never deletes the user's namespaces.
+    ok(&as_strs(&attach(&[], &lab)));
+    ok(&["down", "--prefix", &lab]);
+    for n in ["router", "red", "blue", "lan"] {
+        assert!(netns::exists(&h.ns(n)), "down deleted the user's {n}");
+    }
+    assert_same(&before, &h.snapshot(), "down left the namespaces changed");
+    netns_tests::assert_gone(&lab);
 }

@@ -540,21 +540,22 @@ fn forwards_added_and_removed_live() {
 }
 
 /// A connection from red to lan's echo server on `port` that exchanges a block every 20 ms
-/// for `secs` seconds from another thread: how many rounds came back intact, or the first
+/// from another thread until `stop` is set: how many rounds came back intact, or the first
 /// failure.
 type Paced = std::thread::JoinHandle<Result<(u32, TcpStream), String>>;
 
 /// (The stream comes back open, so that its flow can be looked at afterwards.)
-fn paced_connection(g: &LabGuard, port: u16, secs: f64) -> Paced {
+fn paced_connection(g: &LabGuard, port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Paced {
     use std::io::{Read, Write};
     let mut s = in_ns(&g.lab.ns("red"), || {
         TcpStream::connect(SocketAddrV4::new(LAN, port)).unwrap()
     });
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     std::thread::spawn(move || {
-        let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        // Until told, or a minute at most.
+        let end = std::time::Instant::now() + Duration::from_secs(60);
         let mut rounds = 0u32;
-        while std::time::Instant::now() < end {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < end {
             let block: Vec<u8> = (0..4000u32).map(|i| (i ^ rounds) as u8).collect();
             s.write_all(&block)
                 .map_err(|e| format!("round {rounds}: write: {e}"))?;
@@ -619,7 +620,8 @@ fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath
     );
     let p = g.prefix().to_owned();
     let _server = tcp_echo_server(&g.lab.ns("lan"), 7200);
-    let conn = paced_connection(&g, 7200, 6.0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let conn = paced_connection(&g, 7200, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     let flow_before = json(&["conntrack", "--prefix", &p, "--json", "--port", "7200"])["flows"].clone();
     assert_eq!(flow_before.as_array().unwrap().len(), 1, "{flow_before}");
@@ -680,6 +682,14 @@ fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath
     let upgraded_pid = agent_pid(&p).expect("the upgrade restarts the agent");
     assert_ne!(upgraded_pid, new_pid);
 
+    // Still exchanging after the upgrade (it stops only when told, or on a failure).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !conn.is_finished(),
+        "the connection ended during the kill, resume or upgrade: {:?}",
+        conn.join()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (rounds, _open) = conn.join().unwrap().expect("the connection never noticed");
     assert!(rounds > 50, "only {rounds} rounds");
     // The same flow, carried over with its state, and counters that went on counting.
@@ -1006,6 +1016,11 @@ fn trace_shows_translations_and_drops_as_they_happen() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // One trace at a time: the ring buffer has one reader.
+    refused(
+        &["trace", "--prefix", &p, "--for", "1"],
+        "another `netns-nat trace`",
+    );
     lan.send_to(
         b"spoof",
         SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), ext_port),

@@ -470,7 +470,9 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object()?).map_err(EbpfError::Load)?;
-        let mut out = Upgraded::default();
+        // Every program loaded (verified) and every link opened before the first swap, so
+        // that a refusal leaves all hooks on the old build.
+        let mut links = Vec::new();
         for (file, name) in &found {
             let path = dir.join(file);
             let pin_err = |detail: String| EbpfError::Pin {
@@ -482,11 +484,28 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
                 .into();
             let old = link.info().map_err(|e| pin_err(e.to_string()))?.program_id();
             let prog = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
+            // One program may serve several links: loaded once.
+            match prog {
+                aya::programs::Program::Xdp(p) if p.fd().is_err() => {
+                    p.load().map_err(|source| program_error(name, source))?
+                }
+                aya::programs::Program::SchedClassifier(p) if p.fd().is_err() => {
+                    p.load().map_err(|source| program_error(name, source))?
+                }
+                aya::programs::Program::Xdp(_) | aya::programs::Program::SchedClassifier(_) => {}
+                _ => return Err(EbpfError::Missing(name)),
+            }
+            links.push((file, *name, path, link, old));
+        }
+        let mut out = Upgraded::default();
+        for (file, name, path, link, old) in links {
+            let pin_err = |detail: String| EbpfError::Pin {
+                path: path.clone(),
+                detail,
+            };
+            let prog = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
             let new = if file.ends_with("_xdp") {
                 let prog: &mut Xdp = prog.try_into().map_err(|source| program_error(name, source))?;
-                if prog.fd().is_err() {
-                    prog.load().map_err(|source| program_error(name, source))?;
-                }
                 let link = aya::programs::xdp::XdpLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
                 prog.attach_to_link(link)
                     .map_err(|source| program_error(name, source))?;
@@ -494,9 +513,6 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
             } else {
                 let prog: &mut SchedClassifier =
                     prog.try_into().map_err(|source| program_error(name, source))?;
-                if prog.fd().is_err() {
-                    prog.load().map_err(|source| program_error(name, source))?;
-                }
                 let link = aya::programs::tc::SchedClassifierLink::try_from(link)
                     .map_err(|e| pin_err(e.to_string()))?;
                 prog.attach_to_link(link)

@@ -227,10 +227,14 @@ impl Lab {
         self.save()
     }
 
+    /// Writes state.json whole or not at all (a reader never sees half of it).
     fn save(&self) -> Result<()> {
         let path = state_dir(self.prefix()).join("state.json");
+        let tmp = path.with_extension("json.new");
         let text = serde_json::to_string_pretty(&self.state).expect("lab state serialises");
-        fs::write(&path, text).map_err(|e| state_err(&path, e))
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| state_err(&path, e))
     }
 
     fn build(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {
@@ -332,21 +336,41 @@ impl Lab {
     /// configuration only if the swap succeeds).
     pub fn upgrade(&mut self, log_level: Option<LogLevel>) -> Result<String> {
         require_root()?;
-        let before = self.config.clone();
-        if let (Some(l), Some(n)) = (log_level, self.config.nat.as_mut()) {
+        let mut next = self.config.clone();
+        if let (Some(l), Some(n)) = (log_level, next.nat.as_mut()) {
             n.ebpf.log_level = l;
-            // The agent the upgrade restarts reads it.
-            config::store(self.prefix(), &self.config)?;
         }
-        let res = match (self.state.nat.backend(), self.nat_target()) {
-            (Some(backend), Some(t)) => backend.upgrade(&t).map_err(LabError::from),
-            _ => Err(NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into()),
+        let (Some(backend), true) = (self.state.nat.backend(), next.nat.is_some()) else {
+            return Err(
+                NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into(),
+            );
         };
-        if res.is_err() && self.config != before {
-            let _ = config::store(self.prefix(), &before);
-            self.config = before;
-        }
-        res
+        let upgraded = {
+            let lab = Lab {
+                config: next.clone(),
+                state: self.state.clone(),
+            };
+            let t = lab
+                .nat_target()
+                .ok_or_else(|| NatError::Unsupported("no NAT target".into()))?;
+            backend.upgrade(&t)
+        };
+        // What runs beside the dataplane comes back either way: on the new configuration
+        // once the swap is done, else on the old one.
+        let res = match upgraded {
+            Ok(done) => {
+                config::store(self.prefix(), &next)?;
+                self.config = next;
+                Ok(done)
+            }
+            Err(e) => Err(LabError::from(e)),
+        };
+        let resumed = self.resume();
+        let done = res?;
+        Ok(match resumed? {
+            Resumed::Started(pid) | Resumed::Running(pid) => format!("{done}\n  agent restarted (pid {pid})"),
+            Resumed::Nothing => done,
+        })
     }
 
     /// Where the lab's NAT lives, if it has a `[nat]` section.
@@ -501,6 +525,9 @@ pub fn down(prefix: &str) -> Result<DownReport> {
         },
         Err(_) => fallback_names(prefix),
     };
+    // An attached NAT's namespace is never the lab's to delete, whatever state.json says.
+    let attached = config::load_stored(prefix).is_ok_and(|c| c.attached);
+    let names = if attached { Vec::new() } else { names };
     let mut report = DownReport::default();
     crate::nat::ebpf::stop_agent(prefix);
     // Links, addresses, routes and kernel NAT rules all live in the namespaces.

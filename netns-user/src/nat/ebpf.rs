@@ -197,23 +197,28 @@ impl NatBackend for EbpfNat {
             ));
         }
         Ok(match agent_pid(t.prefix) {
-            Some(pid) => Resumed::Running(pid as u32),
+            Some(pid) if agent_answers(t.prefix) => Resumed::Running(pid as u32),
+            // Alive but deaf (stuck, or its socket gone): replaced.
+            Some(_) => {
+                stop_agent(t.prefix);
+                Resumed::Started(start_agent(t.prefix)?)
+            }
             None => Resumed::Started(start_agent(t.prefix)?),
         })
     }
 
+    /// The agent is stopped first, so that no live change runs during the swap (and the
+    /// caller can store the configuration the new one will read); `resume` starts it.
     fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
-        let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
-        // The agent of the new build, too.
         stop_agent(t.prefix);
-        let pid = start_agent(t.prefix)?;
+        let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
         let swapped: Vec<String> = done
             .links
             .iter()
             .map(|(link, old, new)| format!("{link}: program {old} -> {new}"))
             .collect();
         Ok(format!(
-            "{} links updated in place, maps kept; agent restarted (pid {pid})\n  {}",
+            "{} links updated in place, maps kept\n  {}",
             done.links.len(),
             swapped.join("\n  ")
         ))
@@ -413,7 +418,7 @@ pub fn start_agent(prefix: &str) -> Result<u32, NatError> {
     fs::write(agent_pid_file(prefix), pid.to_string()).map_err(|e| fail(e.to_string()))?;
     let started = std::time::Instant::now();
     loop {
-        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        if agent_answers(prefix) {
             return Ok(pid);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -433,6 +438,21 @@ pub fn start_agent(prefix: &str) -> Result<u32, NatError> {
     }
 }
 
+/// Whether lab `prefix`'s agent answers a ping on its control socket within a second
+/// (`ops::agent` speaks the protocol; this is its smallest sentence).
+pub fn agent_answers(prefix: &str) -> bool {
+    use std::io::{BufRead as _, Write as _};
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(agent_socket(prefix)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    if conn.write_all(b"{\"request\":\"ping\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    std::io::BufReader::new(&conn).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
+}
+
 /// The PID of lab `prefix`'s agent, if one runs (a process that is that agent).
 pub fn agent_pid(prefix: &str) -> Option<i32> {
     let pid = fs::read_to_string(agent_pid_file(prefix))
@@ -446,24 +466,31 @@ pub fn agent_pid(prefix: &str) -> Option<i32> {
     (args.contains(&b"agent".as_slice()) && args.contains(&prefix.as_bytes())).then_some(pid)
 }
 
-/// Stops lab `prefix`'s agent, if it runs (only a process that is that agent): SIGTERM, and
-/// waits for it to end.
+/// Stops lab `prefix`'s agent, if it runs (only a process that is that agent): SIGTERM,
+/// and SIGKILL if it has not ended within 6 s (it waits up to 5 s for a change it is
+/// applying). Returns once it is gone.
 pub fn stop_agent(prefix: &str) {
+    use nix::sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    };
     let Some(pid) = agent_pid(prefix) else {
         return;
     };
     let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    // Reap it if it is our child (it is when the lab was made by this process).
-    for _ in 0..300 {
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-            Ok(_) => return,
-            // Not our child: wait for it to go away.
-            Err(_) if fs::metadata(format!("/proc/{pid}")).is_ok() => {
-                std::thread::sleep(Duration::from_millis(10))
+    let gone = || match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        // Our child (the lab was made by this process): reaped when it ends.
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(_) => fs::metadata(format!("/proc/{pid}")).is_err(),
+    };
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let _ = kill(pid, signal);
+        for _ in 0..600 {
+            if gone() {
+                return;
             }
-            Err(_) => return,
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

@@ -108,7 +108,8 @@ pub trait NatBackend {
         Ok(Resumed::Nothing)
     }
 
-    /// Swaps this build's dataplane in without losing state; what it did, in words.
+    /// Swaps this build's dataplane in without losing state; what it did, in words. What
+    /// runs beside it may be stopped: `resume` brings it back.
     fn upgrade(&self, _target: &NatTarget) -> Result<String, NatError> {
         Err(NatError::Unsupported(
             "the kernel's NAT has nothing of this build to upgrade (only --nat ebpf does)".into(),

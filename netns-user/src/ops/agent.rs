@@ -12,7 +12,10 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::{fd::AsRawFd as _, unix::net::UnixStream},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -172,17 +175,19 @@ struct Shared {
     router_ns: String,
     /// The lab's configuration as it runs (the stored one, kept in step).
     config: Mutex<LabConfig>,
+    /// Its sweep interval, readable without the lock (the sweep loop runs on the runtime's
+    /// one thread, which a held lock must not stop).
+    sweep_ms: AtomicU64,
     health: Mutex<Health>,
 }
 
 impl Shared {
-    fn nat(&self) -> NatSpec {
-        self.config
-            .lock()
-            .expect("not poisoned")
-            .nat
-            .clone()
-            .expect("an eBPF lab has [nat]")
+    /// Keeps `sweep_ms` in step with the configuration.
+    fn configured(&self, cfg: &LabConfig) {
+        if let Some(n) = &cfg.nat {
+            self.sweep_ms
+                .store(n.ebpf.sweep_interval_ms.max(10), Ordering::Relaxed);
+        }
     }
 
     fn note_error(&self, what: &str, e: impl std::fmt::Display) {
@@ -192,7 +197,13 @@ impl Shared {
 
     /// Follows the uplink's address (blocking: a netlink request in the router namespace).
     fn follow_address(&self) {
-        match sweeper::follow_uplink_address(&self.prefix, &self.nat(), &self.router_ns) {
+        // Held throughout: a live change waits, then sees the new address (and a forward
+        // added meanwhile is not left on the old one).
+        let cfg = self.config.lock().expect("not poisoned");
+        let Some(nat) = cfg.nat.as_ref() else {
+            return;
+        };
+        match sweeper::follow_uplink_address(&self.prefix, nat, &self.router_ns) {
             Ok(Some(addr)) => {
                 eprintln!("uplink address is now {addr}: new flows use it");
                 self.health.lock().expect("not poisoned").address_changes += 1;
@@ -231,7 +242,10 @@ impl Shared {
             Request::ConfigApply { nat } => {
                 let mut cfg = self.config.lock().expect("not poisoned");
                 reconfig::apply(&self.prefix, &cfg, *nat)
-                    .map(|next| *cfg = next)
+                    .map(|next| {
+                        self.configured(&next);
+                        *cfg = next
+                    })
                     .map(|()| serde_json::Value::Null)
                     .map_err(|e| e.to_string())
             }
@@ -295,6 +309,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
     let shared = Arc::new(Shared {
         prefix: prefix.to_owned(),
         router_ns: router_ns.clone(),
+        sweep_ms: AtomicU64::new(nat.ebpf.sweep_interval_ms.max(10)),
         config: Mutex::new(config),
         health: Mutex::new(Health {
             pid: std::process::id(),
@@ -306,11 +321,14 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(|e| fail(e.to_string()))?;
+    // One agent per lab: the lock is held for as long as this process lives.
+    let lock_path = crate::sys::paths::state_dir(prefix).join("agent.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| fail(format!("{}: {e}", lock_path.display())))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| fail("another agent runs for this lab".into()))?;
     rt.block_on(async move {
         let sock = agent_socket(prefix);
-        // A socket file left by an agent that died (`up --resume` checked that none runs).
-        let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).map_err(|e| fail(format!("{}: {e}", sock.display())))?;
         let events = address_events(&router_ns).map_err(|e| fail(format!("address events: {e}")))?;
         // Safety: the socket owns its descriptor, which stays open and the same until the
         // AsyncFd (its owner from here on) is dropped.
@@ -318,11 +336,6 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             .map_err(|e| fail(e.to_string()))?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
-        eprintln!(
-            "agent of lab {prefix} (pid {}): control socket {}",
-            std::process::id(),
-            sock.display()
-        );
 
         // The address may have changed while no agent ran.
         {
@@ -334,7 +347,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         if level != crate::config::LogLevel::Off {
             match aya_log::EbpfLogger::init_from_id_with_logger(
                 bpf::nat_program_id(prefix).map_err(|e| fail(e.to_string()))?,
-                ProgramLog,
+                ProgramLog::default(),
             ) {
                 Ok(logger) => {
                     eprintln!("the programs' diagnostics from level {} up follow", level.name());
@@ -350,6 +363,16 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         }
         let mut sweeps = tokio::spawn(sweep_loop(shared.clone()));
 
+        // Last: once the socket answers, the agent is whole (`up` waits for that). A file
+        // left there is a dead agent's (this one holds the lock).
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).map_err(|e| fail(format!("{}: {e}", sock.display())))?;
+        eprintln!(
+            "agent of lab {prefix} (pid {}): control socket {}",
+            std::process::id(),
+            sock.display()
+        );
+        let mut clients = tokio::task::JoinSet::new();
         let end = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
@@ -357,12 +380,16 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
                 _ = &mut sweeps => break "the lab's NAT is gone",
                 conn = listener.accept() => {
                     if let Ok((conn, _)) = conn {
-                        tokio::spawn(serve(shared.clone(), conn));
+                        clients.spawn(serve(shared.clone(), conn));
                     }
                 }
+                // Reap the clients that are done.
+                Some(_) = clients.join_next(), if !clients.is_empty() => {}
             }
         };
         eprintln!("agent of lab {prefix}: {end}; ending");
+        drop(listener);
+        let _ = std::fs::remove_file(&sock);
         // A second signal while ending: end at once.
         tokio::spawn(async move {
             tokio::select! {
@@ -372,7 +399,12 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             eprintln!("second signal: ending now");
             std::process::exit(1);
         });
-        let _ = std::fs::remove_file(&sock);
+        // A change being applied is finished and answered (clients idle on an open
+        // connection are not waited for long).
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while clients.join_next().await.is_some() {}
+        })
+        .await;
         if std::fs::read_to_string(agent_pid_file(prefix))
             .is_ok_and(|p| p.trim() == std::process::id().to_string())
         {
@@ -414,7 +446,15 @@ async fn serve(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
 }
 
 /// Writes the programs' aya-log records to the agent's log (its stderr).
-struct ProgramLog;
+/// At most [`LOG_PER_S`] records a second: the log is in memory (/run), and a flood of
+/// drops at `debug` must not fill it; the rest are counted.
+#[derive(Default)]
+struct ProgramLog {
+    /// (start of the current second, records written in it, records skipped in it).
+    window: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+const LOG_PER_S: u32 = 200;
 
 impl log::Log for ProgramLog {
     fn enabled(&self, _: &log::Metadata) -> bool {
@@ -422,6 +462,21 @@ impl log::Log for ProgramLog {
     }
 
     fn log(&self, record: &log::Record) {
+        let mut w = self.window.lock().expect("not poisoned");
+        let now = Instant::now();
+        if w.0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            if w.2 > 0 {
+                eprintln!("bpf: {} more records in that second not written", w.2);
+            }
+            *w = (Some(now), 0, 0);
+        }
+        if w.1 >= LOG_PER_S {
+            w.2 += 1;
+            return;
+        }
+        w.1 += 1;
         eprintln!("bpf {}: {}", record.level(), named(&record.args().to_string()));
     }
 
@@ -512,7 +567,7 @@ async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Sock
 async fn sweep_loop(shared: Arc<Shared>) {
     const SWEEP_DUTY: u32 = 20;
     loop {
-        let interval = Duration::from_millis(shared.nat().ebpf.sweep_interval_ms.max(10));
+        let interval = Duration::from_millis(shared.sweep_ms.load(Ordering::Relaxed));
         if !lab_present(&shared.prefix) {
             return;
         }

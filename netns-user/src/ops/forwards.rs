@@ -178,9 +178,22 @@ pub fn del_live(
 ) -> Result<(LabConfig, String), ForwardError> {
     let to = del_forward(prefix, proto, port)?;
     let mut next = running.clone();
+    let mut removed = Vec::new();
     if let Some(nat) = next.nat.as_mut() {
-        nat.forwards.retain(|f| !(f.protocol == proto && f.port == port));
+        nat.forwards.retain(|f| {
+            let this = f.protocol == proto && f.port == port;
+            if this {
+                removed.push(f.clone());
+            }
+            !this
+        });
     }
-    config::store(prefix, &next)?;
+    if let Err(e) = config::store(prefix, &next) {
+        // Back as it was (its connections are gone; new ones come through again).
+        for f in &removed {
+            let _ = add_forward(prefix, f);
+        }
+        return Err(e.into());
+    }
     Ok((next, to))
 }

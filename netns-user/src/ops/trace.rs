@@ -1,13 +1,13 @@
 //! `netns-nat trace`: the programs' translations and drops as they happen, read from the
-//! `NAT_TRACE` ring buffer. The programs write events only while `NAT_TRACE_ON` is not 0;
-//! it holds the number of listeners, each a `trace.<pid>` file in the lab's state
-//! directory, so a listener that dies without cleaning up is noticed (by the next listener
-//! or by the agent, which recount) and tracing does not stay on with nobody reading.
+//! `NAT_TRACE` ring buffer. A ring buffer has one reader, so a lab has at most one trace: it
+//! holds a lock (`trace.listen` in the lab's state directory) while it runs. The programs
+//! write events only while `NAT_TRACE_ON` is 1, which says whether that lock is held: set
+//! by the trace, and recounted by the agent, so that a trace killed with SIGKILL (its lock
+//! released by the kernel) does not leave tracing on.
 
 use std::{
     fs,
     net::Ipv4Addr,
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -31,6 +31,11 @@ pub enum TraceError {
     Ebpf(#[from] Box<bpf::EbpfError>),
     #[error("tracing lab {prefix:?}: {detail}")]
     Io { prefix: String, detail: String },
+    #[error(
+        "another `netns-nat trace` of lab {0:?} is running (a ring buffer has one reader): \
+         stop it first"
+    )]
+    Busy(String),
 }
 
 impl From<bpf::EbpfError> for TraceError {
@@ -123,32 +128,34 @@ impl Event {
     }
 }
 
-fn listener_file(prefix: &str, pid: u32) -> PathBuf {
-    state_dir(prefix).join(format!("trace.{pid}"))
-}
-
-/// Sets `NAT_TRACE_ON` to the number of live listeners, removing the files of dead ones.
-/// Returns that number.
-pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
-    let io = |e: std::io::Error| TraceError::Io {
+fn io_err(prefix: &str) -> impl Fn(std::io::Error) -> TraceError + '_ {
+    move |e| TraceError::Io {
         prefix: prefix.to_owned(),
         detail: e.to_string(),
-    };
-    let dir = state_dir(prefix);
-    let lock = fs::File::create(dir.join("trace.lock")).map_err(io)?;
-    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
-    let mut live = 0u32;
-    for e in fs::read_dir(&dir).map_err(io)?.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("trace.").and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if fs::metadata(format!("/proc/{pid}")).is_ok() {
-            live += 1;
-        } else {
-            let _ = fs::remove_file(e.path());
-        }
     }
+}
+
+fn listen_lock(prefix: &str) -> Result<fs::File, TraceError> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir(prefix).join("trace.listen"))
+        .map_err(io_err(prefix))
+}
+
+/// Sets `NAT_TRACE_ON` to whether a trace listens (holds the listen lock). Returns it.
+pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
+    let io = io_err(prefix);
+    // Serialises the flag's writers: a recount never undoes a newer one.
+    let lock = fs::File::create(state_dir(prefix).join("trace.lock")).map_err(&io)?;
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+    // A lock taken through another open file conflicts even within one process.
+    let live = match Flock::lock(listen_lock(prefix)?, FlockArg::LockExclusiveNonblock) {
+        Ok(_free) => 0,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => 1,
+        Err((_, e)) => return Err(io(e.into())),
+    };
     let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
     let mut flag: Array<MapData, u32> =
         Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
@@ -158,7 +165,7 @@ pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
     Ok(live)
 }
 
-/// How many listen now (the flag as the programs see it).
+/// Whether a trace listens now (the flag as the programs see it: 0 or 1).
 pub fn listeners(prefix: &str) -> Result<u32, TraceError> {
     let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
     let flag: Array<MapData, u32> =
@@ -166,26 +173,31 @@ pub fn listeners(prefix: &str) -> Result<u32, TraceError> {
     Ok(flag.get(&0, 0).map_err(bpf::map_err_at(&path))?)
 }
 
-/// This process as a listener, for as long as it lives.
+/// This process as the lab's trace, for as long as it lives.
 struct Listening<'a> {
     prefix: &'a str,
+    lock: Option<Flock<fs::File>>,
 }
 
 impl<'a> Listening<'a> {
     fn start(prefix: &'a str) -> Result<Self, TraceError> {
-        fs::write(listener_file(prefix, std::process::id()), b"").map_err(|e| TraceError::Io {
-            prefix: prefix.to_owned(),
-            detail: e.to_string(),
-        })?;
-        let me = Listening { prefix };
-        sync_flag(prefix)?;
-        Ok(me)
+        let lock = match Flock::lock(listen_lock(prefix)?, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(TraceError::Busy(prefix.to_owned()));
+            }
+            Err((_, e)) => return Err(io_err(prefix)(e.into())),
+        };
+        Ok(Listening {
+            prefix,
+            lock: Some(lock),
+        })
     }
 }
 
 impl Drop for Listening<'_> {
     fn drop(&mut self) {
-        let _ = fs::remove_file(listener_file(self.prefix, std::process::id()));
+        drop(self.lock.take());
         let _ = sync_flag(self.prefix);
     }
 }
@@ -200,11 +212,13 @@ pub fn run(
     stop: &AtomicBool,
     mut show: impl FnMut(&Event),
 ) -> Result<u64, TraceError> {
+    // The lock first: draining the ring belongs to its one reader.
+    let _listening = Listening::start(prefix)?;
     let mut ring = RingBuf::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE)?)
         .map_err(bpf::map_err_at(&bpf::pin_dir(prefix).join(MAP_NAT_TRACE)))?;
-    // Events left from an earlier listener are not this trace's.
+    // Events left from an earlier trace are not this one's.
     while ring.next().is_some() {}
-    let _listening = Listening::start(prefix)?;
+    sync_flag(prefix)?;
     let start = Instant::now();
     let start_ns = monotonic_ns();
     let mut shown = 0u64;
