@@ -1123,12 +1123,8 @@ fn conn_rate(
     if rate == 0.0 {
         bail!("no connection completed ({failed} failed)");
     }
-    let left = match b {
-        b if b.nat() == NatKind::Ebpf => crate::ops::conntrack::live_flows(bl.lab.prefix())?.len(),
-        Backend::Iptables | Backend::Nftables => {
-            let out = netns::command(&p.host, "conntrack")?.arg("-C").output()?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-        }
+    let left = match (b.nat().backend(), bl.lab.nat_target()) {
+        (Some(backend), Some(t)) => backend.live_entries(&t)?,
         _ => 0,
     };
     Ok((rate, failed, left))

@@ -189,6 +189,12 @@ impl NatBackend for EbpfNat {
         start_agent(t.prefix).map(|_| ())
     }
 
+    fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
+        let now = monotonic_ns();
+        let map = flows_map(t.prefix)?;
+        Ok(map.iter().filter_map(|r| r.ok()).filter(|(_, f)| f.expires_ns > now).count())
+    }
+
     fn resume(&self, t: &NatTarget) -> Result<Resumed, NatError> {
         if !bpf::pin_dir(t.prefix).join(MAP_NAT_CONFIG).exists() {
             return Err(agent_err(

@@ -123,6 +123,16 @@ impl NatBackend for Iptables {
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+
+    fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
+        conntrack_count(&t.router_ns)
+    }
+}
+
+/// The kernel's conntrack table size in namespace `ns` (`conntrack -C`).
+fn conntrack_count(ns: &str) -> Result<usize, NatError> {
+    let out = run(ns, "conntrack", "conntrack", &["-C".into()], None)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0))
 }
 
 impl NatBackend for Nftables {
@@ -141,6 +151,10 @@ impl NatBackend for Nftables {
         let args = ["list".into(), "table".into(), "ip".into(), NFT_TABLE.into()];
         let out = run(&t.router_ns, "nft", "nftables", &args, None)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
+        conntrack_count(&t.router_ns)
     }
 }
 

@@ -103,6 +103,10 @@ pub trait NatBackend {
     /// What is installed, in the backend's own words (for `status`).
     fn describe(&self, target: &NatTarget) -> Result<String, NatError>;
 
+    /// How many connections the NAT tracks now (the kernel's conntrack table, or the eBPF
+    /// NAT's live flows): what the benchmark reports after a connection-rate run.
+    fn live_entries(&self, target: &NatTarget) -> Result<usize, NatError>;
+
     /// Brings back what runs beside the dataplane (the eBPF NAT's agent) if it died.
     fn resume(&self, _target: &NatTarget) -> Result<Resumed, NatError> {
         Ok(Resumed::Nothing)
