@@ -87,18 +87,6 @@ enum Command {
         #[arg(long, value_enum, conflicts_with = "resume")]
         log_level: Option<netns_user::config::LogLevel>,
     },
-    /// The log of a lab's agent: its own messages and the eBPF programs' diagnostics (at
-    /// the level set with `up --log-level`).
-    Logs {
-        #[command(flatten)]
-        prefix: PrefixArg,
-        /// Keep printing what is appended, until Ctrl-C (or --for).
-        #[arg(long)]
-        follow: bool,
-        /// With --follow: stop after this many seconds.
-        #[arg(long = "for", value_name = "SECS", requires = "follow")]
-        follow_for: Option<f64>,
-    },
     /// Remove every namespace, link, rule and pinned object of a lab (and nothing else).
     /// Works on a half-built lab; a lab that is not there is not an error.
     Down {
@@ -311,6 +299,18 @@ enum Command {
         /// One JSON object per event (field names in the README).
         #[arg(long)]
         json: bool,
+    },
+    /// The log of a lab's agent: its own messages and the eBPF programs' diagnostics (at
+    /// the level set with `up --log-level`).
+    Logs {
+        #[command(flatten)]
+        prefix: PrefixArg,
+        /// Keep printing what is appended, until Ctrl-C (or --for).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long = "for", value_name = "SECS", requires = "follow")]
+        follow_for: Option<f64>,
     },
     /// The running configuration of a lab's NAT.
     Config {

@@ -192,7 +192,11 @@ impl NatBackend for EbpfNat {
     fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
         let now = monotonic_ns();
         let map = flows_map(t.prefix)?;
-        Ok(map.iter().filter_map(|r| r.ok()).filter(|(_, f)| f.expires_ns > now).count())
+        Ok(map
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, f)| f.expires_ns > now)
+            .count())
     }
 
     fn resume(&self, t: &NatTarget) -> Result<Resumed, NatError> {
