@@ -211,6 +211,14 @@ impl Tables for MemTables {
         won
     }
 
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool {
+        let won = *word == old;
+        if won {
+            *word = new;
+        }
+        won
+    }
+
     fn binding(&self, key: &BindingKey) -> Option<Binding> {
         self.bindings.borrow().get(key).copied()
     }

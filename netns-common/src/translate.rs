@@ -41,6 +41,9 @@ pub trait Tables {
     /// Moves a flow's TCP state from `old` to `new` if it still is `old` (atomically where
     /// CPUs share the flow); whether this call made the change.
     fn swap_state(f: &mut Flow, old: u8, new: u8) -> bool;
+    /// Sets `word` to `new` if it still is `old` (atomically where CPUs share it); whether
+    /// this call made the change.
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool;
     fn binding(&self, key: &BindingKey) -> Option<Binding>;
     /// Runs `f` on the binding in place, if there is one.
     fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R>;
@@ -239,14 +242,30 @@ fn binding_for<T: Tables>(
 ) -> Res<(u32, u16)> {
     let ikey = BindingKey::internal(proto, int_addr, int_port);
     if let Some(b) = t.binding(&ikey) {
-        if let Some(e) = t.binding(&BindingKey::external(proto, b.ext_addr, b.ext_port))
-            && e.int_addr == int_addr
-            && e.int_port == int_port
-        {
-            // Still ours, even if expired: nobody took the port, so reviving it is safe.
+        let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
+        let ours = t.with_binding(&ekey, |e| {
+            if e.int_addr != int_addr || e.int_port != int_port {
+                return false;
+            }
+            if !e.expired(now) {
+                return true;
+            }
+            // Expired, and still ours: taken back with a compare-and-swap on its expiry, which
+            // a search reclaiming the port elsewhere does too, so exactly one of them wins.
+            let old = e.expires_ns;
+            let until = (now + cfg.timeout_ns(proto, TcpState::None as u8)).max(old + 1);
+            if !T::cas_u64(&mut e.expires_ns, old, until) {
+                return false;
+            }
+            if proto == PROTO_TCP && e.open_flows == 0 {
+                e.idle_until_ns = now + cfg.timeouts.tcp_transitory_ns;
+            }
+            true
+        });
+        if ours == Some(true) {
             return Ok((b.ext_addr, b.ext_port));
         }
-        // The port went to another endpoint after this binding expired.
+        // The port went to another endpoint after this binding expired (or is going now).
         t.remove_binding(&ikey);
     }
     let orig = port_from_wire(int_port);
@@ -319,9 +338,14 @@ pub fn try_port<T: Tables>(t: &T, s: &mut PortSearch, i: u32) -> bool {
         return true;
     }
     let ekey = BindingKey::external(proto, b.ext_addr, b.ext_port);
-    if let Some(old) = t.binding(&ekey)
-        && old.expired(s.now)
-    {
+    // An expired binding is reclaimed by whoever zeroes its expiry first: its own endpoint
+    // reviving it (`binding_for`) and another search cannot both have it.
+    let won = t.with_binding(&ekey, |e| {
+        let old = *e;
+        let expires = e.expires_ns;
+        (old.expired(s.now) && T::cas_u64(&mut e.expires_ns, expires, 0)).then_some(old)
+    });
+    if let Some(Some(old)) = won {
         reclaim(t, proto, &ekey, &old);
         return done(s, claim(t, proto, &b));
     }

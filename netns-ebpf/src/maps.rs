@@ -170,6 +170,15 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool {
+        // Safety: an aligned u64 of a map element (or the caller's own value); the kernel's
+        // compare-and-swap, so that one CPU wins.
+        unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(word, old, new).1
+        }
+    }
+
+    #[inline(always)]
     fn binding(&self, key: &BindingKey) -> Option<Binding> {
         // Safety: the pointer comes from a successful lookup; the map is not preallocated, so
         // the element stays valid for the rest of the program even if another CPU removes it.

@@ -475,6 +475,62 @@ fn exhaustion_drops_the_excess_and_recovers() {
     );
 }
 
+/// An expired mapping is decided once: its endpoint coming back takes it back (same port,
+/// expiry pushed into the future, so no search can reclaim it after), and a search that
+/// reclaimed it first leaves that endpoint a new port, never a shared one.
+#[test]
+fn an_expired_mapping_goes_to_one_side_only() {
+    let t = nat_with(
+        Sizes {
+            bindings: 64,
+            flows: 64,
+            frags: 8,
+        },
+        9,
+        |c| {
+            // One port: whoever has it, has it alone.
+            c.ports = PortRange::new(30000, 30000);
+            c.timeouts = Timeouts {
+                udp_ns: 30 * SEC,
+                ..c.timeouts
+            };
+        },
+    );
+    let (a, b) = (Ipv4Addr::new(192, 168, 15, 1), Ipv4Addr::new(192, 168, 15, 2));
+    let out_port = |host, remote| {
+        let (v, got) = run(&t, Step::Egress, &frame(host, remote, &udp(5000, 53, b"q")));
+        v.map(|_| parse_frame(&got).unwrap().2.ports().unwrap().0)
+    };
+    assert_eq!(out_port(a, LAN), Ok(30000));
+    // Expired, nobody swept: a comes back first, to a new remote, and keeps its port...
+    t.advance(60 * SEC);
+    assert_eq!(out_port(a, Ipv4Addr::new(192, 168, 1, 77)), Ok(30000));
+    let ext = t
+        .bindings()
+        .into_iter()
+        .find(|(k, b)| k.side == SIDE_EXTERNAL && !b.is_static())
+        .unwrap()
+        .1;
+    assert!(ext.expires_ns > t.now(), "taken back with a new expiry: {ext:?}");
+    // ... so b finds no port.
+    assert_eq!(out_port(b, LAN), Err(Drop::NoPort));
+    check_tables(&t);
+
+    // Expired again: this time b's search comes first and reclaims the port...
+    t.advance(60 * SEC);
+    assert_eq!(out_port(b, LAN), Ok(30000));
+    // ... and a, whose mapping is gone, cannot share it.
+    assert_eq!(out_port(a, LAN), Err(Drop::NoPort));
+    let owners: Vec<_> = t
+        .bindings()
+        .into_iter()
+        .filter(|(k, b)| k.side == SIDE_EXTERNAL && !b.is_static())
+        .map(|(_, b)| b.int_addr)
+        .collect();
+    assert_eq!(owners, [netns_common::nat::addr_to_wire(b)]);
+    check_tables(&t);
+}
+
 /// A closed TCP connection gives its port back after the closed timeout, not after the
 /// established one: a flood of short connections from many hosts does not exhaust the range.
 #[test]
