@@ -254,13 +254,15 @@ fn binding_for<T: Tables>(
             // a search reclaiming the port elsewhere does too, so exactly one of them wins.
             let old = e.expires_ns;
             let until = (now + cfg.timeout_ns(proto, TcpState::None as u8)).max(old + 1);
-            if !T::cas_u64(&mut e.expires_ns, old, until) {
-                return false;
+            if T::cas_u64(&mut e.expires_ns, old, until) {
+                if proto == PROTO_TCP && e.open_flows == 0 {
+                    e.idle_until_ns = now + cfg.timeouts.tcp_transitory_ns;
+                }
+                return true;
             }
-            if proto == PROTO_TCP && e.open_flows == 0 {
-                e.idle_until_ns = now + cfg.timeouts.tcp_transitory_ns;
-            }
-            true
+            // Lost the swap: to a reclaim, which leaves 0, or to another packet of this
+            // endpoint (or a flow) that moved the expiry on, which leaves it ours.
+            e.expires_ns != 0
         });
         if ours == Some(true) {
             return Ok((b.ext_addr, b.ext_port));
