@@ -211,12 +211,13 @@ impl Tables for MemTables {
         won
     }
 
-    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool {
-        let won = *word == old;
-        if won {
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> Result<(), u64> {
+        if *word == old {
             *word = new;
+            Ok(())
+        } else {
+            Err(*word)
         }
-        won
     }
 
     fn binding(&self, key: &BindingKey) -> Option<Binding> {

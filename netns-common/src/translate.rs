@@ -41,9 +41,9 @@ pub trait Tables {
     /// Moves a flow's TCP state from `old` to `new` if it still is `old` (atomically where
     /// CPUs share the flow); whether this call made the change.
     fn swap_state(f: &mut Flow, old: u8, new: u8) -> bool;
-    /// Sets `word` to `new` if it still is `old` (atomically where CPUs share it); whether
-    /// this call made the change.
-    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool;
+    /// Sets `word` to `new` if it still is `old` (atomically where CPUs share it); else
+    /// the value found there.
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> Result<(), u64>;
     fn binding(&self, key: &BindingKey) -> Option<Binding>;
     /// Runs `f` on the binding in place, if there is one.
     fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R>;
@@ -101,8 +101,11 @@ pub fn malformed<E>(_: E) -> Drop {
 #[inline(always)]
 fn refresh_binding<T: Tables>(t: &T, proto: u8, ext_addr: u32, ext_port: u16, until: u64) {
     t.with_binding(&BindingKey::external(proto, ext_addr, ext_port), |b| {
-        if !b.is_static() && b.expires_ns < until {
-            b.expires_ns = until;
+        let seen = b.expires_ns;
+        // By compare-and-swap, never from 0: a mapping a search is reclaiming (expiry 0)
+        // must stay dead. Losing to another refresh is fine.
+        if !b.is_static() && seen != 0 && seen < until {
+            let _ = T::cas_u64(&mut b.expires_ns, seen, until);
         }
     });
 }
@@ -247,22 +250,35 @@ fn binding_for<T: Tables>(
             if e.int_addr != int_addr || e.int_port != int_port {
                 return false;
             }
-            if !e.expired(now) {
+            if e.is_static() {
                 return true;
             }
-            // Expired, and still ours: taken back with a compare-and-swap on its expiry, which
-            // a search reclaiming the port elsewhere does too, so exactly one of them wins.
-            let old = e.expires_ns;
-            let until = (now + cfg.timeout_ns(proto, TcpState::None as u8)).max(old + 1);
-            if T::cas_u64(&mut e.expires_ns, old, until) {
-                if proto == PROTO_TCP && e.open_flows == 0 {
-                    e.idle_until_ns = now + cfg.timeouts.tcp_transitory_ns;
+            // Taken (back) with a compare-and-swap on its expiry, even when it looks alive (a
+            // packet's clock may lag that of a search reclaiming the port); a search swaps it
+            // to 0, so exactly one of them has it. The idle time first: a search that sees
+            // the new expiry sees it too.
+            if proto == PROTO_TCP && e.open_flows == 0 {
+                let idle = now + cfg.timeouts.tcp_transitory_ns;
+                if e.idle_until_ns < idle {
+                    e.idle_until_ns = idle;
                 }
-                return true;
             }
-            // Lost the swap: to a reclaim, which leaves 0, or to another packet of this
-            // endpoint (or a flow) that moved the expiry on, which leaves it ours.
-            e.expires_ns != 0
+            let mut seen = e.expires_ns;
+            for _ in 0..3 {
+                if seen == 0 {
+                    // Reclaimed.
+                    return false;
+                }
+                let until = now
+                    .saturating_add(cfg.timeout_ns(proto, TcpState::None as u8))
+                    .max(seen.saturating_add(1));
+                match T::cas_u64(&mut e.expires_ns, seen, until) {
+                    Ok(()) => return true,
+                    Err(found) => seen = found,
+                }
+            }
+            // Three packets of this endpoint moved it on meanwhile: alive, and ours.
+            seen != 0
         });
         if ours == Some(true) {
             return Ok((b.ext_addr, b.ext_port));
@@ -343,9 +359,12 @@ pub fn try_port<T: Tables>(t: &T, s: &mut PortSearch, i: u32) -> bool {
     // An expired binding is reclaimed by whoever zeroes its expiry first: its own endpoint
     // reviving it (`binding_for`) and another search cannot both have it.
     let won = t.with_binding(&ekey, |e| {
+        // One copy decides, and its expiry is what the swap expects; 0 is another search's.
         let old = *e;
-        let expires = e.expires_ns;
-        (old.expired(s.now) && T::cas_u64(&mut e.expires_ns, expires, 0)).then_some(old)
+        (old.expires_ns != 0
+            && old.expired(s.now)
+            && T::cas_u64(&mut e.expires_ns, old.expires_ns, 0).is_ok())
+        .then_some(old)
     });
     if let Some(Some(old)) = won {
         reclaim(t, proto, &ekey, &old);

@@ -170,12 +170,13 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn cas_u64(word: &mut u64, old: u64, new: u64) -> bool {
+    fn cas_u64(word: &mut u64, old: u64, new: u64) -> Result<(), u64> {
         // Safety: an aligned u64 of a map element (or the caller's own value); the kernel's
         // compare-and-swap, so that one CPU wins.
-        unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(word, old, new).1
-        }
+        let (found, won) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(word, old, new)
+        };
+        if won { Ok(()) } else { Err(found) }
     }
 
     #[inline(always)]
