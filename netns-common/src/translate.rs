@@ -284,7 +284,14 @@ fn binding_for<T: Tables>(
             return Ok((b.ext_addr, b.ext_port));
         }
         // The port went to another endpoint after this binding expired (or is going now).
-        t.remove_binding(&ikey);
+        // The internal entry goes only while it still names that port: another packet of
+        // this endpoint may have bound it to a new one meanwhile. (Read, then remove: a
+        // window of a few instructions remains, as in `reclaim`.)
+        if t.binding(&ikey)
+            .is_some_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
+        {
+            t.remove_binding(&ikey);
+        }
     }
     let orig = port_from_wire(int_port);
     let range = cfg.range_for(proto, orig);
