@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netns_tests::{LabGuard, UdpEcho, in_ns, privileged, record_summary};
+use netns_tests::{LabGuard, UdpEcho, in_ns, privileged, record_summary, snmp};
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
@@ -139,26 +139,6 @@ fn mac_of(ns: &str, ifname: &str) -> Mac {
         // Safety: the union member SIOCGIFHWADDR fills.
         let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         std::array::from_fn(|i| data[i] as u8)
-    })
-}
-
-/// A counter of the kernel's SNMP tables (`/proc/net/snmp`, `/proc/net/netstat`) in `ns`,
-/// by section ("Udp", "Ip", "TcpExt" ...) and name.
-fn snmp(ns: &str, section: &str, field: &str) -> u64 {
-    let (section, field) = (format!("{section}:"), field.to_owned());
-    in_ns(ns, move || {
-        for file in ["/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"] {
-            let text = std::fs::read_to_string(file).unwrap();
-            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&section)).collect();
-            if let [names, values] = lines[..] {
-                let names: Vec<&str> = names.split_whitespace().collect();
-                let values: Vec<&str> = values.split_whitespace().collect();
-                if let Some(i) = names.iter().position(|n| *n == field) {
-                    return values[i].parse().unwrap();
-                }
-            }
-        }
-        panic!("no SNMP counter {section} {field}");
     })
 }
 

@@ -39,6 +39,18 @@ struct Tally {
     socket_sets: AtomicU64,
 }
 
+/// Packets the kernel dropped because a CPU's input backlog was full (the second column of
+/// /proc/net/softnet_stat, machine-wide): where a datagram can go without any counter of the
+/// NAT or of a socket seeing it.
+fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|d| u64::from_str_radix(d, 16).ok())
+        .sum()
+}
+
 fn soak_duration() -> Duration {
     let secs = std::env::var("NETNS_NAT_SOAK_SECS")
         .ok()
@@ -204,6 +216,7 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
     let g = LabGuard::up_with(&cfg, "soak", NatKind::Ebpf);
     let run_for = soak_duration();
     let started = Instant::now();
+    let backlog_drops_before = backlog_drops();
     let deadline = started + run_for;
     let lan = g.lab.ns("lan");
     let servers_until = deadline + Duration::from_secs(15);
@@ -238,12 +251,22 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
     let _ = tcp.stop();
     let stats = netns_user::ops::conntrack::stats(g.prefix()).unwrap();
     let c = &stats.counters;
+    // Where a lost datagram went, if the kernel dropped it at a socket: said in the summary.
+    let udp_errors = |n: &str| {
+        let ns = g.lab.ns(n);
+        format!(
+            "{}/{}",
+            netns_tests::snmp(&ns, "Udp", "InErrors"),
+            netns_tests::snmp(&ns, "Udp", "RcvbufErrors")
+        )
+    };
     let get = |x: &AtomicU64| x.load(Relaxed);
     let summary = format!(
         "soak: {:.0} s; UDP {} sent, {} echoed, {} lost, {} mismatched ({} sets of {SOCKETS} \
          sockets per host); TCP {} connections, {} bytes echoed, {} failed, {} corrupted; ICMP \
          {} pings, {} failed; conntrack peak {peak_flows} flows, {} new flows, {} new mappings; \
-         drops: no_port {}, unsolicited {}, malformed {}, map_full {}; fast path {} out / {} in",
+         drops: no_port {}, unsolicited {}, malformed {}, map_full {}; in_unmapped {}; fast path \
+         {} out / {} in; kernel UDP InErrors/RcvbufErrors red {}, blue {}, lan {}; backlog drops (all CPUs) {}",
         started.elapsed().as_secs_f64(),
         get(&t.udp_sent),
         get(&t.udp_ok),
@@ -262,8 +285,13 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
         c["drop_unsolicited"],
         c["drop_malformed"],
         c["drop_map_full"],
+        c["in_unmapped"],
         c["fast_out_tc"],
         c["fast_in_tc"],
+        udp_errors("red"),
+        udp_errors("blue"),
+        udp_errors("lan"),
+        backlog_drops() - backlog_drops_before,
     );
     eprintln!("{summary}");
     netns_tests::record_summary("soak", &summary);
