@@ -1,5 +1,5 @@
-//! Where labs keep their state: `STATE_ROOT/<prefix>/` (state.json, lab.toml, the sweeper's
-//! PID and log).
+//! Where labs keep their state: `STATE_ROOT/<prefix>/` (state.json, lab.toml, the agent's
+//! PID, socket, lock and log, the trace locks).
 
 use std::path::{Path, PathBuf};
 
