@@ -268,3 +268,61 @@ pub fn snmp(ns: &str, section: &str, field: &str) -> u64 {
         panic!("no SNMP counter {section} {field}");
     })
 }
+
+/// Runs the `netns-nat` binary with `args`.
+pub fn netns_nat(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("netns-nat runs")
+}
+
+/// Runs `netns-nat args`, which must succeed: its (stdout, stderr).
+pub fn netns_nat_ok(args: &[&str]) -> (String, String) {
+    let out = netns_nat(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `netns-nat args`, which must fail with an error that says `why`.
+pub fn netns_nat_refused(args: &[&str], why: &str) {
+    let out = netns_nat(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+}
+
+/// Waits, polling every `every`, until `done()` holds; panics with `what()` after `within`.
+pub fn wait_for(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", what());
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits until process `pid` is gone (reaping it if it is this process's child); panics
+/// with `what` after `within`.
+pub fn wait_gone(pid: i32, within: std::time::Duration, what: &str) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    wait_for(
+        within,
+        std::time::Duration::from_millis(20),
+        || {
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            std::fs::metadata(format!("/proc/{pid}")).is_err()
+        },
+        || what.to_owned(),
+    );
+}

@@ -5,11 +5,11 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    process::{Command, Output},
+    process::Command,
     time::Duration,
 };
 
-use netns_tests::{bin, privileged, sh_in};
+use netns_tests::{netns_nat_ok, netns_nat_refused, privileged, sh_in};
 use netns_user::{
     bpf,
     config::L4Proto,
@@ -17,28 +17,13 @@ use netns_user::{
     sys::{ethtool, netns},
 };
 
-fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("netns-nat runs")
-}
-
+/// `netns-nat args`, which must succeed: its standard output.
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns_nat_ok(args).0
 }
 
 fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn refused(args: &[&str], why: &str) {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
 }
 
 /// The walkthrough's namespaces, made with `ip` as a user would, removed when dropped.
@@ -243,12 +228,12 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
     let lab = format!("{p}nat-");
     let mut nowhere = attach(&[], &lab);
     nowhere[5] = format!("{p}nowhere");
-    refused(&as_strs(&nowhere), "no namespace");
-    refused(&as_strs(&attach(&["--fast-path", "xdp"], &lab)), "use tc");
+    netns_nat_refused(&as_strs(&nowhere), "no namespace");
+    netns_nat_refused(&as_strs(&attach(&["--fast-path", "xdp"], &lab)), "use tc");
     let mut no_uplink = attach(&[], &lab);
     no_uplink[7] = "wan9".into();
-    refused(&as_strs(&no_uplink), "wan9");
-    refused(
+    netns_nat_refused(&as_strs(&no_uplink), "wan9");
+    netns_nat_refused(
         &as_strs(&attach(&["--forward", "tcp:81=192.168.1.3:80"], &lab)),
         "no internal prefix",
     );
@@ -261,7 +246,7 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
     let out = ok(&as_strs(&attach(&[], &lab)));
     assert!(out.contains("nat detach"), "{out}");
     let second = format!("{p}two-");
-    refused(&as_strs(&attach(&[], &second)), "already runs netns-nat's NAT");
+    netns_nat_refused(&as_strs(&attach(&[], &second)), "already runs netns-nat's NAT");
 
     // The acceptance exchanges, between the hand-made namespaces.
     let roles = Roles {
@@ -312,7 +297,7 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
         "192.168.15.1:5353",
     ]);
     ok(&["up", "--prefix", &lab, "--upgrade"]);
-    refused(&["check", "--prefix", &lab], "not netns-nat's to know");
+    netns_nat_refused(&["check", "--prefix", &lab], "not netns-nat's to know");
     assert!(ok(&["list"]).contains(&lab));
 
     let out = ok(&["nat", "detach", "--prefix", &lab]);

@@ -5,28 +5,21 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use netns_tests::{LabGuard, UdpEcho, bin, in_ns, privileged};
+use netns_tests::{
+    LabGuard, UdpEcho, bin, in_ns, netns_nat as run, netns_nat_ok, netns_nat_refused as refused, privileged,
+    wait_for, wait_gone,
+};
 use netns_user::nat::{NatKind, ebpf as nat_ebpf};
 use serde_json::Value;
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 
-fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("netns-nat runs")
-}
-
 fn json(args: &[&str]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    serde_json::from_str(&netns_nat_ok(args).0).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 /// `conntrack --json` with `filters`: (flows, mappings).
@@ -572,24 +565,10 @@ fn paced_connection(g: &LabGuard, port: u16, stop: std::sync::Arc<std::sync::ato
     })
 }
 
+/// `netns-nat args`, which must succeed: what it printed, out and err.
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn refused(args: &[&str], why: &str) {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+    let (out, err) = netns_nat_ok(args);
+    out + &err
 }
 
 fn agent_pid(p: &str) -> Option<i32> {
@@ -629,15 +608,8 @@ fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath
     // kill -9: nothing cleans up; packets go on being translated; live changes are refused.
     let pid = agent_pid(&p).expect("up started the agent");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while agent_pid(&p).is_some() {
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
-        assert!(std::time::Instant::now() < deadline, "the agent did not die");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(pid, Duration::from_secs(3), "the agent did not die");
+    assert_eq!(agent_pid(&p), None);
     let st = json(&["status", "--prefix", &p, "--json"]);
     assert!(st["ebpf"]["agent"]["pid"].is_null(), "{}", st["ebpf"]["agent"]);
     refused(
@@ -863,21 +835,7 @@ fn the_agent_ends_on_sigterm_and_with_the_lab() {
     let sock = nat_ebpf::agent_socket(&p);
     assert!(sock.exists());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
-        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent did not end on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(pid, Duration::from_secs(3), "the agent did not end on SIGTERM");
     assert!(!sock.exists(), "its socket is removed");
     assert!(!nat_ebpf::agent_pid_file(&p).exists(), "its PID file is removed");
     let log = std::fs::read_to_string(nat_ebpf::agent_log(&p)).unwrap();
@@ -916,14 +874,12 @@ fn trace_shows_translations_and_drops_as_they_happen() {
         .spawn()
         .unwrap();
     // Listening once the flag says so.
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while listeners() != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "trace never started listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || listeners() == 1,
+        || "trace never started listening".into(),
+    );
     let red = in_ns(&g.lab.ns("red"), || {
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47401)).unwrap()
     });
@@ -1008,14 +964,12 @@ fn trace_shows_translations_and_drops_as_they_happen() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while listeners() != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "trace never started listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || listeners() == 1,
+        || "trace never started listening".into(),
+    );
     // One trace at a time: the ring buffer has one reader.
     refused(
         &["trace", "--prefix", &p, "--for", "1"],
@@ -1042,14 +996,12 @@ fn trace_shows_translations_and_drops_as_they_happen() {
     );
     tracer.kill().unwrap();
     tracer.wait().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while listeners() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tracing stayed on after its listener died"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || listeners() == 0,
+        || "tracing stayed on after its listener died".into(),
+    );
 }
 
 /// The programs' diagnostics (aya-log) reach the agent's log at the level set when they
@@ -1089,15 +1041,12 @@ fn the_programs_log_at_the_level_set_at_load() {
     spoof();
     let drop_line = format!("bpf DEBUG: drop nat_ingress drop_unsolicited udp 192.168.1.3:7599 -> {ext}");
     let logs = || ok(&["logs", "--prefix", &p]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !logs().contains(&drop_line) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no drop record in the agent's log:\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+        || logs().contains(&drop_line),
+        || format!("no drop record in the agent's log:\n{}", logs()),
+    );
     assert!(logs().contains("bpf INFO: new mapping"), "{}", logs());
 
     // The level is the programs': config apply cannot change it, an upgrade can.
@@ -1115,13 +1064,49 @@ fn the_programs_log_at_the_level_set_at_load() {
         json(&["status", "--prefix", &p, "--json"])["ebpf"]["log_level"],
         "off"
     );
+    // The new programs' own log buffer, read here (the agent does not read it when off):
+    // the drop writes nothing into it, nor into the agent's log.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut reader = aya_log::EbpfLogger::init_from_id_with_logger(
+        netns_user::bpf::nat_program_id(&p).unwrap(),
+        Counting(seen.clone()),
+    )
+    .unwrap();
     let before = logs().matches(&drop_line).count();
+    let drops = || json(&["stats", "--prefix", &p, "--json"])["counters"]["drop_unsolicited"].clone();
+    let dropped = drops();
     spoof();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || drops() != dropped,
+        || "the spoofed datagram was not dropped".into(),
+    );
     let after = json(&["stats", "--prefix", &p, "--json"]);
     assert!(
         after["counters"]["drop_unsolicited"].as_u64().unwrap() >= 2,
         "{after}"
     );
+    reader.flush();
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a record written while off"
+    );
     assert_eq!(logs().matches(&drop_line).count(), before, "logged while off");
+}
+
+/// Counts the records of a program's log.
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl log::Log for Counting {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, _: &log::Record) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn flush(&self) {}
 }
