@@ -156,9 +156,7 @@ pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => 1,
         Err((_, e)) => return Err(io(e.into())),
     };
-    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
-    let mut flag: Array<MapData, u32> =
-        Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
+    let (mut flag, path) = trace_flag(prefix)?;
     if flag.get(&0, 0).map_err(bpf::map_err_at(&path))? != live {
         flag.set(0, live, 0).map_err(bpf::map_err_at(&path))?;
     }
@@ -167,10 +165,15 @@ pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
 
 /// Whether a trace listens now (the flag as the programs see it: 0 or 1).
 pub fn listeners(prefix: &str) -> Result<u32, TraceError> {
-    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
-    let flag: Array<MapData, u32> =
-        Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
+    let (flag, path) = trace_flag(prefix)?;
     Ok(flag.get(&0, 0).map_err(bpf::map_err_at(&path))?)
+}
+
+/// Lab `prefix`'s pinned `NAT_TRACE_ON`, and its path (for errors).
+fn trace_flag(prefix: &str) -> Result<(Array<MapData, u32>, std::path::PathBuf), TraceError> {
+    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
+    let flag = Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
+    Ok((flag, path))
 }
 
 /// This process as the lab's trace, for as long as it lives.
