@@ -73,157 +73,122 @@ mod tests {
     }
 }
 
-/// Outcomes counted by the eBPF NAT, one per-CPU slot each (map `NAT_COUNTERS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum NatCounter {
-    /// Packets translated leaving by the uplink, per protocol.
-    OutTcp = 0,
-    OutUdp,
-    OutIcmp,
-    /// Packets translated arriving on the uplink, per protocol.
-    InTcp,
-    InUdp,
-    InIcmp,
-    /// ICMP errors whose quoted packet was translated, per direction.
-    IcmpErrorOut,
-    IcmpErrorIn,
-    /// Non-first fragments translated through the fragment table.
-    Fragments,
-    /// Endpoint-independent mappings (bindings) created.
-    NewMappings,
-    /// Flows created.
-    NewFlows,
-    /// Packets turned around inside the router (internal host to the external address).
-    Hairpinned,
-    /// Packets that were not the NAT's business (the router's own traffic, other prefixes).
-    Passed,
-    /// Dropped: every port of the range is taken.
-    DropNoPort,
-    /// Dropped: inbound with a mapping but no flow, under address-and-port-dependent filtering.
-    DropUnsolicited,
-    /// Dropped: headers too short or inconsistent.
-    DropMalformed,
-    /// Dropped: a conntrack or binding table is full.
-    DropMapFull,
-    /// Dropped (or passed, by configuration): a protocol the NAT does not translate.
-    DropUnsupported,
-    /// Inbound to the external address on a port no mapping or forward owns (passed to the
-    /// router's own stack, where nothing listens).
-    InUnmapped,
-    /// A non-first fragment whose first fragment was not seen.
-    DropFragmentUnknown,
-    /// Fast path at TC: packets redirected straight to the uplink / to an internal port.
-    FastOutTc,
-    FastInTc,
-    /// The same in XDP.
-    FastOutXdp,
-    FastInXdp,
-    /// Hand-overs to the slow path, by reason (see [`crate::fwd::Slow`]).
-    SlowNoFlow,
-    SlowTcpFlags,
-    SlowFragment,
-    SlowIpOptions,
-    SlowTtl,
-    SlowProtocol,
-    SlowNoNeighbour,
-    SlowMtu,
-    SlowPartialChecksum,
-    /// A redirect the hook refused (the packet went to the slow path, untouched).
-    RedirectFailed,
-    /// Hand-over to the slow path: an IPv4 header checksum that fails (the kernel drops it).
-    SlowIpChecksum,
-    /// Dropped arriving on the uplink: an IPv4 header checksum that fails (RFC 1812 5.2.2),
-    /// before it can touch any state.
-    DropBadChecksum,
-    /// Trace events that did not fit in the ring buffer (`netns-nat trace` reads too slowly).
-    TraceLost,
+/// Declares [`NatCounter`] from one list, so that its variants, [`NatCounter::ALL`] (in
+/// index order) and their names can never disagree.
+macro_rules! nat_counters {
+    ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
+        /// Outcomes counted by the eBPF NAT, one per-CPU slot each (map `NAT_COUNTERS`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum NatCounter {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl NatCounter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [NatCounter] = &[$(NatCounter::$name,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable name used in `stats --json` and the metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(NatCounter::$name => $text,)*
+                }
+            }
+        }
+    };
 }
 
-impl NatCounter {
-    pub const ALL: [NatCounter; 37] = [
-        NatCounter::OutTcp,
-        NatCounter::OutUdp,
-        NatCounter::OutIcmp,
-        NatCounter::InTcp,
-        NatCounter::InUdp,
-        NatCounter::InIcmp,
-        NatCounter::IcmpErrorOut,
-        NatCounter::IcmpErrorIn,
-        NatCounter::Fragments,
-        NatCounter::NewMappings,
-        NatCounter::NewFlows,
-        NatCounter::Hairpinned,
-        NatCounter::Passed,
-        NatCounter::DropNoPort,
-        NatCounter::DropUnsolicited,
-        NatCounter::DropMalformed,
-        NatCounter::DropMapFull,
-        NatCounter::DropUnsupported,
-        NatCounter::InUnmapped,
-        NatCounter::DropFragmentUnknown,
-        NatCounter::FastOutTc,
-        NatCounter::FastInTc,
-        NatCounter::FastOutXdp,
-        NatCounter::FastInXdp,
-        NatCounter::SlowNoFlow,
-        NatCounter::SlowTcpFlags,
-        NatCounter::SlowFragment,
-        NatCounter::SlowIpOptions,
-        NatCounter::SlowTtl,
-        NatCounter::SlowProtocol,
-        NatCounter::SlowNoNeighbour,
-        NatCounter::SlowMtu,
-        NatCounter::SlowPartialChecksum,
-        NatCounter::RedirectFailed,
-        NatCounter::SlowIpChecksum,
-        NatCounter::DropBadChecksum,
-        NatCounter::TraceLost,
-    ];
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
-    /// Stable name used in `stats --json`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            NatCounter::OutTcp => "out_tcp",
-            NatCounter::OutUdp => "out_udp",
-            NatCounter::OutIcmp => "out_icmp",
-            NatCounter::InTcp => "in_tcp",
-            NatCounter::InUdp => "in_udp",
-            NatCounter::InIcmp => "in_icmp",
-            NatCounter::IcmpErrorOut => "icmp_error_out",
-            NatCounter::IcmpErrorIn => "icmp_error_in",
-            NatCounter::Fragments => "fragments",
-            NatCounter::NewMappings => "new_mappings",
-            NatCounter::NewFlows => "new_flows",
-            NatCounter::Hairpinned => "hairpinned",
-            NatCounter::Passed => "passed",
-            NatCounter::DropNoPort => "drop_no_port",
-            NatCounter::DropUnsolicited => "drop_unsolicited",
-            NatCounter::DropMalformed => "drop_malformed",
-            NatCounter::DropMapFull => "drop_map_full",
-            NatCounter::DropUnsupported => "drop_unsupported",
-            NatCounter::InUnmapped => "in_unmapped",
-            NatCounter::DropFragmentUnknown => "drop_fragment_unknown",
-            NatCounter::FastOutTc => "fast_out_tc",
-            NatCounter::FastInTc => "fast_in_tc",
-            NatCounter::FastOutXdp => "fast_out_xdp",
-            NatCounter::FastInXdp => "fast_in_xdp",
-            NatCounter::SlowNoFlow => "slow_no_flow",
-            NatCounter::SlowTcpFlags => "slow_tcp_flags",
-            NatCounter::SlowFragment => "slow_fragment",
-            NatCounter::SlowIpOptions => "slow_ip_options",
-            NatCounter::SlowTtl => "slow_ttl",
-            NatCounter::SlowProtocol => "slow_protocol",
-            NatCounter::SlowNoNeighbour => "slow_no_neighbour",
-            NatCounter::SlowMtu => "slow_mtu",
-            NatCounter::SlowPartialChecksum => "slow_partial_checksum",
-            NatCounter::RedirectFailed => "redirect_failed",
-            NatCounter::SlowIpChecksum => "slow_ip_checksum",
-            NatCounter::DropBadChecksum => "drop_bad_checksum",
-            NatCounter::TraceLost => "trace_lost",
-        }
-    }
+nat_counters! {
+    /// Packets translated leaving by the uplink, per protocol.
+    OutTcp = "out_tcp",
+    OutUdp = "out_udp",
+    OutIcmp = "out_icmp",
+    /// Packets translated arriving on the uplink, per protocol.
+    InTcp = "in_tcp",
+    InUdp = "in_udp",
+    InIcmp = "in_icmp",
+    /// ICMP errors whose quoted packet was translated, per direction.
+    IcmpErrorOut = "icmp_error_out",
+    IcmpErrorIn = "icmp_error_in",
+    /// Non-first fragments translated through the fragment table.
+    Fragments = "fragments",
+    /// Endpoint-independent mappings (bindings) created.
+    NewMappings = "new_mappings",
+    /// Flows created.
+    NewFlows = "new_flows",
+    /// Packets turned around inside the router (internal host to the external address).
+    Hairpinned = "hairpinned",
+    /// Packets that were not the NAT's business (the router's own traffic, other prefixes).
+    Passed = "passed",
+    /// Dropped: every port of the range is taken (for a protocol without ports: another
+    /// internal host talks it with that remote).
+    DropNoPort = "drop_no_port",
+    /// Dropped: inbound with a mapping but no flow, under address-and-port-dependent filtering.
+    DropUnsolicited = "drop_unsolicited",
+    /// Dropped: headers too short or inconsistent.
+    DropMalformed = "drop_malformed",
+    /// Dropped: a conntrack or binding table is full.
+    DropMapFull = "drop_map_full",
+    /// Dropped: a protocol without ports under `unsupported = "drop"`, or an ICMP query
+    /// other than echo.
+    DropUnsupported = "drop_unsupported",
+    /// Inbound to the external address on a port no mapping or forward owns (passed to the
+    /// router's own stack).
+    InUnmapped = "in_unmapped",
+    /// A non-first fragment whose first fragment was not seen.
+    DropFragmentUnknown = "drop_fragment_unknown",
+    /// Fast path at TC: packets redirected straight to the uplink / to an internal port.
+    FastOutTc = "fast_out_tc",
+    FastInTc = "fast_in_tc",
+    /// The same in XDP.
+    FastOutXdp = "fast_out_xdp",
+    FastInXdp = "fast_in_xdp",
+    /// Hand-overs to the slow path, by reason (see [`crate::fwd::Slow`]).
+    SlowNoFlow = "slow_no_flow",
+    SlowTcpFlags = "slow_tcp_flags",
+    SlowFragment = "slow_fragment",
+    SlowIpOptions = "slow_ip_options",
+    SlowTtl = "slow_ttl",
+    SlowProtocol = "slow_protocol",
+    SlowNoNeighbour = "slow_no_neighbour",
+    SlowMtu = "slow_mtu",
+    SlowPartialChecksum = "slow_partial_checksum",
+    /// A redirect the hook refused or could not deliver (the packet went to the slow path,
+    /// untouched).
+    RedirectFailed = "redirect_failed",
+    /// Hand-over to the slow path: an IPv4 header checksum that fails (the kernel drops it).
+    SlowIpChecksum = "slow_ip_checksum",
+    /// Dropped arriving on the uplink: an IPv4 header checksum that fails (RFC 1812 5.2.2),
+    /// before it can touch any state.
+    DropBadChecksum = "drop_bad_checksum",
+    /// Trace events that did not fit in the ring buffer (`netns-nat trace` reads too slowly).
+    TraceLost = "trace_lost",
+    /// Packets of protocols without ports translated by address only, per direction.
+    OutOther = "out_other",
+    InOther = "in_other",
+    /// Dropped: from outside to an internal address, through no flow or forward.
+    DropInbound = "drop_inbound",
+    /// Dropped: arriving on the uplink with an internal source or the external address as
+    /// source (spoofed), or such a packet routed back out.
+    DropSpoofed = "drop_spoofed",
+    /// Dropped: a TCP segment other than a SYN trying to open an inbound flow.
+    DropNotSyn = "drop_not_syn",
+    /// Dropped: a RST or FIN outside the receiver's window (it changes nothing).
+    DropOutOfWindow = "drop_out_of_window",
+    /// Dropped: a remote address over its bound of new inbound flows per second.
+    DropRemoteLimit = "drop_remote_limit",
+    /// Dropped: an ICMP error from an internal host quoting nothing mapped (RFC 5508 REQ-4).
+    DropErrorUnmapped = "drop_error_unmapped",
+    /// Dropped: the entry the packet needs was being removed at that instant.
+    DropBusy = "drop_busy",
+    /// Unconfirmed inbound flows evicted to make room for a new flow (the table was full).
+    EvictedUnconfirmed = "evicted_unconfirmed",
+    /// Hand-over to the slow path: the router would not forward it (forwarding off, a
+    /// policy rule, a port down).
+    SlowPolicy = "slow_policy",
+    /// Fast-path packets handed to the slow path so that the bridge sees the host again.
+    SlowBridgeRefresh = "slow_bridge_refresh",
 }
 
 impl From<crate::fwd::Slow> for NatCounter {
@@ -241,6 +206,8 @@ impl From<crate::fwd::Slow> for NatCounter {
             Slow::PartialChecksum => NatCounter::SlowPartialChecksum,
             Slow::Redirect => NatCounter::RedirectFailed,
             Slow::IpChecksum => NatCounter::SlowIpChecksum,
+            Slow::Policy => NatCounter::SlowPolicy,
+            Slow::BridgeRefresh => NatCounter::SlowBridgeRefresh,
         }
     }
 }
@@ -251,6 +218,8 @@ mod nat_counter_tests {
 
     #[test]
     fn nat_counters_are_dense_and_named_uniquely() {
+        // The macro lists every variant once; their indices are their places.
+        assert_eq!(NatCounter::ALL.len(), NatCounter::SlowBridgeRefresh as usize + 1);
         for (i, c) in NatCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
             for d in &NatCounter::ALL[i + 1..] {

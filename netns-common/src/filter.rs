@@ -2,7 +2,7 @@
 //! and origin. Pure, so that `netns-nat conntrack` (list, count, delete, watch) and its
 //! tests agree on what a filter selects. Addresses and ports are in wire order, as stored.
 
-use crate::nat::{Binding, BindingKey, Flow, FlowKey, PROTO_TCP, SIDE_EXTERNAL, TcpState};
+use crate::nat::{Binding, BindingKey, Flow, FlowKey, PROTO_TCP, SIDE_EXTERNAL, SIDE_REMOTE, TcpState};
 
 /// Every field that is set must match; an empty filter selects everything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,10 +34,10 @@ impl EntryFilter {
             && self.origin.is_none_or(|o| o == f.origin)
     }
 
-    /// Whether mapping `b` is selected (judged by its external entry `k`; internal entries
-    /// are not mappings of their own).
+    /// Whether mapping `b` is selected (judged by its external entry `k`, or its one entry
+    /// for an address-only mapping; internal entries are not mappings of their own).
     pub fn mapping(&self, k: &BindingKey, b: &Binding) -> bool {
-        k.side == SIDE_EXTERNAL
+        (k.side == SIDE_EXTERNAL || k.side == SIDE_REMOTE)
             && self.state.is_none()
             && self.origin.is_none()
             && self.proto.is_none_or(|p| p == k.proto)
@@ -51,6 +51,100 @@ impl EntryFilter {
     }
 }
 
+/// [`Selector::flags`]: which fields select.
+pub const SEL_PROTO: u32 = 1;
+pub const SEL_ADDR: u32 = 2;
+pub const SEL_PORT: u32 = 4;
+pub const SEL_STATE: u32 = 8;
+pub const SEL_ORIGIN: u32 = 16;
+/// Mappings: only port forwards (static), and only the one on external port `ext_port`.
+pub const SEL_FORWARD: u32 = 32;
+/// Mappings: port forwards too (else they are kept).
+pub const SEL_WITH_FORWARDS: u32 = 64;
+
+/// An [`EntryFilter`] as plain data, for the maintenance program (`translate::maintain`),
+/// plus what only removals need (forwards).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub flags: u32,
+    pub addr: u32,
+    pub port: u16,
+    pub ext_port: u16,
+    pub proto: u8,
+    pub state: u8,
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+impl Selector {
+    /// A filter's selection; forwards are kept.
+    pub fn of(f: &EntryFilter) -> Selector {
+        let mut s = Selector::default();
+        let mut set = |flag: u32| s.flags |= flag;
+        if f.proto.is_some() {
+            set(SEL_PROTO);
+        }
+        if f.addr.is_some() {
+            set(SEL_ADDR);
+        }
+        if f.port.is_some() {
+            set(SEL_PORT);
+        }
+        if f.state.is_some() {
+            set(SEL_STATE);
+        }
+        if f.origin.is_some() {
+            set(SEL_ORIGIN);
+        }
+        s.proto = f.proto.unwrap_or(0);
+        s.addr = f.addr.unwrap_or(0);
+        s.port = f.port.unwrap_or(0);
+        s.state = f.state.map_or(0, |st| st as u8);
+        s.origin = f.origin.unwrap_or(0);
+        s
+    }
+
+    /// The port forward of `proto` on external port `ext_port` (wire order).
+    pub fn forward(proto: u8, ext_port: u16) -> Selector {
+        Selector {
+            flags: SEL_PROTO | SEL_FORWARD,
+            proto,
+            ext_port,
+            ..Selector::default()
+        }
+    }
+
+    /// The filter it carries.
+    pub fn filter(&self) -> EntryFilter {
+        let on = |flag: u32| self.flags & flag != 0;
+        EntryFilter {
+            proto: on(SEL_PROTO).then_some(self.proto),
+            addr: on(SEL_ADDR).then_some(self.addr),
+            port: on(SEL_PORT).then_some(self.port),
+            state: on(SEL_STATE).then_some(TcpState::from_u8(self.state)),
+            origin: on(SEL_ORIGIN).then_some(self.origin),
+        }
+    }
+
+    /// Whether flow `k` -> `f` is selected (a forward's selection selects no flow itself:
+    /// its flows go with it).
+    pub fn flow(&self, k: &FlowKey, f: &Flow) -> bool {
+        self.flags & SEL_FORWARD == 0 && self.filter().flow(k, f)
+    }
+
+    /// Whether mapping entry `k` -> `b` is selected.
+    pub fn mapping(&self, k: &BindingKey, b: &Binding) -> bool {
+        if self.flags & SEL_FORWARD != 0 {
+            return b.is_static()
+                && k.side == SIDE_EXTERNAL
+                && k.proto == self.proto
+                && k.port == self.ext_port;
+        }
+        (self.flags & SEL_WITH_FORWARDS != 0 || !b.is_static()) && self.filter().mapping(k, b)
+    }
+}
+
 /// Whether flow `k` -> `f` uses mapping `b` (of protocol `proto`): a flow goes with its
 /// mapping when the mapping is deleted.
 pub fn uses(k: &FlowKey, f: &Flow, proto: u8, b: &Binding) -> bool {
@@ -60,6 +154,10 @@ pub fn uses(k: &FlowKey, f: &Flow, proto: u8, b: &Binding) -> bool {
         && k.int_addr == b.int_addr
         && k.int_port == b.int_port
 }
+
+#[cfg(feature = "user")]
+// Safety: #[repr(C)], integer fields only, no padding (4 + 4 + 2 + 2 + 1 + 1 + 1 + 1).
+unsafe impl aya::Pod for Selector {}
 
 #[cfg(test)]
 mod tests {
@@ -160,6 +258,43 @@ mod tests {
             }
         ));
         assert!(!uses(&k, &f, PROTO_UDP, &b));
+    }
+
+    #[test]
+    fn a_selector_carries_its_filter_and_selects_forwards_only_when_asked() {
+        let f = EntryFilter {
+            proto: Some(PROTO_TCP),
+            addr: None,
+            port: Some(port_to_wire(80)),
+            state: Some(TcpState::Established),
+            origin: Some(ORIGIN_INBOUND),
+        };
+        assert_eq!(Selector::of(&f).filter(), f);
+        assert_eq!(
+            Selector::of(&EntryFilter::default()).filter(),
+            EntryFilter::default()
+        );
+        let fwd = Binding {
+            int_addr: a(2),
+            ext_addr: a(100),
+            int_port: port_to_wire(80),
+            ext_port: port_to_wire(80),
+            flags: crate::nat::BINDING_STATIC,
+            ..Binding::default()
+        };
+        let k = BindingKey::external(PROTO_TCP, fwd.ext_addr, fwd.ext_port);
+        let by_port = Selector::of(&EntryFilter {
+            port: Some(port_to_wire(80)),
+            ..Default::default()
+        });
+        assert!(!by_port.mapping(&k, &fwd), "forwards are kept");
+        assert!(Selector::forward(PROTO_TCP, port_to_wire(80)).mapping(&k, &fwd));
+        assert!(!Selector::forward(PROTO_UDP, port_to_wire(80)).mapping(&k, &fwd));
+        assert!(!Selector::forward(PROTO_TCP, port_to_wire(81)).mapping(&k, &fwd));
+        let dynamic = Binding { flags: 0, ..fwd };
+        assert!(!Selector::forward(PROTO_TCP, port_to_wire(80)).mapping(&k, &dynamic));
+        let (fk, ff) = flow();
+        assert!(!Selector::forward(PROTO_TCP, port_to_wire(80)).flow(&fk, &ff));
     }
 
     proptest! {

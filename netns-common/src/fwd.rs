@@ -78,6 +78,12 @@ pub enum Slow {
     /// The IPv4 header checksum fails: the kernel's input path drops it, as a router must
     /// (RFC 1812 5.2.2); the fast path, which skips that path, must not forward it.
     IpChecksum,
+    /// The router would not forward it (forwarding off on the interface, a policy rule, a
+    /// port down): the kernel decides, as for any packet.
+    Policy,
+    /// The bridge has not seen this host for a while: this packet takes the bridge, so that
+    /// its forwarding database keeps the host (fast-path frames never pass it).
+    BridgeRefresh,
 }
 
 /// The IPv4 facts the fast path decides on (host order where it matters).

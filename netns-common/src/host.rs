@@ -6,28 +6,37 @@ extern crate std;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     vec::Vec,
 };
 
 use crate::{
     counters::NatCounter,
     nat::MAX_PORT_TRIES,
-    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, SIDE_EXTERNAL},
+    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, RemoteRate},
     packet::{Fail, OOB, Packet, csum_updated, l4_csum_updated},
-    translate::{InsertError, PortSearch, Tables, try_port},
+    translate::{
+        InsertError, PortSearch, Tables,
+        maintain::{self, MaintainCmd, OP_SWEEP},
+        try_port,
+    },
 };
 
 /// A frame in memory. Every access is bounds-checked, as the verifier makes the programs'.
 #[derive(Debug)]
 pub struct Frame {
     bytes: RefCell<Vec<u8>>,
+    /// The hook's interface and the one the frame arrived on (see [`Packet::arrived_on`]).
+    pub ifindex: u32,
+    pub arrived_on: u32,
 }
 
 impl Frame {
     pub fn new(bytes: Vec<u8>) -> Self {
         Self {
             bytes: RefCell::new(bytes),
+            ifindex: 0,
+            arrived_on: 0,
         }
     }
 
@@ -76,6 +85,14 @@ impl Packet for Frame {
     fn len(&self) -> u32 {
         self.bytes.borrow().len() as u32
     }
+
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn arrived_on(&self) -> u32 {
+        self.arrived_on
+    }
 }
 
 /// Table sizes: an insert beyond them fails as a full map does.
@@ -96,6 +113,10 @@ impl Default for Sizes {
     }
 }
 
+/// A socket of the router: (protocol, local address, local port, remote address, remote
+/// port), wire order; remote (0, 0) for a listener.
+pub type RouterSocket = (u8, u32, u16, u32, u16);
+
 /// The NAT's tables in memory.
 #[derive(Debug)]
 pub struct MemTables {
@@ -107,6 +128,11 @@ pub struct MemTables {
     bindings: RefCell<HashMap<BindingKey, Binding>>,
     flows: RefCell<HashMap<FlowKey, Flow>>,
     frags: RefCell<HashMap<FragKey, FragPorts>>,
+    unconfirmed: RefCell<VecDeque<FlowKey>>,
+    new_flow: RefCell<Flow>,
+    remotes: RefCell<HashMap<u32, RemoteRate>>,
+    /// The router's own sockets.
+    pub router_sockets: RefCell<HashSet<RouterSocket>>,
 }
 
 impl MemTables {
@@ -121,6 +147,10 @@ impl MemTables {
             bindings: RefCell::default(),
             flows: RefCell::default(),
             frags: RefCell::default(),
+            unconfirmed: RefCell::default(),
+            new_flow: RefCell::default(),
+            remotes: RefCell::default(),
+            router_sockets: RefCell::default(),
         }
     }
 
@@ -145,28 +175,47 @@ impl MemTables {
         self.bindings.borrow_mut().insert(key, b);
     }
 
-    /// What the sweeper (`netns-nat sweep`) does, without its grace period: removes expired
-    /// flows, and expired dynamic bindings by their external entry (the one flows refresh)
-    /// together with their internal entry; an internal entry whose external one is gone or
-    /// another endpoint's goes too.
-    pub fn sweep(&self) {
+    /// Runs a maintenance request as the kernel's `nat_maintain` program does: every
+    /// mapping entry, then every flow, through the same steps. Returns the request with its
+    /// results.
+    pub fn maintain(&self, mut cmd: MaintainCmd) -> MaintainCmd {
         let now = self.now();
-        self.flows.borrow_mut().retain(|_, f| f.expires_ns > now);
-        let mut m = self.bindings.borrow_mut();
-        let gone: Vec<BindingKey> = m
-            .iter()
-            .filter(|(k, b)| k.side == SIDE_EXTERNAL && !b.is_static() && b.expired(now))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in gone {
-            m.remove(&k);
+        let keys: Vec<BindingKey> = self.bindings.borrow().keys().copied().collect();
+        for k in keys {
+            let Some(mut b) = self.binding(&k) else {
+                continue;
+            };
+            cmd.seen += 1;
+            let did = maintain::binding_step(self, &cmd, &k, &mut b, now);
+            cmd.mappings += did.mappings;
+            cmd.internal += did.internal;
+            if let Some(slot) = self.bindings.borrow_mut().get_mut(&k) {
+                *slot = b;
+            }
         }
-        let snapshot = m.clone();
-        m.retain(|k, b| {
-            k.side == SIDE_EXTERNAL
-                || snapshot
-                    .get(&BindingKey::external(k.proto, b.ext_addr, b.ext_port))
-                    .is_some_and(|e| e.int_addr == b.int_addr && e.int_port == b.int_port)
+        let keys: Vec<FlowKey> = self.flows.borrow().keys().copied().collect();
+        for k in keys {
+            let Some(mut f) = self.flows.borrow().get(&k).copied() else {
+                continue;
+            };
+            cmd.seen += 1;
+            if maintain::flow_step(self, &cmd, &k, &mut f, now) {
+                cmd.flows += 1;
+            }
+            if let Some(slot) = self.flows.borrow_mut().get_mut(&k) {
+                *slot = f;
+            }
+        }
+        cmd
+    }
+
+    /// What the agent's sweep does, without its grace period: expired flows and mappings
+    /// go (a mapping's two entries together, and an internal entry left without its
+    /// external one); fragment entries are forgotten.
+    pub fn sweep(&self) {
+        self.maintain(MaintainCmd {
+            op: OP_SWEEP,
+            ..MaintainCmd::default()
         });
         self.frags.borrow_mut().clear();
     }
@@ -225,7 +274,13 @@ impl Tables for MemTables {
     }
 
     fn with_binding<R>(&self, key: &BindingKey, f: impl FnOnce(&mut Binding) -> R) -> Option<R> {
-        self.bindings.borrow_mut().get_mut(key).map(f)
+        // Copied out and back (unless removed meanwhile), so that `f` may use the tables.
+        let mut b = self.bindings.borrow().get(key).copied()?;
+        let r = f(&mut b);
+        if let Some(slot) = self.bindings.borrow_mut().get_mut(key) {
+            *slot = b;
+        }
+        Some(r)
     }
 
     fn insert_binding(&self, key: &BindingKey, b: &Binding) -> Result<(), InsertError> {
@@ -245,20 +300,69 @@ impl Tables for MemTables {
     }
 
     fn with_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
-        // Copied out and back, so that `f` may use the other tables (it refreshes bindings).
+        // Copied out and back (unless removed meanwhile), so that `f` may use the other
+        // tables (it refreshes bindings).
         let mut flow = self.flows.borrow().get(key).copied()?;
         let r = f(&mut flow);
-        self.flows.borrow_mut().insert(*key, flow);
+        if let Some(slot) = self.flows.borrow_mut().get_mut(key) {
+            *slot = flow;
+        }
         Some(r)
     }
 
     fn insert_flow(&self, key: &FlowKey, f: &Flow) -> Result<(), InsertError> {
         let mut m = self.flows.borrow_mut();
-        if !m.contains_key(key) && m.len() >= self.sizes.flows {
+        if m.contains_key(key) {
+            return Err(InsertError::Exists);
+        }
+        if m.len() >= self.sizes.flows {
             return Err(InsertError::Full);
         }
         m.insert(*key, *f);
         Ok(())
+    }
+
+    fn remove_flow(&self, key: &FlowKey) {
+        self.flows.borrow_mut().remove(key);
+    }
+
+    fn with_new_flow<R>(&self, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
+        Some(f(&mut self.new_flow.borrow_mut()))
+    }
+
+    fn note_unconfirmed(&self, key: &FlowKey) {
+        let mut q = self.unconfirmed.borrow_mut();
+        // As the kernel's ring: the oldest are forgotten.
+        if q.len() >= self.sizes.flows {
+            q.pop_front();
+        }
+        q.push_back(*key);
+    }
+
+    fn evict_candidate(&self) -> Option<FlowKey> {
+        self.unconfirmed.borrow_mut().pop_front()
+    }
+
+    fn evict(&self, e: &mut crate::translate::flows::Eviction) {
+        for _ in 0..crate::translate::flows::EVICT_TRIES {
+            if crate::translate::flows::evict_step(self, e) {
+                break;
+            }
+        }
+    }
+
+    fn with_remote<R>(&self, addr: u32, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
+        self.remotes.borrow_mut().get_mut(&addr).map(f)
+    }
+
+    fn insert_remote(&self, addr: u32, r: &RemoteRate) {
+        self.remotes.borrow_mut().insert(addr, *r);
+    }
+
+    fn router_socket(&self, proto: u8, local: (u32, u16), remote: (u32, u16)) -> bool {
+        let s = self.router_sockets.borrow();
+        s.contains(&(proto, local.0, local.1, 0, 0))
+            || s.contains(&(proto, local.0, local.1, remote.0, remote.1))
     }
 
     fn frag(&self, key: &FragKey) -> Option<FragPorts> {
@@ -275,11 +379,14 @@ impl Tables for MemTables {
         m.insert(*key, *p);
     }
 
-    fn search_ports(&self, s: &mut PortSearch) {
+    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<crate::translate::Res<(u32, u16)>> {
+        let mut s = PortSearch::default();
+        init(&mut s);
         for i in 0..MAX_PORT_TRIES {
-            if try_port(self, s, i) {
+            if try_port(self, &mut s, i) {
                 break;
             }
         }
+        s.found
     }
 }

@@ -8,12 +8,12 @@ use core::mem::size_of;
 use crate::{
     counters::{Counter, NatCounter},
     fwd::{FastConfig, Neigh},
-    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig},
+    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, RemoteRate},
 };
 
 /// Bumped whenever a pinned key or value changes meaning without changing size (a field
 /// reordered or reinterpreted, a flag bit reused, a counter slot renamed).
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// The stamp of this build: [`LAYOUT_VERSION`] and the size of every pinned key, value and
 /// counter array.
@@ -28,6 +28,7 @@ pub const LAYOUT_STAMP: u64 = stamp(&[
     size_of::<NatConfig>() as u64,
     size_of::<FastConfig>() as u64,
     size_of::<Neigh>() as u64,
+    size_of::<RemoteRate>() as u64,
     NatCounter::COUNT as u64,
     Counter::COUNT as u64,
 ]);

@@ -22,6 +22,11 @@ pub const PROG_NAT_FAST_OUT: &str = "nat_fast_out";
 /// The fast path in XDP: on the bridge ports (outbound) and on the uplink (inbound).
 pub const PROG_XDP_FAST_OUT: &str = "xdp_fast_out";
 pub const PROG_XDP_FAST_IN: &str = "xdp_fast_in";
+/// The tables' maintenance (expiry, removals, address moves): never attached, run with
+/// BPF_PROG_TEST_RUN by the agent and the command line (`translate::maintain`).
+pub const PROG_NAT_MAINTAIN: &str = "nat_maintain";
+/// Its pin in a lab's pin directory.
+pub const PIN_NAT_MAINTAIN: &str = "prog_nat_maintain";
 /// Array of one [`crate::nat::NatConfig`].
 pub const MAP_NAT_CONFIG: &str = "NAT_CONFIG";
 /// Hash of [`crate::nat::BindingKey`] to [`crate::nat::Binding`].
@@ -40,6 +45,11 @@ pub const MAP_NAT_FRAGS: &str = "NAT_FRAGS";
 pub const MAP_NAT_COUNTERS: &str = "NAT_COUNTERS";
 /// Array of one u64: the [`crate::layout::LAYOUT_STAMP`] of the build that made the maps.
 pub const MAP_NAT_LAYOUT: &str = "NAT_LAYOUT";
+/// Ring of new inbound flows not confirmed yet (eviction candidates), and its positions.
+pub const MAP_NAT_EVICT: &str = "NAT_EVICT";
+pub const MAP_NAT_EVICT_POS: &str = "NAT_EVICT_POS";
+/// LRU hash of a remote address to its [`crate::nat::RemoteRate`].
+pub const MAP_NAT_REMOTES: &str = "NAT_REMOTES";
 /// Array of one u32: how many `netns-nat trace` listen (0: no events written).
 pub const MAP_NAT_TRACE_ON: &str = "NAT_TRACE_ON";
 /// Ring buffer of [`crate::trace::TraceEvent`].
@@ -75,6 +85,7 @@ pub const PROGRAMS: &[&str] = &[
     PROG_NAT_FAST_OUT,
     PROG_XDP_FAST_OUT,
     PROG_XDP_FAST_IN,
+    PROG_NAT_MAINTAIN,
     PROG_SINK,
     PROG_SINK_TC,
     PROG_CEILING_TC,

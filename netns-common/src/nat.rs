@@ -9,10 +9,16 @@
 
 use core::net::Ipv4Addr;
 
-/// IP protocol numbers the NAT translates.
+/// IP protocol numbers the NAT translates with ports (ICMP echo: the identifier).
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+
+/// Whether the NAT translates `proto` with ports (TCP, UDP; ICMP echo by identifier). Every
+/// other protocol gets address-only translation (see [`SIDE_REMOTE`]).
+pub const fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
+}
 
 /// A wire-order address field as an address.
 pub const fn addr_from_wire(a: u32) -> Ipv4Addr {
@@ -34,6 +40,10 @@ pub const fn port_to_wire(p: u16) -> u16 {
 /// Which side of a binding a [`BindingKey`] names.
 pub const SIDE_INTERNAL: u8 = 0;
 pub const SIDE_EXTERNAL: u8 = 1;
+/// An address-only mapping (protocols without ports, as MASQUERADE does them): keyed by the
+/// protocol and the *remote* address, so one internal host at a time talks that protocol
+/// with that remote through the external address. One entry, no internal twin.
+pub const SIDE_REMOTE: u8 = 2;
 
 /// Key of the endpoint-independent mapping table: each binding is two entries, one keyed by
 /// its internal endpoint (`SIDE_INTERNAL`: internal address and port) and one by its
@@ -71,6 +81,26 @@ impl BindingKey {
             _pad2: 0,
         }
     }
+    /// The address-only mapping of `proto` with remote `rem_addr`.
+    pub const fn remote(proto: u8, rem_addr: u32) -> Self {
+        Self {
+            proto,
+            side: SIDE_REMOTE,
+            _pad: 0,
+            addr: rem_addr,
+            port: 0,
+            _pad2: 0,
+        }
+    }
+    /// The entry a flow keeps alive: its mapping's external entry, or for a protocol
+    /// without ports its address-only mapping.
+    pub const fn of_flow(key: &FlowKey, ext_addr: u32, ext_port: u16) -> Self {
+        if has_ports(key.proto) {
+            Self::external(key.proto, ext_addr, ext_port)
+        } else {
+            Self::remote(key.proto, key.rem_addr)
+        }
+    }
 }
 
 /// The binding is a port forward (DNAT): installed by user space, never expires.
@@ -78,22 +108,27 @@ pub const BINDING_STATIC: u32 = 1;
 
 /// Value of both entries of a binding: internal endpoint <-> external endpoint. The
 /// external entry is the one flows keep up to date (expiry, open TCP flows).
+///
+/// The first eight bytes (`ext_addr`, `ext_port`, `int_port`) are one aligned word
+/// ([`Binding::ext_word`]): the internal entry is moved to another external port by a
+/// compare-and-swap of that word, never by a delete and a new insert, and a reclaimer marks
+/// it dying (external address 0) the same way before it deletes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Binding {
-    pub int_addr: u32,
     pub ext_addr: u32,
-    pub int_port: u16,
     pub ext_port: u16,
+    pub int_port: u16,
+    pub int_addr: u32,
     pub flags: u32,
-    /// TCP: flows using the binding that have begun and not closed. Changed only by the CPU
-    /// that wins a flow's state change (compare-and-swap), atomically; a flow that expires
-    /// or is deleted while open is never taken off, which only holds the port until the
-    /// binding's own expiry, as before the count existed.
+    /// TCP: flows using the binding that have begun and not closed. Changed atomically, only
+    /// by the CPU that wins a flow's state change or its removal (compare-and-swap), so each
+    /// open flow is taken off exactly once.
     pub open_flows: u32,
     pub _pad: u32,
-    /// CLOCK_MONOTONIC ns after which the binding is free (static ones: never). Kept at the
-    /// latest expiry of the flows that use it.
+    /// CLOCK_MONOTONIC ns after which the binding is free (static ones: never); 0 while a
+    /// reclaimer removes it. Kept at the latest expiry of the flows that use it, always by
+    /// compare-and-swap.
     pub expires_ns: u64,
     /// TCP: while no flow is open, the binding is free from this time on (the transitory
     /// timeout after its last flow closed, or after it was made), so that a closed
@@ -102,7 +137,45 @@ pub struct Binding {
     pub idle_until_ns: u64,
 }
 
+/// Where [`Binding::ext_word`] sits.
+pub const BINDING_EXT_WORD: usize = core::mem::offset_of!(Binding, ext_addr);
+const _: () = {
+    assert!(BINDING_EXT_WORD == 0);
+    assert!(core::mem::offset_of!(Binding, ext_port) == 4);
+    assert!(core::mem::offset_of!(Binding, int_port) == 6);
+    assert!(core::mem::align_of::<Binding>() == 8);
+};
+
 impl Binding {
+    /// The aligned word of `ext_addr`, `ext_port` and `int_port`, as it is in memory.
+    pub const fn word(ext_addr: u32, ext_port: u16, int_port: u16) -> u64 {
+        let a = ext_addr.to_ne_bytes();
+        let p = ext_port.to_ne_bytes();
+        let i = int_port.to_ne_bytes();
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], i[0], i[1]])
+    }
+    /// The (external address, external port) a word names.
+    pub const fn unword(w: u64) -> (u32, u16) {
+        let b = w.to_ne_bytes();
+        (
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            u16::from_ne_bytes([b[4], b[5]]),
+        )
+    }
+    /// This binding's word.
+    pub const fn ext_word(&self) -> u64 {
+        Self::word(self.ext_addr, self.ext_port, self.int_port)
+    }
+    /// The word as a mutable u64, for a compare-and-swap.
+    pub fn ext_word_mut(&mut self) -> &mut u64 {
+        // Safety: `Binding` is #[repr(C)], aligned to 8, with `ext_addr`, `ext_port` and
+        // `int_port` filling its first 8 bytes (asserted above); any bits are valid there.
+        unsafe { &mut *(self as *mut Binding).cast::<u64>() }
+    }
+    /// An internal entry a reclaimer is removing (or an orphan): it names no port.
+    pub const fn is_dying(&self) -> bool {
+        self.ext_addr == 0
+    }
     pub const fn is_static(&self) -> bool {
         self.flags & BINDING_STATIC != 0
     }
@@ -121,6 +194,15 @@ impl Binding {
         now_ns >= self.free_at_ns()
     }
 }
+
+/// Index of a flow's two directions in its per-direction fields: from the internal host
+/// (outbound) and from the remote (inbound).
+pub const DIR_OUT: usize = 0;
+pub const DIR_IN: usize = 1;
+
+/// [`Flow::flags`]: the flow is confirmed (see [`Flow::confirmed`]); from then on it lives on
+/// its protocol's timeout and is never evicted to make room.
+pub const FLOW_CONFIRMED: u8 = 1;
 
 /// Key of the flow table: one entry per (internal endpoint, remote endpoint), found from
 /// both directions (inbound packets reach it through the binding), so a flow has no halves.
@@ -155,6 +237,11 @@ pub const ORIGIN_OUTBOUND: u8 = 0;
 pub const ORIGIN_INBOUND: u8 = 1;
 
 /// Value of the flow table.
+///
+/// Every write into a flow happens after a compare-and-swap of its `expires_ns` from the
+/// value the packet found (see `translate::flows`): a flow removed and its memory handed to
+/// another one meanwhile (the kernel reuses hash elements at once) has another expiry, so
+/// the swap fails and nothing is written. 0 means a remover has it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -173,9 +260,35 @@ pub struct Flow {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub bytes_in: u64,
+    /// TCP, per direction ([`DIR_OUT`], [`DIR_IN`]): the sequence number after the last
+    /// segment of the handshake phase (SYN + data), the last acknowledgement and the window
+    /// (raw), and the window scale (from the SYN's option; see `crate::tcp`).
+    pub tcp_end: [u32; 2],
+    pub tcp_ack: [u32; 2],
+    pub tcp_win: [u16; 2],
+    pub tcp_wscale: [u8; 2],
+    /// TCP: which of the fields above are known (`crate::tcp::SEEN_*`).
+    pub tcp_seen: u8,
+    /// [`FLOW_CONFIRMED`].
+    pub flags: u8,
 }
 
 impl Flow {
+    /// Whether the other side of the flow has answered: a packet against the flow's origin.
+    pub const fn replied(&self) -> bool {
+        if self.origin == ORIGIN_OUTBOUND {
+            self.packets_in != 0
+        } else {
+            self.packets_out != 0
+        }
+    }
+    /// Whether the flow is confirmed: set once it has been replied to and, for TCP,
+    /// established (the handshake done), for the others still active two seconds after it
+    /// began (as Linux conntrack's "assured": one spoofed datagram and its answer stay
+    /// unconfirmed).
+    pub const fn confirmed(&self) -> bool {
+        self.flags & FLOW_CONFIRMED != 0
+    }
     /// The aligned 64-bit word that holds `ext_addr`, `ext_port`, `state` and `origin`, as
     /// it is with `state` (in memory order): what an atomic compare-and-swap of the state
     /// compares (eBPF has no narrower one on every CPU version). The other three never change
@@ -207,12 +320,34 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
+/// What the first fragment of a datagram decided, for the fragments that follow: its ports
+/// (before translation), and whether the datagram is the router's own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragPorts {
     pub sport: u16,
     pub dport: u16,
+    /// [`FRAG_LOCAL`].
+    pub flags: u32,
+    /// After this the entry is forgotten (the fragments' reassembly time is over).
+    pub expires_ns: u64,
 }
+
+/// A remote address's count of new inbound flows in the current second (the bound
+/// [`NatConfig::new_per_remote`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteRate {
+    /// When the current one-second window began.
+    pub window_ns: u64,
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// The datagram is not the NAT's (it is for the router itself): its fragments pass untouched.
+pub const FRAG_LOCAL: u32 = 1;
+/// How long a datagram's fragments are recognised after its first (Linux's `ipfrag_time`).
+pub const FRAG_TIMEOUT_NS: u64 = 30 * SEC;
 
 /// An internal prefix: address and mask, both in wire order.
 #[repr(C)]
@@ -227,8 +362,12 @@ pub const MAX_INTERNAL: usize = 8;
 
 /// Filtering of inbound packets to a dynamic binding (RFC 4787 section 5).
 pub const FLAG_ENDPOINT_INDEPENDENT_FILTERING: u32 = 1;
-/// Drop (rather than pass) IP protocols the NAT cannot translate, leaving by the uplink.
+/// Drop IP protocols without ports leaving by the uplink (rather than give them
+/// address-only translation).
 pub const FLAG_DROP_UNSUPPORTED: u32 = 2;
+/// Let packets from outside to internal addresses be routed (rather than dropped): the
+/// plain router's behaviour, for labs that want it.
+pub const FLAG_INBOUND_ROUTE: u32 = 4;
 
 /// Inclusive range of host-order port numbers.
 #[repr(C)]
@@ -266,18 +405,26 @@ pub struct Timeouts {
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
     pub icmp_ns: u64,
+    /// Protocols without ports (address-only translation).
+    pub other_ns: u64,
+    /// A flow not confirmed yet (see [`Flow::confirmed`]), whatever its protocol.
+    pub unconfirmed_ns: u64,
 }
 
-const SEC: u64 = 1_000_000_000;
+/// A second in nanoseconds.
+pub const SEC: u64 = 1_000_000_000;
 
 impl Timeouts {
     /// The BCP defaults: UDP 5 min (RFC 4787 REQ-5), TCP established 2 h 4 min and
-    /// transitory 4 min (RFC 5382 REQ-5), ICMP query 60 s (RFC 5508 REQ-1).
+    /// transitory 4 min (RFC 5382 REQ-5), ICMP query 60 s (RFC 5508 REQ-1); other protocols
+    /// 10 min and unconfirmed flows 30 s (Linux conntrack's generic and unreplied UDP).
     pub const DEFAULT: Timeouts = Timeouts {
         udp_ns: 300 * SEC,
         tcp_established_ns: 7440 * SEC,
         tcp_transitory_ns: 240 * SEC,
         icmp_ns: 60 * SEC,
+        other_ns: 600 * SEC,
+        unconfirmed_ns: 30 * SEC,
     };
 }
 
@@ -297,6 +444,9 @@ pub struct NatConfig {
     /// ICMP echo identifiers.
     pub icmp_ids: PortRange,
     pub timeouts: Timeouts,
+    /// New inbound flows one remote address may open per second (0: no bound).
+    pub new_per_remote: u32,
+    pub _pad: u32,
 }
 
 impl NatConfig {
@@ -326,7 +476,7 @@ impl NatConfig {
         }
     }
 
-    /// Idle timeout of a flow of `proto` in TCP state `state`.
+    /// Idle timeout of a confirmed flow of `proto` in TCP state `state`.
     pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
         match proto {
             PROTO_TCP => {
@@ -337,7 +487,19 @@ impl NatConfig {
                 }
             }
             PROTO_UDP => self.timeouts.udp_ns,
-            _ => self.timeouts.icmp_ns,
+            PROTO_ICMP => self.timeouts.icmp_ns,
+            _ => self.timeouts.other_ns,
+        }
+    }
+
+    /// Idle timeout of a flow: its protocol's, or the shorter unconfirmed one until it is
+    /// confirmed.
+    pub const fn flow_timeout_ns(&self, proto: u8, state: u8, confirmed: bool) -> u64 {
+        let t = self.timeout_ns(proto, state);
+        if !confirmed && self.timeouts.unconfirmed_ns < t {
+            self.timeouts.unconfirmed_ns
+        } else {
+            t
         }
     }
 }
@@ -348,7 +510,11 @@ pub const MAX_PORT_TRIES: u32 = 64;
 
 /// The `i`-th external port to try (host order) for internal port `orig`: first the
 /// internal port itself when it is in range (port preservation, RFC 4787 REQ-3 is a MAY;
-/// users expect it), then consecutive ports from a random start, wrapping in the range.
+/// users expect it), then ports drawn independently across the range (a hash of the seed
+/// and `i`): consecutive probes would run into the clusters that consecutive probing itself
+/// builds, and fail where independent ones do not (see the test). A range no larger than
+/// the number of tries is walked from a random start instead, so that it is searched
+/// exhaustively.
 pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> Option<u16> {
     let len = range.len();
     if len == 0 {
@@ -357,9 +523,21 @@ pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> O
     if i == 0 && range.contains(orig) {
         return Some(orig);
     }
-    let start = seed % len;
-    let off = (start + i) % len;
+    let off = if len <= MAX_PORT_TRIES {
+        (seed % len + i) % len
+    } else {
+        mix32(seed ^ i.wrapping_mul(0x9e37_79b9)) % len
+    };
     Some((range.min as u32 + off) as u16)
+}
+
+/// A 32-bit finaliser (murmur3's): every input bit moves every output bit.
+pub const fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
 }
 
 /// TCP connection tracking states (after RFC 6146's simplified machine).
@@ -430,6 +608,7 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Whether a TCP flow in `state` holds its binding open: it has begun and not closed.
+#[inline(always)]
 pub const fn holds_binding(state: TcpState) -> bool {
     !matches!(state, TcpState::None | TcpState::Closed)
 }
@@ -437,6 +616,7 @@ pub const fn holds_binding(state: TcpState) -> bool {
 /// The state after a segment with `flags` travelling outbound (`outbound`) or inbound.
 /// Segments no TCP sends (SYN with FIN; anything but a first SYN or a RST without ACK)
 /// move nothing.
+#[inline(always)]
 pub const fn tcp_next(state: TcpState, outbound: bool, flags: u8) -> TcpState {
     use TcpState::*;
     let syn = flags & TCP_SYN != 0;
@@ -492,12 +672,16 @@ mod tests {
         assert_eq!(core::mem::size_of::<BindingKey>(), 1 + 1 + 2 + 4 + 2 + 2);
         assert_eq!(core::mem::size_of::<Binding>(), 4 + 4 + 2 + 2 + 4 + 4 + 4 + 8 + 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
-        assert_eq!(core::mem::size_of::<Flow>(), 4 + 2 + 1 + 1 + 8 * 8);
+        assert_eq!(
+            core::mem::size_of::<Flow>(),
+            4 + 2 + 1 + 1 + 8 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1
+        );
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
-        assert_eq!(core::mem::size_of::<Timeouts>(), 32);
+        assert_eq!(core::mem::size_of::<FragPorts>(), 2 + 2 + 4 + 8);
+        assert_eq!(core::mem::size_of::<Timeouts>(), 48);
         assert_eq!(
             core::mem::size_of::<NatConfig>(),
-            4 + 4 + 8 * MAX_INTERNAL + 4 + 4 + 4 + 4 + 32
+            4 + 4 + 8 * MAX_INTERNAL + 4 + 4 + 4 + 4 + 48 + 4 + 4
         );
     }
 
@@ -552,6 +736,37 @@ mod tests {
         assert_eq!(c.timeout_ns(PROTO_TCP, TcpState::Closed as u8), 240 * SEC);
         assert_eq!(c.timeout_ns(PROTO_UDP, 0), 300 * SEC);
         assert_eq!(c.timeout_ns(PROTO_ICMP, 0), 60 * SEC);
+        assert_eq!(
+            c.timeout_ns(47, 0),
+            600 * SEC,
+            "GRE, like every protocol without ports"
+        );
+        // Until confirmed, the shorter of the two.
+        assert_eq!(c.flow_timeout_ns(PROTO_UDP, 0, false), 30 * SEC);
+        assert_eq!(c.flow_timeout_ns(PROTO_UDP, 0, true), 300 * SEC);
+        let mut short = c;
+        short.timeouts.udp_ns = 10 * SEC;
+        assert_eq!(short.flow_timeout_ns(PROTO_UDP, 0, false), 10 * SEC);
+    }
+
+    #[test]
+    fn a_binding_word_is_its_first_eight_bytes() {
+        let mut b = Binding {
+            ext_addr: addr_to_wire(Ipv4Addr::new(192, 168, 1, 2)),
+            ext_port: port_to_wire(4000),
+            int_port: port_to_wire(5000),
+            int_addr: 7,
+            ..Binding::default()
+        };
+        let w = b.ext_word();
+        assert_eq!(*b.ext_word_mut(), w);
+        assert_eq!(Binding::unword(w), (b.ext_addr, b.ext_port));
+        *b.ext_word_mut() = Binding::word(0, b.ext_port, b.int_port);
+        assert!(b.is_dying());
+        assert_eq!(
+            (b.ext_port, b.int_port, b.int_addr),
+            (port_to_wire(4000), port_to_wire(5000), 7)
+        );
     }
 
     #[test]
@@ -645,6 +860,71 @@ mod tests {
         }
     }
 
+    /// How often a search of [`MAX_PORT_TRIES`] candidates fails in a range filled to
+    /// `occupancy` by the same search (so that the clusters a strategy builds are there),
+    /// with `candidate` as the strategy.
+    fn search_failure_rate(
+        occupancy: f64,
+        candidate: impl Fn(u16, PortRange, u32, u32) -> Option<u16>,
+    ) -> f64 {
+        let range = PortRange::new(1024, 65535);
+        let mut rng = 0x2545_f491_u32;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            rng
+        };
+        let mut taken = HashSet::new();
+        let target = (f64::from(range.len()) * occupancy) as usize;
+        while taken.len() < target {
+            let (orig, seed) = (1024 + (next() % 64512) as u16, next());
+            if let Some(p) = (0..MAX_PORT_TRIES)
+                .find_map(|i| candidate(orig, range, seed, i).filter(|p| !taken.contains(p)))
+            {
+                taken.insert(p);
+            }
+        }
+        let trials = 20_000;
+        let failed = (0..trials)
+            .filter(|_| {
+                let (orig, seed) = (1024 + (next() % 64512) as u16, next());
+                (0..MAX_PORT_TRIES)
+                    .all(|i| candidate(orig, range, seed, i).is_none_or(|p| taken.contains(&p)))
+            })
+            .count();
+        failed as f64 / f64::from(trials)
+    }
+
+    /// The strategy before independent probes: consecutive ports from a random start.
+    fn consecutive_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> Option<u16> {
+        if i == 0 && range.contains(orig) {
+            return Some(orig);
+        }
+        Some((u32::from(range.min) + (seed % range.len() + i) % range.len()) as u16)
+    }
+
+    #[test]
+    fn independent_probes_fail_less_than_consecutive_ones_in_a_crowded_range() {
+        let mut lines = std::vec::Vec::new();
+        for occupancy in [0.80, 0.85, 0.90, 0.95] {
+            let random = search_failure_rate(occupancy, port_candidate);
+            let consecutive = search_failure_rate(occupancy, consecutive_candidate);
+            lines.push(std::format!(
+                "{:.0} % occupied: {:.3} % of searches fail with independent probes, {:.3} % with consecutive ones",
+                occupancy * 100.0,
+                random * 100.0,
+                consecutive * 100.0
+            ));
+            if occupancy <= 0.90 {
+                // 0.9^63 = 0.13 %: independent probes fail about as often as chance says.
+                assert!(random < 0.005, "{}", lines.last().unwrap());
+                assert!(random < consecutive, "{}", lines.last().unwrap());
+            }
+        }
+        std::eprintln!("{}", lines.join("\n"));
+    }
+
     #[test]
     fn empty_range_has_no_candidate() {
         assert_eq!(port_candidate(5, PortRange::new(10, 9), 0, 0), None);
@@ -663,5 +943,6 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for RemoteRate {}
     unsafe impl aya::Pod for NatConfig {}
 }

@@ -50,6 +50,15 @@ pub trait Packet {
     fn other_vlan(&self) -> bool {
         false
     }
+    /// The interface the hook runs on (0 where unknown).
+    fn ifindex(&self) -> u32 {
+        0
+    }
+    /// The interface the packet last arrived on (at an egress hook: 0 for the router's own
+    /// packets, else the interface it was routed from; where unknown, 0).
+    fn arrived_on(&self) -> u32 {
+        0
+    }
 }
 
 /// The checksum (wire order) after a field of `size` bytes (2 or 4) changed from `from` to
@@ -98,6 +107,31 @@ pub const UDP_CSUM: usize = 6;
 pub const ICMP_CSUM: usize = 2;
 /// Offset of the TCP flags byte.
 pub const TCP_FLAGS: usize = 13;
+/// Offset of the TCP options (after the fixed header).
+pub const TCP_OPTIONS: usize = 20;
+
+/// The first 16 bytes of a TCP header as on the wire: ports, sequence and acknowledgement
+/// numbers, data offset and flags, window. One load where the fields are wanted together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpHead {
+    pub ports: [u16; 2],
+    pub seq: u32,
+    pub ack: u32,
+    /// Data offset (high nibble of the first byte) and flags (second byte).
+    pub off_flags: [u8; 2],
+    pub win: u16,
+}
+
+impl TcpHead {
+    pub const fn flags(&self) -> u8 {
+        self.off_flags[1]
+    }
+    /// The header's length in bytes.
+    pub const fn header_len(&self) -> usize {
+        (self.off_flags[0] >> 4) as usize * 4
+    }
+}
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -111,7 +145,7 @@ pub const IP_OFFSET: u16 = 0x1fff;
 
 /// The IPv4 header as on the wire (multi-byte fields in network order).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct IpHdr {
     pub ver_ihl: u8,
     pub tos: u8,
@@ -218,6 +252,7 @@ mod tests {
     #[test]
     fn header_layouts() {
         assert_eq!(core::mem::size_of::<IpHdr>(), 20);
+        assert_eq!(core::mem::size_of::<TcpHead>(), 16);
         assert_eq!(core::mem::size_of::<EthIp>(), ETH_HLEN + 20);
     }
 

@@ -19,7 +19,11 @@ use netns_common::{
     nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
 };
 
-use netns_common::translate::{self as nat, Res, Tables};
+use netns_common::{
+    packet::TcpHead,
+    tcp::Segment,
+    translate::{self as nat, Res, Tables},
+};
 
 use crate::{
     maps::{FAST_CONFIG, Maps, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
@@ -177,7 +181,8 @@ pub fn outbound<P: Hooked>(ctx: &P) -> Res<Action> {
     let Some(fc) = config(P::HOOK) else {
         return Ok(Action::Pass);
     };
-    let Some((h, cfg, _)) = nat::headers(ctx, &Maps)? else {
+    let maps = Maps::on(ctx.ctx());
+    let Some((h, cfg, _)) = nat::headers(ctx, &maps)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
@@ -191,12 +196,33 @@ pub fn outbound<P: Hooked>(ctx: &P) -> Res<Action> {
     if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
         return Ok(Action::Pass);
     }
-    or_slow(outbound_fast(ctx, cfg, fc, &ip)?)
+    or_slow(outbound_fast(ctx, &maps, cfg, fc, &ip)?)
+}
+
+/// The ports (wire order) and, for TCP, what the tracker needs of a fast-path segment (never
+/// a SYN: its options are not read), with one load.
+#[inline(always)]
+fn l4<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<([u16; 2], Segment)> {
+    if ip.proto != PROTO_TCP {
+        let p: [u16; 2] = ctx.load(L4).map_err(nat::malformed)?;
+        return Ok((p, Segment::default()));
+    }
+    let th: TcpHead = ctx.load(L4).map_err(nat::malformed)?;
+    let seg = Segment {
+        flags: th.flags(),
+        seq: u32::from_be(th.seq),
+        ack: u32::from_be(th.ack),
+        win: u16::from_be(th.win),
+        len: 0,
+        wscale: netns_common::tcp::WSCALE_NONE,
+    };
+    Ok((th.ports, seg))
 }
 
 #[inline(always)]
 fn outbound_fast<P: Hooked>(
     ctx: &P,
+    maps: &Maps,
     cfg: &NatConfig,
     fc: &FastConfig,
     ip: &IpHdr,
@@ -207,16 +233,17 @@ fn outbound_fast<P: Hooked>(
     if !ip_header_ok(ip) {
         return Ok(Err(Slow::IpChecksum));
     }
-    let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
+    let (p, seg) = l4(ctx, ip)?;
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
     }
-    let now = Maps.now();
-    let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]), now) else {
+    let now = maps.now();
+    let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
+    let Some((f, state)) = live_flow(&key, now) else {
         return Ok(Err(Slow::NoFlow));
     };
     if ip.proto == PROTO_TCP
-        && let Err(why) = fast_tcp(flags, state)
+        && let Err(why) = fast_tcp(seg.flags, state)
     {
         return Ok(Err(why));
     }
@@ -240,41 +267,48 @@ fn outbound_fast<P: Hooked>(
     if let Err(why) = aim(ctx, fc.uplink_ifindex, peer) {
         return Ok(Err(why));
     }
-    // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
-    nat::touch(
-        &Maps,
+    // Safety: as in `live_flow`; every write into it follows a compare-and-swap (`touch`).
+    if !nat::touch(
+        maps,
         cfg,
+        &key,
         unsafe { &mut *f },
-        ip.proto,
         true,
-        flags,
+        &seg,
         u64::from(ctx.len()),
         now,
-    );
+    )? {
+        return Ok(Err(Slow::NoFlow));
+    }
     nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     hop(ctx, ip)?;
     send(ctx, &fib.dmac, &fib.smac, peer, true).map(Ok)
 }
 
 /// Ingress of the uplink: inbound packets, before the slow path's translation (which
-/// runs only if this passes the packet on untouched).
+/// runs only if this passes the packet on untouched). A function of its own in the kernel,
+/// so that its stack frame and the slow path's are not one (the verifier allows 512 bytes
+/// along a chain of calls).
+#[inline(never)]
 pub fn inbound<P: Hooked>(ctx: &P) -> Res<Action> {
     let Some(fc) = config(P::HOOK) else {
         return Ok(Action::Pass);
     };
-    let Some((h, cfg, _)) = nat::headers(ctx, &Maps)? else {
+    let maps = Maps::on(ctx.ctx());
+    let Some((h, cfg, _)) = nat::headers(ctx, &maps)? else {
         return Ok(Action::Pass);
     };
     let ip = h.ip;
     if ip.dst != cfg.ext_addr {
         return Ok(Action::Pass);
     }
-    or_slow(inbound_fast(ctx, cfg, fc, &ip)?)
+    or_slow(inbound_fast(ctx, &maps, cfg, fc, &ip)?)
 }
 
 #[inline(always)]
 fn inbound_fast<P: Hooked>(
     ctx: &P,
+    maps: &Maps,
     cfg: &NatConfig,
     fc: &FastConfig,
     ip: &IpHdr,
@@ -285,20 +319,20 @@ fn inbound_fast<P: Hooked>(
     if !ip_header_ok(ip) {
         return Ok(Err(Slow::IpChecksum));
     }
-    let (p, flags) = nat::ports(ctx, ip.proto, L4)?;
+    let (p, seg) = l4(ctx, ip)?;
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
     }
-    let Some(b) = Maps.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
+    let Some(b) = maps.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
         return Ok(Err(Slow::NoFlow));
     };
-    let now = Maps.now();
-    let Some((f, state)) = live_flow(&FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]), now)
-    else {
+    let now = maps.now();
+    let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]);
+    let Some((f, state)) = live_flow(&key, now) else {
         return Ok(Err(Slow::NoFlow));
     };
     if ip.proto == PROTO_TCP
-        && let Err(why) = fast_tcp(flags, state)
+        && let Err(why) = fast_tcp(seg.flags, state)
     {
         return Ok(Err(why));
     }
@@ -314,17 +348,19 @@ fn inbound_fast<P: Hooked>(
     if let Err(why) = aim(ctx, n.ifindex, peer) {
         return Ok(Err(why));
     }
-    // Safety: as in `live_flow`; concurrent updates of counters may lose an increment.
-    nat::touch(
-        &Maps,
+    // Safety: as in `live_flow`; every write into it follows a compare-and-swap (`touch`).
+    if !nat::touch(
+        maps,
         cfg,
+        &key,
         unsafe { &mut *f },
-        ip.proto,
         false,
-        flags,
+        &seg,
         u64::from(ctx.len()),
         now,
-    );
+    )? {
+        return Ok(Err(Slow::NoFlow));
+    }
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
     hop(ctx, ip)?;
     send(ctx, &n.mac, &fc.gateway_mac, peer, false).map(Ok)

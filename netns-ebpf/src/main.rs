@@ -8,6 +8,7 @@
 
 mod ceiling;
 mod fast;
+mod maintain;
 mod maps;
 mod packet;
 mod sink;
@@ -17,7 +18,7 @@ mod xdp;
 
 use aya_ebpf::{
     bindings::{
-        TC_ACT_REDIRECT, TC_ACT_SHOT,
+        __sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     },
     helpers::bpf_redirect_neigh,
@@ -34,12 +35,12 @@ use netns_common::{
     trace::{
         HOOK_EGRESS, HOOK_FAST_IN_XDP, HOOK_FAST_OUT_TC, HOOK_FAST_OUT_XDP, HOOK_HAIRPIN, HOOK_INGRESS, tuple,
     },
-    translate::{self, Drop, Res},
+    translate::{self, Drop, Res, Step},
 };
 
 use crate::{
     maps::{Maps, UPLINK_COUNTERS, bump, count},
-    packet::{Action, Hooked, NEXT},
+    packet::{Action, NEXT},
     tc::Tc,
     xdp::Xdp,
 };
@@ -76,6 +77,40 @@ fn traced<P: Packet>(p: &P, hook: u8, step: impl FnOnce(&P) -> Res<Action>) -> R
     r
 }
 
+/// [`traced`] for the slow path's programs, whose own stack must stay short (their steps'
+/// frames sit under it): the tracing is done by functions of its own.
+#[inline(always)]
+fn traced_tc(p: &Tc, hook: u8, step: impl FnOnce(&Tc) -> Res<Action>) -> Res<Action> {
+    let on = maps::tracing();
+    if on {
+        nat_trace_begin(skb(p));
+    }
+    let r = step(p);
+    if on || (r.is_err() && level_enabled(Level::Debug)) {
+        nat_trace_end(skb(p), u32::from(hook), Drop::encode(r));
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_trace_begin(skb: *mut __sk_buff) -> i32 {
+    trace::begin(&Tc(TcContext::new(skb)));
+    0
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_trace_end(skb: *mut __sk_buff, hook: u32, outcome: i32) -> i32 {
+    let p = Tc(TcContext::new(skb));
+    let r = Drop::decode(outcome);
+    trace::end(&p, hook as u8, &r);
+    if let Err(d) = r {
+        log_drop(&p, hook as u8, d);
+    }
+    0
+}
+
 /// A drop as a debug record, with numbers only: string arguments make aya-log's code too
 /// long for the verifier on paths this many (the agent names hook and reason).
 #[inline(always)]
@@ -98,17 +133,199 @@ fn log_drop<P: Packet>(p: &P, hook: u8, d: Drop) {
     );
 }
 
+// The programs of the slow path run their steps one after another, each a global function:
+// the kernel verifies each once, on its own, rather than once for every way a program
+// reaches it, and their stack frames sit side by side under the program's rather than on
+// top of one another (the verifier allows 512 bytes along a chain of calls). A step returns
+// its outcome as a number (`Step::encode`).
+
+/// The skb a program was given, as the steps take it.
+#[inline(always)]
+fn skb(p: &Tc) -> *mut __sk_buff {
+    p.0.skb.skb
+}
+
+/// Runs a step on the packet `skb` (a global function's argument) with the tables.
+#[inline(always)]
+fn on_skb(skb: *mut __sk_buff, step: impl FnOnce(&Tc, &Maps) -> Res<Step>) -> i32 {
+    let p = Tc(TcContext::new(skb));
+    let maps = Maps::on(&p.0);
+    Step::encode(step(&p, &maps))
+}
+
+/// A step that ends the packet's way through the program.
+#[inline(always)]
+fn done(r: Res<Action>) -> Res<Step> {
+    r.map(Step::Done)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_egress_kind(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::egress_step)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_egress(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::egress_main)
+}
+
+/// The mapping of a flow's first packet (its external endpoint, `translate::encode_ext`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_egress_mapping(skb: *mut __sk_buff) -> i64 {
+    let p = Tc(TcContext::new(skb));
+    translate::encode_ext(translate::egress_mapping(&p, &Maps::on(&p.0)).map(Some))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_egress_new(skb: *mut __sk_buff, ext: i64) -> i32 {
+    on_skb(skb, |p, t| match translate::decode_ext(ext) {
+        Ok(Some(ext)) => done(translate::egress_new(p, t, ext)),
+        Ok(None) => Err(Drop::Malformed),
+        Err(d) => Err(d),
+    })
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_ingress_kind(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::ingress_step)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_ingress(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::ingress_main)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_ingress_new(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, |p, t| done(translate::ingress_new(p, t)))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_icmp_error(skb: *mut __sk_buff, ingress: u32) -> i32 {
+    on_skb(skb, |p, t| done(translate::icmp::error(p, t, ingress != 0)))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_frag_out(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, |p, t| done(translate::frags::outbound(p, t)))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_frag_in(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, |p, t| done(translate::frags::inbound(p, t)))
+}
+
+/// Hairpinning's steps: redirected when translated.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin_kind(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::hairpin_step)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, translate::hairpin_main)
+}
+
+/// Hairpinning of a non-first fragment.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin_frag(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, |p, t| {
+        translate::frags::hairpin(p, t).map(|h| Step::Done(if h { Action::Redirect } else { Action::Pass }))
+    })
+}
+
+/// Hairpinning's inbound flow, made once the outbound one is.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin_in(skb: *mut __sk_buff) -> i32 {
+    on_skb(skb, |p, t| translate::hairpin_in(p, t).map(|()| Step::New))
+}
+
+/// Hairpinning's first steps for a packet whose flows are made: the mapping of its outbound
+/// flow (none if that flow is live), then the flow, so that `nat_step_hairpin_new` finds it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin_mapping(skb: *mut __sk_buff) -> i64 {
+    let p = Tc(TcContext::new(skb));
+    translate::encode_ext(translate::hairpin_mapping(&p, &Maps::on(&p.0)))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_step_hairpin_out(skb: *mut __sk_buff, ext: i64) -> i32 {
+    on_skb(skb, |p, t| match translate::decode_ext(ext) {
+        Ok(Some(ext)) => translate::hairpin_out(p, t, ext).map(|()| Step::New),
+        Ok(None) => Ok(Step::New),
+        Err(d) => Err(d),
+    })
+}
+
+/// Runs `kind`, then the step it names (and the new-flow step after the main one when no
+/// live flow took the packet): `steps` are (ICMP error, fragment, main, new).
+#[inline(always)]
+fn run_steps(
+    p: &Tc,
+    kind: extern "C" fn(*mut __sk_buff) -> i32,
+    icmp: impl FnOnce(*mut __sk_buff) -> i32,
+    frag: impl FnOnce(*mut __sk_buff) -> i32,
+    main: extern "C" fn(*mut __sk_buff) -> i32,
+    new: impl FnOnce(*mut __sk_buff) -> i32,
+) -> Res<Action> {
+    let next = match Step::decode(kind(skb(p)))? {
+        Step::Done(a) => return Ok(a),
+        Step::IcmpError => icmp(skb(p)),
+        Step::Fragment => frag(skb(p)),
+        Step::Main | Step::New => match Step::decode(main(skb(p)))? {
+            Step::Done(a) => return Ok(a),
+            _ => new(skb(p)),
+        },
+    };
+    match Step::decode(next)? {
+        Step::Done(a) => Ok(a),
+        _ => Err(Drop::Malformed),
+    }
+}
+
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    tc_verdict(traced(&Tc(ctx), HOOK_EGRESS, |p| translate::egress(p, &Maps)))
+    tc_verdict(traced_tc(&Tc(ctx), HOOK_EGRESS, |p| {
+        run_steps(
+            p,
+            nat_step_egress_kind,
+            |s| nat_step_icmp_error(s, 0),
+            |s| nat_step_frag_out(s),
+            nat_step_egress,
+            |s| nat_step_egress_new(s, nat_step_egress_mapping(s)),
+        )
+    }))
 }
 
 /// The fast path first; what it passes on untouched, the slow path translates.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(traced(&Tc(ctx), HOOK_INGRESS, |p| {
+    tc_verdict(traced_tc(&Tc(ctx), HOOK_INGRESS, |p| {
         fast::inbound(p).and_then(|a| match a {
-            Action::Pass => translate::ingress(p, &Maps),
+            Action::Pass => run_steps(
+                p,
+                nat_step_ingress_kind,
+                |s| nat_step_icmp_error(s, 1),
+                |s| nat_step_frag_in(s),
+                nat_step_ingress,
+                |s| nat_step_ingress_new(s),
+            ),
             a => Ok(a),
         })
     }))
@@ -116,14 +333,32 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_verdict(traced(&Tc(ctx), HOOK_HAIRPIN, hairpin))
+    tc_verdict(traced_tc(&Tc(ctx), HOOK_HAIRPIN, hairpin))
 }
 
 /// Hairpinning: translated both ways, then sent straight back out of the port it came in
 /// by (the kernel resolves the next hop).
 #[inline(always)]
 fn hairpin(p: &Tc) -> Res<Action> {
-    if !translate::hairpin(p, &Maps)? {
+    let translated = run_steps(
+        p,
+        nat_step_hairpin_kind,
+        |_| Drop::encode(Ok(Action::Pass)),
+        |s| nat_step_hairpin_frag(s),
+        nat_step_hairpin,
+        |s| {
+            let out = nat_step_hairpin_out(s, nat_step_hairpin_mapping(s));
+            if Step::decode(out) != Ok(Step::New) {
+                return out;
+            }
+            let inb = nat_step_hairpin_in(s);
+            if Step::decode(inb) != Ok(Step::New) {
+                return inb;
+            }
+            nat_step_hairpin(s)
+        },
+    )?;
+    if translated != Action::Redirect {
         return Ok(Action::Pass);
     }
     // Safety: no parameters (the kernel looks up the next hop itself), no flags.
@@ -149,6 +384,13 @@ pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
     xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_IN_XDP, fast::inbound))
+}
+
+/// The tables' maintenance (expiry, removals, address changes): run by the agent and the
+/// command line with BPF_PROG_TEST_RUN, never attached.
+#[classifier]
+pub fn nat_maintain(ctx: TcContext) -> i32 {
+    maintain::run(&ctx)
 }
 
 #[xdp]

@@ -1,12 +1,17 @@
-//! The maps. Hash tables are not preallocated, so an element removed by one CPU is never
-//! reused under another CPU that still holds a pointer to it.
+//! The maps. The kernel hands a removed hash element to the next insert at once (even while
+//! another CPU still holds a pointer to it); `netns_common::translate` is written for that:
+//! every write into an entry is a compare-and-swap from a value read from it.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    EbpfContext,
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
     cty::c_void,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_skc_lookup_tcp,
+    },
     macros::map,
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -16,9 +21,14 @@ use netns_common::{
     fwd::{FastConfig, Neigh, NextHop},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig,
+        PROTO_TCP, PROTO_UDP, RemoteRate,
     },
     trace::TraceEvent,
-    translate::{InsertError, PortSearch, Tables, try_port},
+    translate::{
+        InsertError, PortSearch, Res, Tables,
+        flows::{EVICT_TRIES, Eviction, evict_step},
+        try_port,
+    },
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -66,6 +76,29 @@ pub static NAT_NEIGH: LruHashMap<u32, Neigh> = LruHashMap::with_max_entries(4096
 /// redirects go.
 #[map(name = "NAT_DEVMAP")]
 pub static NAT_DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// New inbound flows not confirmed yet, in the order they came (a ring): the candidates a
+/// full flow table evicts to make room (see `translate::flows`).
+#[map(name = "NAT_EVICT")]
+pub static NAT_EVICT: Array<FlowKey> = Array::with_max_entries(EVICT_SLOTS, 0);
+/// The ring's positions: [written, handed out], counting up (the slot is the count modulo
+/// its size).
+#[map(name = "NAT_EVICT_POS")]
+pub static NAT_EVICT_POS: Array<u64> = Array::with_max_entries(2, 0);
+const EVICT_SLOTS: u32 = 65_536;
+
+/// The port search a step runs (a step's stack cannot hold it and the rest).
+#[map(name = "NAT_SEARCH")]
+pub static NAT_SEARCH: PerCpuArray<PortSearch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The flow a step is making (a step's stack cannot hold it and the rest).
+#[map(name = "NAT_NEW_FLOW")]
+pub static NAT_NEW_FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Remote addresses' new inbound flows in the current second; LRU, as only busy remotes
+/// matter.
+#[map(name = "NAT_REMOTES")]
+pub static NAT_REMOTES: LruHashMap<u32, RemoteRate> = LruHashMap::with_max_entries(65_536, 0);
 
 /// First fragments' ports; LRU because an entry only matters for the fragments that follow.
 #[map(name = "NAT_FRAGS")]
@@ -117,8 +150,41 @@ pub fn count(c: NatCounter) {
     }
 }
 
-/// The NAT's state as `netns_common::translate` sees it: these maps and the helpers.
-pub struct Maps;
+/// The NAT's state as `netns_common::translate` sees it: these maps and the helpers, and
+/// the context of the program that runs the step (for the kernel's socket lookups).
+pub struct Maps {
+    ctx: *mut c_void,
+}
+
+impl Maps {
+    /// The tables for a step of the program given `ctx`.
+    #[inline(always)]
+    pub fn on<C: EbpfContext>(ctx: &C) -> Maps {
+        Maps { ctx: ctx.as_ptr() }
+    }
+}
+
+/// Adds one to a shared counter; its value before (`atomic_xadd`'s own return value is
+/// not available at this BPF CPU version, a compare-and-swap is).
+#[inline(always)]
+fn fetch_inc(word: *mut u64) -> u64 {
+    // Safety: an aligned u64 of an array element, read and swapped atomically.
+    unsafe {
+        let mut seen = *word;
+        for _ in 0..4 {
+            let (found, won) = atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                word,
+                seen,
+                seen + 1,
+            );
+            if won {
+                break;
+            }
+            seen = found;
+        }
+        seen
+    }
+}
 
 impl Tables for Maps {
     #[inline(always)]
@@ -215,7 +281,115 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn insert_flow(&self, key: &FlowKey, f: &Flow) -> Result<(), InsertError> {
-        NAT_FLOWS.insert(key, f, 0).map_err(insert_error)
+        NAT_FLOWS
+            .insert(key, f, u64::from(BPF_NOEXIST))
+            .map_err(insert_error)
+    }
+
+    #[inline(always)]
+    fn remove_flow(&self, key: &FlowKey) {
+        let _ = NAT_FLOWS.remove(key);
+    }
+
+    #[inline(always)]
+    fn with_new_flow<R>(&self, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
+        // Safety: this CPU's slot from a successful lookup; nothing else on this CPU runs
+        // while the program does.
+        NAT_NEW_FLOW.get_ptr_mut(0).map(|p| f(unsafe { &mut *p }))
+    }
+
+    #[inline(always)]
+    fn note_unconfirmed(&self, key: &FlowKey) {
+        let Some(written) = NAT_EVICT_POS.get_ptr_mut(0) else {
+            return;
+        };
+        // CPUs share the ring: the count before is this key's place.
+        let n = fetch_inc(written);
+        if let Some(slot) = NAT_EVICT.get_ptr_mut((n % u64::from(EVICT_SLOTS)) as u32) {
+            // Safety: an element of the ring from a successful lookup. Two CPUs write one slot
+            // only a whole ring apart; a torn key names no flow, or one the caller checks.
+            unsafe { *slot = *key };
+        }
+    }
+
+    #[inline(always)]
+    fn evict_candidate(&self) -> Option<FlowKey> {
+        let written = NAT_EVICT_POS.get_ptr_mut(0)?;
+        let taken = NAT_EVICT_POS.get_ptr_mut(1)?;
+        // Safety: an aligned u64 of an array element.
+        let w = unsafe { *written };
+        let mut t = fetch_inc(taken);
+        if t >= w {
+            // Nothing left: give the count back.
+            // Safety: as above; the kernel's atomic add.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(taken, u64::MAX) };
+            return None;
+        }
+        if w - t > u64::from(EVICT_SLOTS) {
+            // The oldest were written over: start at the oldest still there.
+            t = w - u64::from(EVICT_SLOTS);
+            // Safety: as above; a plain store, as losing it only repeats a candidate.
+            unsafe { *taken = t + 1 };
+        }
+        // Safety: an element from a successful lookup, copied at once.
+        NAT_EVICT
+            .get_ptr((t % u64::from(EVICT_SLOTS)) as u32)
+            .map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn evict(&self, e: &mut Eviction) {
+        e.hook = self.ctx as usize;
+        // Safety: as in `search_ports`.
+        unsafe {
+            bpf_loop(
+                EVICT_TRIES,
+                evict_try as *mut c_void,
+                (e as *mut Eviction).cast(),
+                0,
+            )
+        };
+    }
+
+    #[inline(always)]
+    fn with_remote<R>(&self, addr: u32, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
+        // Safety: as in `with_binding`; a count a reused element loses is one second's.
+        NAT_REMOTES.get_ptr_mut(addr).map(|p| f(unsafe { &mut *p }))
+    }
+
+    #[inline(always)]
+    fn insert_remote(&self, addr: u32, r: &RemoteRate) {
+        let _ = NAT_REMOTES.insert(addr, r, 0);
+    }
+
+    #[inline(always)]
+    fn router_socket(&self, proto: u8, local: (u32, u16), remote: (u32, u16)) -> bool {
+        // Safety: a zeroed plain-data union.
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        // Safety: writing the IPv4 member of the union.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = remote.0;
+            t.sport = remote.1;
+            t.daddr = local.0;
+            t.dport = local.1;
+        }
+        let size = core::mem::size_of::<[u32; 3]>() as u32;
+        let netns = BPF_F_CURRENT_NETNS as u64;
+        // Safety: the program's own context, a tuple of the size given; a socket found is
+        // released at once (the verifier insists).
+        unsafe {
+            let sk = match proto {
+                PROTO_TCP => bpf_skc_lookup_tcp(self.ctx, &mut tuple, size, netns, 0).cast::<c_void>(),
+                PROTO_UDP => bpf_sk_lookup_udp(self.ctx, &mut tuple, size, netns, 0).cast::<c_void>(),
+                _ => return false,
+            };
+            if sk.is_null() {
+                return false;
+            }
+            bpf_sk_release(sk);
+        }
+        true
     }
 
     #[inline(always)]
@@ -230,28 +404,67 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn search_ports(&self, s: &mut PortSearch) {
-        // bpf_loop: the verifier checks the step once, not once per candidate (64 unrolled
-        // searches, each followed by the rest of the program, exceed its budget).
-        // Safety: a static callback and a pointer to the caller's stack, as the helper
-        // takes them; the callback casts it back to what it is.
-        unsafe {
-            bpf_loop(
-                MAX_PORT_TRIES,
-                port_step as *mut c_void,
-                (s as *mut PortSearch).cast(),
-                0,
-            )
-        };
+    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(u32, u16)>> {
+        let slot = NAT_SEARCH.get_ptr_mut(0)?;
+        // Safety: this CPU's slot from a successful lookup; nothing else on this CPU runs
+        // while the program does.
+        init(unsafe { &mut *slot });
+        nat_port_search(self.ctx.cast());
+        // Safety: as above.
+        unsafe { (*slot).found }
     }
+}
+
+/// The hook's context, for the steps of a search (on the stack: the helper passes a stack
+/// pointer to them, and a map cannot hold a pointer).
+struct Hook {
+    ctx: *mut c_void,
+}
+
+/// The port search of this CPU's `NAT_SEARCH` slot: a global function, which the kernel
+/// verifies once on its own rather than once for every state a program reaches it in.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_port_search(ctx: *mut __sk_buff) -> i32 {
+    let mut hook = Hook { ctx: ctx.cast() };
+    // bpf_loop: the verifier checks the step once, not once per candidate (64 unrolled
+    // searches, each followed by the rest of the program, exceed its budget).
+    // Safety: a static callback and a pointer to this stack, as the helper takes them; the
+    // callback casts it back to what it is.
+    unsafe {
+        bpf_loop(
+            MAX_PORT_TRIES,
+            port_step as *mut c_void,
+            (&mut hook as *mut Hook).cast(),
+            0,
+        );
+    }
+    0
 }
 
 /// One step of `search_ports`: 1 ends the loop.
 #[inline(never)]
 extern "C" fn port_step(i: u64, ctx: *mut c_void) -> i64 {
-    // Safety: `search_ports` passes its `&mut PortSearch`, which outlives the loop.
-    let s = unsafe { &mut *ctx.cast::<PortSearch>() };
-    i64::from(try_port(&Maps, s, i as u32))
+    // Safety: `nat_port_search` passes its `Hook`, which outlives the loop.
+    let maps = Maps {
+        ctx: unsafe { (*ctx.cast::<Hook>()).ctx },
+    };
+    let Some(s) = NAT_SEARCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // Safety: as in `search_ports`.
+    i64::from(try_port(&maps, unsafe { &mut *s }, i as u32))
+}
+
+/// One try of `evict`: 1 ends the loop.
+#[inline(never)]
+extern "C" fn evict_try(_i: u64, ctx: *mut c_void) -> i64 {
+    // Safety: `evict` passes its `&mut Eviction`, which outlives the loop.
+    let e = unsafe { &mut *ctx.cast::<Eviction>() };
+    let maps = Maps {
+        ctx: e.hook as *mut c_void,
+    };
+    i64::from(evict_step(&maps, e))
 }
 
 #[inline(always)]

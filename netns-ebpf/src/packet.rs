@@ -28,8 +28,6 @@ pub trait Hooked: Packet {
     type Ctx: EbpfContext;
     /// The context the program was given.
     fn ctx(&self) -> &Self::Ctx;
-    /// The interface the packet arrived on.
-    fn ifindex(&self) -> u32;
     /// The IPv4 length the FIB lookup checks against the MTU (0: the kernel checks the
     /// packet itself).
     fn fib_tot_len(&self, ip: &IpHdr) -> u16;

@@ -48,6 +48,18 @@ impl Packet for Tc {
         // VLAN 0 (a priority tag) is this interface's own traffic.
         present != 0 && tci & 0x0fff != 0
     }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: reading a field of the skb the program was given.
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn arrived_on(&self) -> u32 {
+        // Safety: as in `ifindex`.
+        unsafe { (*self.0.skb.skb).ingress_ifindex }
+    }
 }
 
 impl Hooked for Tc {
@@ -59,12 +71,6 @@ impl Hooked for Tc {
     #[inline(always)]
     fn ctx(&self) -> &TcContext {
         &self.0
-    }
-
-    #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        // Safety: reading a field of the skb the program was given.
-        unsafe { (*self.0.skb.skb).ifindex }
     }
 
     #[inline(always)]

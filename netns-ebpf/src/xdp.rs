@@ -60,6 +60,16 @@ impl Packet for Xdp {
     fn len(&self) -> u32 {
         (self.0.data_end() - self.0.data()) as u32
     }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn arrived_on(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
+    }
 }
 
 impl Hooked for Xdp {
@@ -71,11 +81,6 @@ impl Hooked for Xdp {
     #[inline(always)]
     fn ctx(&self) -> &XdpContext {
         &self.0
-    }
-
-    #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        self.0.ingress_ifindex() as u32
     }
 
     #[inline(always)]

@@ -315,13 +315,29 @@ pub enum Filtering {
     EndpointIndependent,
 }
 
-/// What to do with IP protocols the NAT does not translate, leaving by the uplink.
+/// What to do with IP protocols without ports (GRE, ESP, SCTP ...) leaving by the uplink.
+/// Never "pass": that would carry internal addresses out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unsupported {
+    /// Address-only translation, as MASQUERADE does: one internal host at a time talks a
+    /// protocol with a given remote.
     #[default]
-    Pass,
+    Nat,
     Drop,
+}
+
+/// What to do with packets from outside to internal addresses (a host on the uplink's
+/// network with a route to the internal prefix via the router) that belong to no flow or
+/// forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inbound {
+    /// Dropped and counted (`drop_inbound`): nothing gets in but through a flow or a forward.
+    #[default]
+    Drop,
+    /// Routed, as a plain router would.
+    Route,
 }
 
 /// An inclusive port range written `min-max`.
@@ -362,6 +378,11 @@ pub struct TimeoutSpec {
     pub tcp_established: u64,
     pub tcp_transitory: u64,
     pub icmp: u64,
+    /// Protocols without ports (address-only translation).
+    pub other: u64,
+    /// A flow until it is confirmed: replied to and, for TCP, through its handshake (for
+    /// the others, still going after 2 s).
+    pub unconfirmed: u64,
     /// Accept a UDP timeout under the RFC 4787 minimum of 120 s (for tests).
     pub allow_short: bool,
 }
@@ -373,6 +394,8 @@ impl Default for TimeoutSpec {
             tcp_established: 7440,
             tcp_transitory: 240,
             icmp: 60,
+            other: 600,
+            unconfirmed: 30,
             allow_short: false,
         }
     }
@@ -383,6 +406,9 @@ impl Default for TimeoutSpec {
 pub struct EbpfNatSpec {
     pub filtering: Filtering,
     pub unsupported: Unsupported,
+    pub inbound: Inbound,
+    /// New inbound flows one remote address may open per second (0: no bound).
+    pub new_per_remote: u32,
     /// External ports for internal ports >= 1024.
     pub ports: Ports,
     /// External ports for internal ports < 1024.
@@ -439,6 +465,8 @@ impl Default for EbpfNatSpec {
         EbpfNatSpec {
             filtering: Filtering::default(),
             unsupported: Unsupported::default(),
+            inbound: Inbound::default(),
+            new_per_remote: 1000,
             ports: Ports {
                 min: 1024,
                 max: 65535,
@@ -822,8 +850,32 @@ impl EbpfNatSpec {
                 t.udp
             ));
         }
-        if [t.udp, t.tcp_established, t.tcp_transitory, t.icmp].contains(&0) {
+        if [
+            t.udp,
+            t.tcp_established,
+            t.tcp_transitory,
+            t.icmp,
+            t.other,
+            t.unconfirmed,
+        ]
+        .contains(&0)
+        {
             return bad("timeouts must be at least 1 s".into());
+        }
+        // Nanoseconds in a u64, with room for "now" added to them.
+        const YEAR: u64 = 365 * 24 * 3600;
+        if [
+            t.udp,
+            t.tcp_established,
+            t.tcp_transitory,
+            t.icmp,
+            t.other,
+            t.unconfirmed,
+        ]
+        .iter()
+        .any(|&v| v > 10 * YEAR)
+        {
+            return bad("timeouts must be at most ten years".into());
         }
         if self.ports.min < 1024 {
             return bad(format!(

@@ -62,11 +62,17 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
+    tcp_at(sport, dport, flags, 1000, 2000, payload)
+}
+
+/// A TCP segment with its sequence and acknowledgement numbers (a RST or FIN must lie in the
+/// receiver's window to change anything).
+fn tcp_at(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
     L4::Tcp {
         sport,
         dport,
-        seq: 1000,
-        ack: 2000,
+        seq,
+        ack,
         flags,
         window: 65535,
         payload,
@@ -195,31 +201,35 @@ fn tcp_handshake_data_and_close_move_the_state_machine() {
     let out = run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &tcp(41000, 80, SYN, b"")));
     assert_frame(&out, &frame(EXT, LAN, &tcp(41000, 80, SYN, b"")));
     assert_eq!(state(&bed), Some(TcpState::SynOut as u8));
+    // The inside host's sequence numbers from 1000, the remote's from 5000.
     let back = run(
         &bed,
         PROG_NAT_INGRESS,
-        &frame(LAN, EXT, &tcp(80, 41000, SYN | ACK, b"")),
+        &frame(LAN, EXT, &tcp_at(80, 41000, SYN | ACK, 5000, 1001, b"")),
     );
-    assert_frame(&back, &frame(LAN, RED, &tcp(80, 41000, SYN | ACK, b"")));
+    assert_frame(
+        &back,
+        &frame(LAN, RED, &tcp_at(80, 41000, SYN | ACK, 5000, 1001, b"")),
+    );
     assert_eq!(state(&bed), Some(TcpState::Established as u8));
     let data = vec![0xa5u8; 1200];
     let out = run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(RED, LAN, &tcp(41000, 80, ACK, &data)),
+        &frame(RED, LAN, &tcp_at(41000, 80, ACK, 1001, 5001, &data)),
     );
-    assert_frame(&out, &frame(EXT, LAN, &tcp(41000, 80, ACK, &data)));
+    assert_frame(&out, &frame(EXT, LAN, &tcp_at(41000, 80, ACK, 1001, 5001, &data)));
     // Segments that must not move an established flow: no flags at all, SYN+FIN.
     for flags in [0, SYN | FIN, SYN | FIN | ACK] {
         run(
             &bed,
             PROG_NAT_EGRESS,
-            &frame(RED, LAN, &tcp(41000, 80, flags, b"")),
+            &frame(RED, LAN, &tcp_at(41000, 80, flags, 2201, 5001, b"")),
         );
         run(
             &bed,
             PROG_NAT_INGRESS,
-            &frame(LAN, EXT, &tcp(80, 41000, flags, b"")),
+            &frame(LAN, EXT, &tcp_at(80, 41000, flags, 5001, 2201, b"")),
         );
         assert_eq!(
             state(&bed),
@@ -230,13 +240,13 @@ fn tcp_handshake_data_and_close_move_the_state_machine() {
     run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(RED, LAN, &tcp(41000, 80, FIN | ACK, b"")),
+        &frame(RED, LAN, &tcp_at(41000, 80, FIN | ACK, 2201, 5001, b"")),
     );
     assert_eq!(state(&bed), Some(TcpState::FinOut as u8));
     run(
         &bed,
         PROG_NAT_INGRESS,
-        &frame(LAN, EXT, &tcp(80, 41000, FIN | ACK, b"")),
+        &frame(LAN, EXT, &tcp_at(80, 41000, FIN | ACK, 5001, 2202, b"")),
     );
     assert_eq!(state(&bed), Some(TcpState::Closed as u8));
 }
@@ -751,4 +761,33 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop_tc() {
 #[test]
 fn the_fast_path_rewrites_and_redirects_to_the_next_hop_xdp() {
     the_fast_path_rewrites_and_redirects_to_the_next_hop(true);
+}
+
+/// Every program passes the verifier at every diagnostics level (the logging code grows the
+/// programs; a level that makes one too complex would refuse `up --log-level`), and what
+/// each costs the verifier is in the summary (`cargo xtask test` prints it).
+#[test]
+fn every_program_passes_the_verifier_at_every_log_level() {
+    if !privileged("verifier") {
+        return;
+    }
+    let mut lines = Vec::new();
+    for level in 0u8..=5 {
+        let costs = netns_user::bpf::progtest::verifier_costs(level).expect("object loads");
+        let mut text = Vec::new();
+        for (name, cost) in costs {
+            match cost {
+                Ok(n) => text.push(format!("{name} {n}")),
+                Err(e) => panic!("log level {level}: the verifier refused {name}: {e}"),
+            }
+        }
+        text.sort();
+        lines.push(format!("  log level {level}: {}", text.join(", ")));
+    }
+    let text = format!(
+        "verifier: instructions processed per program\n{}",
+        lines.join("\n")
+    );
+    println!("{text}");
+    netns_tests::record_summary("verifier", &text);
 }

@@ -24,8 +24,8 @@ use netns_common::{
     counters::NatCounter,
     host::{Frame, MemTables, Sizes},
     nat::{
-        BindingKey, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, SIDE_EXTERNAL, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN, Timeouts, addr_to_wire,
+        BindingKey, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, SIDE_EXTERNAL, SIDE_REMOTE,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Timeouts, addr_to_wire,
     },
     packet::Action,
     translate::{self, Drop, Tables},
@@ -98,11 +98,17 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
+    tcp_at(sport, dport, flags, 7, 9, payload)
+}
+
+/// A TCP segment with its sequence and acknowledgement numbers (a RST or FIN must lie in the
+/// receiver's window to change anything).
+fn tcp_at(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
     L4::Tcp {
         sport,
         dport,
-        seq: 7,
-        ack: 9,
+        seq,
+        ack,
         flags,
         window: 512,
         payload,
@@ -339,6 +345,10 @@ fn check_tables(t: &MemTables) {
         .map(|(k, b)| ((k.proto, k.side, k.addr, k.port), (k, b)))
         .collect();
     for (k, b) in bindings.values() {
+        if k.side == SIDE_REMOTE {
+            // An address-only mapping is one entry.
+            continue;
+        }
         let twin = if k.side == SIDE_EXTERNAL {
             BindingKey::internal(k.proto, b.int_addr, b.int_port)
         } else {
@@ -357,7 +367,7 @@ fn check_tables(t: &MemTables) {
         if f.expires_ns <= now {
             continue;
         }
-        let b = t.binding(&BindingKey::external(k.proto, f.ext_addr, f.ext_port));
+        let b = t.binding(&BindingKey::of_flow(&k, f.ext_addr, f.ext_port));
         assert!(
             b.is_some_and(|b| b.int_addr == k.int_addr
                 && b.int_port == k.int_port
@@ -543,27 +553,38 @@ fn closed_tcp_connections_give_their_ports_back() {
         for h in 0..4u8 {
             let host = Ipv4Addr::new(192, 168, 15, 20 + round * 4 + h);
             let sport = 41000;
-            let out = |flags| run(&t, Step::Egress, &frame(host, LAN, &tcp(sport, 443, flags, b""))).0;
-            assert_eq!(out(TCP_SYN), Ok(Action::Pass), "round {round} host {h}: a port");
+            let out = |flags, seq, ack| {
+                run(
+                    &t,
+                    Step::Egress,
+                    &frame(host, LAN, &tcp_at(sport, 443, flags, seq, ack, b"")),
+                )
+                .0
+            };
+            assert_eq!(
+                out(TCP_SYN, 100, 0),
+                Ok(Action::Pass),
+                "round {round} host {h}: a port"
+            );
             let ext = t
                 .flows()
                 .into_iter()
                 .find(|(k, _)| k.int_addr == addr_to_wire(host))
                 .map(|(_, f)| f.ext_port)
                 .unwrap();
-            let back = |flags| {
+            let back = |flags, seq, ack| {
                 run(
                     &t,
                     Step::Ingress,
-                    &frame(LAN, EXT, &tcp(443, u16::from_be(ext), flags, b"")),
+                    &frame(LAN, EXT, &tcp_at(443, u16::from_be(ext), flags, seq, ack, b"")),
                 )
                 .0
             };
-            assert_eq!(back(TCP_SYN | TCP_ACK), Ok(Action::Pass));
-            assert_eq!(out(TCP_ACK), Ok(Action::Pass));
-            assert_eq!(out(TCP_FIN | TCP_ACK), Ok(Action::Pass));
-            assert_eq!(back(TCP_FIN | TCP_ACK), Ok(Action::Pass));
-            assert_eq!(out(TCP_ACK), Ok(Action::Pass));
+            assert_eq!(back(TCP_SYN | TCP_ACK, 500, 101), Ok(Action::Pass));
+            assert_eq!(out(TCP_ACK, 101, 501), Ok(Action::Pass));
+            assert_eq!(out(TCP_FIN | TCP_ACK, 101, 501), Ok(Action::Pass));
+            assert_eq!(back(TCP_FIN | TCP_ACK, 501, 102), Ok(Action::Pass));
+            assert_eq!(out(TCP_ACK, 102, 502), Ok(Action::Pass));
         }
         // Every port is held by a closed connection for the transitory timeout (RFC 5382
         // REQ-5), then free.
@@ -594,18 +615,31 @@ fn an_open_connection_keeps_its_port_when_a_sibling_closes() {
     });
     let red = Ipv4Addr::new(192, 168, 15, 1);
     let (a, b) = (Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(192, 168, 1, 11));
-    let out = |to: Ipv4Addr, flags| run(&t, Step::Egress, &frame(red, to, &tcp(41000, 443, flags, b""))).0;
-    let back =
-        |from: Ipv4Addr, flags| run(&t, Step::Ingress, &frame(from, EXT, &tcp(443, 30000, flags, b"")));
+    // Sequence numbers: the inside host's from 100, the remote's from 500.
+    let out = |to: Ipv4Addr, flags, seq, ack| {
+        run(
+            &t,
+            Step::Egress,
+            &frame(red, to, &tcp_at(41000, 443, flags, seq, ack, b"")),
+        )
+        .0
+    };
+    let back = |from: Ipv4Addr, flags, seq, ack| {
+        run(
+            &t,
+            Step::Ingress,
+            &frame(from, EXT, &tcp_at(443, 30000, flags, seq, ack, b"")),
+        )
+    };
     for remote in [a, b] {
-        assert_eq!(out(remote, TCP_SYN), Ok(Action::Pass));
-        assert_eq!(back(remote, TCP_SYN | TCP_ACK).0, Ok(Action::Pass));
-        assert_eq!(out(remote, TCP_ACK), Ok(Action::Pass));
+        assert_eq!(out(remote, TCP_SYN, 100, 0), Ok(Action::Pass));
+        assert_eq!(back(remote, TCP_SYN | TCP_ACK, 500, 101).0, Ok(Action::Pass));
+        assert_eq!(out(remote, TCP_ACK, 101, 501), Ok(Action::Pass));
     }
     // a closes both ways.
-    assert_eq!(out(a, TCP_FIN | TCP_ACK), Ok(Action::Pass));
-    assert_eq!(back(a, TCP_FIN | TCP_ACK).0, Ok(Action::Pass));
-    assert_eq!(out(a, TCP_ACK), Ok(Action::Pass));
+    assert_eq!(out(a, TCP_FIN | TCP_ACK, 101, 501), Ok(Action::Pass));
+    assert_eq!(back(a, TCP_FIN | TCP_ACK, 501, 102).0, Ok(Action::Pass));
+    assert_eq!(out(a, TCP_ACK, 102, 502), Ok(Action::Pass));
     let closed = t.config().unwrap().timeouts.tcp_transitory_ns;
     for _ in 0..4 {
         t.advance(closed);
@@ -616,14 +650,14 @@ fn an_open_connection_keeps_its_port_when_a_sibling_closes() {
             run(&t, Step::Egress, &frame(other, b, &tcp(50000, 443, TCP_SYN, b""))).0,
             Err(Drop::NoPort)
         );
-        let (v, got) = back(b, TCP_ACK);
+        let (v, got) = back(b, TCP_ACK, 501, 101);
         assert_eq!(v, Ok(Action::Pass));
-        assert_same(&got, &frame(b, red, &tcp(443, 41000, TCP_ACK, b"")));
-        assert_eq!(out(b, TCP_ACK), Ok(Action::Pass));
+        assert_same(&got, &frame(b, red, &tcp_at(443, 41000, TCP_ACK, 501, 101, b"")));
+        assert_eq!(out(b, TCP_ACK, 101, 501), Ok(Action::Pass));
         check_tables(&t);
     }
     // b closes: after the transitory timeout the port is free.
-    assert_eq!(out(b, TCP_RST), Ok(Action::Pass));
+    assert_eq!(out(b, TCP_RST, 101, 0), Ok(Action::Pass));
     t.advance(closed + 1);
     let other = Ipv4Addr::new(192, 168, 15, 77);
     assert_eq!(

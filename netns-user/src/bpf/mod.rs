@@ -1,6 +1,7 @@
 //! The embedded eBPF object: loading it into a lab's router, attaching it, pinning it per
 //! lab, and reading what it counted.
 
+pub mod maintain;
 pub mod progtest;
 
 use std::{
@@ -21,11 +22,12 @@ use netns_common::{
     layout::LAYOUT_STAMP,
     names::{
         MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
-        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_FRAGS, MAP_NAT_LAYOUT, MAP_NAT_NEIGH,
-        MAP_NAT_TRACE, MAP_NAT_TRACE_ON, MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_ROOT, PROG_CEILING_TC,
-        PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_SINK,
-        PROG_SINK_TC, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN,
-        PROG_XDP_FAST_OUT, full_program_name,
+        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_EVICT, MAP_NAT_EVICT_POS, MAP_NAT_FLOWS, MAP_NAT_FRAGS,
+        MAP_NAT_LAYOUT, MAP_NAT_NEIGH, MAP_NAT_REMOTES, MAP_NAT_TRACE, MAP_NAT_TRACE_ON, MAP_SINK_COUNTERS,
+        MAP_UPLINK_COUNTERS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_CEILING_TC, PROG_CEILING_XDP, PROG_NAT_EGRESS,
+        PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_NAT_MAINTAIN, PROG_SINK, PROG_SINK_TC,
+        PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT,
+        full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -342,12 +344,36 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         let mut links = attach(&mut ebpf, &hooks)?;
         // XDP after TC: by the time frames skip the stack, the slow path is in place.
         links.extend(attach_xdp_links(&mut ebpf, &xdp_hooks)?);
-        pin(&ebpf, &dir, NAT_PINNED_MAPS, links)
+        pin(&ebpf, &dir, NAT_PINNED_MAPS, links)?;
+        pin_maintenance(&mut ebpf, &dir)
     })?;
     if res.is_err() {
         let _ = remove_pins(prefix);
     }
     res
+}
+
+/// Loads the maintenance program (`bpf::maintain`: never attached, run on demand) and pins
+/// it in `dir`, over the pin of an earlier build (an upgrade) if there is one: the new one is
+/// pinned beside it and renamed over it, so the path never names nothing.
+fn pin_maintenance(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_NAT_MAINTAIN)
+        .ok_or(EbpfError::Missing(PROG_NAT_MAINTAIN))?
+        .try_into()
+        .map_err(|source| program_error(PROG_NAT_MAINTAIN, source))?;
+    prog.load()
+        .map_err(|source| program_error(PROG_NAT_MAINTAIN, source))?;
+    let path = dir.join(PIN_NAT_MAINTAIN);
+    // (bpffs refuses a dot in a name.)
+    let fresh = dir.join(format!("{PIN_NAT_MAINTAIN}_new"));
+    let fail = |path: &Path, detail: String| EbpfError::Pin {
+        path: path.to_owned(),
+        detail,
+    };
+    let _ = fs::remove_file(&fresh);
+    prog.pin(&fresh).map_err(|e| fail(&fresh, e.to_string()))?;
+    fs::rename(&fresh, &path).map_err(|e| fail(&path, e.to_string()))
 }
 
 /// The maps a NAT lab pins (besides the uplink's counters, pinned with their programs).
@@ -363,6 +389,9 @@ const NAT_PINNED_MAPS: &[&str] = &[
     MAP_NAT_LAYOUT,
     MAP_NAT_TRACE_ON,
     MAP_NAT_TRACE,
+    MAP_NAT_EVICT,
+    MAP_NAT_EVICT_POS,
+    MAP_NAT_REMOTES,
 ];
 
 /// The programs whose links a lab pins, longest name first (a link's pin is named
@@ -521,6 +550,7 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
             };
             out.links.push((file.clone(), old, new));
         }
+        pin_maintenance(&mut ebpf, &dir)?;
         Ok(out)
     })?
 }

@@ -224,3 +224,40 @@ impl Drop for ProgBed {
         }
     }
 }
+
+/// What the verifier spent on each TC and XDP program of the object loaded with every
+/// diagnostic at `log_level` (0: off): the instructions it processed, or why it refused.
+pub fn verifier_costs(log_level: u8) -> Result<Vec<(String, std::result::Result<u32, String>)>> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .load(object()?)
+        .map_err(EbpfError::Load)?;
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        let prog = ebpf.program_mut(&name).expect("listed above");
+        let loaded = match prog {
+            aya::programs::Program::SchedClassifier(p) => p.load().map(|()| p.info()),
+            aya::programs::Program::Xdp(p) => p.load().map(|()| p.info()),
+            _ => continue,
+        };
+        let cost = match loaded {
+            Ok(Ok(info)) => Ok(info.verified_instruction_count().unwrap_or(0)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) => {
+                let log = verifier_log.to_string();
+                let last: Vec<&str> = log.lines().rev().take(6).collect();
+                Err(format!(
+                    "{io_error}: {}",
+                    last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        out.push((name, cost));
+    }
+    Ok(out)
+}

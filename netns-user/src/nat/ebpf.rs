@@ -23,16 +23,16 @@ use netns_common::{
     fwd::{FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK},
     names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS},
     nat::{
-        Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, Flow, FlowKey,
-        MAX_INTERNAL, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, Prefix, SIDE_EXTERNAL, Timeouts,
-        addr_from_wire, addr_to_wire, port_to_wire,
+        Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE,
+        Flow, FlowKey, MAX_INTERNAL, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, Prefix, SIDE_EXTERNAL,
+        Timeouts, addr_from_wire, addr_to_wire, port_to_wire,
     },
 };
 
 use super::{NatBackend, NatError, NatTarget, Resumed};
 use crate::{
     bpf::{self, EbpfError, NatLoad, StaticBinding},
-    config::{FastPath, Filtering, L4Proto, NatSpec, Unsupported},
+    config::{FastPath, Filtering, Inbound, L4Proto, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
         netlink,
@@ -62,7 +62,10 @@ pub fn nat_config(nat: &NatSpec, ext: Ipv4Addr) -> NatConfig {
             tcp_established_ns: e.timeouts.tcp_established * NS,
             tcp_transitory_ns: e.timeouts.tcp_transitory * NS,
             icmp_ns: e.timeouts.icmp * NS,
+            other_ns: e.timeouts.other * NS,
+            unconfirmed_ns: e.timeouts.unconfirmed * NS,
         },
+        new_per_remote: e.new_per_remote,
         ..NatConfig::default()
     };
     if e.filtering == Filtering::EndpointIndependent {
@@ -70,6 +73,9 @@ pub fn nat_config(nat: &NatSpec, ext: Ipv4Addr) -> NatConfig {
     }
     if e.unsupported == Unsupported::Drop {
         cfg.flags |= FLAG_DROP_UNSUPPORTED;
+    }
+    if e.inbound == Inbound::Route {
+        cfg.flags |= FLAG_INBOUND_ROUTE;
     }
     for (slot, net) in cfg.internal.iter_mut().zip(&nat.internal) {
         *slot = Prefix {
@@ -322,24 +328,6 @@ pub(crate) fn flows_map(prefix: &str) -> Result<HashMap<MapData, FlowKey, Flow>,
 
 pub(crate) fn bindings_map(prefix: &str) -> Result<HashMap<MapData, BindingKey, Binding>, NatError> {
     HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_BINDINGS)?).map_err(map_err(prefix, MAP_NAT_BINDINGS))
-}
-
-/// Removes mapping `b`, whose external entry is `ekey`, with both of its entries: the
-/// internal one only while it still points at this external endpoint (it may be another
-/// mapping's by now). Whether the external entry was there to remove.
-pub(crate) fn remove_mapping(
-    bindings: &mut HashMap<MapData, BindingKey, Binding>,
-    ekey: &BindingKey,
-    b: &Binding,
-) -> bool {
-    let ikey = BindingKey::internal(ekey.proto, b.int_addr, b.int_port);
-    if bindings
-        .get(&ikey, 0)
-        .is_ok_and(|i| i.ext_addr == b.ext_addr && i.ext_port == b.ext_port)
-    {
-        let _ = bindings.remove(&ikey);
-    }
-    bindings.remove(ekey).is_ok()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.

@@ -36,7 +36,7 @@ use super::{forwards, reconfig, sweeper};
 use crate::{
     bpf,
     config::{self, ForwardSpec, L4Proto, LabConfig, NatSpec},
-    nat::ebpf::{agent_pid_file, agent_socket, monotonic_ns},
+    nat::ebpf::{agent_pid_file, agent_socket},
     sys::netns,
 };
 
@@ -578,7 +578,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
         }
         let started = Instant::now();
         let prefix = shared.prefix.clone();
-        let swept = tokio::task::spawn_blocking(move || sweeper::sweep_once(&prefix, monotonic_ns())).await;
+        let swept = tokio::task::spawn_blocking(move || sweeper::sweep_once(&prefix)).await;
         let took = started.elapsed();
         match swept {
             Ok(Ok(s)) => {

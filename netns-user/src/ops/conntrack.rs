@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use netns_common::{
-    filter::{self, EntryFilter},
+    filter::{EntryFilter, Selector},
     names::{MAP_NAT_BINDINGS, MAP_NAT_FLOWS},
     nat::{
         Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
@@ -15,10 +15,10 @@ use netns_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{self, UplinkCounters},
+    bpf::{self, UplinkCounters, maintain},
     nat::{
         NatError,
-        ebpf::{NS, bindings_map, flows_map, map_err, monotonic_ns, remove_mapping},
+        ebpf::{NS, bindings_map, flows_map, map_err, monotonic_ns},
     },
 };
 
@@ -157,39 +157,26 @@ pub struct Deleted {
 /// Deletes the flows `filter` selects (live or expired) and, unless it names a TCP state or
 /// an origin, the dynamic mappings it selects: a mapping with both of its entries and every
 /// flow that uses it, so that no flow is left translated to a port another endpoint may
-/// take. The next packet of a deleted flow starts a new one.
+/// take. The next packet of a deleted flow starts a new one. Done by the NAT's maintenance
+/// program (marked, then removed after an RCU grace period, so that no packet still writes
+/// into what is removed).
 pub fn delete(prefix: &str, filter: &EntryFilter) -> Result<Deleted, NatError> {
-    let mut flows = flows_map(prefix)?;
-    let mut bindings = bindings_map(prefix)?;
-    let all_flows: Vec<(FlowKey, Flow)> = flows.iter().filter_map(|r| r.ok()).collect();
-    let mut gone = Deleted::default();
-    for (k, f) in &all_flows {
-        if filter.flow(k, f) && flows.remove(k).is_ok() {
-            gone.flows += 1;
-        }
-    }
-    if filter.flows_only() {
-        return Ok(gone);
-    }
-    let all_bindings: Vec<(BindingKey, Binding)> = bindings.iter().filter_map(|r| r.ok()).collect();
-    for (k, b) in &all_bindings {
-        if !filter.mapping(k, b) {
-            continue;
-        }
-        if b.is_static() {
-            gone.forwards_kept += 1;
-            continue;
-        }
-        for (fk, ff) in &all_flows {
-            if filter::uses(fk, ff, k.proto, b) && flows.remove(fk).is_ok() {
-                gone.flows += 1;
-            }
-        }
-        if remove_mapping(&mut bindings, k, b) {
-            gone.mappings += 1;
-        }
-    }
-    Ok(gone)
+    // Forwards are the lab's configuration: counted, kept.
+    let forwards_kept = if filter.flows_only() {
+        0
+    } else {
+        bindings_map(prefix)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, b)| b.is_static() && filter.mapping(k, b))
+            .count()
+    };
+    let done = maintain::remove(prefix, Selector::of(filter))?;
+    Ok(Deleted {
+        flows: done.flows as usize,
+        mappings: done.mappings as usize,
+        forwards_kept,
+    })
 }
 
 /// A change `conntrack --watch` reports.

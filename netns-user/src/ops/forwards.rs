@@ -3,18 +3,18 @@
 use std::net::Ipv4Addr;
 
 use netns_common::{
-    filter,
+    filter::Selector,
     names::MAP_NAT_BINDINGS,
-    nat::{BindingKey, Flow, FlowKey, PROTO_TCP, PROTO_UDP, addr_to_wire, port_to_wire},
+    nat::{BindingKey, PROTO_TCP, PROTO_UDP, addr_to_wire, port_to_wire},
 };
 
 use super::conntrack::endpoint;
 use crate::{
-    bpf::StaticBinding,
+    bpf::{StaticBinding, maintain},
     config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
     nat::{
         NatError,
-        ebpf::{bindings_map, flows_map, map_err, monotonic_ns, read_config, remove_mapping},
+        ebpf::{bindings_map, map_err, monotonic_ns, read_config},
     },
 };
 
@@ -107,12 +107,10 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
             int_port: f.to.port(),
         });
     }
-    // An expired mapping on the port or of the target is reclaimed, as the programs would.
-    for key in [ekey, ikey] {
-        if bindings.get(&key, 0).is_ok_and(|b| !b.is_static()) {
-            let _ = bindings.remove(&key);
-        }
-    }
+    // An expired mapping on the port or of the target is reclaimed, as the programs would
+    // (by their protocol: one a packet revives at that instant stays, and the inserts below
+    // then refuse).
+    maintain::sweep(prefix, 0).map_err(nat_err)?;
     const BPF_NOEXIST: u64 = 1;
     bindings
         .insert(ekey, eb, BPF_NOEXIST)
@@ -132,19 +130,12 @@ pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, Fo
     let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
     let p = l4(proto);
     let ekey = BindingKey::external(p, ext, port_to_wire(port));
-    let mut bindings = bindings_map(prefix).map_err(nat_err)?;
-    let b = match bindings.get(&ekey, 0) {
+    let b = match bindings_map(prefix).map_err(nat_err)?.get(&ekey, 0) {
         Ok(b) if b.is_static() => b,
         _ => return Err(ForwardError::NoSuchForward { proto, port }),
     };
-    let mut flows = flows_map(prefix).map_err(nat_err)?;
-    let all: Vec<(FlowKey, Flow)> = flows.iter().filter_map(|r| r.ok()).collect();
-    for (k, f) in &all {
-        if filter::uses(k, f, p, &b) {
-            let _ = flows.remove(k);
-        }
-    }
-    remove_mapping(&mut bindings, &ekey, &b);
+    // Both entries and every flow through it, by the maintenance program.
+    maintain::remove(prefix, Selector::forward(p, port_to_wire(port))).map_err(nat_err)?;
     Ok(endpoint(b.int_addr, b.int_port))
 }
 

@@ -6,3 +6,4 @@ pub mod ethtool;
 pub mod netlink;
 pub mod netns;
 pub mod paths;
+pub mod rcu;
