@@ -74,6 +74,16 @@ pub enum ConfigError {
     BadForwardPort(u16),
     #[error("[[nat.forward]] {protocol} port {port} is declared twice")]
     DuplicateForward { protocol: L4Proto, port: u16 },
+    #[error(
+        "[[nat.forward]] {protocol} ports {first} and {second} both go to {to}: an internal \
+         endpoint has one external port (its mapping), so one forward"
+    )]
+    DuplicateTarget {
+        protocol: L4Proto,
+        first: u16,
+        second: u16,
+        to: std::net::SocketAddrV4,
+    },
     #[error("[[nat.forward]] {protocol} port {port} goes to {to}, which is in no internal prefix of [nat]")]
     ForwardOutside {
         protocol: L4Proto,
@@ -813,7 +823,17 @@ impl NatSpec {
             }
 
             let mut seen = HashSet::new();
+            let mut targets = std::collections::HashMap::new();
             for f in &nat.forwards {
+                // As the live path refuses it (`forward add`): the target's one mapping.
+                if let Some(first) = targets.insert((f.protocol, f.to), f.port) {
+                    return Err(ConfigError::DuplicateTarget {
+                        protocol: f.protocol,
+                        first,
+                        second: f.port,
+                        to: f.to,
+                    });
+                }
                 for port in [f.port, f.to.port()] {
                     if port == 0 {
                         return Err(ConfigError::BadForwardPort(port));
@@ -1094,11 +1114,26 @@ mod tests {
         assert!(matches!(cfg.validate(), Err(ConfigError::NoInternalPrefix)));
 
         let mut cfg = LabConfig::reference();
-        let f = cfg.nat.as_ref().unwrap().forwards[0].clone();
+        let mut f = cfg.nat.as_ref().unwrap().forwards[0].clone();
+        f.to = "192.168.15.1:80".parse().unwrap();
         cfg.nat.as_mut().unwrap().forwards.push(f);
         assert!(matches!(
             cfg.validate(),
             Err(ConfigError::DuplicateForward { port: 80, .. })
+        ));
+
+        // Two forwards to one target: refused in a file as `forward add` refuses it.
+        let mut cfg = LabConfig::reference();
+        let mut f = cfg.nat.as_ref().unwrap().forwards[0].clone();
+        f.port = 8080;
+        cfg.nat.as_mut().unwrap().forwards.push(f);
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DuplicateTarget {
+                first: 80,
+                second: 8080,
+                ..
+            })
         ));
 
         let mut cfg = LabConfig::reference();

@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: privilege checks that skip (or, under `CI=true`,
 //! fail), unique lab prefixes, and a guard that takes a lab down however a test ends.
 
+pub mod wire;
+
 use std::path::PathBuf;
 
 use netns_user::{
@@ -325,4 +327,36 @@ pub fn wait_gone(pid: i32, within: std::time::Duration, what: &str) {
         },
         || what.to_owned(),
     );
+}
+
+/// A TCP echo server on `port` in namespace `ns`, for the connections of one test (its
+/// thread ends with the test process).
+pub fn tcp_echo_server(ns: &str, port: u16) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let listener = in_ns(ns, || {
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).expect("bind the echo port")
+    });
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// The eBPF NAT's counters of lab `prefix`, by name.
+pub fn nat_counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    netns_user::ops::conntrack::stats(prefix)
+        .expect("the NAT's counters")
+        .counters
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }

@@ -7,18 +7,19 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
-    io::{self, Read, Write},
+    io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use netns_tests::{LabGuard, UdpEcho, in_ns, privileged, record_summary, snmp};
+use netns_tests::{
+    LabGuard, UdpEcho, in_ns, privileged, record_summary, snmp,
+    wire::{Wire, ipv4_matching, mac_of, no_ipv4},
+};
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
-    packet::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ipv4, L4, Mac, parse_frame},
+    packet::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ipv4, L4, Mac},
     probe,
 };
 
@@ -29,118 +30,6 @@ const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 254);
 /// How long a kind's effects are waited for (nothing is expected to take longer).
 const SETTLE: Duration = Duration::from_millis(300);
-const ETH_P_ALL: u16 = 0x0003;
-
-/// An AF_PACKET socket on one interface of a lab namespace: sends frames as they are and
-/// receives every frame that arrives there.
-struct Wire {
-    fd: OwnedFd,
-}
-
-impl Wire {
-    fn open(ns: &str, ifname: &str) -> Wire {
-        let ifname = ifname.to_owned();
-        in_ns(ns, move || {
-            let proto = i32::from(ETH_P_ALL.to_be());
-            // Safety: plain socket(2).
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-            assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-            // Safety: a descriptor just returned by socket(2), owned from here on.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let name = CString::new(ifname.clone()).unwrap();
-            // Safety: a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert!(ifindex > 0, "no interface {ifname}");
-            // Safety: all-zero is a valid sockaddr_ll.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = ETH_P_ALL.to_be();
-            sll.sll_ifindex = ifindex as i32;
-            // Safety: the address and its size.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(rc, 0, "bind to {ifname}: {}", io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 20_000,
-            };
-            // Safety: a timeval of the size given.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
-            Wire { fd }
-        })
-    }
-
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // Safety: the buffer and its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The frames that arrived at the interface (not those sent from it) within `wait`.
-    fn received(&self, wait: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            // Safety: all-zero is a valid sockaddr_ll.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // Safety: the buffer, the address and their sizes.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut sll as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n >= 0 && sll.sll_pkttype != libc::PACKET_OUTGOING {
-                out.push(buf[..n as usize].to_vec());
-            }
-            // Past the deadline, only what is already queued (until a read times out).
-            if n < 0 && Instant::now() >= deadline {
-                return out;
-            }
-        }
-    }
-}
-
-/// The MAC address of `ifname` in namespace `ns`.
-fn mac_of(ns: &str, ifname: &str) -> Mac {
-    let ifname = ifname.to_owned();
-    in_ns(ns, move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        // Safety: all-zero is a valid ifreq.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, c) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
-            *d = c as libc::c_char;
-        }
-        // Safety: SIOCGIFHWADDR with an ifreq naming the interface.
-        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-        assert_eq!(rc, 0, "SIOCGIFHWADDR {ifname}: {}", io::Error::last_os_error());
-        // Safety: the union member SIOCGIFHWADDR fills.
-        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-        std::array::from_fn(|i| data[i] as u8)
-    })
-}
 
 fn counters(prefix: &str) -> BTreeMap<String, u64> {
     let mut c: BTreeMap<String, u64> = netns_user::ops::conntrack::stats(prefix)
@@ -277,29 +166,6 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> L4<'static> {
         window: 1024,
         payload: &[],
     }
-}
-
-/// IPv4 frames among `frames` (Ethernet + IPv4, parsed) matching `pred`.
-fn ipv4_matching(frames: &[Vec<u8>], pred: impl Fn(&packet::ParsedIpv4) -> bool) -> usize {
-    frames
-        .iter()
-        .filter_map(|f| parse_frame(f).ok())
-        .filter(|(_, _, ip)| pred(ip))
-        .count()
-}
-
-/// Whether no unicast IPv4 frame is among `frames` (the lab's hosts and bridge send IPv6,
-/// ARP and IGMP of their own).
-fn no_ipv4(frames: &[Vec<u8>]) -> bool {
-    let ipv4: Vec<_> = frames
-        .iter()
-        .filter_map(|f| parse_frame(f).ok())
-        .filter(|(_, _, ip)| !ip.header.dst.is_multicast())
-        .collect();
-    if !ipv4.is_empty() {
-        eprintln!("IPv4 frames: {ipv4:?}");
-    }
-    ipv4.is_empty()
 }
 
 /// One kind of hostile traffic: what was sent and what came of it, for the summary.

@@ -596,48 +596,6 @@ fn tiny_tables_under_pressure_never_keep_half_a_flow() {
     }
 }
 
-#[test]
-fn a_new_uplink_address_is_used_by_new_flows() {
-    if !privileged("address_change") {
-        return;
-    }
-    // Sweeps far apart: only the agent's address events can explain a quick move.
-    let g = LabGuard::up_with(&lab_with("sweep_interval_ms = 600000"), "ad", NatKind::Ebpf);
-    let host = g.lab.ns("host");
-    // Old one first: deleting a primary address also deletes its secondaries.
-    sh_in(&host, "ip", &["addr", "del", "192.168.1.2/24", "dev", "uplink"]);
-    sh_in(&host, "ip", &["addr", "add", "192.168.1.4/24", "dev", "uplink"]);
-    let new = Ipv4Addr::new(192, 168, 1, 4);
-    // The agent hears of it from rtnetlink.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
-    let sock = in_ns(&g.lab.ns("red"), || udp(0));
-    loop {
-        let _ = netns_user::ops::conntrack::stats(g.prefix());
-        std::thread::sleep(Duration::from_millis(200));
-        let cfg_now = netns_user::ops::conntrack::mappings(g.prefix()).unwrap();
-        if cfg_now
-            .iter()
-            .any(|m| m.is_static && m.external == format!("{new}:80"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the forward never moved: {cfg_now:?}");
-    }
-    echo(&sock, SocketAddrV4::new(LAN, 7001), b"hi").unwrap();
-    assert_eq!(*lan.seen()[0].1.ip(), new);
-    // The port forward moved too.
-    let seen = probe::http_get(
-        &g.lab.ns("lan"),
-        &g.lab.ns("blue"),
-        80,
-        SocketAddrV4::new(new, 80),
-        WAIT,
-    )
-    .unwrap();
-    assert_eq!(seen.source, LAN);
-}
-
 fn low_ports_map_to_low_ports(nat: Nat) {
     if !privileged("low_ports") {
         return;

@@ -11,7 +11,7 @@ use std::{
 
 use netns_tests::{
     LabGuard, UdpEcho, bin, in_ns, netns_nat as run, netns_nat_ok, netns_nat_refused as refused, privileged,
-    wait_for, wait_gone,
+    tcp_echo_server, wait_for, wait_gone,
 };
 use netns_user::nat::{NatKind, ebpf as nat_ebpf};
 use serde_json::Value;
@@ -300,6 +300,49 @@ fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
+/// The agent's control socket reads a request line of at most 64 KiB, and a connection
+/// lives at most 10 s, however its client paces its bytes; the agent answers others meanwhile.
+#[test]
+fn the_agent_cuts_off_oversized_and_slow_clients() {
+    if !privileged("agent_clients") {
+        return;
+    }
+    let g = LabGuard::up("acl", NatKind::Ebpf);
+    let sock = nat_ebpf::agent_socket(g.prefix());
+    let slow = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(14) && c.write_all(b" ").is_ok() {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest);
+            (rest, started.elapsed())
+        })
+    };
+    {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(&vec![b'{'; 70 * 1024]);
+        let mut rest = Vec::new();
+        let r = c.read_to_end(&mut rest);
+        assert!(r.is_ok() && rest.is_empty(), "a 70 KiB line got {r:?} {rest:?}");
+    }
+    // Others are answered while the slow one trickles.
+    netns_user::ops::agent::health(g.prefix()).expect("the agent answers a ping");
+    let (rest, took) = slow.join().unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "the slow client was cut off after {took:?}"
+    );
+}
+
 #[test]
 fn metrics_over_http_parse_and_agree_with_stats() {
     if !privileged("metrics") {
@@ -364,6 +407,40 @@ fn metrics_over_http_parse_and_agree_with_stats() {
     );
     let (status, _) = http_get(&lan, 9464, "/nothing").unwrap();
     assert!(status.contains("404"), "{status}");
+    // A head longer than 8 KiB, and one trickled a byte at a time: cut off, the first at
+    // once, the second after 5 s for the whole head (not per read); then answers again.
+    let cut_off = |trickle: bool| {
+        in_ns(&lan, move || {
+            use std::io::{Read, Write};
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, 9464)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let started = std::time::Instant::now();
+            if trickle {
+                write!(s, "GET /metrics HTTP/1.1\r\n").unwrap();
+                while started.elapsed() < Duration::from_secs(8) && s.write_all(b"X").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            } else {
+                let _ = write!(s, "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(10_000));
+            }
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            (answer, started.elapsed())
+        })
+    };
+    let (answer, _) = cut_off(false);
+    assert!(
+        answer.is_empty(),
+        "an oversized head got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (answer, took) = cut_off(true);
+    assert!(
+        answer.is_empty() && took < Duration::from_secs(7),
+        "a trickled head: {took:?}"
+    );
+    let (status, _) = http_get(&lan, 9464, "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
     // --once prints the same families.
     let once = run(&["metrics", "--prefix", &p, "--once"]);
     assert!(once.status.success());
@@ -371,25 +448,6 @@ fn metrics_over_http_parse_and_agree_with_stats() {
         parse_metrics(&String::from_utf8_lossy(&once.stdout))
             .contains_key("netns_nat_events_total{name=\"new_flows\"}")
     );
-}
-
-/// A TCP echo server on `port` in namespace `ns`, for the connections of one test.
-fn tcp_echo_server(ns: &str, port: u16) -> std::thread::JoinHandle<()> {
-    use std::io::{Read, Write};
-    let listener = in_ns(ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })
 }
 
 /// Sends a block on `s` and checks it comes back.

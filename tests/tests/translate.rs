@@ -666,11 +666,228 @@ fn an_open_connection_keeps_its_port_when_a_sibling_closes() {
     );
 }
 
+/// What the threats look like packet by packet (the live-lab tests in threats.rs
+/// show them end to end).
+#[test]
+fn hostile_packets_are_refused_before_any_state() {
+    let t = nat(21);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let stranger = Ipv4Addr::new(10, 1, 2, 3);
+    // To an internal address from outside; from an internal source or the external address.
+    assert_eq!(
+        run(&t, Step::Ingress, &frame(stranger, red, &udp(1, 2, b"x"))).0,
+        Err(Drop::Inbound)
+    );
+    assert_eq!(
+        run(&t, Step::Ingress, &frame(red, EXT, &udp(1, 2, b"x"))).0,
+        Err(Drop::Spoofed)
+    );
+    assert_eq!(
+        run(&t, Step::Ingress, &frame(EXT, EXT, &udp(1, 2, b"x"))).0,
+        Err(Drop::Spoofed)
+    );
+    // An internal source leaving by the interface it came in by (routed back out).
+    let f = Frame::new(frame(red, LAN, &udp(40000, 53, b"x")));
+    let (f_in, f_out) = (7, 7);
+    let mut f = f;
+    f.ifindex = f_out;
+    f.arrived_on = f_in;
+    assert_eq!(translate::egress(&f, &t), Err(Drop::Spoofed));
+    // A bare ACK to the forward opens nothing; a SYN does.
+    assert_eq!(
+        run(
+            &t,
+            Step::Ingress,
+            &frame(stranger, EXT, &tcp_at(9000, 80, TCP_ACK, 1, 1, b""))
+        )
+        .0,
+        Err(Drop::NotSyn)
+    );
+    assert!(t.flows().is_empty(), "{:?}", t.flows());
+    assert_eq!(
+        run(
+            &t,
+            Step::Ingress,
+            &frame(stranger, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b""))
+        )
+        .0,
+        Ok(Action::Pass)
+    );
+    let (_, f) = t.flows()[0];
+    assert!(!f.confirmed());
+    assert_eq!(
+        f.expires_ns,
+        t.now() + t.config().unwrap().timeouts.unconfirmed_ns
+    );
+}
+
+/// An established connection's flow is confirmed only by the handshake's last ACK, and a
+/// RST or FIN outside the window changes nothing.
+#[test]
+fn the_window_decides_which_rst_counts() {
+    let t = nat(22);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let out = |flags, seq, ack| {
+        run(
+            &t,
+            Step::Egress,
+            &frame(red, LAN, &tcp_at(41000, 443, flags, seq, ack, b"")),
+        )
+        .0
+    };
+    let back = |flags, seq, ack| {
+        run(
+            &t,
+            Step::Ingress,
+            &frame(LAN, EXT, &tcp_at(443, 41000, flags, seq, ack, b"")),
+        )
+        .0
+    };
+    assert_eq!(out(TCP_SYN, 100, 0), Ok(Action::Pass));
+    assert_eq!(back(TCP_SYN | TCP_ACK, 500, 101), Ok(Action::Pass));
+    let flow = || t.flows()[0].1;
+    assert!(!flow().confirmed(), "the SYN-ACK alone does not confirm");
+    assert_eq!(out(TCP_ACK, 101, 501), Ok(Action::Pass));
+    assert!(flow().confirmed(), "the last ACK of the handshake confirms");
+    let state = flow().state;
+    for seq in [0u32, 100_000, 501 + 2 * 512 + 1] {
+        assert_eq!(back(TCP_RST, seq, 0), Err(Drop::OutOfWindow), "seq {seq}");
+        assert_eq!(
+            back(TCP_FIN | TCP_ACK, seq, 101),
+            Err(Drop::OutOfWindow),
+            "seq {seq}"
+        );
+    }
+    assert_eq!(flow().state, state);
+    assert_eq!(back(TCP_RST, 501, 0), Ok(Action::Pass));
+    assert_eq!(flow().state, netns_common::nat::TcpState::Closed as u8);
+}
+
+/// When the external address changes, the programs alone (before any maintenance) treat
+/// flows and mappings on the old one as gone: the next packet leaves with the new address.
+#[test]
+fn a_flow_never_outlives_its_address() {
+    let mut t = nat(23);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"a")));
+    assert_eq!(parse_frame(&got).unwrap().2.header.src, EXT);
+    let new = Ipv4Addr::new(192, 168, 1, 4);
+    t.cfg.as_mut().unwrap().ext_addr = addr_to_wire(new);
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"b")));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_eq!(parse_frame(&got).unwrap().2.header.src, new);
+    // A reply to the old address is no longer the NAT's.
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, 40000, b"c")));
+    assert_eq!(
+        (v, parse_frame(&got).unwrap().2.header.dst),
+        (Ok(Action::Pass), EXT)
+    );
+}
+
+/// A full flow table evicts the oldest unconfirmed inbound flow before it refuses a new
+/// one; flows opened from inside are never evicted.
+#[test]
+fn a_full_table_evicts_unconfirmed_inbound_flows_only() {
+    let t = nat_with(
+        Sizes {
+            bindings: 64,
+            flows: 8,
+            frags: 8,
+        },
+        24,
+        |_| {},
+    );
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    for i in 0..4u16 {
+        let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000 + i, 53, b"out")));
+        assert_eq!(v, Ok(Action::Pass));
+    }
+    // Twenty SYNs to the forward from twenty sources: four places, evicted in turn.
+    for i in 0..20u32 {
+        let src = Ipv4Addr::from(0x0a00_0000 + i);
+        let (v, _) = run(
+            &t,
+            Step::Ingress,
+            &frame(src, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b"")),
+        );
+        assert_eq!(v, Ok(Action::Pass), "SYN {i}");
+    }
+    assert_eq!(t.counter(NatCounter::EvictedUnconfirmed), 16);
+    let outbound = t
+        .flows()
+        .iter()
+        .filter(|(k, _)| k.int_addr == addr_to_wire(red))
+        .count();
+    assert_eq!(outbound, 4, "red's flows stay");
+    // A new outbound flow finds room too.
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40010, 53, b"out")));
+    assert_eq!(v, Ok(Action::Pass));
+    check_tables(&t);
+}
+
+/// A port the router's own socket is bound to is never a mapping's, and what a router
+/// socket takes is the router's.
+#[test]
+fn the_port_search_skips_the_routers_own_ports() {
+    let t = nat(25);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    t.router_sockets
+        .borrow_mut()
+        .insert((PROTO_UDP, addr_to_wire(EXT), 40000u16.to_be(), 0, 0));
+    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"x")));
+    let port = parse_frame(&got).unwrap().2.ports().unwrap().0;
+    assert_ne!(port, 40000, "the router's port was given to red");
+    // A socket bound later on red's external port, for a remote red never talked to.
+    t.router_sockets
+        .borrow_mut()
+        .insert((PROTO_UDP, addr_to_wire(EXT), port.to_be(), 0, 0));
+    let (v, got) = run(
+        &t,
+        Step::Ingress,
+        &frame(Ipv4Addr::new(192, 168, 1, 9), EXT, &udp(7, port, b"y")),
+    );
+    assert_eq!(v, Ok(Action::Pass));
+    assert_eq!(parse_frame(&got).unwrap().2.header.dst, EXT, "left to the router");
+    assert_eq!(t.counter(NatCounter::DropUnsolicited), 0);
+}
+
+/// A protocol without ports is translated by address only, byte for byte, and one internal
+/// host at a time talks it with one remote.
+#[test]
+fn protocols_without_ports_get_address_only_translation() {
+    let t = nat(26);
+    let (red, blue) = (Ipv4Addr::new(192, 168, 15, 1), Ipv4Addr::new(192, 168, 15, 2));
+    let gre = L4::Raw {
+        proto: 47,
+        bytes: b"a gre payload",
+    };
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &gre));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_same(&got, &frame(EXT, LAN, &gre));
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &gre));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_same(&got, &frame(LAN, red, &gre));
+    assert_eq!(
+        run(&t, Step::Egress, &frame(blue, LAN, &gre)).0,
+        Err(Drop::NoPort)
+    );
+    check_tables(&t);
+}
+
 /// Frames of every kind the NAT meets, each with the step that meets it: the fuzz target's
 /// seeds. Their flows are opened first, so that mutations reach the deep paths.
 fn corpus(t: &MemTables) -> Vec<(Step, Vec<u8>)> {
     let red = Ipv4Addr::new(192, 168, 15, 1);
     let mut out = Vec::new();
+    // A protocol without ports, both ways.
+    let gre = L4::Raw {
+        proto: 47,
+        bytes: &[0x11; 24],
+    };
+    let f = frame(red, LAN, &gre);
+    let _ = run(t, Step::Egress, &f);
+    out.push((Step::Egress, f));
+    out.push((Step::Ingress, frame(LAN, EXT, &gre)));
     let payload = [0x5au8; 40];
     for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
         let f = frame(red, LAN, &l4_of(proto, false, 3333, 53, &payload));

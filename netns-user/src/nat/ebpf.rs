@@ -316,7 +316,7 @@ pub fn running_config(prefix: &str) -> Result<NatConfig, NatError> {
     read_config(prefix)
 }
 
-pub(crate) fn read_config(prefix: &str) -> Result<NatConfig, NatError> {
+pub fn read_config(prefix: &str) -> Result<NatConfig, NatError> {
     config_map(prefix)?
         .get(&0, 0)
         .map_err(map_err(prefix, MAP_NAT_CONFIG))

@@ -414,11 +414,38 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
     })
 }
 
-/// Answers one client: a JSON request per line, a JSON reply per line.
+/// The longest request line the agent reads (a `config apply` is a few kilobytes).
+pub const MAX_REQUEST: u64 = 64 * 1024;
+/// How long one client may keep a connection: every request of it, with its answers, in
+/// this time (a client that trickles or stalls is cut off, however it paces its bytes).
+pub const CONNECTION_TIME: Duration = Duration::from_secs(10);
+
+/// One line of at most [`MAX_REQUEST`] bytes; None at the end of the connection or past the
+/// limit.
+async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(read: &mut R) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line = Vec::new();
+    let n = (&mut *read)
+        .take(MAX_REQUEST + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .ok()?;
+    if n == 0 || line.last() != Some(&b'\n') {
+        return None;
+    }
+    String::from_utf8(line).ok()
+}
+
+/// Answers one client: a JSON request per line, a JSON reply per line, within
+/// [`CONNECTION_TIME`].
 async fn serve(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
+    let _ = tokio::time::timeout(CONNECTION_TIME, serve_requests(shared, conn)).await;
+}
+
+async fn serve_requests(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
     let (read, mut write) = conn.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut read = tokio::io::BufReader::new(read);
+    while let Some(line) = bounded_line(&mut read).await {
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 let s = shared.clone();
@@ -561,6 +588,41 @@ async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Sock
     }
 }
 
+/// The agent's log (its stdout and stderr) is kept under [`LOG_MAX`]: past it, it becomes
+/// `agent.log.1` (replacing the one before) and a new log begins. The log is in /run
+/// (memory), so an agent that logs for weeks must not fill it.
+pub const LOG_MAX: u64 = 1 << 20;
+
+fn rotate_log(prefix: &str) -> std::io::Result<()> {
+    rotate_log_at(&crate::nat::ebpf::agent_log(prefix), LOG_MAX, &[1, 2])
+}
+
+/// [`rotate_log`] of the log at `path`, written through descriptors `fds`, past `max` bytes.
+fn rotate_log_at(path: &std::path::Path, max: u64, fds: &[i32]) -> std::io::Result<()> {
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) <= max {
+        return Ok(());
+    }
+    let path = path.to_owned();
+    let mut old = path.clone().into_os_string();
+    old.push(".1");
+    std::fs::rename(&path, &old)?;
+    let fresh = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    for &fd in fds {
+        // Safety: dup2(2) of a descriptor this function owns onto the log's descriptors
+        // (the agent's standard output and error), which no Rust object owns.
+        if unsafe { libc::dup2(fresh.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if !fds.is_empty() {
+        eprintln!("log rotated: the earlier lines are in {}", old.to_string_lossy());
+    }
+    Ok(())
+}
+
 /// The sweep, every `sweep_interval_ms` (or less often on large tables: a sweep reads every
 /// entry, and sweeping takes at most one part in `SWEEP_DUTY` of a CPU). Returns when the
 /// lab's NAT is gone.
@@ -595,6 +657,9 @@ async fn sweep_loop(shared: Arc<Shared>) {
             Ok(Err(_)) => return,
             Err(e) => shared.note_error("sweep", e),
         }
+        if let Err(e) = rotate_log(&shared.prefix) {
+            shared.note_error("log rotation", e);
+        }
         // Expired entries are already inert, so a later sweep costs memory, not correctness.
         tokio::time::sleep(interval.max(took * SWEEP_DUTY)).await;
     }
@@ -603,6 +668,21 @@ async fn sweep_loop(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::named;
+
+    #[test]
+    fn a_log_past_its_limit_is_rotated_once() {
+        let dir = std::env::temp_dir().join(format!("netns-nat-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("agent.log");
+        std::fs::write(&log, vec![b'x'; 100]).unwrap();
+        super::rotate_log_at(&log, 100, &[]).unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 100, "at the limit: kept");
+        std::fs::write(&log, vec![b'y'; 101]).unwrap();
+        super::rotate_log_at(&log, 100, &[]).unwrap();
+        assert_eq!(std::fs::read(dir.join("agent.log.1")).unwrap(), vec![b'y'; 101]);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "a fresh log");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn program_records_get_names() {

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead, BufReader, Write},
+    io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
@@ -250,16 +250,41 @@ pub fn serve(src: Source, addr: SocketAddr) -> Result<(), MetricsError> {
     Ok(())
 }
 
-fn answer(src: Source, conn: &mut TcpStream) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Skip the headers.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+/// The longest request head (request line and headers) read, and the time a client has to
+/// send it: for the whole head, not per read, so a client trickling a byte at a time is cut
+/// off too.
+pub const MAX_HEAD: usize = 8 * 1024;
+pub const HEAD_TIME: Duration = Duration::from_secs(5);
+
+/// A request's head, up to its blank line; an error past [`MAX_HEAD`] or [`HEAD_TIME`].
+fn read_head(conn: &mut TcpStream) -> io::Result<String> {
+    let deadline = std::time::Instant::now() + HEAD_TIME;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request head too slow"));
+        }
+        conn.set_read_timeout(Some(left))?;
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too long",
+            ));
+        }
     }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn answer(src: Source, conn: &mut TcpStream) -> io::Result<()> {
+    let head = read_head(conn)?;
+    let request = head.lines().next().unwrap_or("");
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/metrics" {
         match scrape(src) {
