@@ -29,10 +29,18 @@ pub struct FastConfig {
     /// Where outbound fast-path packets leave.
     pub uplink_ifindex: u32,
     /// The router's MAC on the internal side (the bridge's): frames addressed to it are
-    /// routed, and fast-path frames to internal hosts come from it.
+    /// routed.
     pub gateway_mac: [u8; 6],
     /// [`PEER_UPLINK`], [`PEER_PORTS`].
     pub flags: u16,
+    /// How often a host's frames are let through the bridge (the slow path) so that its
+    /// forwarding database keeps the host: half the bridge's ageing time (0: never, no
+    /// bridge).
+    pub bridge_refresh_ns: u64,
+    /// The bridge whose MAC `gateway_mac` is (kept in step when it changes: a bridge
+    /// without a MAC of its own takes its ports' lowest).
+    pub bridge_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// The uplink is a veth: at TC, outbound packets go straight into its peer's ingress
@@ -41,14 +49,85 @@ pub const PEER_UPLINK: u16 = 1;
 /// The same for inbound packets into the bridge ports' peers (the internal hosts' veths).
 pub const PEER_PORTS: u16 = 2;
 
-/// Where an internal host was last seen: the router's port it sits behind and its MAC.
-/// Learnt from its own packets; replaces the bridge's FDB for fast-path packets only.
+/// A MAC address as a map key (padded to 8 bytes).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Neigh {
-    pub ifindex: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    pub const fn of(mac: [u8; 6]) -> MacKey {
+        MacKey { mac, _pad: [0; 2] }
+    }
+}
+
+/// Behind which of the router's bridge ports a MAC address was last seen (as the bridge's
+/// forwarding database knows it, for fast-path packets, which skip the bridge). Which MAC
+/// an internal address has is never taken from here: the kernel's neighbour table says
+/// (a FIB lookup), so a host claiming another's address steers nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// When a frame from the address last arrived on that port.
+    pub seen_ns: u64,
+    /// When the bridge itself last saw a frame from it (one let through the slow path).
+    pub bridged_ns: u64,
+}
+
+/// An entry is used only this long after its address's last frame: a host that moved or
+/// went away is not sent to where it was for longer.
+pub const FDB_FRESH_NS: u64 = 30 * 1_000_000_000;
+
+impl FdbEntry {
+    /// Whether it may steer a packet at `now`.
+    pub const fn fresh(&self, now: u64) -> bool {
+        now.saturating_sub(self.seen_ns) < FDB_FRESH_NS
+    }
+    /// Whether a frame from the address should now pass the bridge, for the bridge to see
+    /// it (every `refresh_ns`; never with 0).
+    pub const fn bridge_due(&self, now: u64, refresh_ns: u64) -> bool {
+        refresh_ns != 0 && now.saturating_sub(self.bridged_ns) >= refresh_ns
+    }
+}
+
+/// One of the router's fast-path ports (and the uplink), as the kernel has it: kept by the
+/// loader and the agent (from rtnetlink link events).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortState {
+    /// The bridge it is a port of (0: none): the interface the router routes its packets
+    /// from.
+    pub master: u32,
+    /// [`PORT_UP`], [`PORT_BRIDGE`].
+    pub flags: u32,
+}
+
+/// The port is administratively up with its carrier on: the bridge forwards to it.
+pub const PORT_UP: u32 = 1;
+/// The interface is a bridge: a packet routed to it goes to the bridge port its
+/// destination MAC was last seen behind.
+pub const PORT_BRIDGE: u32 = 2;
+
+/// `bpf_fib_lookup`'s answers.
+pub const FIB_SUCCESS: i64 = 0;
+pub const FIB_FRAG_NEEDED: i64 = 8;
+pub const FIB_NO_NEIGH: i64 = 7;
+
+/// What a FIB lookup's answer means for the fast path: go on, or the slow path for a reason.
+/// Anything but success, "fragmentation needed" and "no neighbour" (blackhole, unreachable,
+/// prohibit, not forwarded, forwarding off on the interface) is the router's policy: the
+/// kernel decides, as for any packet.
+pub const fn fib_verdict(rc: i64) -> Result<(), Slow> {
+    match rc {
+        FIB_SUCCESS => Ok(()),
+        FIB_FRAG_NEEDED => Err(Slow::Mtu),
+        FIB_NO_NEIGH => Err(Slow::NoNeighbour),
+        _ => Err(Slow::Policy),
+    }
 }
 
 /// Why a packet of the NAT's leaves the fast path to the router's stack (the slow path).
@@ -78,8 +157,9 @@ pub enum Slow {
     /// The IPv4 header checksum fails: the kernel's input path drops it, as a router must
     /// (RFC 1812 5.2.2); the fast path, which skips that path, must not forward it.
     IpChecksum,
-    /// The router would not forward it (forwarding off on the interface, a policy rule, a
-    /// port down): the kernel decides, as for any packet.
+    /// The router would not forward it this way (no route, a local destination, forwarding
+    /// off on the interface, a policy rule, a port down or out of the bridge): the kernel
+    /// decides, as for any packet.
     Policy,
     /// The bridge has not seen this host for a while: this packet takes the bridge, so that
     /// its forwarding database keeps the host (fast-path frames never pass it).
@@ -154,8 +234,35 @@ mod tests {
     #[test]
     fn shared_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<NextHop>(), 4 + 6 + 6);
-        assert_eq!(core::mem::size_of::<FastConfig>(), 4 + 4 + 6 + 2);
-        assert_eq!(core::mem::size_of::<Neigh>(), 4 + 6 + 2);
+        assert_eq!(core::mem::size_of::<FastConfig>(), 4 + 4 + 6 + 2 + 8 + 4 + 4);
+        assert_eq!(core::mem::size_of::<MacKey>(), 6 + 2);
+        assert_eq!(core::mem::size_of::<FdbEntry>(), 4 + 4 + 8 + 8);
+        assert_eq!(core::mem::size_of::<PortState>(), 4 + 4);
+    }
+
+    #[test]
+    fn fib_answers_map_to_the_fast_path_or_a_reason() {
+        // The kernel's BPF_FIB_LKUP_RET_* values.
+        assert_eq!(fib_verdict(0), Ok(()));
+        assert_eq!(fib_verdict(8), Err(Slow::Mtu));
+        assert_eq!(fib_verdict(7), Err(Slow::NoNeighbour));
+        for rc in [1, 2, 3, 4, 5, 6, 9, -19] {
+            assert_eq!(fib_verdict(rc), Err(Slow::Policy), "{rc}");
+        }
+    }
+
+    #[test]
+    fn fdb_entries_age_and_bridge_refreshes_come_due() {
+        let s = 1_000_000_000u64;
+        let e = FdbEntry {
+            ifindex: 3,
+            seen_ns: 100 * s,
+            bridged_ns: 100 * s,
+            ..FdbEntry::default()
+        };
+        assert!(e.fresh(100 * s) && e.fresh(129 * s) && !e.fresh(130 * s));
+        assert!(!e.bridge_due(110 * s, 15 * s) && e.bridge_due(115 * s, 15 * s));
+        assert!(!e.bridge_due(1000 * s, 0), "no bridge, no refresh");
     }
 
     fn facts(ver_ihl: u8, frag_off: u16, ttl: u8, proto: u8) -> Facts {
@@ -275,5 +382,7 @@ mod pod {
     // Safety: #[repr(C)], integer fields only, no padding (tested above).
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::FastConfig {}
-    unsafe impl aya::Pod for super::Neigh {}
+    unsafe impl aya::Pod for super::MacKey {}
+    unsafe impl aya::Pod for super::FdbEntry {}
+    unsafe impl aya::Pod for super::PortState {}
 }

@@ -7,7 +7,7 @@ use core::mem::size_of;
 
 use crate::{
     counters::{Counter, NatCounter},
-    fwd::{FastConfig, Neigh},
+    fwd::{FastConfig, FdbEntry, MacKey, PortState},
     nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, RemoteRate},
 };
 
@@ -27,7 +27,9 @@ pub const LAYOUT_STAMP: u64 = stamp(&[
     size_of::<FragPorts>() as u64,
     size_of::<NatConfig>() as u64,
     size_of::<FastConfig>() as u64,
-    size_of::<Neigh>() as u64,
+    size_of::<MacKey>() as u64,
+    size_of::<FdbEntry>() as u64,
+    size_of::<PortState>() as u64,
     size_of::<RemoteRate>() as u64,
     NatCounter::COUNT as u64,
     Counter::COUNT as u64,

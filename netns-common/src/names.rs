@@ -35,8 +35,10 @@ pub const MAP_NAT_BINDINGS: &str = "NAT_BINDINGS";
 pub const MAP_NAT_FLOWS: &str = "NAT_FLOWS";
 /// Array of one [`crate::fwd::FastConfig`].
 pub const MAP_FAST_CONFIG: &str = "FAST_CONFIG";
-/// Hash of an internal host's address (wire order) to its [`crate::fwd::Neigh`].
-pub const MAP_NAT_NEIGH: &str = "NAT_NEIGH";
+/// LRU hash of a MAC address ([`crate::fwd::MacKey`]) to its [`crate::fwd::FdbEntry`].
+pub const MAP_NAT_FDB: &str = "NAT_FDB";
+/// Hash of a fast-path port's ifindex to its [`crate::fwd::PortState`].
+pub const MAP_NAT_PORTS: &str = "NAT_PORTS";
 /// DEVMAP_HASH of the router's fast-path ports by ifindex (XDP redirects).
 pub const MAP_NAT_DEVMAP: &str = "NAT_DEVMAP";
 /// LRU hash of [`crate::nat::FragKey`] to [`crate::nat::FragPorts`].

@@ -7,14 +7,12 @@
 //! created and TCP states advance in one place; the fast path only refreshes the same
 //! conntrack entries, checking everything before it changes anything.
 
-use aya_ebpf::bindings::{
-    BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-};
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use netns_common::{
     counters::{Direction, NatCounter},
     fwd::{
-        FAST_TC, FAST_XDP, Facts, FastConfig, Neigh, PEER_PORTS, PEER_UPLINK, Slow, decrement_ttl, fast_ip,
-        fast_tcp, partial_checksum,
+        FAST_TC, FAST_XDP, Facts, FastConfig, FdbEntry, MacKey, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
+        PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict, partial_checksum,
     },
     nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
 };
@@ -26,13 +24,13 @@ use netns_common::{
 };
 
 use crate::{
-    maps::{FAST_CONFIG, Maps, NAT_FLOWS, NAT_NEIGH, UPLINK_COUNTERS, bump, count},
+    maps::{FAST_CONFIG, Maps, NAT_FDB, NAT_FLOWS, NAT_PORTS, UPLINK_COUNTERS, bump, count},
     packet::{Action, Hook, Hooked, IP_CSUM_OFF, IP_OFF, IpHdr, TCP_CSUM, UDP_CSUM, ip_header_ok},
 };
 
 const AF_INET: u8 = 2;
-/// The main table, without the policy-routing rules (the lab has none).
-const BPF_FIB_LOOKUP_DIRECT: u32 = 1;
+/// `bpf_check_mtu` of an interface that no longer exists.
+const ENODEV: i64 = -19;
 /// Offset of the TTL (the first byte of the TTL/protocol word).
 const IP_TTL_OFF: usize = IP_OFF + 8;
 /// The L4 header of a fast-path packet: `fast_ip` admits no IP options.
@@ -69,20 +67,94 @@ fn facts(ip: &IpHdr) -> Facts {
     }
 }
 
-/// Remembers behind which port, and with which MAC, internal host `addr` sits. Written
-/// only when it changed, so a busy host costs one lookup per packet.
+/// Remembers behind which port MAC `mac` sits (a frame from it arrived here), as the
+/// bridge would. Written when it moved or a second went by, so a busy host costs one lookup
+/// per packet. True when this frame should pass the bridge (the slow path), for the bridge
+/// to see the host again before its own entry ages out.
+// Keys by reference: passed by value, LLVM gives xdp_fast_out a path that reads an
+// unset register, which the verifier refuses.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn learn<P: Hooked>(ctx: &P, addr: u32, mac: [u8; 6]) {
-    let n = Neigh {
-        ifindex: ctx.ifindex(),
-        mac,
-        _pad: [0; 2],
-    };
-    // Safety: a pointer from a successful lookup, read at once.
-    if NAT_NEIGH.get_ptr(addr).is_some_and(|old| unsafe { *old } == n) {
-        return;
+fn learn<P: Hooked>(ctx: &P, mac: [u8; 6], fc: &FastConfig, now: u64) -> bool {
+    let key = MacKey::of(mac);
+    let port = ctx.ifindex();
+    if let Some(e) = NAT_FDB.get_ptr_mut(&key) {
+        // Safety: a pointer from a successful lookup; the fields are written as plain
+        // stores (a lost one is a second's age).
+        let e = unsafe { &mut *e };
+        if e.ifindex == port {
+            if now.saturating_sub(e.seen_ns) >= 1_000_000_000 {
+                e.seen_ns = now;
+            }
+            if e.bridge_due(now, fc.bridge_refresh_ns) {
+                e.bridged_ns = now;
+                return true;
+            }
+            return false;
+        }
     }
-    let _ = NAT_NEIGH.insert(addr, n, 0);
+    let fresh = FdbEntry {
+        ifindex: port,
+        _pad: 0,
+        seen_ns: now,
+        bridged_ns: now,
+    };
+    let _ = NAT_FDB.insert(&key, &fresh, 0);
+    // A host new here (or moved): the bridge, if there is one, learns it from this frame.
+    fc.bridge_refresh_ns != 0
+}
+
+/// What the loader or agent last wrote of port `ifindex`.
+// Keys by reference: passed by value, LLVM gives xdp_fast_out a path that reads an
+// unset register, which the verifier refuses.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn port_state(ifindex: u32) -> Option<PortState> {
+    // Safety: a pointer from a successful lookup, copied at once (8 bytes, written whole by
+    // user space).
+    NAT_PORTS.get_ptr(&ifindex).map(|p| unsafe { *p })
+}
+
+/// The interface the router routes a packet arriving on port `ifindex` from: the port's
+/// bridge, or the port itself.
+#[inline(always)]
+fn routed_from(ifindex: u32) -> u32 {
+    match port_state(ifindex) {
+        Some(p) if p.master != 0 => p.master,
+        _ => ifindex,
+    }
+}
+
+/// The port to hand a packet for internal host MAC `mac`, routed to `via` (a bridge, or a
+/// port of the router's): the port itself, or the bridge port the host was last seen behind,
+/// if that port is up and still the bridge's.
+// Keys by reference: passed by value, LLVM gives xdp_fast_out a path that reads an
+// unset register, which the verifier refuses.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn port_for(via: u32, mac: &[u8; 6], now: u64) -> Result<u32, Slow> {
+    match port_state(via) {
+        Some(p) if p.flags & PORT_BRIDGE != 0 => {}
+        Some(p) if p.master == 0 && p.flags & PORT_UP != 0 => return Ok(via),
+        Some(p) if p.master == 0 => return Err(Slow::Policy),
+        // A port of a bridge itself, or one the table does not know.
+        _ => return Err(Slow::NoNeighbour),
+    }
+    // Safety: a pointer from a successful lookup, copied at once (a torn copy is at worst
+    // a stale age).
+    let Some(e) = NAT_FDB.get_ptr(&MacKey::of(*mac)).map(|e| unsafe { *e }) else {
+        return Err(Slow::NoNeighbour);
+    };
+    if !e.fresh(now) {
+        return Err(Slow::NoNeighbour);
+    }
+    let port = e.ifindex;
+    match port_state(port) {
+        Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok(port),
+        // Down, or no longer this bridge's: the bridge would not send it there.
+        Some(_) => Err(Slow::Policy),
+        None => Err(Slow::NoNeighbour),
+    }
 }
 
 /// The live flow `key` (a pointer into NAT_FLOWS) and its TCP state.
@@ -190,13 +262,14 @@ pub fn outbound<P: Hooked>(ctx: &P) -> Res<Action> {
         return Ok(Action::Pass);
     }
     let macs = h.macs;
-    learn(ctx, ip.src, macs[1]);
+    let now = maps.now();
+    let bridge_due = learn(ctx, macs[1], fc, now);
     // Only frames the router routes: to its MAC, and neither to another internal host nor
     // to its own external address (hairpinning is the bridge-side program's).
     if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
         return Ok(Action::Pass);
     }
-    or_slow(outbound_fast(ctx, &maps, cfg, fc, &ip)?)
+    or_slow(outbound_fast(ctx, &maps, cfg, fc, &ip, now, bridge_due)?)
 }
 
 /// The ports (wire order) and, for TCP, what the tracker needs of a fast-path segment (never
@@ -226,6 +299,8 @@ fn outbound_fast<P: Hooked>(
     cfg: &NatConfig,
     fc: &FastConfig,
     ip: &IpHdr,
+    now: u64,
+    bridge_due: bool,
 ) -> Res<Result<Action, Slow>> {
     if let Err(why) = fast_ip(&facts(ip)) {
         return Ok(Err(why));
@@ -237,7 +312,6 @@ fn outbound_fast<P: Hooked>(
     if let Err(why) = checksum_complete(ctx, ip)? {
         return Ok(Err(why));
     }
-    let now = maps.now();
     let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
     let Some((f, state)) = live_flow(&key, now) else {
         return Ok(Err(Slow::NoFlow));
@@ -255,13 +329,21 @@ fn outbound_fast<P: Hooked>(
     fib.l4_protocol = ip.proto;
     fib.sport = ext_port;
     fib.dport = p[1];
-    fib.ifindex = ctx.ifindex();
+    // As the router routes it: from the port's bridge, through its policy rules and its
+    // forwarding setting (a lookup refused by either is the kernel's to handle).
+    fib.ifindex = routed_from(ctx.ifindex());
     fib.__bindgen_anon_3.ipv4_src = ext_addr;
     fib.__bindgen_anon_4.ipv4_dst = ip.dst;
-    match ctx.fib_lookup(&mut fib, ip, BPF_FIB_LOOKUP_DIRECT) as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS if fib.ifindex == fc.uplink_ifindex => {}
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Err(Slow::Mtu)),
-        _ => return Ok(Err(Slow::NoNeighbour)),
+    if let Err(why) = fib_verdict(ctx.fib_lookup(&mut fib, ip, 0)) {
+        return Ok(Err(why));
+    }
+    if fib.ifindex != fc.uplink_ifindex {
+        return Ok(Err(Slow::Policy));
+    }
+    // Any other reason to leave has been counted by now: this one only when the packet
+    // would otherwise have taken the fast path (the bridge sees the frame either way).
+    if bridge_due {
+        return Ok(Err(Slow::BridgeRefresh));
     }
     let peer = fc.flags & PEER_UPLINK != 0;
     if let Err(why) = aim(ctx, fc.uplink_ifindex, peer) {
@@ -336,16 +418,33 @@ fn inbound_fast<P: Hooked>(
     {
         return Ok(Err(why));
     }
-    let Some(n) = NAT_NEIGH.get_ptr(b.int_addr) else {
-        return Ok(Err(Slow::NoNeighbour));
+    // The next hop as the router has it: its FIB from the uplink (policy rules, forwarding
+    // on) to the internal host, whose MAC its neighbour table knows; then the port that MAC
+    // was last seen behind.
+    // Safety: a zeroed plain-data struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.proto;
+    fib.sport = p[0];
+    fib.dport = b.int_port;
+    fib.ifindex = ctx.ifindex();
+    fib.__bindgen_anon_3.ipv4_src = ip.src;
+    fib.__bindgen_anon_4.ipv4_dst = b.int_addr;
+    if let Err(why) = fib_verdict(ctx.fib_lookup(&mut fib, ip, 0)) {
+        return Ok(Err(why));
+    }
+    let port = match port_for(fib.ifindex, &fib.dmac, now) {
+        Ok(port) => port,
+        Err(why) => return Ok(Err(why)),
     };
-    // Safety: a pointer from a successful lookup, copied at once.
-    let n = unsafe { *n };
-    if !ctx.fits_mtu(n.ifindex) {
-        return Ok(Err(Slow::Mtu));
+    match ctx.check_mtu(port) {
+        0 => {}
+        // The port is gone: a redirect would vanish.
+        ENODEV => return Ok(Err(Slow::Redirect)),
+        _ => return Ok(Err(Slow::Mtu)),
     }
     let peer = fc.flags & PEER_PORTS != 0;
-    if let Err(why) = aim(ctx, n.ifindex, peer) {
+    if let Err(why) = aim(ctx, port, peer) {
         return Ok(Err(why));
     }
     // Safety: as in `live_flow`; every write into it follows a compare-and-swap (`touch`).
@@ -363,5 +462,5 @@ fn inbound_fast<P: Hooked>(
     }
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
     hop(ctx, ip)?;
-    send(ctx, &n.mac, &fc.gateway_mac, peer, false).map(Ok)
+    send(ctx, &fib.dmac, &fib.smac, peer, false).map(Ok)
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::{FastConfig, Neigh, NextHop},
+    fwd::{FastConfig, FdbEntry, MacKey, NextHop, PortState},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig,
         PROTO_TCP, PROTO_UDP, RemoteRate,
@@ -66,11 +66,16 @@ pub static NAT_FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144
 #[map(name = "FAST_CONFIG")]
 pub static FAST_CONFIG: Array<FastConfig> = Array::with_max_entries(1, 0);
 
-/// Internal hosts by address: the port they sit behind and their MAC (for inbound fast-path
-/// packets, which skip the bridge). Bounded like a neighbour table; LRU so a full table
+/// MAC addresses seen on the bridge ports: the port each sits behind (for inbound fast-path
+/// packets, which skip the bridge). Bounded like a forwarding database; LRU so a full table
 /// forgets the quietest host rather than refusing a new one.
-#[map(name = "NAT_NEIGH")]
-pub static NAT_NEIGH: LruHashMap<u32, Neigh> = LruHashMap::with_max_entries(4096, 0);
+#[map(name = "NAT_FDB")]
+pub static NAT_FDB: LruHashMap<MacKey, FdbEntry> = LruHashMap::with_max_entries(4096, 0);
+
+/// The fast-path ports and the uplink, by ifindex: their bridge and whether they are up
+/// (the loader and the agent keep it).
+#[map(name = "NAT_PORTS")]
+pub static NAT_PORTS: HashMap<u32, PortState> = HashMap::with_max_entries(64, 0);
 
 /// The router's fast-path ports (bridge ports and the uplink) by ifindex: where XDP
 /// redirects go.

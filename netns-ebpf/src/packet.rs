@@ -50,12 +50,13 @@ pub trait Hooked: Packet {
         }
     }
 
-    /// Whether the packet fits the MTU of `ifindex`.
+    /// `bpf_check_mtu` of the packet against interface `ifindex`: 0 if it fits, -ENODEV if
+    /// there is no such interface (any longer).
     #[inline(always)]
-    fn fits_mtu(&self, ifindex: u32) -> bool {
+    fn check_mtu(&self, ifindex: u32) -> i64 {
         let mut mtu_len = 0u32;
         // Safety: the context the program was given and a local for the result.
-        unsafe { bpf_check_mtu(self.ctx().as_ptr(), ifindex, &mut mtu_len, 0, Self::MTU_FLAGS) == 0 }
+        unsafe { bpf_check_mtu(self.ctx().as_ptr(), ifindex, &mut mtu_len, 0, Self::MTU_FLAGS) }
     }
 }
 

@@ -320,3 +320,87 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
     assert_same(&before, &h.snapshot(), "down left the namespaces changed");
     netns_tests::assert_gone(&lab);
 }
+
+/// Detaches lab `0` when dropped (a failing test leaves nothing attached).
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = netns_tests::netns_nat(&["nat", "detach", "--prefix", &self.0]);
+    }
+}
+
+/// Issue 17, item 7: a namespace that filters what it forwards (here an nftables forward
+/// chain dropping large datagrams to one port) keeps its filter under an attached NAT: the
+/// fast path, whose redirects would skip the forward hook, is off from the first packet
+/// (and the agent keeps it off while the filter is there).
+#[test]
+fn a_filter_in_an_attached_namespace_holds_the_fast_path_off_from_the_start() {
+    if !privileged("nat_attach_filter") {
+        return;
+    }
+    let p = netns_tests::prefix("hf");
+    let h = HandMade::build(&p);
+    let router = h.ns("router");
+    let nft = |args: &[&str]| sh_in(&router, "nft", args);
+    nft(&["add", "table", "ip", "userfw"]);
+    nft(&["add chain ip userfw filter_fwd { type filter hook forward priority 0; policy accept; }"]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "userfw",
+        "filter_fwd",
+        "udp",
+        "dport",
+        "7006",
+        "ip",
+        "length",
+        "gt",
+        "100",
+        "drop",
+    ]);
+    let lab = format!("{p}nat-");
+    let (_, err) = netns_nat_ok(&[
+        "nat",
+        "attach",
+        "--prefix",
+        &lab,
+        "--netns",
+        &router,
+        "--uplink",
+        "wan",
+        "--internal",
+        "192.168.15.0/24",
+    ]);
+    let _detach = Detach(lab.clone());
+    assert!(
+        err.contains("fast path is held off") && err.contains("userfw"),
+        "{err}"
+    );
+    let fc = netns_user::nat::ebpf::running_fast_config(&lab).unwrap();
+    assert_eq!(
+        fc.mode,
+        netns_common::fwd::FAST_OFF,
+        "held off before the first packet"
+    );
+
+    let _srv = netns_tests::UdpEcho::start(&h.ns("lan"), &[7006]);
+    let s = netns_tests::in_ns(&h.ns("red"), || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let to = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 7006);
+    let echoed = |len: usize| {
+        let data = vec![b'x'; len];
+        s.send_to(&data, to).unwrap();
+        let mut buf = [0u8; 2048];
+        matches!(s.recv(&mut buf), Ok(n) if n == len)
+    };
+    for _ in 0..5 {
+        assert!(echoed(20), "small datagrams pass the filter");
+    }
+    for _ in 0..5 {
+        assert!(!echoed(200), "a large datagram passed the router's filter");
+    }
+    let c = netns_tests::nat_counters(&lab);
+    assert_eq!(c["fast_out_tc"], 0, "{c:?}");
+}

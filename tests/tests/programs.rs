@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use netns_common::{
-    fwd::{FAST_TC, FAST_XDP, FastConfig},
+    fwd::{FAST_TC, FAST_XDP, FastConfig, FdbEntry, PORT_BRIDGE, PORT_UP, PortState},
     names::{
         PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_XDP_FAST_IN,
         PROG_XDP_FAST_OUT,
@@ -494,6 +494,9 @@ fn the_xdp_fast_path_passes_what_it_cannot_take_untouched() {
         uplink_ifindex: 1,
         gateway_mac: MAC_B,
         flags: 0,
+        bridge_refresh_ns: 0,
+        bridge_ifindex: 0,
+        _pad: 0,
     };
     let Some(bed) = bed("pxdp", Some(fast)) else {
         return;
@@ -503,26 +506,20 @@ fn the_xdp_fast_path_passes_what_it_cannot_take_untouched() {
         PROG_NAT_EGRESS,
         &frame(RED, LAN, &udp(40060, 7000, b"first")),
     );
-    // Inbound first: red has not been seen at a port, so its neighbour is unknown.
+    // Inbound: the FIB has no route to red; the kernel decides what becomes of it.
     let c0 = counters(&bed);
     let reply = frame(LAN, EXT, &udp(7000, 40060, b"reply"));
     let out = run(&bed, PROG_XDP_FAST_IN, &reply);
     assert_eq!((out.code, &out.frame), (XDP_PASS, &reply));
     let c1 = counters(&bed);
-    assert_eq!(c1["slow_no_neighbour"] - c0["slow_no_neighbour"], 1, "{c1:?}");
-    // Outbound, no route: the FIB knows no next hop.
+    assert_eq!(c1["slow_policy"] - c0["slow_policy"], 1, "{c1:?}");
+    // Outbound, no route: the same.
     let next = frame(RED, LAN, &udp(40060, 7000, b"second"));
     let out = run(&bed, PROG_XDP_FAST_OUT, &next);
     assert_eq!((out.code, &out.frame), (XDP_PASS, &next));
     let c2 = counters(&bed);
-    assert_eq!(c2["slow_no_neighbour"] - c1["slow_no_neighbour"], 1, "{c2:?}");
-    // Now red is known (learnt at the "port" the frame came in by), but the DEVMAP holds no
-    // port here: the redirect is refused before anything is written, and the packet goes to
-    // the slow path untouched, counted.
-    let out = run(&bed, PROG_XDP_FAST_IN, &reply);
-    assert_eq!((out.code, &out.frame), (XDP_PASS, &reply));
-    assert_eq!(counters(&bed)["redirect_failed"] - c2["redirect_failed"], 1);
-    assert_eq!(counters(&bed)["fast_in_xdp"], 0);
+    assert_eq!(c2["slow_policy"] - c1["slow_policy"], 1, "{c2:?}");
+    assert_eq!((c2["fast_in_xdp"], c2["fast_out_xdp"]), (0, 0));
     // Hostile frames: passed untouched or dropped, never changed.
     for n in packet::ETH_HLEN..next.len() {
         for prog in [PROG_XDP_FAST_OUT, PROG_XDP_FAST_IN] {
@@ -631,8 +628,9 @@ fn fragmented_icmp_echo_is_translated_both_ways() {
 /// uplink (`up0`, 192.168.1.2/24, lan's MAC as a permanent neighbour), so that the FIB lookup,
 /// the MTU check and the redirect run for real. Outbound and inbound frames come out exactly
 /// as the builder makes them (MACs of the next hop, translated, TTL one less, checksums
-/// right) with the hook's redirect code; with the neighbour gone, the slow path takes over
-/// and the frame is untouched.
+/// right) with the hook's redirect code; with the router's policy refusing it (a rule,
+/// forwarding off, the port down) or the neighbour gone, the slow path takes over and the
+/// frame is untouched.
 fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     let tag = if xdp { "pfnx" } else { "pfnt" };
     let Some(mut bed) = bed(tag, None) else {
@@ -648,6 +646,20 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         ip(&["link", "set", dev, "up"]);
     }
     ip(&["addr", "add", "192.168.1.2/24", "dev", "up0"]);
+    // Red behind port0, as the router's neighbour table knows it: the inbound fast path
+    // takes red's MAC from there (a FIB lookup), never from what red's frames claim.
+    ip(&["addr", "add", "192.168.15.254/24", "dev", "port0"]);
+    ip(&[
+        "neigh",
+        "replace",
+        &RED.to_string(),
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "port0",
+        "nud",
+        "permanent",
+    ]);
     ip(&[
         "neigh",
         "replace",
@@ -669,10 +681,22 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         uplink_ifindex: up0.index,
         gateway_mac: GW_MAC,
         flags: 0,
+        bridge_refresh_ns: 0,
+        bridge_ifindex: 0,
+        _pad: 0,
     })
     .unwrap();
+    for l in [&port0, &up0] {
+        bed.set_port(
+            l.index,
+            PortState {
+                master: 0,
+                flags: PORT_UP,
+            },
+        )
+        .unwrap();
+    }
     let (out_prog, in_prog, redirect, pass) = if xdp {
-        bed.allow_xdp_redirect(&["port0", "up0"]).unwrap();
         (PROG_XDP_FAST_OUT, PROG_XDP_FAST_IN, XDP_REDIRECT, XDP_PASS)
     } else {
         (PROG_NAT_FAST_OUT, PROG_NAT_INGRESS, TC_REDIRECT, NEXT)
@@ -686,6 +710,21 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         &frame(RED, LAN, &udp(45000, 7000, b"first")),
     );
     assert_frame(&first, &frame(EXT, LAN, &udp(45000, 7000, b"first")));
+    if xdp {
+        // With the uplink not in the DEVMAP, the redirect is refused before anything is
+        // written: the slow path gets the frame untouched, counted.
+        let f = packet::frame(
+            GW_MAC,
+            MAC_A,
+            &Ipv4::new(RED, LAN),
+            &udp(45000, 7000, b"no devmap"),
+        )
+        .to_vec();
+        let o = bed.run_on(PROG_XDP_FAST_OUT, &f, Some(port0.index)).unwrap();
+        assert_eq!((o.code, &o.frame), (XDP_PASS, &f));
+        assert_eq!(counters(&bed)["redirect_failed"], 1);
+        bed.allow_xdp_redirect(&["port0", "up0"]).unwrap();
+    }
 
     let from_red = |ttl: u8, payload: &[u8]| {
         packet::frame(
@@ -719,7 +758,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     assert_eq!(back.code, redirect, "redirected to red's port");
     let want = packet::frame(
         MAC_A,
-        GW_MAC,
+        port0.mac,
         &Ipv4::new(LAN, RED).ttl(63),
         &udp(7000, 45000, b"fast in"),
     );
@@ -740,6 +779,36 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     f[packet::ETH_HLEN + 10] ^= 0x40;
     let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
     assert_eq!((o.code, &o.frame), (pass, &f));
+    // The router's policy is the kernel's to apply: a rule refusing what comes from port0,
+    // forwarding off on the uplink, port0 down: each sends the packet to the slow path,
+    // untouched.
+    ip(&["rule", "add", "iif", "port0", "prohibit", "pref", "10"]);
+    let f = from_red(64, b"prohibited");
+    let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
+    assert_eq!((o.code, &o.frame), (pass, &f));
+    ip(&["rule", "del", "pref", "10"]);
+    netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.conf.up0.forwarding=0"]);
+    // (Inbound at TC, the slow path is the same program: it translates and passes.)
+    let slow_in = |o: Outcome| {
+        assert_eq!(o.code, pass);
+        if xdp {
+            assert_eq!(o.frame, from_lan);
+        }
+    };
+    slow_in(bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap());
+    netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.conf.up0.forwarding=1"]);
+    bed.set_port(port0.index, PortState { master: 0, flags: 0 })
+        .unwrap();
+    slow_in(bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap());
+    bed.set_port(
+        port0.index,
+        PortState {
+            master: 0,
+            flags: PORT_UP,
+        },
+    )
+    .unwrap();
+    assert_eq!(counters(&bed)["slow_policy"], 3);
     // No neighbour for the next hop: the slow path (the kernel resolves it), untouched.
     ip(&["neigh", "del", "192.168.1.3", "dev", "up0"]);
     let f = from_red(64, b"no neighbour");
@@ -747,8 +816,13 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     assert_eq!((o.code, &o.frame), (pass, &f));
     let c = counters(&bed);
     assert_eq!(
-        (c["slow_ttl"], c["slow_ip_checksum"], c["slow_no_neighbour"]),
-        (1, 1, 1),
+        (
+            c["slow_ttl"],
+            c["slow_ip_checksum"],
+            c["slow_no_neighbour"],
+            c["slow_policy"]
+        ),
+        (1, 1, 1, 3),
         "{c:?}"
     );
 }
@@ -761,6 +835,114 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop_tc() {
 #[test]
 fn the_fast_path_rewrites_and_redirects_to_the_next_hop_xdp() {
     the_fast_path_rewrites_and_redirects_to_the_next_hop(true);
+}
+
+/// A redirect to a port that is gone would vanish in the kernel (at TC, silently): the fast
+/// path checks the port exists first, and leaves the packet to the slow path, counted as
+/// `redirect_failed`. Here red sits behind a bridge, the fast path last saw red's MAC behind
+/// port 9999, and there is no interface 9999.
+#[test]
+fn a_redirect_to_a_vanished_port_is_counted_and_left_to_the_slow_path() {
+    for xdp in [false, true] {
+        let Some(mut bed) = bed(if xdp { "pgonex" } else { "pgonet" }, None) else {
+            return;
+        };
+        let ns = bed.namespace().to_owned();
+        let ip = |args: &[&str]| netns_tests::sh_in(&ns, "ip", args);
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["link", "add", "up0", "type", "veth", "peer", "name", "lan0"]);
+        for dev in ["br0", "up0", "lan0"] {
+            ip(&["link", "set", dev, "up"]);
+        }
+        ip(&["addr", "add", "192.168.1.2/24", "dev", "up0"]);
+        ip(&["addr", "add", "192.168.15.254/24", "dev", "br0"]);
+        ip(&[
+            "neigh",
+            "replace",
+            &RED.to_string(),
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
+        ]);
+        netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        let (br0, up0) = netns_user::sys::netlink::in_ns(&ns, |r| async move {
+            Ok((r.link("br0").await?, r.link("up0").await?))
+        })
+        .unwrap();
+        bed.set_fast(FastConfig {
+            mode: if xdp { FAST_XDP } else { FAST_TC },
+            uplink_ifindex: up0.index,
+            gateway_mac: br0.mac,
+            flags: 0,
+            bridge_refresh_ns: 0,
+            bridge_ifindex: br0.index,
+            _pad: 0,
+        })
+        .unwrap();
+        bed.set_port(
+            br0.index,
+            PortState {
+                master: 0,
+                flags: PORT_UP | PORT_BRIDGE,
+            },
+        )
+        .unwrap();
+        bed.set_port(
+            up0.index,
+            PortState {
+                master: 0,
+                flags: PORT_UP,
+            },
+        )
+        .unwrap();
+        bed.set_port(
+            9999,
+            PortState {
+                master: br0.index,
+                flags: PORT_UP,
+            },
+        )
+        .unwrap();
+        let now = nat_ebpf::monotonic_ns();
+        bed.set_fdb(
+            MAC_A,
+            FdbEntry {
+                ifindex: 9999,
+                _pad: 0,
+                seen_ns: now,
+                bridged_ns: now,
+            },
+        )
+        .unwrap();
+        run(
+            &bed,
+            PROG_NAT_EGRESS,
+            &frame(RED, LAN, &udp(45100, 7000, b"first")),
+        );
+        let from_lan = packet::frame(
+            up0.mac,
+            [2, 0, 0, 0, 0, 3],
+            &Ipv4::new(LAN, EXT),
+            &udp(7000, 45100, b"in"),
+        )
+        .to_vec();
+        let (prog, pass) = if xdp {
+            (PROG_XDP_FAST_IN, XDP_PASS)
+        } else {
+            (PROG_NAT_INGRESS, NEXT)
+        };
+        let o = bed.run_on(prog, &from_lan, Some(up0.index)).unwrap();
+        assert_eq!(o.code, pass, "left to the slow path");
+        if xdp {
+            assert_eq!(o.frame, from_lan, "untouched");
+        }
+        let c = counters(&bed);
+        assert_eq!(c["redirect_failed"], 1, "{c:?}");
+        assert_eq!(c[if xdp { "fast_in_xdp" } else { "fast_in_tc" }], 0);
+    }
 }
 
 /// Every program passes the verifier at every diagnostics level (the logging code grows the

@@ -745,3 +745,333 @@ fn the_routers_own_sockets_keep_their_ports() {
     assert_eq!(moved(&before, &nat_counters(g.prefix()), "drop_unsolicited"), 0);
     assert!(!got_anything(&s2, SETTLE));
 }
+
+/// Drains what `s` has received within `wait`: the payloads.
+fn drain(s: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = s.recv(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// Item 6: an internal host that sends with another's address (blue, with red's address and
+/// port, from its own port and MAC) does not get the other's inbound traffic: which MAC an
+/// internal address has comes from the router's neighbour table, never from what a frame
+/// claims, and the fast path delivers replies to red's port still.
+fn a_host_claiming_anothers_address_steers_nothing(mode: FastPath) {
+    if !privileged("address_claim") {
+        return;
+    }
+    let g = lab("cl", mode, |_| {});
+    let (red, blue, lan) = (g.lab.ns("red"), g.lab.ns("blue"), g.lab.ns("lan"));
+    let _srv = UdpEcho::start(&lan, &[7002]);
+    let s = udp_in(&red, 0);
+    let port = s.local_addr().unwrap().port();
+    let to = SocketAddrV4::new(LAN, 7002);
+    for i in 0..5 {
+        echo(&s, to, format!("warm {i}").as_bytes());
+    }
+    let wire = Wire::open(&blue, "veth-blue");
+    let blue_mac = mac_of(&blue, "veth-blue");
+    let gw = mac_of(&g.lab.ns("host"), "v-net-0");
+    let before = nat_counters(g.prefix());
+    // Blue's claims: red's flow, from blue. Their echoes are red's flow's too.
+    for _ in 0..10 {
+        let f = packet::frame(gw, blue_mac, &Ipv4::new(RED, LAN), &udp_l4(port, 7002, b"claim"));
+        wire.send(&f).unwrap();
+    }
+    std::thread::sleep(SETTLE);
+    for i in 0..20 {
+        s.send_to(format!("after {i}").as_bytes(), to).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = drain(&s, Duration::from_millis(500));
+    let after = nat_counters(g.prefix());
+    let to_blue = ipv4_matching(&wire.received(Duration::ZERO), |ip| ip.header.dst == RED);
+    assert_eq!(to_blue, 0, "red's replies went to blue");
+    let red_own = got.iter().filter(|p| p.starts_with(b"after ")).count();
+    assert_eq!(red_own, 20, "red got {red_own} of its 20 echoes");
+    assert_eq!(got.iter().filter(|p| p.as_slice() == b"claim").count(), 10);
+    let fast_in = format!("fast_in_{}", mode.name());
+    assert!(
+        moved(&before, &after, &fast_in) >= 20,
+        "the replies took the fast path: {after:?}"
+    );
+}
+netns_tests::modes!(a_host_claiming_anothers_address_steers_nothing);
+
+/// Echoes one datagram from `s` to `to`; whether the echo came back within `wait`.
+fn echoed(s: &UdpSocket, to: SocketAddrV4, data: &[u8], wait: Duration) -> bool {
+    drain(s, Duration::from_millis(1));
+    s.send_to(data, to).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 2048];
+    matches!(s.recv(&mut buf), Ok(n) if &buf[..n] == data)
+}
+
+/// Item 7: what the router would refuse, the fast path refuses too, for packets of flows it
+/// already carries: a policy rule, forwarding off on an interface, a bridge port down or
+/// out of the bridge. Each stops red's flow (the kernel decides, counted as `slow_policy`),
+/// and undoing it brings the flow back.
+fn the_routers_policy_binds_the_fast_path(mode: FastPath) {
+    if !privileged("router_policy") {
+        return;
+    }
+    let g = lab("rp", mode, |_| {});
+    let (red, lan, host) = (g.lab.ns("red"), g.lab.ns("lan"), g.lab.ns("host"));
+    let _srv = UdpEcho::start(&lan, &[7003]);
+    let s = udp_in(&red, 0);
+    let to = SocketAddrV4::new(LAN, 7003);
+    let fast_out = format!("fast_out_{}", mode.name());
+    let fast_in = format!("fast_in_{}", mode.name());
+    let flowing = |what: &str| {
+        let before = nat_counters(g.prefix());
+        for i in 0..5 {
+            assert!(
+                echoed(&s, to, format!("{what} {i}").as_bytes(), WAIT),
+                "{what}: no echo"
+            );
+        }
+        let after = nat_counters(g.prefix());
+        assert!(
+            moved(&before, &after, &fast_out) >= 4 && moved(&before, &after, &fast_in) >= 4,
+            "{what}: not on the fast path: {after:?}"
+        );
+    };
+    let stopped = |what: &str| {
+        let before = nat_counters(g.prefix());
+        for i in 0..3 {
+            assert!(
+                !echoed(
+                    &s,
+                    to,
+                    format!("{what} {i}").as_bytes(),
+                    Duration::from_millis(300)
+                ),
+                "{what}: the flow went on"
+            );
+        }
+        let after = nat_counters(g.prefix());
+        assert!(moved(&before, &after, "slow_policy") >= 3, "{what}: {after:?}");
+    };
+    let sh = |program: &str, args: &[&str]| sh_in(&host, program, args);
+    flowing("warm");
+    // A MAC of the bridge's own (a bridge without one takes its ports' lowest, so taking a
+    // port out below would change it): the fast path follows (red, its ARP cache flushed,
+    // sends to the new one).
+    sh("ip", &["link", "set", "v-net-0", "address", "02:00:00:00:be:ef"]);
+    sh_in(&red, "ip", &["neigh", "flush", "dev", "veth-red"]);
+    std::thread::sleep(SETTLE);
+    flowing("a new bridge MAC");
+
+    sh(
+        "ip",
+        &["rule", "add", "iif", "v-net-0", "blackhole", "pref", "10"],
+    );
+    stopped("a blackhole rule for the bridge");
+    sh("ip", &["rule", "del", "pref", "10"]);
+    flowing("rule gone");
+
+    sh("sysctl", &["-qw", "net.ipv4.conf.uplink.forwarding=0"]);
+    stopped("forwarding off on the uplink");
+    sh("sysctl", &["-qw", "net.ipv4.conf.uplink.forwarding=1"]);
+    flowing("forwarding back on");
+
+    // Inbound only from here (red's sends would die at its own port): lan sends to red's
+    // mapping from the echo server's port, raw.
+    let out = Outside::of(&g);
+    let port_down = |what: &str, undo: &[&str], args: &[&str]| {
+        echo(&s, to, b"mapping");
+        let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let ext_port = flows
+            .iter()
+            .find(|(k, _)| k.rem_addr == addr_to_wire(LAN) && k.rem_port == 7003u16.to_be())
+            .map(|(_, f)| u16::from_be(f.ext_port))
+            .expect("red's flow");
+        sh("ip", args);
+        // The agent hears of the link change and updates the fast path's port table.
+        std::thread::sleep(SETTLE);
+        let before = nat_counters(g.prefix());
+        for i in 0..3 {
+            out.send(
+                &Ipv4::new(LAN, EXT),
+                &udp_l4(7003, ext_port, format!("{what} {i}").as_bytes()),
+            );
+        }
+        assert!(
+            drain(&s, Duration::from_millis(300)).is_empty(),
+            "{what}: red got them"
+        );
+        let after = nat_counters(g.prefix());
+        assert!(moved(&before, &after, "slow_policy") >= 3, "{what}: {after:?}");
+        sh("ip", undo);
+        std::thread::sleep(SETTLE);
+    };
+    port_down(
+        "red's port down",
+        &["link", "set", "veth-red-br", "up"],
+        &["link", "set", "veth-red-br", "down"],
+    );
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || echoed(&s, to, b"up again", Duration::from_millis(200)),
+        || "red's port back up: no echo".into(),
+    );
+    flowing("port up again");
+    port_down(
+        "red's port out of the bridge",
+        &["link", "set", "veth-red-br", "master", "v-net-0"],
+        &["link", "set", "veth-red-br", "nomaster"],
+    );
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || echoed(&s, to, b"bridged again", Duration::from_millis(200)),
+        || "red's port back in the bridge: no echo".into(),
+    );
+    flowing("port in the bridge again");
+}
+netns_tests::modes!(the_routers_policy_binds_the_fast_path);
+
+/// Item 7: frames the fast path carries skip the bridge, whose forwarding database would
+/// forget red (and flood what it forwards to red) after its ageing time; a frame of red's
+/// takes the bridge every half ageing time, so the bridge keeps red for as long as red talks.
+fn the_bridge_keeps_hosts_the_fast_path_carries(mode: FastPath) {
+    if !privileged("bridge_refresh") {
+        return;
+    }
+    let g = lab("br", mode, |_| {});
+    let (red, lan, host) = (g.lab.ns("red"), g.lab.ns("lan"), g.lab.ns("host"));
+    // 3 s: the agent hears of it and refreshes every 1.5 s.
+    sh_in(
+        &host,
+        "ip",
+        &["link", "set", "v-net-0", "type", "bridge", "ageing_time", "300"],
+    );
+    std::thread::sleep(SETTLE);
+    let _srv = UdpEcho::start(&lan, &[7004]);
+    let s = udp_in(&red, 0);
+    let to = SocketAddrV4::new(LAN, 7004);
+    let red_mac = mac_of(&red, "veth-red")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let before = nat_counters(g.prefix());
+    // 8 s of talk, 10 datagrams a second, every echo back.
+    for i in 0..80 {
+        echo(&s, to, format!("talk {i}").as_bytes());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = nat_counters(g.prefix());
+    let fdb = sh_in(&host, "bridge", &["fdb", "show", "br", "v-net-0"]);
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with(&red_mac) && l.contains("veth-red-br")),
+        "the bridge forgot red:\n{fdb}"
+    );
+    let refreshes = moved(&before, &after, "slow_bridge_refresh");
+    assert!((3..=12).contains(&refreshes), "{refreshes} refreshes: {after:?}");
+    let fast_out = format!("fast_out_{}", mode.name());
+    assert!(moved(&before, &after, &fast_out) >= 60, "{after:?}");
+}
+netns_tests::modes!(the_bridge_keeps_hosts_the_fast_path_carries);
+
+/// What the lab's agent reports holds the fast path off, if anything.
+fn fast_path_held(prefix: &str) -> Option<String> {
+    let (out, _) = netns_tests::netns_nat_ok(&["status", "--prefix", prefix, "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    st["ebpf"]["agent"]["health"]["fast_path_held"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Item 7: a filter on the router's forward hook (nftables, or iptables-legacy) is the
+/// router's policy too: within the agent's check (2 s) the fast path, whose redirects
+/// would skip it, is held off and the filter applies to flows already on the fast path;
+/// once the filter is gone the fast path comes back.
+fn a_forward_filter_holds_the_fast_path_off(mode: FastPath) {
+    if !privileged("forward_filter") {
+        return;
+    }
+    let g = lab("ff", mode, |_| {});
+    let (red, lan, host) = (g.lab.ns("red"), g.lab.ns("lan"), g.lab.ns("host"));
+    let _srv = UdpEcho::start(&lan, &[7005]);
+    let s = udp_in(&red, 0);
+    let to = SocketAddrV4::new(LAN, 7005);
+    let small = |i: usize| echoed(&s, to, format!("small {i}").as_bytes(), WAIT);
+    let large = || echoed(&s, to, &[b'L'; 200], Duration::from_millis(300));
+    let fast_out = format!("fast_out_{}", mode.name());
+    let on_fast_path = || {
+        let before = nat_counters(g.prefix())[&fast_out];
+        (0..5).all(small) && nat_counters(g.prefix())[&fast_out] >= before + 4
+    };
+    assert!(on_fast_path() && large());
+
+    let nft = |args: &[&str]| sh_in(&host, "nft", args);
+    nft(&["add", "table", "ip", "userfw"]);
+    nft(&["add chain ip userfw filter_fwd { type filter hook forward priority 0; policy accept; }"]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "userfw",
+        "filter_fwd",
+        "udp",
+        "dport",
+        "7005",
+        "ip",
+        "length",
+        "gt",
+        "100",
+        "drop",
+    ]);
+    // Until the agent sees it, the fast path carries large datagrams past it.
+    wait_for(
+        Duration::from_secs(6),
+        Duration::from_millis(100),
+        || !large(),
+        || "the filter never applied to the flow".into(),
+    );
+    let before = nat_counters(g.prefix())[&fast_out];
+    assert!((0..5).all(small), "small datagrams pass the filter");
+    assert!((0..3).all(|_| !large()), "a large datagram passed the filter");
+    assert_eq!(nat_counters(g.prefix())[&fast_out], before, "the fast path ran");
+    assert!(
+        fast_path_held(g.prefix()).is_some_and(|w| w.contains("ip userfw filter_fwd")),
+        "{:?}",
+        fast_path_held(g.prefix())
+    );
+    nft(&["delete", "table", "ip", "userfw"]);
+    wait_for(
+        Duration::from_secs(6),
+        Duration::from_millis(200),
+        on_fast_path,
+        || "the fast path never came back".into(),
+    );
+    assert!(large());
+    assert_eq!(fast_path_held(g.prefix()), None);
+
+    // iptables-legacy: all of the flow's datagrams dropped in FORWARD.
+    let rule = ["FORWARD", "-p", "udp", "--dport", "7005", "-j", "DROP"];
+    sh_in(&host, "iptables-legacy", &[&["-A"][..], &rule].concat());
+    wait_for(
+        Duration::from_secs(6),
+        Duration::from_millis(100),
+        || !echoed(&s, to, b"legacy", Duration::from_millis(300)),
+        || "iptables-legacy's filter never applied to the flow".into(),
+    );
+    assert!(fast_path_held(g.prefix()).is_some_and(|w| w.contains("iptables-legacy")));
+    sh_in(&host, "iptables-legacy", &[&["-D"][..], &rule].concat());
+    wait_for(
+        Duration::from_secs(6),
+        Duration::from_millis(200),
+        on_fast_path,
+        || "the fast path never came back after iptables-legacy".into(),
+    );
+}
+netns_tests::modes!(a_forward_filter_holds_the_fast_path_off);

@@ -13,8 +13,11 @@ use aya::{
 };
 use netns_common::{
     counters::NatCounter,
-    fwd::FastConfig,
-    names::{MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS},
+    fwd::{FastConfig, FdbEntry, MacKey, PortState},
+    names::{
+        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FDB, MAP_NAT_FLOWS,
+        MAP_NAT_PORTS,
+    },
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
 };
 
@@ -123,6 +126,25 @@ impl ProgBed {
             .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
         let mut a: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
         a.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))
+    }
+
+    /// Sets what the fast path knows of interface `ifindex` (as `sync_ports` writes it for
+    /// a lab).
+    pub fn set_port(&mut self, ifindex: u32, state: PortState) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
+        let map = ebpf
+            .map_mut(MAP_NAT_PORTS)
+            .ok_or(EbpfError::Missing(MAP_NAT_PORTS))?;
+        let mut m: HashMap<_, u32, PortState> = HashMap::try_from(map).map_err(map_err(MAP_NAT_PORTS))?;
+        m.insert(ifindex, state, 0).map_err(map_err(MAP_NAT_PORTS))
+    }
+
+    /// Sets behind which port the fast path saw MAC `mac`.
+    pub fn set_fdb(&mut self, mac: [u8; 6], entry: FdbEntry) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
+        let map = ebpf.map_mut(MAP_NAT_FDB).ok_or(EbpfError::Missing(MAP_NAT_FDB))?;
+        let mut m: HashMap<_, MacKey, FdbEntry> = HashMap::try_from(map).map_err(map_err(MAP_NAT_FDB))?;
+        m.insert(MacKey::of(mac), entry, 0).map_err(map_err(MAP_NAT_FDB))
     }
 
     /// Lets XDP redirect to `ifaces` (interfaces of the bed's namespace).

@@ -145,15 +145,18 @@ pub(super) fn print_status(s: &LabStatus) {
                 e.forwards.join(", ")
             }
         );
+        if let Some(why) = e.agent.health.as_ref().and_then(|h| h.fast_path_held.as_ref()) {
+            println!("  fast path HELD OFF: {why} (the fast path would skip it)");
+        }
         match (&e.agent.pid, &e.agent.health) {
             (Some(pid), Some(h)) => println!(
                 "  agent: running (pid {pid}): {} sweeps (last {} ms), {} flows and {} mappings \
-                 swept, {} address events ({} changes), {} live changes applied, {} refused{}",
+                 swept, {} router events ({} address changes), {} live changes applied, {} refused{}",
                 h.sweeps,
                 h.last_sweep_ms,
                 h.swept_flows,
                 h.swept_mappings,
-                h.address_events,
+                h.router_events,
                 h.address_changes,
                 h.changes_applied,
                 h.changes_refused,

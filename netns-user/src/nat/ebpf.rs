@@ -20,8 +20,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
-    fwd::{FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK},
-    names::{MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS},
+    fwd::{
+        FAST_OFF, FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE, PORT_UP, PortState,
+    },
+    names::{MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS, MAP_NAT_PORTS},
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE,
         Flow, FlowKey, MAX_INTERNAL, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, Prefix, SIDE_EXTERNAL,
@@ -35,7 +37,7 @@ use crate::{
     config::{FastPath, Filtering, Inbound, L4Proto, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
-        netlink,
+        firewall, netlink,
         paths::state_dir,
     },
 };
@@ -110,8 +112,7 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
     };
     let mode = match t.nat.ebpf.fast_path {
         FastPath::Off => return Ok(None),
-        FastPath::Tc => FAST_TC,
-        FastPath::Xdp => FAST_XDP,
+        wanted => fast_mode(wanted),
     };
     // One gateway MAC: the ports of the first internal bridge.
     let ports = t
@@ -130,8 +131,109 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
             uplink_ifindex: uplink.index,
             gateway_mac: gw.mac,
             flags: peer_flags(t),
+            bridge_refresh_ns: bridge_refresh_ns(gw.bridge_ageing_cs),
+            bridge_ifindex: gw.index,
+            _pad: 0,
         },
     )))
+}
+
+/// The fast path's configuration as the programs run with it now.
+pub fn running_fast_config(prefix: &str) -> Result<FastConfig, NatError> {
+    let fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
+        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))
+}
+
+/// The fast path's mode for `wanted`.
+pub(crate) fn fast_mode(wanted: FastPath) -> u32 {
+    match wanted {
+        FastPath::Off => FAST_OFF,
+        FastPath::Tc => FAST_TC,
+        FastPath::Xdp => FAST_XDP,
+    }
+}
+
+/// Keeps the fast path off while the router's namespace filters what it forwards (packets
+/// the fast path redirects would skip that filter), and in mode `wanted` otherwise: what
+/// holds it off, if anything, and whether this call changed the mode.
+pub fn hold_fast_path(
+    prefix: &str,
+    router_ns: &str,
+    wanted: FastPath,
+) -> Result<(Option<String>, bool), NatError> {
+    if wanted == FastPath::Off {
+        return Ok((None, false));
+    }
+    let why = firewall::forward_filter(router_ns)?;
+    let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
+        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    let mode = if why.is_some() {
+        FAST_OFF
+    } else {
+        fast_mode(wanted)
+    };
+    let changed = fc.mode != mode;
+    if changed {
+        fc.mode = mode;
+        fast.set(0, fc, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    }
+    Ok((why, changed))
+}
+
+/// How often the fast path lets a host's frame through a bridge that forgets a MAC after
+/// `ageing_cs` centiseconds: at half that, so the bridge never forgets a host the fast path
+/// carries (0: not a bridge, or one that keeps nothing anyway).
+fn bridge_refresh_ns(ageing_cs: Option<u32>) -> u64 {
+    ageing_cs.map_or(0, |cs| u64::from(cs) * 10_000_000 / 2)
+}
+
+/// Writes the router's interfaces as the kernel has them now (bridge, up and carrier) into
+/// the fast path's port table, and the bridge's MAC and ageing time into its configuration: at
+/// load, and from the agent on every link change. A port the kernel brings down, moves out
+/// of the bridge or deletes stops getting fast-path packets.
+pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
+    let links = netlink::in_ns(router_ns, |r| async move { r.links().await })?;
+    let mut ports: HashMap<MapData, u32, PortState> =
+        HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_PORTS)?).map_err(map_err(prefix, MAP_NAT_PORTS))?;
+    let stale: Vec<u32> = ports
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !links.iter().any(|l| l.index == *k))
+        .collect();
+    for k in stale {
+        let _ = ports.remove(&k);
+    }
+    for l in &links {
+        let state = PortState {
+            master: l.master,
+            flags: if l.up { PORT_UP } else { 0 }
+                | if l.bridge_ageing_cs.is_some() {
+                    PORT_BRIDGE
+                } else {
+                    0
+                },
+        };
+        if ports.get(&l.index, 0).ok() != Some(state) {
+            // A full table (more interfaces than it holds) leaves the rest to the slow path.
+            let _ = ports.insert(l.index, state, 0);
+        }
+    }
+    let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
+        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    if fc.mode != FAST_OFF
+        && let Some(bridge) = links.iter().find(|l| l.index == fc.bridge_ifindex)
+    {
+        let refresh = bridge_refresh_ns(bridge.bridge_ageing_cs);
+        if refresh != fc.bridge_refresh_ns || bridge.mac != fc.gateway_mac {
+            fc.bridge_refresh_ns = refresh;
+            fc.gateway_mac = bridge.mac;
+            fast.set(0, fc, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the TC fast path may hand packets straight to the far end of a veth
@@ -183,15 +285,24 @@ impl NatBackend for EbpfNat {
         if t.nat.ebpf.fast_path == FastPath::Xdp {
             prepare_xdp_peers(t)?;
         }
+        let mut fast = fast_config(t)?;
+        if let Some((_, fc)) = &mut fast
+            && let Some(why) = firewall::forward_filter(&t.router_ns)?
+        {
+            // The agent turns it on once the filter is gone.
+            fc.mode = FAST_OFF;
+            eprintln!("note: the fast path is held off: {why} (redirected packets would skip it)");
+        }
         let load = NatLoad {
             config: nat_config(t.nat, ext),
             forwards: static_bindings(t.nat),
             flows: t.nat.ebpf.flows,
             bindings: t.nat.ebpf.bindings,
-            fast: fast_config(t)?,
+            fast,
             log_level: t.nat.ebpf.log_level as u8,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
+        sync_ports(t.prefix, &t.router_ns)?;
         start_agent(t.prefix).map(|_| ())
     }
 

@@ -23,6 +23,8 @@ pub enum NatError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Ethtool(#[from] crate::sys::ethtool::EthtoolError),
+    #[error(transparent)]
+    Firewall(#[from] crate::sys::firewall::FirewallError),
     #[error("the agent of lab {prefix}: {detail}")]
     Agent { prefix: String, detail: String },
     #[error("{0}")]

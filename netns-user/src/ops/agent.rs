@@ -1,6 +1,7 @@
 //! The per-lab agent of an eBPF NAT: one process per lab (`netns-nat agent`, started by
 //! `up`, stopped by `down`, restarted by `up --resume`). It expires entries (the sweep of
-//! `ops::sweeper`), follows the uplink's address from rtnetlink address events, and applies
+//! `ops::sweeper`), follows the uplink's address and the router's links (for the fast path's
+//! port table) from rtnetlink events, and applies
 //! live changes (forwards, `config apply`) one at a time, so that the maps, the stored
 //! configuration and its own view of them never disagree. Its control socket
 //! (`agent.sock` in the lab's state directory) takes one JSON request per line and answers one JSON line.
@@ -21,7 +22,7 @@ use std::{
 
 use netns_common::names::MAP_NAT_CONFIG;
 use rtnetlink::{
-    constants::RTMGRP_IPV4_IFADDR,
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
     sys::{SocketAddr, protocols::NETLINK_ROUTE},
 };
 use serde::{Deserialize, Serialize};
@@ -95,9 +96,9 @@ pub struct Health {
     pub swept_mappings: u64,
     /// Milliseconds the last sweep took.
     pub last_sweep_ms: u64,
-    /// Address events seen on the router's rtnetlink socket, and the changes of the uplink's
-    /// address they led to.
-    pub address_events: u64,
+    /// Events (address or link changes) seen on the router's rtnetlink socket, and the
+    /// changes of the uplink's address they led to.
+    pub router_events: u64,
     pub address_changes: u64,
     /// Live changes applied (forwards, config apply) and refused.
     pub changes_applied: u64,
@@ -105,6 +106,9 @@ pub struct Health {
     /// The last error of a sweep or of following the address, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What holds the fast path off (a filter on the router's forward hook), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path_held: Option<String>,
 }
 
 /// Sends `req` to lab `prefix`'s agent and returns what it answers (`Refused` when it says
@@ -195,7 +199,16 @@ impl Shared {
         self.health.lock().expect("not poisoned").last_error = Some(format!("{what}: {e}"));
     }
 
-    /// Follows the uplink's address (blocking: a netlink request in the router namespace).
+    /// Follows the uplink's address and the router's links (blocking: netlink requests in
+    /// the router namespace).
+    fn follow_router(&self) {
+        self.follow_address();
+        if let Err(e) = crate::nat::ebpf::sync_ports(&self.prefix, &self.router_ns) {
+            self.note_error("following the router's links", e);
+        }
+    }
+
+    /// Follows the uplink's address.
     fn follow_address(&self) {
         // Held throughout: a live change waits, then sees the new address (and a forward
         // added meanwhile is not left on the old one).
@@ -277,11 +290,12 @@ fn lab_present(prefix: &str) -> bool {
     bpf::pin_dir(prefix).join(MAP_NAT_CONFIG).exists()
 }
 
-/// A netlink socket in the router namespace that hears of every IPv4 address change there.
-fn address_events(router_ns: &str) -> Result<rtnetlink::sys::Socket, String> {
+/// A netlink socket in the router namespace that hears of every IPv4 address change and
+/// every link change (up, down, into or out of a bridge, gone) there.
+fn router_events(router_ns: &str) -> Result<rtnetlink::sys::Socket, String> {
     netns::run_in(router_ns, || -> std::io::Result<rtnetlink::sys::Socket> {
         let mut s = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
-        s.bind(&SocketAddr::new(0, RTMGRP_IPV4_IFADDR))?;
+        s.bind(&SocketAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_LINK))?;
         s.set_non_blocking(true)?;
         Ok(s)
     })
@@ -329,7 +343,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         .map_err(|_| fail("another agent runs for this lab".into()))?;
     rt.block_on(async move {
         let sock = agent_socket(prefix);
-        let events = address_events(&router_ns).map_err(|e| fail(format!("address events: {e}")))?;
+        let events = router_events(&router_ns).map_err(|e| fail(format!("router events: {e}")))?;
         // Safety: the socket owns its descriptor, which stays open and the same until the
         // AsyncFd (its owner from here on) is dropped.
         let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
@@ -337,10 +351,10 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         let mut sigterm = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
 
-        // The address may have changed while no agent ran.
+        // The address and the links may have changed while no agent ran.
         {
             let s = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || s.follow_address()).await;
+            let _ = tokio::task::spawn_blocking(move || s.follow_router()).await;
         }
         tokio::spawn(follow_events(shared.clone(), events));
         let level = nat.ebpf.log_level;
@@ -362,6 +376,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             }
         }
         let mut sweeps = tokio::spawn(sweep_loop(shared.clone()));
+        tokio::spawn(firewall_loop(shared.clone()));
 
         // Last: once the socket answers, the agent is whole (`up` waits for that). A file
         // left there is a dead agent's (this one holds the lock).
@@ -544,7 +559,7 @@ async fn follow_program_log(mut fd: AsyncFd<aya_log::EbpfLogger<ProgramLog>>) {
     }
 }
 
-/// Re-reads the uplink's address whenever the router's addresses change.
+/// Re-reads the uplink's address and the router's links whenever they change.
 async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Socket>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -574,16 +589,16 @@ async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Sock
                     break;
                 }
                 _ => {
-                    shared.note_error("address events", err);
+                    shared.note_error("router events", err);
                     ready.clear_ready();
                     break;
                 }
             }
         }
         if heard {
-            shared.health.lock().expect("not poisoned").address_events += 1;
+            shared.health.lock().expect("not poisoned").router_events += 1;
             let s = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || s.follow_address()).await;
+            let _ = tokio::task::spawn_blocking(move || s.follow_router()).await;
         }
     }
 }
@@ -621,6 +636,46 @@ fn rotate_log_at(path: &std::path::Path, max: u64, fds: &[i32]) -> std::io::Resu
         eprintln!("log rotated: the earlier lines are in {}", old.to_string_lossy());
     }
     Ok(())
+}
+
+/// How often the agent looks for a filter on the router's forward hook (two short commands).
+const FIREWALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Holds the fast path off while the router's namespace filters what it forwards, and turns
+/// it back on when the filter is gone (see `nat::ebpf::hold_fast_path`).
+async fn firewall_loop(shared: Arc<Shared>) {
+    loop {
+        let wanted = shared
+            .config
+            .lock()
+            .expect("not poisoned")
+            .nat
+            .as_ref()
+            .map(|n| n.ebpf.fast_path);
+        let Some(wanted) = wanted else { return };
+        let s = shared.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            crate::nat::ebpf::hold_fast_path(&s.prefix, &s.router_ns, wanted)
+        })
+        .await;
+        match held {
+            Ok(Ok((why, changed))) => {
+                if changed {
+                    match &why {
+                        Some(why) => eprintln!(
+                            "fast path off: {why}; packets take the router's stack, where it applies"
+                        ),
+                        None => eprintln!("fast path on again: nothing filters the forward hook now"),
+                    }
+                }
+                shared.health.lock().expect("not poisoned").fast_path_held = why;
+            }
+            Ok(Err(_)) if !lab_present(&shared.prefix) => return,
+            Ok(Err(e)) => shared.note_error("checking the router's forward filters", e),
+            Err(e) => shared.note_error("checking the router's forward filters", e),
+        }
+        tokio::time::sleep(FIREWALL_CHECK).await;
+    }
 }
 
 /// The sweep, every `sweep_interval_ms` (or less often on large tables: a sweep reads every

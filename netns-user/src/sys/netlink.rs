@@ -8,7 +8,9 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, State},
+        link::{
+            InfoBridge, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State,
+        },
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     },
 };
@@ -215,10 +217,24 @@ impl Rtnl {
                     xdp_prog: None,
                     tx_packets: 0,
                     tx_dropped: 0,
+                    up: l.header.flags.contains(LinkFlags::Up) && l.header.flags.contains(LinkFlags::LowerUp),
+                    master: 0,
+                    bridge_ageing_cs: None,
                 };
                 for attr in &l.attributes {
                     match attr {
                         LinkAttribute::Address(a) if a.len() == 6 => b.mac.copy_from_slice(a),
+                        LinkAttribute::Controller(m) => b.master = *m,
+                        LinkAttribute::LinkInfo(infos) => {
+                            for info in infos {
+                                if let LinkInfo::Data(InfoData::Bridge(opts)) = info {
+                                    b.bridge_ageing_cs = opts.iter().find_map(|o| match o {
+                                        InfoBridge::AgeingTime(cs) => Some(*cs),
+                                        _ => None,
+                                    });
+                                }
+                            }
+                        }
                         LinkAttribute::Stats64(st) => {
                             b.tx_packets = st.tx_packets;
                             b.tx_dropped = st.tx_dropped;
@@ -375,6 +391,12 @@ pub struct LinkBrief {
     /// Frames it transmitted, and those it dropped on transmit (a full peer).
     pub tx_packets: u64,
     pub tx_dropped: u64,
+    /// Administratively up with its carrier on.
+    pub up: bool,
+    /// The bridge (or other master) it is a port of; 0 if none.
+    pub master: u32,
+    /// For a bridge: how long it keeps a MAC it no longer sees, in centiseconds.
+    pub bridge_ageing_cs: Option<u32>,
 }
 
 /// One namespace as `status` reports it.
