@@ -136,8 +136,14 @@ nat_counters! {
     /// Inbound to the external address on a port no mapping or forward owns (passed to the
     /// router's own stack).
     InUnmapped = "in_unmapped",
-    /// A non-first fragment whose first fragment was not seen.
+    /// A non-first fragment whose first fragment was not seen and that could not be held
+    /// (too long, or its datagram's slots taken).
     DropFragmentUnknown = "drop_fragment_unknown",
+    /// Fragments that arrived before their datagram's first, held until it comes (inbound,
+    /// they also go on to the router's stack, in case the datagram is the router's own)...
+    FragmentsHeld = "fragments_held",
+    /// ...and those sent again, translated, once it came.
+    FragmentsReplayed = "fragments_replayed",
     /// Fast path at TC: packets redirected straight to the uplink / to an internal port.
     FastOutTc = "fast_out_tc",
     FastInTc = "fast_in_tc",

@@ -13,7 +13,10 @@ use std::{
 use crate::{
     counters::NatCounter,
     nat::MAX_PORT_TRIES,
-    nat::{Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, NatConfig, RemoteRate},
+    nat::{
+        Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, HELD_BYTES, HeldFrag, HeldKey, NatConfig,
+        RemoteRate,
+    },
     packet::{Fail, OOB, Packet, csum_updated, l4_csum_updated},
     translate::{
         InsertError, PortSearch, Tables,
@@ -86,6 +89,16 @@ impl Packet for Frame {
         self.bytes.borrow().len() as u32
     }
 
+    fn copy_frame(&self, dst: &mut [u8; HELD_BYTES], len: u32) -> Result<(), Fail> {
+        let len = len as usize;
+        self.check(0, len)?;
+        if len == 0 || len >= HELD_BYTES {
+            return Err(OOB);
+        }
+        dst[..len].copy_from_slice(&self.bytes.borrow()[..len]);
+        Ok(())
+    }
+
     fn ifindex(&self) -> u32 {
         self.ifindex
     }
@@ -133,6 +146,11 @@ pub struct MemTables {
     remotes: RefCell<HashMap<u32, RemoteRate>>,
     /// The router's own sockets.
     pub router_sockets: RefCell<HashSet<RouterSocket>>,
+    held: RefCell<HashMap<HeldKey, std::boxed::Box<HeldFrag>>>,
+    /// The datagrams whose held fragments a step asked to let go, and whether they are the
+    /// router's own (the kernel's program does it when the step is through: see
+    /// [`MemTables::take_releases`]).
+    releases: RefCell<Vec<(FragKey, bool)>>,
 }
 
 impl MemTables {
@@ -151,7 +169,19 @@ impl MemTables {
             new_flow: RefCell::default(),
             remotes: RefCell::default(),
             router_sockets: RefCell::default(),
+            held: RefCell::default(),
+            releases: RefCell::default(),
         }
+    }
+
+    /// The releases asked for since the last call (see `releases`).
+    pub fn take_releases(&self) -> Vec<(FragKey, bool)> {
+        self.releases.take()
+    }
+
+    /// How many fragments are held.
+    pub fn held_count(&self) -> usize {
+        self.held.borrow().len()
     }
 
     pub fn advance(&self, ns: u64) {
@@ -377,6 +407,32 @@ impl Tables for MemTables {
             m.remove(&victim);
         }
         m.insert(*key, *p);
+    }
+
+    fn hold_frag(&self, key: &HeldKey, fill: impl FnOnce(&mut HeldFrag) -> bool) -> bool {
+        let mut h = std::boxed::Box::<HeldFrag>::default();
+        if !fill(&mut h) {
+            return false;
+        }
+        let mut m = self.held.borrow_mut();
+        if !m.contains_key(key) && m.len() >= self.sizes.frags {
+            let victim = *m.keys().next().expect("a full table has a key");
+            m.remove(&victim);
+        }
+        m.insert(*key, h);
+        true
+    }
+
+    fn with_held<R>(&self, key: &HeldKey, f: impl FnOnce(&HeldFrag) -> R) -> Option<R> {
+        self.held.borrow().get(key).map(|h| f(h))
+    }
+
+    fn remove_held(&self, key: &HeldKey) {
+        self.held.borrow_mut().remove(key);
+    }
+
+    fn release_held(&self, key: &FragKey, local: bool) {
+        self.releases.borrow_mut().push((*key, local));
     }
 
     fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<crate::translate::Res<(u32, u16)>> {

@@ -333,6 +333,56 @@ pub struct FragPorts {
     pub expires_ns: u64,
 }
 
+/// Where a fragment that came before its datagram's first is held: its datagram and a slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HeldKey {
+    pub frag: FragKey,
+    /// 0 to `HELD_SLOTS - 1` ([`held_slot`]).
+    pub slot: u32,
+}
+
+/// How many fragments of one datagram are held before its first arrives; more are dropped
+/// (counted), as a bounded reassembly queue would.
+pub const HELD_SLOTS: u32 = 8;
+/// The longest frame held (a 1500-byte MTU with VLAN tags fits; a jumbo frame does not).
+pub const HELD_BYTES: usize = 2048;
+
+/// A fragment that arrived before its datagram's first, as it came (the whole frame), until
+/// the first fragment says where it goes and it is sent again, or it expires.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldFrag {
+    pub expires_ns: u64,
+    /// The frame's length (at most `HELD_BYTES - 1`).
+    pub len: u32,
+    /// Its fragment offset (8-byte units, host order): two fragments of a datagram that
+    /// map to one slot are told apart.
+    pub offset: u16,
+    pub _pad: u16,
+    pub bytes: [u8; HELD_BYTES],
+}
+
+impl Default for HeldFrag {
+    fn default() -> Self {
+        HeldFrag {
+            expires_ns: 0,
+            len: 0,
+            offset: 0,
+            _pad: 0,
+            bytes: [0; HELD_BYTES],
+        }
+    }
+}
+
+/// The `probe`th slot tried for a fragment at `offset` (8-byte units): from a mix of the
+/// offset's bits, then the next ones round (so any [`HELD_SLOTS`] fragments of a datagram
+/// find a slot, whatever size they were cut to).
+pub const fn held_slot(offset: u16, probe: u32) -> u32 {
+    let o = offset as u32;
+    (o ^ (o >> 3) ^ (o >> 6) ^ (o >> 9)).wrapping_add(probe) % HELD_SLOTS
+}
+
 /// A remote address's count of new inbound flows in the current second (the bound
 /// [`NatConfig::new_per_remote`]).
 #[repr(C)]
@@ -678,6 +728,8 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
         assert_eq!(core::mem::size_of::<FragPorts>(), 2 + 2 + 4 + 8);
+        assert_eq!(core::mem::size_of::<HeldKey>(), 12 + 4);
+        assert_eq!(core::mem::size_of::<HeldFrag>(), 8 + 4 + 2 + 2 + HELD_BYTES);
         assert_eq!(core::mem::size_of::<Timeouts>(), 48);
         assert_eq!(
             core::mem::size_of::<NatConfig>(),
@@ -943,6 +995,8 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for HeldKey {}
+    unsafe impl aya::Pod for HeldFrag {}
     unsafe impl aya::Pod for RemoteRate {}
     unsafe impl aya::Pod for NatConfig {}
 }

@@ -43,6 +43,11 @@ pub trait Packet {
     fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail>;
     /// Length of the whole frame.
     fn len(&self) -> u32;
+    /// Copies the frame's first `len` bytes (1 to `HELD_BYTES - 1`) into `dst`, to hold it
+    /// (only the slow path holds fragments: elsewhere, it cannot).
+    fn copy_frame(&self, _dst: &mut [u8; crate::nat::HELD_BYTES], _len: u32) -> Result<(), Fail> {
+        Err(OOB)
+    }
     /// Whether the frame came with an 802.1Q tag for a VLAN (not 0) that the kernel has
     /// already taken out of the frame (TC sees it only in the skb's metadata). Such a frame
     /// belongs to that VLAN's interface, not to this one: the NAT leaves it alone, or it

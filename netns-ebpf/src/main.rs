@@ -18,10 +18,10 @@ mod xdp;
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        __sk_buff, BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     },
-    helpers::bpf_redirect_neigh,
+    helpers::{bpf_clone_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_store_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -31,6 +31,7 @@ use aya_log_ebpf::{
 };
 use netns_common::{
     counters::{Counter, Direction},
+    nat::HELD_BYTES,
     packet::Packet,
     trace::{
         HOOK_EGRESS, HOOK_FAST_IN_XDP, HOOK_FAST_OUT_TC, HOOK_FAST_OUT_XDP, HOOK_HAIRPIN, HOOK_INGRESS, tuple,
@@ -299,17 +300,98 @@ fn run_steps(
     }
 }
 
+/// Once a first fragment is through its step, sends again the fragments of its datagram
+/// that came before it (`translate::frags::release`): each in turn becomes this skb's frame
+/// and a clone of it goes back into the hook (`ingress`: the uplink's ingress, else its
+/// egress), where it now finds the first's decision; then the first's frame is put back.
+/// 0, or 1 if the first's frame could not be put back (it is dropped).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_frag_release(skb: *mut __sk_buff, ingress: u32) -> i32 {
+    let p = Tc(TcContext::new(skb));
+    let t = Maps::on(&p.0);
+    let Some((key, local)) = maps::take_release() else {
+        return 0;
+    };
+    let first = maps::NAT_FRAG_SCRATCH.get_ptr_mut(1);
+    let len = p.len();
+    let Some(first) = first.filter(|_| !local && (len as usize) < HELD_BYTES) else {
+        // The router's own datagram (its fragments went on already), or a first fragment
+        // too long to keep aside: they are only forgotten.
+        translate::frags::release(&t, &key, true, |_| false);
+        return 0;
+    };
+    // Safety: this CPU's slot 1, used only here; nothing else on this CPU runs while the
+    // program does (the clones sent to egress run the hook's program nested, which never
+    // comes here for them: they are not first fragments).
+    let first = unsafe { &mut *first };
+    if p.copy_frame(&mut first.bytes, len).is_err() {
+        translate::frags::release(&t, &key, true, |_| false);
+        return 0;
+    }
+    let ifindex = p.ifindex();
+    let flags = if ingress != 0 { u64::from(BPF_F_INGRESS) } else { 0 };
+    let mut changed = false;
+    translate::frags::release(&t, &key, false, |h| {
+        changed = true;
+        become_frame(&p, &h.bytes, h.len)
+            // Safety: the skb the program was given; the hook's own interface.
+            && unsafe { bpf_clone_redirect(self::skb(&p), ifindex, flags) } == 0
+    });
+    if changed && !become_frame(&p, &first.bytes, len) {
+        return 1;
+    }
+    0
+}
+
+/// Makes `skb`'s frame the first `len` bytes of `bytes` (its length, then its bytes, with
+/// a received checksum, if the skb has one, kept in step).
+#[inline(always)]
+fn become_frame(p: &Tc, bytes: &[u8; HELD_BYTES], len: u32) -> bool {
+    let skb = skb(p);
+    // The mask bounds the length for the verifier (HELD_BYTES is 2048); black_box keeps
+    // LLVM from dropping it where it knows the bound from an earlier test (the verifier
+    // may not).
+    let len = core::hint::black_box(len) & (HELD_BYTES as u32 - 1);
+    if len == 0 {
+        return false;
+    }
+    // Safety: the skb the program was given; `len` bytes of `bytes`, fewer than its size.
+    unsafe {
+        bpf_skb_change_tail(skb, len, 0) == 0
+            && bpf_skb_store_bytes(
+                skb,
+                0,
+                bytes.as_ptr().cast(),
+                len,
+                u64::from(BPF_F_RECOMPUTE_CSUM),
+            ) == 0
+    }
+}
+
+/// Lets the held fragments of a first fragment's datagram go (see `nat_frag_release`) once
+/// the slow path has passed the first.
+#[inline(always)]
+fn released(p: &Tc, r: Res<Action>, ingress: u32) -> Res<Action> {
+    if r == Ok(Action::Pass) && maps::release_pending() && nat_frag_release(skb(p), ingress) != 0 {
+        return Err(Drop::Malformed);
+    }
+    r
+}
+
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
     tc_verdict(traced_tc(&Tc(ctx), HOOK_EGRESS, |p| {
-        run_steps(
+        maps::clear_release();
+        let r = run_steps(
             p,
             nat_step_egress_kind,
             |s| nat_step_icmp_error(s, 0),
             |s| nat_step_frag_out(s),
             nat_step_egress,
             |s| nat_step_egress_new(s, nat_step_egress_mapping(s)),
-        )
+        );
+        released(p, r, 0)
     }))
 }
 
@@ -318,14 +400,18 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     tc_verdict(traced_tc(&Tc(ctx), HOOK_INGRESS, |p| {
         fast::inbound(p).and_then(|a| match a {
-            Action::Pass => run_steps(
-                p,
-                nat_step_ingress_kind,
-                |s| nat_step_icmp_error(s, 1),
-                |s| nat_step_frag_in(s),
-                nat_step_ingress,
-                |s| nat_step_ingress_new(s),
-            ),
+            Action::Pass => {
+                maps::clear_release();
+                let r = run_steps(
+                    p,
+                    nat_step_ingress_kind,
+                    |s| nat_step_icmp_error(s, 1),
+                    |s| nat_step_frag_in(s),
+                    nat_step_ingress,
+                    |s| nat_step_ingress_new(s),
+                );
+                released(p, r, 1)
+            }
             a => Ok(a),
         })
     }))

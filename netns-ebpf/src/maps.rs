@@ -20,8 +20,8 @@ use netns_common::{
     counters::{Counter, NatCounter},
     fwd::{FastConfig, FdbEntry, MacKey, NextHop, PortState},
     nat::{
-        Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, MAX_PORT_TRIES, NatConfig,
-        PROTO_TCP, PROTO_UDP, RemoteRate,
+        Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, HeldFrag, HeldKey,
+        MAX_PORT_TRIES, NatConfig, PROTO_TCP, PROTO_UDP, RemoteRate,
     },
     trace::TraceEvent,
     translate::{
@@ -108,6 +108,60 @@ pub static NAT_REMOTES: LruHashMap<u32, RemoteRate> = LruHashMap::with_max_entri
 /// First fragments' ports; LRU because an entry only matters for the fragments that follow.
 #[map(name = "NAT_FRAGS")]
 pub static NAT_FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(8192, 0);
+
+/// Fragments that came before their datagram's first (see `translate::frags`). LRU: under
+/// pressure the oldest is forgotten, as a reassembly queue's would be.
+#[map(name = "NAT_HELD")]
+pub static NAT_HELD: LruHashMap<HeldKey, HeldFrag> = LruHashMap::with_max_entries(256, 0);
+
+/// This CPU's fragment being held (0) and the first fragment's frame while held ones go out
+/// in its skb (1): no stack holds 2 KiB.
+#[map(name = "NAT_FRAG_SCRATCH")]
+pub static NAT_FRAG_SCRATCH: PerCpuArray<HeldFrag> = PerCpuArray::with_max_entries(2, 0);
+
+/// A datagram whose held fragments this CPU's step asked to let go, for the program to do
+/// once the step is through.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragRelease {
+    pub key: FragKey,
+    pub pending: u16,
+    pub local: u16,
+}
+
+#[map(name = "NAT_FRAG_RELEASE")]
+pub static NAT_FRAG_RELEASE: PerCpuArray<FragRelease> = PerCpuArray::with_max_entries(1, 0);
+
+/// Forgets any release asked for on this CPU (a program's run starts clean).
+#[inline(always)]
+pub fn clear_release() {
+    if let Some(r) = NAT_FRAG_RELEASE.get_ptr_mut(0) {
+        // Safety: this CPU's slot; nothing else on this CPU runs while the program does.
+        unsafe { (*r).pending = 0 };
+    }
+}
+
+/// Whether this CPU's steps asked for a release.
+#[inline(always)]
+pub fn release_pending() -> bool {
+    // Safety: as in `clear_release`.
+    NAT_FRAG_RELEASE
+        .get_ptr(0)
+        .is_some_and(|r| unsafe { (*r).pending != 0 })
+}
+
+/// The release this CPU's steps asked for, if any (taken: asked once, done once).
+#[inline(always)]
+pub fn take_release() -> Option<(FragKey, bool)> {
+    let r = NAT_FRAG_RELEASE.get_ptr_mut(0)?;
+    // Safety: as in `clear_release`.
+    let r = unsafe { &mut *r };
+    if r.pending == 0 {
+        return None;
+    }
+    r.pending = 0;
+    Some((r.key, r.local != 0))
+}
 
 /// The layout stamp of the build that made these maps, written by user space and read only
 /// by it (before an upgrade); no program touches it.
@@ -406,6 +460,43 @@ impl Tables for Maps {
     #[inline(always)]
     fn insert_frag(&self, key: &FragKey, p: &FragPorts) {
         let _ = NAT_FRAGS.insert(key, p, 0);
+    }
+
+    #[inline(always)]
+    fn hold_frag(&self, key: &HeldKey, fill: impl FnOnce(&mut HeldFrag) -> bool) -> bool {
+        let Some(h) = NAT_FRAG_SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        // Safety: this CPU's slot 0, used only here; nothing else on this CPU runs while the
+        // program does.
+        let h = unsafe { &mut *h };
+        fill(h) && NAT_HELD.insert(key, h, 0).is_ok()
+    }
+
+    #[inline(always)]
+    fn with_held<R>(&self, key: &HeldKey, f: impl FnOnce(&HeldFrag) -> R) -> Option<R> {
+        // Safety: a pointer from a successful lookup, read in `f` (a held fragment is
+        // written once, before it is inserted).
+        NAT_HELD.get_ptr(key).map(|h| f(unsafe { &*h }))
+    }
+
+    #[inline(always)]
+    fn remove_held(&self, key: &HeldKey) {
+        let _ = NAT_HELD.remove(key);
+    }
+
+    #[inline(always)]
+    fn release_held(&self, key: &FragKey, local: bool) {
+        if let Some(r) = NAT_FRAG_RELEASE.get_ptr_mut(0) {
+            // Safety: as in `clear_release`.
+            unsafe {
+                *r = FragRelease {
+                    key: *key,
+                    pending: 1,
+                    local: u16::from(local),
+                }
+            };
+        }
     }
 
     #[inline(always)]

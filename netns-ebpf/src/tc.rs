@@ -3,9 +3,11 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_load_bytes},
     programs::TcContext,
 };
+
+use netns_common::{nat::HELD_BYTES, packet::OOB};
 
 use crate::packet::{Fail, Hook, Hooked, IpHdr, Packet};
 
@@ -39,6 +41,21 @@ impl Packet for Tc {
     #[inline(always)]
     fn len(&self) -> u32 {
         self.0.len()
+    }
+
+    #[inline(always)]
+    fn copy_frame(&self, dst: &mut [u8; HELD_BYTES], len: u32) -> Result<(), Fail> {
+        // The mask bounds the length for the verifier (HELD_BYTES is 2048); black_box
+        // keeps LLVM from dropping it where it knows the bound from an earlier test (the
+        // verifier may not).
+        let len = core::hint::black_box(len) & (HELD_BYTES as u32 - 1);
+        if len == 0 {
+            return Err(OOB);
+        }
+        // Safety: the skb the program was given, and `len` bytes of `dst` (fewer than its
+        // size).
+        let rc = unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), 0, dst.as_mut_ptr().cast(), len) };
+        if rc == 0 { Ok(()) } else { Err(rc) }
     }
 
     #[inline(always)]

@@ -1075,3 +1075,144 @@ fn a_forward_filter_holds_the_fast_path_off(mode: FastPath) {
     );
 }
 netns_tests::modes!(a_forward_filter_holds_the_fast_path_off);
+
+/// The frames of `data` (an L4 datagram under `ip`) cut into fragments of at most `max`
+/// bytes, from `src_mac` to `dst_mac`, last first.
+fn reversed_fragments(ip: &Ipv4, data: &[u8], max: usize, dst_mac: Mac, src_mac: Mac) -> Vec<Vec<u8>> {
+    let mut f: Vec<Vec<u8>> = packet::fragments(ip, data, max)
+        .iter()
+        .map(|f| packet::ethernet(dst_mac, src_mac, packet::ETH_P_IP, f).to_vec())
+        .collect();
+    f.reverse();
+    f
+}
+
+/// Item 9: fragments that arrive last first (reordered on the way) still cross the NAT
+/// both ways: held until their first comes, then sent again, translated. Each datagram
+/// arrives whole, its payload intact (the receiver's kernel reassembles it and checks the
+/// UDP checksum over all of it).
+fn reordered_fragments_cross_both_ways(mode: FastPath) {
+    if !privileged("reordered_fragments") {
+        return;
+    }
+    let g = lab("rf", mode, |_| {});
+    let (red, lan, host) = (g.lab.ns("red"), g.lab.ns("lan"), g.lab.ns("host"));
+    let red_s = udp_in(&red, 41500);
+    let lan_s = udp_in(&lan, 7007);
+    let red_wire = Wire::open(&red, "veth-red");
+    let (red_mac, gw) = (mac_of(&red, "veth-red"), mac_of(&host, "v-net-0"));
+    let before = nat_counters(g.prefix());
+    let payload: Vec<u8> = (0..2400u32).map(|i| (i * 7) as u8).collect();
+    let udp_ip = |src, dst, id| {
+        let mut ip = Ipv4::new(src, dst).id(id);
+        ip.proto = packet::PROTO_UDP;
+        ip
+    };
+
+    let out = packet::l4_bytes(RED, LAN, &udp_l4(41500, 7007, &payload));
+    for f in reversed_fragments(&udp_ip(RED, LAN, 0x2222), &out, 1000, gw, red_mac) {
+        red_wire.send(&f).unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = lan_s.recv_from(&mut buf).expect("the datagram, whole");
+    assert_eq!(&buf[..n], &payload[..], "payload");
+    let std::net::SocketAddr::V4(from) = from else {
+        panic!("{from}")
+    };
+    assert_eq!(*from.ip(), EXT, "translated");
+
+    let back: Vec<u8> = payload.iter().rev().copied().collect();
+    let inb = packet::l4_bytes(LAN, EXT, &udp_l4(7007, from.port(), &back));
+    let outside = Outside::of(&g);
+    for f in reversed_fragments(
+        &udp_ip(LAN, EXT, 0x3333),
+        &inb,
+        1000,
+        outside.uplink_mac,
+        outside.lan_mac,
+    ) {
+        outside.wire.send(&f).unwrap();
+    }
+    let n = red_s.recv(&mut buf).expect("the reply, whole");
+    assert_eq!(&buf[..n], &back[..], "payload");
+    let after = nat_counters(g.prefix());
+    assert_eq!(moved(&before, &after, "fragments_held"), 4, "{after:?}");
+    assert_eq!(moved(&before, &after, "fragments_replayed"), 4, "{after:?}");
+    assert_eq!(moved(&before, &after, "drop_fragment_unknown"), 0);
+}
+netns_tests::modes!(reordered_fragments_cross_both_ways);
+
+/// Item 9: fragments addressed to the router itself are its own, however they come: a
+/// fragmented echo request to the external address (`ping -s 3000`, and the same last
+/// fragment first) is answered.
+fn fragments_to_the_router_itself_are_never_dropped(mode: FastPath) {
+    if !privileged("router_fragments") {
+        return;
+    }
+    let g = lab("rfr", mode, |_| {});
+    let lan = g.lab.ns("lan");
+    let payload = [0x5au8; 3000];
+    // As `ping -s 3000` sends it: lan's kernel fragments it, in order.
+    let icmp = raw_socket(&lan, libc::IPPROTO_ICMP);
+    let req = packet::l4_bytes(LAN, EXT, &L4::echo(false, 0x4141, 1, &payload));
+    raw_send(&icmp, EXT, &req);
+    let reply = std::iter::from_fn(|| raw_recv(&icmp))
+        .filter_map(|p| packet::parse_ipv4(&p).ok())
+        .find(|ip| ip.header.src == EXT && ip.data.first() == Some(&0));
+    let reply = reply.expect("an echo reply");
+    assert_eq!(reply.data.len(), 8 + payload.len(), "whole");
+    assert_eq!(&reply.data[8..], &payload[..]);
+    let outside = Outside::of(&g);
+    let req = packet::l4_bytes(LAN, EXT, &L4::echo(false, 0x4242, 1, &payload));
+    let mut ip = Ipv4::new(LAN, EXT).id(0x4444);
+    ip.proto = packet::PROTO_ICMP;
+    for f in reversed_fragments(&ip, &req, 1000, outside.uplink_mac, outside.lan_mac) {
+        outside.wire.send(&f).unwrap();
+    }
+    let replies = ipv4_matching(&outside.wire.received(WAIT), |ip| {
+        ip.header.src == EXT
+            && ip.header.proto == packet::PROTO_ICMP
+            && ip.header.frag_offset == 0
+            && ip.data.first() == Some(&0)
+            && ip.data.get(4..6) == Some(&[0x42, 0x42][..])
+    });
+    assert_eq!(replies, 1, "the router answered the reordered request");
+}
+netns_tests::modes!(fragments_to_the_router_itself_are_never_dropped);
+
+/// Item 9: fragmented datagrams hairpinned through a UDP forward (red to the external
+/// address, forwarded to blue, and blue's echo back the same way) arrive whole.
+fn hairpinned_fragments_arrive(mode: FastPath) {
+    if !privileged("hairpin_fragments") {
+        return;
+    }
+    let g = lab("hf", mode, |c| {
+        c.nat
+            .as_mut()
+            .unwrap()
+            .forwards
+            .push(netns_user::config::ForwardSpec {
+                protocol: netns_user::config::L4Proto::Udp,
+                port: 7008,
+                to: SocketAddrV4::new(BLUE, 7008),
+            })
+    });
+    let (red, blue) = (g.lab.ns("red"), g.lab.ns("blue"));
+    let srv = UdpEcho::start(&blue, &[7008]);
+    let s = udp_in(&red, 0);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    let before = nat_counters(g.prefix());
+    s.send_to(&payload, SocketAddrV4::new(EXT, 7008)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.recv(&mut buf).expect("the echo, whole");
+    assert!(buf[..n] == payload[..], "payload");
+    let seen = srv.seen();
+    assert_eq!(
+        seen.last().map(|(_, from, n)| (*from.ip(), *n)),
+        Some((EXT, 3000))
+    );
+    let after = nat_counters(g.prefix());
+    assert!(moved(&before, &after, "fragments") >= 4, "{after:?}");
+    assert!(moved(&before, &after, "hairpinned") >= 4, "{after:?}");
+}
+netns_tests::modes!(hairpinned_fragments_arrive);

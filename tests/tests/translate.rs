@@ -874,6 +874,90 @@ fn protocols_without_ports_get_address_only_translation() {
     check_tables(&t);
 }
 
+/// Item 9 of issue 17: fragments that come before their first are held, and once the first
+/// is through, sent again (as the kernel's program does, through the same step) and
+/// translated; those of a datagram that is the router's own are only forgotten; a held one
+/// past the reassembly time is never sent, and a first fragment's decision expires too.
+#[test]
+fn reordered_fragments_are_held_then_sent_again_translated() {
+    let t = nat(27);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let payload = [5u8; 96];
+    let dgram = |src, dst, sport, dport| packet::l4_bytes(src, dst, &udp(sport, dport, &payload));
+    let ip = |src, dst, id| {
+        let mut ip = Ipv4::new(src, dst).id(id);
+        ip.proto = PROTO_UDP;
+        ip
+    };
+    let eth = |b: &[u8]| packet::ethernet(MAC_B, MAC_A, packet::ETH_P_IP, b).to_vec();
+    let frags: Vec<Vec<u8>> = packet::fragments(&ip(red, LAN, 0x77), &dgram(red, LAN, 41000, 7000), 32)
+        .iter()
+        .map(|f| eth(f))
+        .collect();
+    assert!(frags.len() >= 4);
+    // Last to second: held, never out untranslated.
+    for f in frags[1..].iter().rev() {
+        assert_eq!(run(&t, Step::Egress, f).0, Err(Drop::Held));
+    }
+    assert_eq!(t.held_count(), frags.len() - 1);
+    let (v, first) = run(&t, Step::Egress, &frags[0]);
+    assert_eq!(v, Ok(Action::Pass));
+    let releases = t.take_releases();
+    assert_eq!(releases.len(), 1);
+    let (key, local) = releases[0];
+    assert!(!local);
+    let mut again = Vec::new();
+    let sent = translate::frags::release(&t, &key, local, |h| {
+        again.push(run(&t, Step::Egress, &h.bytes[..h.len as usize]));
+        true
+    });
+    assert_eq!(sent as usize, frags.len() - 1);
+    assert_eq!(t.held_count(), 0);
+    // Every fragment as the NAT must send it: from the external address, the first's UDP
+    // checksum covering the translated datagram.
+    let ext_port = parse_frame(&first).unwrap().2.ports().unwrap().0;
+    let want = packet::fragments(&ip(EXT, LAN, 0x77), &dgram(EXT, LAN, ext_port, 7000), 32);
+    assert_same(&first, &eth(&want[0]));
+    again.sort_by_key(|(_, f)| parse_frame(f).unwrap().2.header.frag_offset);
+    for ((v, got), want) in again.iter().zip(&want[1..]) {
+        assert_eq!(*v, Ok(Action::Pass));
+        assert_same(got, &eth(want));
+    }
+    assert_eq!(t.counter(NatCounter::FragmentsReplayed) as usize, frags.len() - 1);
+
+    // The router's own datagram (an echo request to the external address): its early
+    // fragments went on to the router; held too, they are forgotten, not sent again.
+    let echo = packet::l4_bytes(LAN, EXT, &L4::echo(false, 9, 1, &payload));
+    let mut eip = Ipv4::new(LAN, EXT).id(0x78);
+    eip.proto = PROTO_ICMP;
+    let efrags: Vec<Vec<u8>> = packet::fragments(&eip, &echo, 32)
+        .iter()
+        .map(|f| eth(f))
+        .collect();
+    for f in efrags[1..].iter().rev() {
+        let (v, got) = run(&t, Step::Ingress, f);
+        assert_eq!((v, &got), (Ok(Action::Pass), f), "on to the router, untouched");
+    }
+    assert_eq!(run(&t, Step::Ingress, &efrags[0]).0, Ok(Action::Pass));
+    let (key, local) = t.take_releases()[0];
+    assert!(local);
+    assert_eq!(translate::frags::release(&t, &key, local, |_| true), 0);
+    assert_eq!(t.held_count(), 0);
+
+    // Held past the reassembly time: forgotten, not sent.
+    let late = packet::fragments(&ip(red, LAN, 0x79), &dgram(red, LAN, 41001, 7000), 32);
+    assert_eq!(run(&t, Step::Egress, &eth(&late[1])).0, Err(Drop::Held));
+    t.advance(31 * SEC);
+    assert_eq!(run(&t, Step::Egress, &eth(&late[0])).0, Ok(Action::Pass));
+    let (key, local) = t.take_releases()[0];
+    assert_eq!(translate::frags::release(&t, &key, local, |_| true), 0);
+    assert_eq!(t.held_count(), 0);
+    // The first datagram's decision has expired too: a late fragment of it is held again,
+    // not translated by what its first decided 31 s ago.
+    assert_eq!(run(&t, Step::Egress, &frags[1]).0, Err(Drop::Held));
+    check_tables(&t);
+}
+
 /// Frames of every kind the NAT meets, each with the step that meets it: the fuzz target's
 /// seeds. Their flows are opened first, so that mutations reach the deep paths.
 fn corpus(t: &MemTables) -> Vec<(Step, Vec<u8>)> {

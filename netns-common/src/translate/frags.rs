@@ -2,16 +2,27 @@
 //! ports, or that the datagram is the router's own) is remembered for the fragments that
 //! follow, for the reassembly time. Protocols without ports need no memory: their flow is
 //! found from the addresses alone.
+//!
+//! Fragments that come before their first (reordered on the way) are held, whole, a few
+//! per datagram ([`HELD_SLOTS`]), until the first comes: then the program sends them again
+//! through the same hook (`bpf_clone_redirect`), where they find what it decided
+//! ([`release`]). Inbound, a held fragment also goes on to the router's stack at once: if
+//! its datagram is the router's own, the router reassembles it, undelayed; if not, the
+//! router's partial copy expires unused.
 
 use super::{Drop, Res, Tables, flows, frag_key, rewrite};
 use crate::{
     counters::NatCounter,
-    nat::{BindingKey, FRAG_LOCAL, FRAG_TIMEOUT_NS, FlowKey, FragPorts, has_ports},
+    nat::{
+        BindingKey, FRAG_LOCAL, FRAG_TIMEOUT_NS, FlowKey, FragKey, FragPorts, HELD_BYTES, HELD_SLOTS,
+        HeldFrag, HeldKey, has_ports, held_slot,
+    },
     packet::{Action, IpHdr, Packet, eth_ipv4},
     tcp::Segment,
 };
 
-/// Remembers what a first fragment decided (`flags`: [`FRAG_LOCAL`] or 0) for the rest.
+/// Remembers what a first fragment decided (`flags`: [`FRAG_LOCAL`] or 0) for the rest, and
+/// lets go of the fragments held for its datagram.
 #[inline(always)]
 pub(crate) fn remember<T: Tables>(t: &T, ip: &IpHdr, ports: [u16; 2], flags: u32) {
     let p = FragPorts {
@@ -20,7 +31,77 @@ pub(crate) fn remember<T: Tables>(t: &T, ip: &IpHdr, ports: [u16; 2], flags: u32
         flags,
         expires_ns: t.now() + FRAG_TIMEOUT_NS,
     };
-    t.insert_frag(&frag_key(ip), &p);
+    let key = frag_key(ip);
+    t.insert_frag(&key, &p);
+    t.release_held(&key, flags & FRAG_LOCAL != 0);
+}
+
+/// Holds a non-first fragment whose first has not come (yet): whether it is held (the
+/// caller counts it).
+#[inline(always)]
+fn hold<P: Packet, T: Tables>(ctx: &P, t: &T, ip: &IpHdr) -> bool {
+    let len = ctx.len();
+    if len == 0 || len as usize >= HELD_BYTES {
+        return false;
+    }
+    let offset = ip.frag_offset();
+    let now = t.now();
+    // The first slot free (or its fragment expired) or holding this very fragment (a
+    // duplicate replaces it); all taken by others: dropped.
+    let mut found = None;
+    for probe in 0..HELD_SLOTS {
+        let key = HeldKey {
+            frag: frag_key(ip),
+            slot: held_slot(offset, probe),
+        };
+        if t.with_held(&key, |h| h.offset != offset && now < h.expires_ns)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        found = Some(key);
+        break;
+    }
+    let Some(key) = found else {
+        return false;
+    };
+    let expires_ns = now + FRAG_TIMEOUT_NS;
+    t.hold_frag(
+        &key,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        |h: &mut HeldFrag| {
+            h.expires_ns = expires_ns;
+            h.len = len;
+            h.offset = offset;
+            ctx.copy_frame(&mut h.bytes, len).is_ok()
+        },
+    )
+}
+
+/// Lets go of the fragments held for datagram `key`, now that its first fragment came:
+/// `send` sends each again through the hook (where it now finds the first's decision), or,
+/// if the datagram is the router's (`local`: they went on to it already) or a fragment has
+/// expired, it is only forgotten. How many were sent.
+#[inline(always)]
+pub fn release<T: Tables>(t: &T, key: &FragKey, local: bool, mut send: impl FnMut(&HeldFrag) -> bool) -> u32 {
+    let now = t.now();
+    let mut sent = 0;
+    for slot in 0..HELD_SLOTS {
+        let hk = HeldKey { frag: *key, slot };
+        let Some(ok) = t.with_held(
+            &hk,
+            #[cfg_attr(target_arch = "bpf", inline(always))]
+            |h: &HeldFrag| !local && now < h.expires_ns && send(h),
+        ) else {
+            continue;
+        };
+        t.remove_held(&hk);
+        if ok {
+            sent += 1;
+            t.count(NatCounter::FragmentsReplayed);
+        }
+    }
+    sent
 }
 
 /// What the first fragment of this (non-first) fragment's datagram decided, while it holds.
@@ -49,7 +130,12 @@ pub fn outbound<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
     let ip = h.ip;
     let ip = &ip;
     let Some(p) = datagram_ports(t, ip)? else {
-        return Err(Drop::FragmentUnknown);
+        // Never out untranslated: held, or dropped.
+        return Err(if hold(ctx, t, ip) {
+            Drop::Held
+        } else {
+            Drop::FragmentUnknown
+        });
     };
     let key = FlowKey::new(ip.proto, ip.src, p.sport, ip.dst, p.dport);
     // The first fragment made the flow; the rest only refresh it.
@@ -79,7 +165,13 @@ pub fn inbound<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
     let ip = h.ip;
     let ip = &ip;
     let Some(p) = datagram_ports(t, ip)? else {
-        return Err(Drop::FragmentUnknown);
+        // Held if it can be, and on to the router's stack either way (see the top).
+        t.count(if hold(ctx, t, ip) {
+            NatCounter::FragmentsHeld
+        } else {
+            NatCounter::Passed
+        });
+        return Ok(Action::Pass);
     };
     if p.flags & FRAG_LOCAL != 0 {
         t.count(NatCounter::Passed);

@@ -26,7 +26,7 @@ use crate::{
     counters::NatCounter,
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_INBOUND_ROUTE, Flow, FlowKey, FragKey, FragPorts,
-        NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RemoteRate, has_ports,
+        HeldFrag, HeldKey, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RemoteRate, has_ports,
     },
     packet::*,
     tcp::Segment,
@@ -93,6 +93,18 @@ pub trait Tables {
     fn frag(&self, key: &FragKey) -> Option<FragPorts>;
     /// Remembers a first fragment's decision (best effort: the table forgets the oldest).
     fn insert_frag(&self, key: &FragKey, p: &FragPorts);
+    /// Holds a fragment: `fill` writes it (into a scratch slot: in the kernel a per-CPU one,
+    /// as no stack holds it) and says whether to keep it; then it is stored under `key`
+    /// (best effort: the table forgets the oldest). Whether it was.
+    fn hold_frag(&self, key: &HeldKey, fill: impl FnOnce(&mut HeldFrag) -> bool) -> bool;
+    /// Runs `f` on the fragment held under `key`, if there is one.
+    fn with_held<R>(&self, key: &HeldKey, f: impl FnOnce(&HeldFrag) -> R) -> Option<R>;
+    fn remove_held(&self, key: &HeldKey);
+    /// Asks for the fragments held for datagram `key` to be let go ([`frags::release`]) once
+    /// the packet that asks (the datagram's first fragment) is through its step: sent
+    /// again, or (`local`: the datagram is the router's, and they went on to it already)
+    /// forgotten.
+    fn release_held(&self, key: &FragKey, local: bool);
     /// Runs a port search: `init` sets it up (in a scratch slot: in the kernel a per-CPU
     /// one, as a step's stack cannot hold it and the rest), then [`try_port`] runs for
     /// candidates 0, 1, ... up to [`MAX_PORT_TRIES`](crate::nat::MAX_PORT_TRIES) until it
@@ -124,6 +136,8 @@ pub enum Drop {
     ErrorUnmapped,
     /// The entry it needs is being removed this instant.
     Busy,
+    /// A fragment ahead of its datagram's first, held to be sent again once that comes.
+    Held,
 }
 
 impl Drop {
@@ -143,13 +157,14 @@ impl Drop {
             Drop::RemoteLimit => NatCounter::DropRemoteLimit,
             Drop::ErrorUnmapped => NatCounter::DropErrorUnmapped,
             Drop::Busy => NatCounter::DropBusy,
+            Drop::Held => NatCounter::FragmentsHeld,
         }
     }
 }
 
 impl Drop {
     /// Every reason, in code order.
-    pub const ALL: [Drop; 14] = [
+    pub const ALL: [Drop; 15] = [
         Drop::NoPort,
         Drop::Unsolicited,
         Drop::Malformed,
@@ -164,6 +179,7 @@ impl Drop {
         Drop::RemoteLimit,
         Drop::ErrorUnmapped,
         Drop::Busy,
+        Drop::Held,
     ];
 
     /// A step's outcome as one number (what a kernel function returns): 0 pass, 1
@@ -196,6 +212,7 @@ impl Drop {
             13 => Drop::RemoteLimit,
             14 => Drop::ErrorUnmapped,
             15 => Drop::Busy,
+            16 => Drop::Held,
             _ => Drop::Malformed,
         })
     }
