@@ -64,6 +64,29 @@ fn nat(seed: u32) -> MemTables {
     nat_with(Sizes::default(), seed, |_| {})
 }
 
+/// Port ranges (ports, low ports, echo identifiers) that all leave out `port`: a new mapping
+/// of `port` must rewrite it, where ranges holding it would keep it (port preservation) and
+/// a test could not tell a translated port from one left alone.
+fn ranges_without(port: u16) -> impl FnOnce(&mut NatConfig) {
+    move |c: &mut NatConfig| {
+        c.ports = if port < 40000 {
+            PortRange::new(40000, 65535)
+        } else {
+            PortRange::new(1024, 39999)
+        };
+        c.low_ports = if port < 512 {
+            PortRange::new(512, 1023)
+        } else {
+            PortRange::new(1, 511)
+        };
+        c.icmp_ids = if port < 32768 {
+            PortRange::new(32768, 65535)
+        } else {
+            PortRange::new(1, 32767)
+        };
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Egress,
@@ -157,7 +180,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Out then in: the reply reaches the original endpoint, and both translated frames are
-    /// exactly what the builder makes for the expected headers.
+    /// exactly what the builder makes for the expected headers. The ranges leave out the
+    /// source port, so every case rewrites it (TCP and UDP ports, echo identifiers) and its
+    /// checksum.
     #[test]
     fn out_then_in_gives_back_the_original_tuple(
         host in 1u8..=254,
@@ -173,7 +198,7 @@ proptest! {
         let int = Ipv4Addr::new(192, 168, 15, host);
         let rem = Ipv4Addr::new(remote.0, remote.1, remote.2, remote.3);
         prop_assume!(rem != EXT && !rem.octets().starts_with(&[192, 168, 15]));
-        let t = nat(seed);
+        let t = nat_with(Sizes::default(), seed, ranges_without(sport));
         let rport = if proto == PROTO_ICMP { 1 } else { rport };
         let out = frame(int, rem, &l4_of(proto, zero, sport, rport, &payload));
         let (v, got) = run(&t, Step::Egress, &out);
@@ -185,6 +210,7 @@ proptest! {
         } else {
             ip.ports().unwrap().0
         };
+        prop_assert_ne!(ext_port, sport, "the source port was not rewritten");
         assert_same(&got, &frame(EXT, rem, &l4_of(proto, zero, ext_port, rport, &payload)));
 
         // The reply (for ICMP, an echo reply: `dport` 0 marks it).
@@ -224,7 +250,8 @@ proptest! {
 
     /// An ICMP error quoting a packet the NAT sent out, the quote cut at any length: either
     /// translated exactly (quote, outer address, every checksum) or, too short to name its
-    /// flow, dropped; never passed half-translated.
+    /// flow, dropped; never passed half-translated. The quoted port (echo: identifier) was
+    /// rewritten on the way out, so its restoration is checked too.
     #[test]
     fn icmp_errors_come_back_with_their_quote_at_any_length(
         proto in prop::sample::select(vec![PROTO_UDP, PROTO_TCP, PROTO_ICMP]),
@@ -234,10 +261,14 @@ proptest! {
         from_router in any::<bool>(),
     ) {
         let int = Ipv4Addr::new(192, 168, 15, 1);
-        let t = nat(7);
+        let t = nat_with(Sizes::default(), 7, ranges_without(sport));
         let (_, got) = run(&t, Step::Egress, &frame(int, LAN, &l4_of(proto, false, sport, 53, &payload)));
         let sent = got[packet::ETH_HLEN..].to_vec();
         let original = packet::ipv4_packet(&Ipv4::new(int, LAN), &l4_of(proto, false, sport, 53, &payload));
+        // The source port (echo: the identifier, after type, code and checksum) went out
+        // rewritten.
+        let port_at = if proto == PROTO_ICMP { 24 } else { 20 };
+        prop_assert_ne!(&sent[port_at..port_at + 2], &original[port_at..port_at + 2]);
         let cut = cut.min(sent.len());
         // From the remote itself, or from a router on the way (the outer source differs).
         let reporter = if from_router { Ipv4Addr::new(192, 168, 1, 254) } else { LAN };
@@ -761,6 +792,44 @@ fn the_window_decides_which_rst_counts() {
     assert_eq!(flow().state, state);
     assert_eq!(back(TCP_RST, 501, 0), Ok(Action::Pass));
     assert_eq!(flow().state, netns_common::nat::TcpState::Closed as u8);
+}
+
+/// An ICMP error leaving for the uplink from an internal address other than the quoted
+/// host's (a router between it and this one) takes the external address as its source too:
+/// no internal address leaves by the uplink, as with MASQUERADE.
+#[test]
+fn an_icmp_error_from_another_internal_host_leaves_from_the_external_address() {
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let hop = Ipv4Addr::new(192, 168, 15, 7);
+    let t = nat_with(Sizes::default(), 23, ranges_without(40000));
+    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"query")));
+    let ext_port = parse_frame(&out).unwrap().2.ports().unwrap().0;
+    assert_ne!(ext_port, 40000);
+    // The answer, let in towards red, meets a dead end at the hop, which reports it.
+    let (v, _) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, ext_port, b"answer")));
+    assert_eq!(v, Ok(Action::Pass));
+    let error = |src: Ipv4Addr, quote: &[u8]| {
+        frame(
+            src,
+            LAN,
+            &L4::Icmp {
+                typ: 3,
+                code: 1,
+                rest: [0; 4],
+                body: quote,
+            },
+        )
+    };
+    let quote_in = packet::ipv4_packet(&Ipv4::new(LAN, red), &udp(53, 40000, b"answer"));
+    let quote_out = packet::ipv4_packet(&Ipv4::new(LAN, EXT), &udp(53, ext_port, b"answer"));
+    let (v, got) = run(&t, Step::Egress, &error(hop, &quote_in));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_same(&got, &error(EXT, &quote_out));
+    // And an address outside the internal prefix (a router on the uplink's side) is kept.
+    let outside = Ipv4Addr::new(10, 9, 9, 9);
+    let (v, got) = run(&t, Step::Egress, &error(outside, &quote_in));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_same(&got, &error(outside, &quote_out));
 }
 
 /// When the external address changes, the programs alone (before any maintenance) treat

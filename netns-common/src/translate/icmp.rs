@@ -153,10 +153,12 @@ pub fn error<P: Packet, T: Tables>(ctx: &P, t: &T, ingress: bool) -> Res<Action>
         }
     }
 
-    // The outer address, if it is the translated host's own (not the router's).
+    // The outer address: inbound, if it is the translated host's (not the router's own);
+    // outbound, any internal source (the quoted host, or a router between it and this
+    // one), which must never leave by the uplink, as MASQUERADE does.
     if ingress && ip.dst == old_addr {
         rewrite::addr(ctx, false, ip.dst, new_addr)?;
-    } else if !ingress && ip.src == old_addr {
+    } else if !ingress && (ip.src == old_addr || cfg.is_internal(ip.src)) {
         rewrite::addr(ctx, true, ip.src, new_addr)?;
     }
     t.count(if ingress {

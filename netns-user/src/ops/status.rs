@@ -87,6 +87,8 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
             ("tcp_established", s(cfg.timeouts.tcp_established_ns)),
             ("tcp_transitory", s(cfg.timeouts.tcp_transitory_ns)),
             ("icmp", s(cfg.timeouts.icmp_ns)),
+            ("other", s(cfg.timeouts.other_ns)),
+            ("unconfirmed", s(cfg.timeouts.unconfirmed_ns)),
         ]
         .into_iter()
         .collect(),
