@@ -4,12 +4,12 @@
 //! as it was.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     process::Command,
     time::Duration,
 };
 
-use netns_tests::{netns_nat_ok, netns_nat_refused, privileged, sh_in};
+use netns_tests::{in_ns, netns_nat_ok, netns_nat_refused, privileged, sh_in};
 use netns_user::{
     bpf,
     config::L4Proto,
@@ -186,6 +186,53 @@ fn assert_same(before: &str, after: &str, what: &str) {
     );
 }
 
+/// Where lan sees a datagram from red (red's own address: not translated) come from.
+fn red_as_lan_sees_it(h: &HandMade) -> Ipv4Addr {
+    let lan = in_ns(&h.ns("lan"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7013)).unwrap()
+    });
+    lan.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let red = in_ns(&h.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap()
+    });
+    red.send_to(b"who?", SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 7013))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = lan.recv_from(&mut buf).expect("red's datagram reaches lan");
+    assert_eq!(&buf[..n], b"who?");
+    match from {
+        SocketAddr::V4(a) => *a.ip(),
+        other => panic!("{other}"),
+    }
+}
+
+/// lan's datagram to the external address's UDP port 5353 reaches red's port 5353 from
+/// lan's own address, and red's answer comes back from the external address: the forward
+/// `udp:5353=192.168.15.1:5353` works both ways.
+fn the_udp_forward_answers(h: &HandMade) {
+    let ext = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 5353);
+    let red = in_ns(&h.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let lan = in_ns(&h.ns("lan"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap()
+    });
+    lan.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    lan.send_to(b"forwarded?", ext).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = red.recv_from(&mut buf).expect("the forward reaches red");
+    assert_eq!(&buf[..n], b"forwarded?");
+    assert_eq!(
+        from.ip(),
+        Ipv4Addr::new(192, 168, 1, 3),
+        "DNAT keeps lan's address"
+    );
+    red.send_to(b"yes", from).unwrap();
+    let (n, from) = lan.recv_from(&mut buf).expect("red's answer reaches lan");
+    assert_eq!((&buf[..n], from), (&b"yes"[..], SocketAddr::V4(ext)));
+}
+
 impl Drop for HandMade {
     fn drop(&mut self) {
         for n in ["router", "red", "blue", "lan"] {
@@ -296,7 +343,32 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
         "--to",
         "192.168.15.1:5353",
     ]);
+    the_udp_forward_answers(&h);
+    // The upgrade puts new programs on every hook, and they translate as the old ones did.
+    let programs = || {
+        let mut ids: Vec<(String, u32)> = bpf::attached_programs(&router)
+            .unwrap()
+            .into_iter()
+            .map(|prog| (prog.label, prog.id))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before_upgrade = programs();
+    assert!(!before_upgrade.is_empty());
     ok(&["up", "--prefix", &lab, "--upgrade"]);
+    let after_upgrade = programs();
+    assert_eq!(before_upgrade.len(), after_upgrade.len(), "{after_upgrade:?}");
+    for ((l0, id0), (l1, id1)) in before_upgrade.iter().zip(&after_upgrade) {
+        assert_eq!(l0, l1);
+        assert_ne!(id0, id1, "{l0} still runs the old program");
+    }
+    assert_eq!(
+        red_as_lan_sees_it(&h),
+        Ipv4Addr::new(192, 168, 1, 2),
+        "translated"
+    );
+    the_udp_forward_answers(&h);
     netns_nat_refused(&["check", "--prefix", &lab], "not netns-nat's to know");
     assert!(ok(&["list"]).contains(&lab));
 
@@ -307,7 +379,9 @@ fn attach_to_namespaces_made_by_hand_and_detach_leaves_them_as_they_were() {
         assert!(netns::exists(&h.ns(n)), "{n} is the user's: it stays");
     }
     netns_tests::assert_gone(&lab);
-    // Once detached, nothing translates: lan sees red's own address, or nothing at all.
+    // Once detached, nothing translates: lan sees red's own address, and no exchange
+    // completes (lan has no way back).
+    assert_eq!(red_as_lan_sees_it(&h), Ipv4Addr::new(192, 168, 15, 1));
     let checks = probe::play(&roles, false, Duration::from_millis(500));
     assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
 
@@ -403,4 +477,64 @@ fn a_filter_in_an_attached_namespace_holds_the_fast_path_off_from_the_start() {
     }
     let c = netns_tests::nat_counters(&lab);
     assert_eq!(c["fast_out_tc"], 0, "{c:?}");
+}
+
+/// Issue 21: `nat attach` and `nat detach` are in force when they return: the first datagram
+/// red sends after `attach` returns leaves translated, the first after `detach` returns
+/// leaves as red sent it (lan sees red's own address), every time.
+#[test]
+fn the_first_packet_after_attach_is_translated_and_after_detach_is_not() {
+    if !privileged("nat_attach_detach_at_once") {
+        return;
+    }
+    let p = netns_tests::prefix("hd");
+    let h = HandMade::build(&p);
+    let router = h.ns("router");
+    let lab = format!("{p}nat-");
+    let lan_s = netns_tests::in_ns(&h.ns("lan"), || {
+        std::net::UdpSocket::bind("0.0.0.0:7009").unwrap()
+    });
+    lan_s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let red_s = netns_tests::in_ns(&h.ns("red"), || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    let source_of_next = |tag: &str| {
+        red_s
+            .send_to(
+                tag.as_bytes(),
+                SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 7009),
+            )
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = lan_s.recv_from(&mut buf).expect("the datagram");
+        assert_eq!(&buf[..n], tag.as_bytes());
+        match from {
+            std::net::SocketAddr::V4(a) => *a.ip(),
+            other => panic!("{other}"),
+        }
+    };
+    for i in 0..4 {
+        ok(&[
+            "nat",
+            "attach",
+            "--prefix",
+            &lab,
+            "--netns",
+            &router,
+            "--uplink",
+            "wan",
+            "--internal",
+            "192.168.15.0/24",
+        ]);
+        let _detach = Detach(lab.clone());
+        assert_eq!(
+            source_of_next(&format!("attached {i}")),
+            Ipv4Addr::new(192, 168, 1, 2),
+            "try {i}: translated at once"
+        );
+        ok(&["nat", "detach", "--prefix", &lab]);
+        assert_eq!(
+            source_of_next(&format!("detached {i}")),
+            Ipv4Addr::new(192, 168, 15, 1),
+            "try {i}: not translated once detach returned"
+        );
+    }
 }

@@ -734,11 +734,53 @@ pub fn read_nat_counters(prefix: &str) -> Result<Vec<(&'static str, u64)>> {
     Ok(NatCounter::ALL.iter().map(|c| c.name()).zip(sums).collect())
 }
 
-/// Removes a lab's pinned objects: unpinning the links detaches the programs. Returns
-/// whether there was anything.
+/// `bpf(2)` commands used directly: aya has no call for a link's explicit detach.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `bpf(cmd, attr)` with `attr` as the first bytes of a zeroed `union bpf_attr`.
+fn bpf_cmd(cmd: libc::c_long, attr: &[u64]) -> io::Result<libc::c_long> {
+    let mut buf = [0u64; 16];
+    buf[..attr.len()].copy_from_slice(attr);
+    // Safety: bpf(2) with a buffer of the size passed; the commands used read it only.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, buf.as_mut_ptr(), std::mem::size_of_val(&buf)) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Detaches the link pinned at `path` from its hook, now: unpinning only drops a reference,
+/// and the kernel may release the link (and take the program off the hook) later.
+fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (a pointer), bpf_fd, file_flags.
+    let fd = bpf_cmd(BPF_OBJ_GET, &[name.as_ptr() as u64])?;
+    // Safety: a descriptor bpf(2) just returned, owned here from now on.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // union bpf_attr for BPF_LINK_DETACH: link_fd.
+    bpf_cmd(BPF_LINK_DETACH, &[u64::from(fd.as_raw_fd() as u32)]).map(|_| ())
+}
+
+/// Removes a lab's pinned objects, its links detached first (so that when this returns no
+/// program of the lab is on any hook). Returns whether there was anything.
 pub fn remove_pins(prefix: &str) -> io::Result<bool> {
     let dir = pin_dir(prefix);
     let _lock = pins_lock().map_err(io::Error::other)?;
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("link_") {
+                match detach_pinned_link(&e.path()) {
+                    Ok(()) => {}
+                    // A link whose interface (or namespace) is gone is detached already.
+                    Err(err) if matches!(err.raw_os_error(), Some(libc::ENOLINK | libc::ENODEV)) => {}
+                    Err(err) => return Err(io::Error::other(format!("{}: {err}", e.path().display()))),
+                }
+            }
+        }
+    }
     match fs::remove_dir_all(&dir) {
         Ok(()) => {
             // Leave the shared root, and bpffs, only when no other lab uses them.
