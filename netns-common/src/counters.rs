@@ -222,6 +222,82 @@ impl From<crate::fwd::Slow> for NatCounter {
 mod nat_counter_tests {
     use super::NatCounter;
 
+    /// The counter slots, in index order, written out apart from the macro: the maps of a
+    /// running lab hold them so, and `up --upgrade` keeps those maps. A slot moved or renamed
+    /// needs a new `layout::LAYOUT_VERSION` (one appended changes the stamp by itself).
+    const SLOTS: [&str; 51] = [
+        "out_tcp",
+        "out_udp",
+        "out_icmp",
+        "in_tcp",
+        "in_udp",
+        "in_icmp",
+        "icmp_error_out",
+        "icmp_error_in",
+        "fragments",
+        "new_mappings",
+        "new_flows",
+        "hairpinned",
+        "passed",
+        "drop_no_port",
+        "drop_unsolicited",
+        "drop_malformed",
+        "drop_map_full",
+        "drop_unsupported",
+        "in_unmapped",
+        "drop_fragment_unknown",
+        "fragments_held",
+        "fragments_replayed",
+        "fast_out_tc",
+        "fast_in_tc",
+        "fast_out_xdp",
+        "fast_in_xdp",
+        "slow_no_flow",
+        "slow_tcp_flags",
+        "slow_fragment",
+        "slow_ip_options",
+        "slow_ttl",
+        "slow_protocol",
+        "slow_no_neighbour",
+        "slow_mtu",
+        "slow_partial_checksum",
+        "redirect_failed",
+        "slow_ip_checksum",
+        "drop_bad_checksum",
+        "trace_lost",
+        "out_other",
+        "in_other",
+        "drop_inbound",
+        "drop_spoofed",
+        "drop_not_syn",
+        "drop_out_of_window",
+        "drop_remote_limit",
+        "drop_error_unmapped",
+        "drop_busy",
+        "evicted_unconfirmed",
+        "slow_policy",
+        "slow_bridge_refresh",
+    ];
+
+    #[test]
+    fn all_lists_every_variant_once_in_slot_order() {
+        assert_eq!(
+            NatCounter::ALL.len(),
+            SLOTS.len(),
+            "a counter added or removed: update SLOTS"
+        );
+        assert_eq!(NatCounter::COUNT as usize, SLOTS.len());
+        for (i, (c, name)) in NatCounter::ALL.iter().zip(SLOTS).enumerate() {
+            assert_eq!(*c as usize, i, "{name}: its value is not its place in ALL");
+            assert_eq!(c.name(), name, "slot {i}");
+            assert_eq!(
+                NatCounter::ALL.iter().filter(|d| *d == c).count(),
+                1,
+                "{name} listed twice"
+            );
+        }
+    }
+
     #[test]
     fn nat_counters_are_dense_and_named_uniquely() {
         // The macro lists every variant once; their indices are their places.

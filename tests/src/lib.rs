@@ -12,18 +12,25 @@ use netns_user::{
     sys::netns,
 };
 
-/// Whether this test can run: root is needed for namespaces and BPF. Outside CI a test
-/// without it is skipped with a reason; under `CI=true` that is a failure.
+/// Whether this test can run: root is needed for namespaces and BPF. A test without it is
+/// skipped with a reason, except under `cargo xtask test` (which sets `NETNS_NAT_NO_SKIP=1`)
+/// or `CI=true`, where a skip is a failure: a suite that skipped has not passed.
 pub fn privileged(test: &str) -> bool {
     if lab::require_root().is_ok() {
         return true;
     }
     let why = format!("{test}: needs root for network namespaces and BPF");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}; CI=true, so this is a failure rather than a skip");
+    if skips_fail() {
+        panic!("{why}; under `cargo xtask test` or CI=true a skip is a failure");
     }
     eprintln!("SKIPPED {why}");
     false
+}
+
+/// Whether a skipped test must fail instead (see [`privileged`]).
+pub fn skips_fail() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("NETNS_NAT_NO_SKIP").is_ok_and(|v| v == "1")
 }
 
 /// A prefix no other test (in this or another process) uses.

@@ -7,6 +7,7 @@ use std::{
     io,
     net::{Ipv4Addr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -20,6 +21,8 @@ const ETH_P_ALL: u16 = 0x0003;
 /// receives every frame that arrives there.
 pub struct Wire {
     fd: OwnedFd,
+    /// Frames the kernel took (a refused send is not counted).
+    sent: AtomicUsize,
 }
 
 impl Wire {
@@ -64,7 +67,10 @@ impl Wire {
                     std::mem::size_of::<libc::timeval>() as u32,
                 )
             };
-            Wire { fd }
+            Wire {
+                fd,
+                sent: AtomicUsize::new(0),
+            }
         })
     }
 
@@ -74,7 +80,13 @@ impl Wire {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many frames the kernel has taken from [`Wire::send`] so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// The frames that arrived at the interface (not those sent from it) within `wait`.

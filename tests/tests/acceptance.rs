@@ -2,15 +2,16 @@
 //! real namespaces, real packets, the peers' view checked.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
-use netns_tests::{LabGuard, Nat, privileged};
+use netns_tests::{LabGuard, Nat, in_ns, privileged};
 use netns_user::{bpf, config::FastPath, nat::NatKind, probe};
 
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
 const WAIT: Duration = Duration::from_secs(3);
 
 fn scenario_passes_with(nat: impl Into<Nat>, tag: &str) {
@@ -77,7 +78,22 @@ fn without_nat_replies_have_no_way_back() {
     let red = g.lab.ns("red");
     let lan = g.lab.ns("lan");
     let wait = Duration::from_millis(800);
-    // lan gets the ping from red's own address, but cannot answer it.
+    // lan gets red's datagram from red's own address, but has no route to answer it.
+    let lan_sock = in_ns(&lan, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7011)).unwrap());
+    lan_sock.set_read_timeout(Some(WAIT)).unwrap();
+    let red_sock = in_ns(&red, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47011)).unwrap());
+    red_sock
+        .send_to(b"from red", SocketAddrV4::new(LAN, 7011))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = lan_sock.recv_from(&mut buf).expect("red's datagram reaches lan");
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"from red"[..], SocketAddrV4::new(RED, 47011).into()),
+        "lan sees red's own address"
+    );
+    assert!(lan_sock.send_to(b"back", from).is_err(), "lan has a route back");
+    // So no exchange completes.
     assert!(probe::icmp_echo(&red, &lan, LAN, wait).is_err());
     assert!(probe::udp_echo(&red, &lan, SocketAddrV4::new(LAN, probe::UDP_PORT), wait).is_err());
     assert!(probe::tcp_hash(&red, &lan, SocketAddrV4::new(LAN, probe::TCP_PORT), wait).is_err());
@@ -91,7 +107,7 @@ fn without_nat_replies_have_no_way_back() {
         WAIT,
     )
     .unwrap();
-    assert_eq!(seen.source, Ipv4Addr::new(192, 168, 15, 1));
+    assert_eq!(seen.source, RED);
     // The combined verdict agrees: every exchange "should fail" and did.
     let checks = probe::check(&g.lab, wait).unwrap();
     assert!(checks.iter().all(|c| !c.ok && c.passed), "{checks:#?}");

@@ -1,6 +1,8 @@
 //! `netns-nat bench --quick` end to end: every backend and workload present in a results
 //! file of the documented schema, with its report and charts. Not a speed test: the
-//! figures are only checked to be figures.
+//! figures are checked to be figures that agree with one another (a median between its
+//! min and max, p50 <= p99, a loss that is a percentage, ratios where both sides ran),
+//! not against any speed.
 
 use std::{collections::HashSet, process::Command};
 
@@ -114,9 +116,35 @@ fn quick_bench_writes_every_backend_and_workload() {
         ] {
             assert!(ok, "field {field} of {row}");
         }
-        // x / x is 1, except 0 / 0 (a loss of 0 %), which has no ratio.
-        if row["backend"] == "iptables" && row["median"] != 0.0 {
-            assert_eq!(row["ratio_to_iptables"], 1.0, "{row}");
+        let (min, median, max) = (num(&row["min"]), num(&row["median"]), num(&row["max"]));
+        assert!((min..=max).contains(&median), "min <= median <= max: {row}");
+        // A ratio exactly where its base ran at the same point with a value to divide by
+        // (x / 0 has none); one round, so it is median / base's median (x / x is 1).
+        for (base, field) in [
+            ("iptables", "ratio_to_iptables"),
+            ("tc-redirect", "ratio_to_tc_redirect"),
+            ("xdp-redirect", "ratio_to_xdp_redirect"),
+        ] {
+            let b = rows.iter().find(|x| {
+                x["backend"] == base
+                    && x["workload"] == row["workload"]
+                    && x["metric"] == row["metric"]
+                    && x["params"] == row["params"]
+            });
+            match b.map(|b| num(&b["median"])) {
+                Some(d) if d != 0.0 => {
+                    let want = median / d;
+                    let got = row[field]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{field} missing where {base} ran: {row}"));
+                    assert!(
+                        (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                        "{field} {got}, want {want}: {row}"
+                    );
+                }
+                Some(_) => {}
+                None => assert!(row[field].is_null(), "{field} without {base}: {row}"),
+            }
         }
     }
     let sets = |b: &str, w: &str, m: &str| -> HashSet<String> {
@@ -188,6 +216,46 @@ fn quick_bench_writes_every_backend_and_workload() {
             .unwrap();
         assert!(c["median"].as_f64().unwrap() > 10.0, "{c}");
     }
+    // What each workload measures, in the range it must be in.
+    let of = |w: &str, m: &str| {
+        rows.iter()
+            .filter(|x| x["workload"] == w && x["metric"] == m)
+            .collect::<Vec<&Value>>()
+    };
+    for x in of("tcp-throughput", "gbps") {
+        assert!(num(&x["min"]) > 0.0, "TCP throughput: {x}");
+    }
+    for x in of("conn-rate", "failed") {
+        assert_eq!(num(&x["max"]), 0.0, "failed connections: {x}");
+    }
+    for w in ["small-packet", "many-flows"] {
+        for x in of(w, "loss_pct") {
+            assert!(
+                (0.0..=100.0).contains(&num(&x["min"])) && (0.0..=100.0).contains(&num(&x["max"])),
+                "loss: {x}"
+            );
+        }
+    }
+    let medians = of("latency", "p50_us");
+    assert!(!medians.is_empty());
+    for x in medians {
+        let at = |m: &str| {
+            rows.iter()
+                .find(|y| {
+                    y["backend"] == x["backend"]
+                        && y["workload"] == "latency"
+                        && y["metric"] == m
+                        && y["params"] == x["params"]
+                })
+                .map(|y| num(&y["median"]))
+                .unwrap_or_else(|| panic!("no {m} beside {x}"))
+        };
+        let (p50, p99, p99_9) = (num(&x["median"]), at("p99_us"), at("p99_9_us"));
+        assert!(
+            0.0 < p50 && p50 <= p99 && p99 <= p99_9,
+            "latency percentiles {p50} {p99} {p99_9}: {x}"
+        );
+    }
 
     let runs: Vec<_> = std::fs::read_dir(dir.join("runs")).unwrap().flatten().collect();
     assert_eq!(runs.len(), 1);
@@ -210,10 +278,16 @@ fn quick_bench_writes_every_backend_and_workload() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A figure of the results file (a number; `null` is how a NaN is written).
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
 /// iperf3's one-off server used to reset the real client when a readiness probe connected
 /// first ("unable to receive control message"); readiness is now read from the socket
-/// table. Consecutive quick runs of the workload must all pass (more are run by hand: see
-/// the README).
+/// table. Consecutive quick runs of the workload must all pass at the first attempt (the
+/// bench measures a failed point again and still exits 0, so its `retries` are read too;
+/// more runs are made by hand: see the README).
 #[test]
 fn tcp_throughput_runs_back_to_back() {
     if !privileged("bench_tcp_back_to_back") {
@@ -221,6 +295,7 @@ fn tcp_throughput_runs_back_to_back() {
     }
     let dir = std::env::temp_dir().join(format!("netns-nat-bench-tcp-{}", std::process::id()));
     for run in 1..=3 {
+        let json = dir.join(format!("run{run}.json"));
         let out = Command::new(bin())
             .args([
                 "bench",
@@ -232,6 +307,8 @@ fn tcp_throughput_runs_back_to_back() {
             ])
             .arg("--out")
             .arg(&dir)
+            .arg("--json")
+            .arg(&json)
             .output()
             .unwrap();
         assert!(
@@ -239,6 +316,24 @@ fn tcp_throughput_runs_back_to_back() {
             "run {run}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(
+            r["retries"],
+            serde_json::json!([]),
+            "run {run}: a point failed once"
+        );
+        assert_eq!(r["failures"], serde_json::json!([]), "run {run}");
+        let gbps: Vec<&Value> = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["metric"] == "gbps")
+            .collect();
+        // none and ebpf, each at 2 paths x 2 stream counts.
+        assert_eq!(gbps.len(), 8, "run {run}: {gbps:?}");
+        for x in gbps {
+            assert!(num(&x["min"]) > 0.0, "run {run}: {x}");
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,13 +6,18 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use netns_tests::{LabGuard, UdpEcho, in_ns, privileged};
+use netns_common::fwd::partial_checksum;
+use netns_tests::{
+    LabGuard, UdpEcho, in_ns, privileged, wait_for,
+    wire::{Wire, mac_of, no_ipv4},
+};
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
+    packet::{self, Ipv4, L4},
     probe,
     sys::ethtool::{self, Offload},
     sys::netns,
@@ -28,6 +33,18 @@ fn tag(name: &str, mode: FastPath) -> String {
 }
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const EXT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
+const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
+    L4::Udp {
+        sport,
+        dport,
+        payload,
+        zero_checksum: false,
+    }
+}
 
 fn counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
     netns_user::ops::conntrack::stats(prefix)
@@ -146,10 +163,43 @@ fn ttl_one_takes_the_slow_path_and_goes_no_further(mode: FastPath) {
     assert_eq!(delta(&c0, &c1, "slow_ttl"), 3, "{c1:?}");
     assert_eq!(delta(&c0, &c1, &fast(mode, "out")), 0, "{c1:?}");
     assert_eq!(echo.seen().len(), 3, "a TTL-1 datagram crossed the router");
-    // TTL 2 crosses (one hop), on the fast path, with the TTL decremented on the way.
+    // TTL 2 crosses (one hop), on the fast path, with the TTL decremented on the way: a raw
+    // socket on lan reads it off each datagram as it arrived.
+    let raw = in_ns(&g.lab.ns("lan"), || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    });
     assert_eq!(udp_exchange(&g, 2, Some(2)), 2);
     let c2 = counters(g.prefix());
     assert_eq!(delta(&c1, &c2, &fast(mode, "out")), 2, "{c2:?}");
+    assert_eq!(
+        ttls_on_arrival(&raw, 2),
+        [1, 1],
+        "TTL 2 arrives as 1 after one hop"
+    );
+}
+
+/// The TTLs of the first `n` datagrams to lan's port 7100 that the raw socket `raw` saw
+/// (fewer if they do not come within 2 s).
+fn ttls_on_arrival(raw: &socket2::Socket, n: usize) -> Vec<u8> {
+    let mut ttls = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ttls.len() < n && Instant::now() < deadline {
+        let mut r = raw;
+        let Ok(len) = r.read(&mut buf) else {
+            break;
+        };
+        match packet::parse_ipv4(&buf[..len]) {
+            Ok(p) if p.header.src == EXT && p.ports().is_some_and(|(_, d)| d == 7100) => {
+                ttls.push(p.header.ttl)
+            }
+            _ => {}
+        }
+    }
+    ttls
 }
 netns_tests::modes!(ttl_one_takes_the_slow_path_and_goes_no_further);
 
@@ -224,12 +274,52 @@ fn a_tcp_connection_moves_between_the_paths(mode: FastPath) {
 }
 netns_tests::modes!(a_tcp_connection_moves_between_the_paths);
 
-/// TX checksum offload on the senders (the kernel's default for veth; the XDP mode turns
-/// it off on the peers of its ports, so this test turns it back on): at TC the fast path
-/// takes the packets (the skb helpers keep a partial checksum right); in XDP, which cannot
-/// see offload state, partial checksums are recognised and handed to the slow path. Either
-/// way every exchange passes, and the UDP receivers of XDP-redirected frames, which arrive
-/// without checksum status, verify every checksum themselves.
+/// Checks the UDP checksum of each datagram among `frames` (as they arrived on a wire) from
+/// `src` to `dst` that `pick` takes by its ports: complete and valid, or partial (left for a
+/// device to finish: a receiver trusts it unchecked) and then exactly the pseudo-header sum
+/// of the packet as it is now, translated. Anything else is a checksum the NAT broke.
+/// Returns (complete, partial).
+fn checksums_on_arrival(
+    frames: &[Vec<u8>],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    pick: impl Fn(u16, u16) -> bool,
+) -> (usize, usize) {
+    let mut n = (0, 0);
+    for f in frames {
+        let Ok((_, _, ip)) = packet::parse_frame(f) else {
+            continue;
+        };
+        let ours = ip.header.src == src
+            && ip.header.dst == dst
+            && ip.header.proto == packet::PROTO_UDP
+            && ip.ports().is_some_and(|(s, d)| pick(s, d));
+        if !ours {
+            continue;
+        }
+        assert!(ip.header_ok, "IPv4 header checksum: {ip:?}");
+        if ip.l4_checksum_ok() {
+            n.0 += 1;
+            continue;
+        }
+        let check = u16::from_be_bytes([ip.data[6], ip.data[7]]);
+        let len = ip.data.len() as u16;
+        assert!(
+            partial_checksum(check, u32::from(src), u32::from(dst), packet::PROTO_UDP, len),
+            "a UDP checksum neither complete nor partial: {ip:?}"
+        );
+        n.1 += 1;
+    }
+    n
+}
+
+/// TX checksum offload on the senders, off first and then on (on is the kernel's default
+/// for veth; the XDP mode turns it off on the peers of its ports). On, red and lan send
+/// partial checksums (the pseudo-header's sum only): at TC the fast path takes them (the skb
+/// helpers keep a partial checksum right); in XDP, which cannot see offload state, they are
+/// recognised and handed to the slow path. A receiver trusts a partial checksum unchecked,
+/// so every exchange passing proves little: each datagram is also read off the wire where
+/// it arrives, and its checksum checked, partial or not.
 fn checksum_offload_on_at_the_senders(mode: FastPath) {
     if !privileged("fast_offload") {
         return;
@@ -242,7 +332,10 @@ fn checksum_offload_on_at_the_senders(mode: FastPath) {
         assert!(ethtool::get(&red, "veth-red", Offload::Gro).unwrap());
         assert!(!ethtool::get(&lan, "lan0", Offload::TxChecksum).unwrap());
     }
-    // Offload off first: XDP takes the packets on the fast path too.
+    // Offload off first (in XDP it is already): XDP takes the packets on the fast path too.
+    for (ns, dev) in [(&red, "veth-red"), (&lan, "lan0")] {
+        ethtool::set(ns, dev, Offload::TxChecksum, false).unwrap();
+    }
     let _echo = UdpEcho::start(&lan, &[7100]);
     assert_eq!(udp_exchange(&g, 10, None), 10);
     let c0 = counters(g.prefix());
@@ -252,8 +345,27 @@ fn checksum_offload_on_at_the_senders(mode: FastPath) {
         ethtool::set(ns, dev, Offload::TxChecksum, true).unwrap();
         assert!(ethtool::get(ns, dev, Offload::TxChecksum).unwrap());
     }
+    let (at_lan, at_red) = (Wire::open(&lan, "lan0"), Wire::open(&red, "veth-red"));
     assert_eq!(udp_exchange(&g, 20, None), 20);
     let c1 = counters(g.prefix());
+    // red's datagrams as lan got them, lan's answers as red got them.
+    let out = checksums_on_arrival(&at_lan.received(Duration::from_millis(300)), EXT, LAN, |_, d| {
+        d == 7100
+    });
+    let back = checksums_on_arrival(&at_red.received(Duration::ZERO), LAN, RED, |s, _| s == 7100);
+    assert_eq!(
+        (out.0 + out.1, back.0 + back.1),
+        (20, 20),
+        "every datagram seen: out {out:?}, back {back:?}"
+    );
+    if mode != FastPath::Xdp {
+        // At TC they stay partial all the way: the check above saw the NAT's own updates
+        // of partial checksums.
+        assert!(
+            out.1 > 0 && back.1 > 0,
+            "offload in force: out {out:?}, back {back:?}"
+        );
+    }
     match mode {
         FastPath::Xdp => {
             // 20 datagrams out and 20 replies in, all partial.
@@ -274,9 +386,11 @@ netns_tests::modes!(checksum_offload_on_at_the_senders);
 /// In XDP the fast path cannot see a VLAN tag that a veth carries beside the frame (VLAN TX
 /// offload, used by a VLAN interface on top of it): the lab turns that offload off on the
 /// far ends of the XDP ports, so such a tag is in the frame, where the programs see it and
-/// leave the frame alone (hostile.rs sends tagged frames that way). At TC the kernel has the
-/// tag in the packet's metadata, which the programs read, so nothing is changed. (VLAN
-/// interfaces themselves cannot be made here: this kernel has no CONFIG_VLAN_8021Q.)
+/// leave the frame alone. At TC the kernel has the tag in the packet's metadata, which the
+/// programs read, so nothing is changed. (VLAN interfaces themselves cannot be made here:
+/// this kernel has no CONFIG_VLAN_8021Q.) Then what arrives where: a tagged datagram of an
+/// established flow, put on red's wire, does not cross the NAT (the same one untagged is
+/// the fast path's), and a tagged broadcast reaches blue untranslated.
 fn vlan_tags_stay_visible_to_the_fast_path(mode: FastPath) {
     if !privileged("fast_vlan") {
         return;
@@ -291,8 +405,65 @@ fn vlan_tags_stay_visible_to_the_fast_path(mode: FastPath) {
             mode.name()
         );
     }
-    // And traffic flows as before.
-    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    // And traffic flows as before: red's flow to lan is established, on the fast path.
+    let (red, lan) = (g.lab.ns("red"), g.lab.ns("lan"));
+    let echo = UdpEcho::start(&lan, &[7100]);
     assert_eq!(udp_exchange(&g, 5, None), 5);
+
+    let (red_wire, lan_wire) = (Wire::open(&red, "veth-red"), Wire::open(&lan, "lan0"));
+    let blue_wire = Wire::open(&g.lab.ns("blue"), "veth-blue");
+    let (red_mac, gw_mac) = (mac_of(&red, "veth-red"), mac_of(&g.lab.ns("host"), "v-net-0"));
+    let of_the_flow = |payload: &[u8]| packet::ipv4_packet(&Ipv4::new(RED, LAN), &udp(42000, 7100, payload));
+    // VLAN 100 around an IPv4 packet.
+    let tagged = |dst: [u8; 6], ip: &[u8]| {
+        let mut p = vec![0x00, 100, 0x08, 0x00];
+        p.extend_from_slice(ip);
+        packet::ethernet(dst, red_mac, packet::ETH_P_8021Q, &p).to_vec()
+    };
+    let to_blue = packet::ipv4_packet(&Ipv4::new(RED, BLUE), &udp(1000, 2000, b"tagged"));
+    let c0 = counters(g.prefix());
+    let seen = echo.seen().len();
+    red_wire.send(&tagged(gw_mac, &of_the_flow(b"tagged"))).unwrap();
+    red_wire.send(&tagged([0xff; 6], &to_blue)).unwrap();
+    let at_lan = lan_wire.received(Duration::from_millis(300));
+    let at_blue = blue_wire.received(Duration::ZERO);
+    let c1 = counters(g.prefix());
+    assert_eq!(
+        (delta(&c0, &c1, &fast(mode, "out")), delta(&c0, &c1, "out_udp")),
+        (0, 0),
+        "the tagged datagram was translated: {c1:?}"
+    );
+    assert!(no_ipv4(&at_lan), "the tagged datagram crossed the NAT");
+    assert_eq!(
+        echo.seen().len(),
+        seen,
+        "the tagged datagram reached lan's socket"
+    );
+    // The kernel moves a tag out of the frame on receipt; the packet is blue's untouched.
+    assert!(
+        at_blue
+            .iter()
+            .any(|f| f.len() > packet::ETH_HLEN && f[packet::ETH_HLEN..] == to_blue[..]),
+        "blue sees the tagged broadcast's packet untranslated"
+    );
+    // The control: the same datagram untagged is the fast path's, to lan.
+    red_wire
+        .send(&packet::ethernet(
+            gw_mac,
+            red_mac,
+            packet::ETH_P_IP,
+            &of_the_flow(b"untagged"),
+        ))
+        .unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || echo.seen().len() > seen,
+        || "the untagged datagram never reached lan".into(),
+    );
+    let c2 = counters(g.prefix());
+    assert_eq!(delta(&c1, &c2, &fast(mode, "out")), 1, "{c2:?}");
+    let (_, from, len) = echo.seen()[seen];
+    assert_eq!((*from.ip(), len), (EXT, 8), "translated");
 }
 netns_tests::modes!(vlan_tags_stay_visible_to_the_fast_path);

@@ -107,9 +107,16 @@ fn two_ups_racing_for_one_prefix_make_one_lab() {
     }
     let p = prefix("race");
     let cfg = LabConfig::reference();
+    // Both released at once: without it, one `up` may be done before the other starts.
+    let start = std::sync::Barrier::new(2);
     let results: Vec<Result<Lab, LabError>> = std::thread::scope(|s| {
         let ups: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| Lab::up(&cfg, &p, NatKind::Ebpf, &mut |_| {})))
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    Lab::up(&cfg, &p, NatKind::Ebpf, &mut |_| {})
+                })
+            })
             .collect();
         ups.into_iter().map(|h| h.join().expect("no panic")).collect()
     });

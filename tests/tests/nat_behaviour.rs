@@ -177,19 +177,60 @@ fn raise_fd_limit(n: u64) {
     }
 }
 
+/// A raw UDP socket in `ns`: it sees each datagram's IPv4 and UDP headers as they arrived.
+fn raw_udp(ns: &str) -> socket2::Socket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    in_ns(ns, || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    })
+}
+
+/// The source port of the datagram carrying `payload` from the uplink's address, as the raw
+/// socket `raw` saw it arrive.
+fn source_port_seen(raw: &socket2::Socket, payload: &[u8]) -> u16 {
+    use std::io::Read as _;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut r = raw;
+        let n = r.read(&mut buf).expect("the datagram on lan");
+        let p = netns_user::packet::parse_ipv4(&buf[..n]).expect("an IPv4 packet");
+        if p.header.src == UPLINK && p.data.get(8..) == Some(payload) {
+            return p.ports().expect("UDP ports").0;
+        }
+        assert!(Instant::now() < deadline, "no datagram {payload:?} on lan");
+    }
+}
+
 fn icmp_errors_reach_the_sender(nat: Nat) {
     if !privileged("icmp_errors") {
         return;
     }
     let g = LabGuard::up(&tag("ier", nat), nat);
+    let raw = raw_udp(&g.lab.ns("lan"));
+    let nobody = SocketAddrV4::new(LAN, 7999);
+    // blue takes external port 46000 first, towards the same remote (so that every NAT must
+    // give red another): the quote below then names a rewritten port, which the NAT must
+    // restore (and the quoted checksum with it) for red's socket to match the error.
+    in_ns(&g.lab.ns("blue"), || {
+        udp(46000).send_to(b"blue first", nobody).unwrap();
+    });
+    assert_eq!(source_port_seen(&raw, b"blue first"), 46000);
     let err = in_ns(&g.lab.ns("red"), || {
         let s = udp(46000);
         // Nothing listens on lan:7999: lan answers "port unreachable", quoting our datagram
         // as it left the router; the NAT must translate the quote back for red to see it.
-        s.connect(SocketAddrV4::new(LAN, 7999)).unwrap();
+        s.connect(nobody).unwrap();
         s.send(b"anyone?").unwrap();
         s.recv(&mut [0u8; 16]).unwrap_err()
     });
+    assert_ne!(
+        source_port_seen(&raw, b"anyone?"),
+        46000,
+        "red's source port was not rewritten: the quote would prove nothing"
+    );
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
     if nat.is_ebpf() {
         assert!(counter(g.prefix(), "icmp_error_in") >= 1);
@@ -244,6 +285,8 @@ fn unsolicited_inbound_reaches_nobody(nat: Nat) {
     let sock = in_ns(&red, || udp(43000));
     echo(&sock, SocketAddrV4::new(LAN, 7001), b"hello").unwrap();
     let mapped = lan.seen()[0].1.port();
+    // Bound before lan sends, so that a datagram wrongly let in would be seen, not lost.
+    let stray = in_ns(&red, || udp(44444));
     in_ns(&g.lab.ns("lan"), || {
         // From the right remote address but another port: address-and-port-dependent
         // filtering lets nothing through.
@@ -254,7 +297,6 @@ fn unsolicited_inbound_reaches_nobody(nat: Nat) {
         // To a port nobody mapped.
         other.send_to(b"knock", SocketAddrV4::new(UPLINK, 44444)).unwrap();
     });
-    let stray = in_ns(&red, || udp(44444));
     sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     stray.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     assert!(
@@ -382,24 +424,46 @@ fn hairpin_reaches_the_forward_through_the_external_address() {
     assert!(counter(g.prefix(), "hairpinned") >= 4);
 }
 
+/// RFC 4787 REQ-6: outbound traffic alone refreshes a mapping. The port range leaves out
+/// red's source port, so the mapping's port is drawn from 10,000: a mapping that expired
+/// and was made again would (but for a 1-in-10,000 chance) show another.
 #[test]
 fn short_timeouts_expire_and_outbound_traffic_refreshes() {
     if !privileged("timeouts") {
         return;
     }
-    let cfg = lab_with("timeouts = { udp = 2, allow_short = true }\nsweep_interval_ms = 200");
+    let cfg = lab_with(
+        "ports = \"20000-29999\"\ntimeouts = { udp = 2, allow_short = true }\nsweep_interval_ms = 200",
+    );
     let g = LabGuard::up_with(&cfg, "to", NatKind::Ebpf);
-    let lan = UdpEcho::start(&g.lab.ns("lan"), &[7001]);
+    // lan only listens: nothing inbound refreshes the mapping.
+    let lan = in_ns(&g.lab.ns("lan"), || udp(7001));
     let sock = in_ns(&g.lab.ns("red"), || udp(45000));
     let to = SocketAddrV4::new(LAN, 7001);
-    // 3.5 s of traffic every 0.5 s outlives the 2 s timeout: the mapping stays the same.
-    for _ in 0..7 {
-        echo(&sock, to, b"keepalive").unwrap();
+    let mut buf = [0u8; 64];
+    let mut seen = Vec::new();
+    // 3.5 s of datagrams every 0.5 s outlive the 2 s timeout: the mapping stays the same.
+    for i in 0..7u8 {
+        sock.send_to(&[b'k', i], to).unwrap();
+        let (n, from) = lan.recv_from(&mut buf).expect("red's datagram");
+        assert_eq!(&buf[..n], &[b'k', i]);
+        seen.push(from);
         std::thread::sleep(Duration::from_millis(500));
     }
-    let ports: HashSet<u16> = lan.seen().iter().map(|(_, f, _)| f.port()).collect();
-    assert_eq!(ports.len(), 1, "refreshed, never remapped: {:?}", lan.seen());
+    let ports: HashSet<u16> = seen.iter().map(|f| f.port()).collect();
+    assert_eq!(ports.len(), 1, "refreshed, never remapped: {seen:?}");
     let ext = *ports.iter().next().unwrap();
+    assert!((20000..=29999).contains(&ext), "rewritten into the range: {ext}");
+    // The first inbound datagram finds the mapping.
+    lan.send_to(b"still there?", SocketAddrV4::new(UPLINK, ext))
+        .unwrap();
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .expect("the mapping outlived its timeout");
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"still there?"[..], SocketAddrV4::new(LAN, 7001).into())
+    );
     // Then silence: the flow expires and is reclaimed by the sweeper.
     // Expired after 2 s, reclaimed after 1 s more of grace, by a sweeper passing every 0.2 s.
     std::thread::sleep(Duration::from_millis(4500));
@@ -469,24 +533,18 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     let before = netns_user::ops::conntrack::stats(g.prefix()).unwrap().counters;
     let n = |name: &str, c: &std::collections::BTreeMap<&str, u64>| c[name] - before[name];
 
-    // From inside: 100 new endpoints on blue (16 ports for them all) ...
-    let blue_socks: Vec<UdpSocket> = in_ns(&g.lab.ns("blue"), || (0..100).map(|i| udp(52000 + i)).collect());
-    for s in &blue_socks {
-        s.send_to(b"new", to).unwrap();
-    }
-    echo(&kept, to, b"still here").unwrap();
-    // ... and red's established endpoint to 60 new remote ports (32 flows in all).
-    for p in 0..60u16 {
-        kept.send_to(b"more", SocketAddrV4::new(LAN, 8000 + p)).unwrap();
-    }
-    echo(&kept, to, b"still here").unwrap();
-    // From outside: datagrams and SYNs to every port of the range and around it. They
-    // create nothing.
+    // From outside first, while both tables have room (full ones could take no entry
+    // anyway): datagrams and SYNs to every port of the range and around it. They create
+    // nothing.
     let tables = |g: &LabGuard| {
         let (f, b) = nat_ebpf::raw_tables(g.prefix()).unwrap();
         (f.len(), b.len())
     };
     let before_outside = tables(&g);
+    assert!(
+        before_outside.0 < 32 && before_outside.1 < 40,
+        "room for new entries: {before_outside:?}"
+    );
     in_ns(&g.lab.ns("lan"), || {
         let s = udp(0);
         for p in 39990..40030u16 {
@@ -498,6 +556,18 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
         }
     });
     assert_eq!(tables(&g), before_outside, "unsolicited traffic made no entry");
+    echo(&kept, to, b"still here").unwrap();
+
+    // From inside: 100 new endpoints on blue (16 ports for them all) ...
+    let blue_socks: Vec<UdpSocket> = in_ns(&g.lab.ns("blue"), || (0..100).map(|i| udp(52000 + i)).collect());
+    for s in &blue_socks {
+        s.send_to(b"new", to).unwrap();
+    }
+    echo(&kept, to, b"still here").unwrap();
+    // ... and red's established endpoint to 60 new remote ports (32 flows in all).
+    for p in 0..60u16 {
+        kept.send_to(b"more", SocketAddrV4::new(LAN, 8000 + p)).unwrap();
+    }
     echo(&kept, to, b"still here").unwrap();
     let c = netns_user::ops::conntrack::stats(g.prefix()).unwrap().counters;
     assert!(

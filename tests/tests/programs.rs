@@ -10,7 +10,7 @@ use netns_common::{
         PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_XDP_FAST_IN,
         PROG_XDP_FAST_OUT,
     },
-    nat::{Flow, FlowKey, TcpState, addr_to_wire, port_to_wire},
+    nat::{Flow, FlowKey, SIDE_INTERNAL, TcpState, addr_to_wire, port_from_wire, port_to_wire},
 };
 use netns_tests::{prefix, privileged};
 use netns_user::{
@@ -170,6 +170,9 @@ fn a_zero_udp_checksum_stays_zero_both_ways() {
     assert_frame(&back, &frame(LAN, RED, &none(7000, 40001, b"y")));
 }
 
+/// red and blue use the same source port (echo identifier): the second gets another, and
+/// its frames are rewritten byte for byte (port, checksum) both ways, for UDP, TCP and ICMP
+/// echo, whose checksums sit in different places.
 #[test]
 fn a_taken_port_is_replaced_and_checksums_follow() {
     let Some(bed) = bed("pport", None) else {
@@ -186,6 +189,56 @@ fn a_taken_port_is_replaced_and_checksums_follow() {
     // The reply to that port reaches blue, not red.
     let back = run(&bed, PROG_NAT_INGRESS, &frame(LAN, EXT, &udp(7000, sport, b"c")));
     assert_frame(&back, &frame(LAN, BLUE, &udp(7000, 40002, b"c")));
+
+    // TCP: a SYN each, then the answer to blue's.
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &tcp(41500, 443, SYN, b"")),
+    );
+    let out = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(BLUE, LAN, &tcp(41500, 443, SYN, b"")),
+    );
+    let (_, _, ip) = parse_frame(&out.frame).unwrap();
+    let (sport, dport) = ip.ports().unwrap();
+    assert_ne!(sport, 41500);
+    assert_eq!(dport, 443);
+    assert_frame(&out, &frame(EXT, LAN, &tcp(sport, 443, SYN, b"")));
+    let back = run(
+        &bed,
+        PROG_NAT_INGRESS,
+        &frame(LAN, EXT, &tcp_at(443, sport, SYN | ACK, 5000, 1001, b"")),
+    );
+    assert_frame(
+        &back,
+        &frame(LAN, BLUE, &tcp_at(443, 41500, SYN | ACK, 5000, 1001, b"")),
+    );
+
+    // ICMP echo: the identifier is the port.
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &L4::echo(false, 78, 1, b"red")),
+    );
+    let out = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(BLUE, LAN, &L4::echo(false, 78, 1, b"blue")),
+    );
+    let (_, _, ip) = parse_frame(&out.frame).unwrap();
+    let id = u16::from_be_bytes([ip.data[4], ip.data[5]]);
+    assert_ne!(id, 78);
+    assert_frame(&out, &frame(EXT, LAN, &L4::echo(false, id, 1, b"blue")));
+    let back = run(
+        &bed,
+        PROG_NAT_INGRESS,
+        &frame(LAN, EXT, &L4::echo(true, id, 1, b"blue")),
+    );
+    assert_frame(&back, &frame(LAN, BLUE, &L4::echo(true, 78, 1, b"blue")));
 }
 
 #[test]
@@ -360,12 +413,22 @@ fn icmp_errors_are_translated_with_their_quote_at_every_length() {
     let Some(bed) = bed("pierr", None) else {
         return;
     };
+    // blue holds external port 40030 first: red's datagram leaves from another, so the
+    // quote's port and its checksum must be translated back, not merely left as they are.
     run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(BLUE, LAN, &udp(40030, 7000, b"blue's")),
+    );
+    let out = run(
         &bed,
         PROG_NAT_EGRESS,
         &frame(RED, LAN, &udp(40030, 7000, b"0123456789")),
     );
-    let sent = packet::ipv4_packet(&Ipv4::new(EXT, LAN), &udp(40030, 7000, b"0123456789"));
+    let ext_port = parse_frame(&out.frame).unwrap().2.ports().unwrap().0;
+    assert_ne!(ext_port, 40030, "red's port was not rewritten");
+    assert_frame(&out, &frame(EXT, LAN, &udp(ext_port, 7000, b"0123456789")));
+    let sent = packet::ipv4_packet(&Ipv4::new(EXT, LAN), &udp(ext_port, 7000, b"0123456789"));
     let seen = packet::ipv4_packet(&Ipv4::new(RED, LAN), &udp(40030, 7000, b"0123456789"));
     for len in 0..=sent.len() {
         let out = run(&bed, PROG_NAT_INGRESS, &port_unreachable(&sent[..len]));
@@ -389,11 +452,17 @@ fn icmp_errors_are_translated_with_their_quote_at_every_length() {
             },
         );
         if len < 20 + 8 {
-            // Without the quoted UDP checksum, the quote's own checksum is not compared.
+            // Without the whole quoted UDP checksum, the quote's own checksum is not
+            // compared; its header, ports and length are.
             let (_, _, got) = parse_frame(&out.frame).unwrap();
             assert_eq!(got.header.dst, RED, "quote of {len} bytes");
             assert!(got.header_ok && got.l4_checksum_ok(), "quote of {len} bytes");
-            assert_eq!(&got.data[8..8 + 20], &seen[..20], "quoted header, {len} bytes");
+            let upto = len.min(20 + 6);
+            assert_eq!(
+                &got.data[8..8 + upto],
+                &seen[..upto],
+                "quoted header and ports, {len} bytes"
+            );
         } else {
             assert_frame(&out, &want);
         }
@@ -455,12 +524,42 @@ fn fragments_follow_their_first_and_one_before_it_is_held() {
     assert_eq!(counters(&bed)["fragments_held"], 2);
 }
 
+/// Whether `ip` (parsed from the frame `bytes`) is a whole IPv4 packet whose checksums
+/// verify.
+fn sound(bytes: &[u8], ip: &packet::ParsedIpv4) -> bool {
+    ip.total_len >= ip.header_len
+        && ip.total_len <= bytes.len() - packet::ETH_HLEN
+        && !ip.is_fragment()
+        && ip.header_ok
+        && ip.l4_checksum_ok()
+}
+
 #[test]
 fn hostile_frames_never_pass_half_translated() {
     let Some(bed) = bed("phost", None) else {
         return;
     };
+    // blue holds external port 40050 first, so red's mapping rewrites the port as well as
+    // the address: a frame with one translated and not the other is caught.
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(BLUE, LAN, &udp(40050, 7000, b"blue's")),
+    );
     let good = frame(RED, LAN, &udp(40050, 7000, b"0123456789abcdef"));
+    // The external port red's UDP port `p` is mapped to, as the NAT's table has it.
+    let ext_port_of = |p: u16| {
+        bed.bindings()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| {
+                k.side == SIDE_INTERNAL
+                    && k.proto == packet::PROTO_UDP
+                    && k.addr == addr_to_wire(RED)
+                    && k.port == port_to_wire(p)
+            })
+            .map(|(_, b)| port_from_wire(b.ext_port))
+    };
     // Every truncation of a good frame, and every IHL: a verdict, never a crash, and what
     // is passed on is either untouched or fully translated.
     // (A test run needs at least an Ethernet header.)
@@ -494,11 +593,29 @@ fn hostile_frames_never_pass_half_translated() {
                 out.code
             );
             if out.code == NEXT && out.frame != *f {
+                // Changed: the whole outbound translation (no case may be taken inbound:
+                // red's address arriving is spoofed), checksums that verified still verify.
                 let (_, _, ip) = parse_frame(&out.frame).expect("a translated frame is IPv4");
+                let (_, _, was) = parse_frame(f).expect("a frame that was changed is IPv4");
                 assert!(
-                    ip.header.src == EXT || ip.header.dst == RED,
+                    ip.header.src == EXT && was.header.src == RED && ip.header.dst == was.header.dst,
                     "{prog}, case {i}: changed but not translated: {ip:?}"
                 );
+                if let Some((sport, dport)) = was.ports() {
+                    let ext = ext_port_of(sport);
+                    assert!(ext.is_some(), "{prog}, case {i}: translated without a mapping");
+                    assert_eq!(ip.ports(), ext.map(|e| (e, dport)), "{prog}, case {i}: ports");
+                }
+                assert!(
+                    !was.header_ok || ip.header_ok,
+                    "{prog}, case {i}: the IPv4 header checksum broken: {ip:?}"
+                );
+                if sound(f, &was) {
+                    assert!(
+                        ip.l4_checksum_ok(),
+                        "{prog}, case {i}: the UDP checksum broken: {ip:?}"
+                    );
+                }
             }
         }
     }
