@@ -408,6 +408,49 @@ fn check_tables(t: &MemTables) {
     }
 }
 
+/// Issue 22: a protocol whose port range is exhausted costs nothing to the others or to
+/// established flows: with every UDP port taken, new UDP endpoints are refused
+/// (`drop_no_port`) while a new TCP connection and a new ping get theirs, and the
+/// established UDP flow's packets pass both ways.
+#[test]
+fn an_exhausted_range_costs_no_other_protocol_or_established_flow() {
+    let t = nat_with(Sizes::default(), 9, |c| {
+        c.ports = PortRange::new(20000, 20015);
+        c.low_ports = PortRange::new(20000, 20015);
+    });
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q")));
+    assert_eq!(v, Ok(Action::Pass));
+    let kept = parse_frame(&got).unwrap().2.ports().unwrap().0;
+    let mut refused = 0;
+    for i in 0..40u16 {
+        let host = Ipv4Addr::new(192, 168, 15, 10 + i as u8);
+        match run(&t, Step::Egress, &frame(host, LAN, &udp(6000 + i, 53, b"x"))).0 {
+            Ok(Action::Pass) => {}
+            Err(Drop::NoPort) => refused += 1,
+            other => panic!("datagram {i}: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 40 - 15, "UDP exhausted");
+    let blue = Ipv4Addr::new(192, 168, 15, 2);
+    let (v, got) = run(&t, Step::Egress, &frame(blue, LAN, &tcp(7000, 443, TCP_SYN, b"")));
+    assert_eq!(v, Ok(Action::Pass), "a new TCP connection");
+    let (sport, _) = parse_frame(&got).unwrap().2.ports().unwrap();
+    assert!((20000..=20015).contains(&sport), "TCP has its own ports: {sport}");
+    let (v, _) = run(
+        &t,
+        Step::Egress,
+        &frame(blue, LAN, &L4::echo(false, 77, 1, b"ping")),
+    );
+    assert_eq!(v, Ok(Action::Pass), "a new ping");
+    // The established flow, both ways.
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"again")));
+    assert_eq!(v, Ok(Action::Pass));
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, kept, b"answer")));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_same(&got, &frame(LAN, red, &udp(53, 5000, b"answer")));
+}
+
 /// A small port range and small tables: a flood of new flows from inside and of
 /// unsolicited packets from outside. The excess is dropped and counted, the established
 /// flow goes on, capacity returns after expiry, and the tables drain to empty.
