@@ -1,6 +1,13 @@
-//! Printing results for people (the JSON forms are serde's).
+//! Printing results for people (the JSON forms are serde's): every command's tables and
+//! reports are written here.
 
-use netns_user::lab::{Lab, LabStatus};
+use std::collections::BTreeMap;
+
+use netns_user::{
+    lab::{Lab, LabStatus},
+    ops::conntrack::{FlowEntry, MappingEntry},
+    probe::Check,
+};
 
 pub(super) fn print_summary(lab: &Lab) {
     let p = lab.prefix();
@@ -201,6 +208,88 @@ pub(super) fn event_line(e: &netns_user::ops::conntrack::ConntrackEvent) -> Stri
         ),
         _ => tag.to_owned(),
     }
+}
+
+/// The flows and mappings `conntrack` selected, one line each.
+pub(super) fn print_conntrack(flows: &[FlowEntry], mappings: &[MappingEntry]) {
+    println!("{} flows:", flows.len());
+    for f in flows {
+        println!(
+            "  {:<4} {:<21} -> {:<21} as {:<21} {:<11} {:<8} age {:>6.1}s expires {:>7.1}s  out {}p/{}B in {}p/{}B",
+            f.protocol,
+            f.internal,
+            f.remote,
+            f.external,
+            f.state,
+            f.origin,
+            f.age_s,
+            f.expires_in_s,
+            f.packets_out,
+            f.bytes_out,
+            f.packets_in,
+            f.bytes_in
+        );
+    }
+    println!("{} mappings:", mappings.len());
+    for m in mappings {
+        let exp = m
+            .expires_in_s
+            .map(|e| format!("expires {e:.1}s"))
+            .unwrap_or_else(|| "static".into());
+        println!(
+            "  {:<4} {:<21} <-> {:<21} {exp}",
+            m.protocol, m.internal, m.external
+        );
+    }
+}
+
+/// One refresh of `stats --watch`: each counter that is not zero or changes, with its rate;
+/// in place on a terminal (`tty`), one block after another into a file or pipe.
+pub(super) fn print_rates(totals: &BTreeMap<String, u64>, per_s: &BTreeMap<String, f64>, tty: bool) {
+    print!("{}", if tty { "\x1b[H\x1b[2J" } else { "\n" });
+    println!("{:<32} {:>16} {:>14}", "counter", "total", "per second");
+    for (name, total) in totals {
+        if *total != 0 || per_s[name] != 0.0 {
+            println!("{name:<32} {total:>16} {:>14.1}", per_s[name]);
+        }
+    }
+}
+
+/// The rows of `forward list` (their JSON form).
+pub(super) fn print_forwards(rows: &[serde_json::Value]) {
+    if rows.is_empty() {
+        println!("no port forwards");
+        return;
+    }
+    for r in rows {
+        println!(
+            "{:<4} {:>5} -> {:<21} {}",
+            r["protocol"].as_str().unwrap_or(""),
+            r["port"],
+            r["to"].as_str().unwrap_or(""),
+            if r["live"] == true {
+                ""
+            } else {
+                "(not in the maps!)"
+            }
+        );
+    }
+}
+
+/// The verdict of each of `check`'s exchanges, and the tally.
+pub(super) fn print_checks(lab: &Lab, checks: &[Check]) {
+    let passed = checks.iter().filter(|c| c.passed).count();
+    println!(
+        "acceptance exchanges, lab {:?}, nat {}:",
+        lab.prefix(),
+        lab.state.nat
+    );
+    for c in checks {
+        let expect = if c.expect_ok { "should pass" } else { "should fail" };
+        let verdict = if c.passed { "ok  " } else { "FAIL" };
+        println!("  {verdict} {:<60} {expect}: {}", c.name, c.detail);
+    }
+    println!("{passed} passed, {} failed", checks.len() - passed);
 }
 
 #[cfg(test)]
