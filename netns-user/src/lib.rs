@@ -4,7 +4,8 @@
 //! Layers, each depending only on those above it in this list: `sys` (namespaces,
 //! rtnetlink, offloads, state paths), `config` (lab files), `packet` (the frame builder),
 //! `bpf` (the embedded object: load, pin, attach, typed maps, test runs), `nat` (the backends
-//! behind one trait), `ops` (operating a running eBPF NAT), `lab` (up, down, status),
+//! behind one trait), `ops` (operating a running eBPF NAT, its per-lab agent included:
+//! protocol, client, process), `lab` (up, down, status; it starts and stops the agent),
 //! `probe` (acceptance exchanges), `bench`; the binary's `main.rs` is the command line.
 
 pub mod bench;

@@ -315,7 +315,7 @@ fn the_agent_cuts_off_oversized_and_slow_clients() {
         return;
     }
     let g = LabGuard::up("acl", NatKind::Ebpf);
-    let sock = nat_ebpf::agent_socket(g.prefix());
+    let sock = netns_user::ops::agent::socket_path(g.prefix());
     let slow = {
         let sock = sock.clone();
         std::thread::spawn(move || {
@@ -637,7 +637,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn agent_pid(p: &str) -> Option<i32> {
-    nat_ebpf::agent_pid(p)
+    netns_user::ops::agent::pid(p)
 }
 
 /// The programs attached in the router, as `status --json` has them, with their ids.
@@ -918,13 +918,16 @@ fn the_agent_ends_on_sigterm_and_with_the_lab() {
     let g = LabGuard::up("sig", NatKind::Ebpf);
     let p = g.prefix().to_owned();
     let pid = agent_pid(&p).expect("running");
-    let sock = nat_ebpf::agent_socket(&p);
+    let sock = netns_user::ops::agent::socket_path(&p);
     assert!(sock.exists());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_gone(pid, Duration::from_secs(3), "the agent did not end on SIGTERM");
     assert!(!sock.exists(), "its socket is removed");
-    assert!(!nat_ebpf::agent_pid_file(&p).exists(), "its PID file is removed");
-    let log = std::fs::read_to_string(nat_ebpf::agent_log(&p)).unwrap();
+    assert!(
+        !netns_user::ops::agent::pid_file(&p).exists(),
+        "its PID file is removed"
+    );
+    let log = std::fs::read_to_string(netns_user::ops::agent::log_path(&p)).unwrap();
     assert!(log.contains("SIGTERM; ending"), "{log}");
     ok(&["up", "--prefix", &p, "--resume"]);
     let pid = agent_pid(&p).expect("resumed");

@@ -20,7 +20,7 @@ pub(super) struct Args {
 
 pub(super) fn exec(args: Args) -> Result<()> {
     let lab = ebpf_lab(&args.prefix.prefix, "it has no agent and no programs to log")?;
-    let path = netns_user::nat::ebpf::agent_log(lab.prefix());
+    let path = netns_user::ops::agent::log_path(lab.prefix());
     follow_file(&path, args.follow, args.follow_for.map(Duration::from_secs_f64))
 }
 

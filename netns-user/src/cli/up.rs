@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use netns_user::{
     config::{EbpfNatSpec, LabConfig},
     lab::Lab,
-    nat::{NatKind, Resumed},
+    nat::NatKind,
+    ops::agent::Resumed,
 };
 
 use super::{common::PrefixArg, print::print_summary};

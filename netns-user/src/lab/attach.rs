@@ -15,6 +15,7 @@ use crate::{
         Cidr, ConfigError, EbpfNatSpec, FastPath, ForwardSpec, LabConfig, LogLevel, NamespaceSpec, NatSpec,
     },
     nat::{NatError, NatKind, NatTarget},
+    ops::agent,
     sys::{netlink, netns},
 };
 
@@ -188,6 +189,7 @@ impl Lab {
             bpf::attach_uplink_counters(&spec.netns, &spec.uplink, prefix)?;
             let backend = NatKind::Ebpf.backend().expect("the eBPF backend");
             backend.apply(&t)?;
+            agent::start(prefix)?;
             Ok(())
         })();
         match res {

@@ -18,7 +18,8 @@ pub use crate::sys::netlink::{NetlinkError, NsSnapshot};
 use crate::{
     bpf::{self, EbpfError, UplinkCounters},
     config::{self, ConfigError, LabConfig, LogLevel},
-    nat::{NatError, NatKind, NatTarget, Resumed},
+    nat::{NatError, NatKind, NatTarget},
+    ops::agent::{self, AgentError, Resumed},
     sys::netlink,
     sys::netns::{self, NetnsError},
 };
@@ -69,6 +70,8 @@ pub enum LabError {
     Nat(Box<NatError>),
     #[error(transparent)]
     Ebpf(Box<EbpfError>),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 impl From<NatError> for LabError {
@@ -317,6 +320,9 @@ impl Lab {
             if let Some(backend) = self.state.nat.backend() {
                 progress(&format!("applying {} NAT in {router}", self.state.nat));
                 backend.apply(&target)?;
+                if agent::runs_beside(self.state.nat) {
+                    agent::start(self.prefix())?;
+                }
             }
         }
         Ok(())
@@ -325,8 +331,8 @@ impl Lab {
     /// Brings back what runs beside the lab's NAT if it died (the eBPF NAT's agent).
     pub fn resume(&self) -> Result<Resumed> {
         require_root()?;
-        match (self.state.nat.backend(), self.nat_target()) {
-            (Some(backend), Some(t)) => Ok(backend.resume(&t)?),
+        match (agent::runs_beside(self.state.nat), self.nat_target()) {
+            (true, Some(t)) => Ok(agent::resume(t.prefix)?),
             _ => Ok(Resumed::Nothing),
         }
     }
@@ -353,6 +359,11 @@ impl Lab {
             let t = lab
                 .nat_target()
                 .ok_or_else(|| NatError::Unsupported("no NAT target".into()))?;
+            // The agent is stopped first, so that no live change runs during the swap (and
+            // the configuration it will read can be stored); `resume` below starts it.
+            if agent::runs_beside(self.state.nat) {
+                agent::stop(t.prefix);
+            }
             backend.upgrade(&t)
         };
         // What runs beside the dataplane comes back either way: on the new configuration
@@ -529,7 +540,7 @@ pub fn down(prefix: &str) -> Result<DownReport> {
     let attached = config::load_stored(prefix).is_ok_and(|c| c.attached);
     let names = if attached { Vec::new() } else { names };
     let mut report = DownReport::default();
-    crate::nat::ebpf::stop_agent(prefix);
+    agent::stop(prefix);
     // Links, addresses, routes and kernel NAT rules all live in the namespaces.
     for name in names {
         if netns::delete(&name)? {

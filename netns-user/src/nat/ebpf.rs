@@ -1,22 +1,18 @@
-//! The eBPF NAT backend: loads the programs and BPF conntrack maps into the router, keeps
-//! them company with a per-lab agent process (its work is `ops::agent`), and gives `ops`
-//! typed access to the pinned maps. No iptables, nftables or kernel conntrack is involved.
+//! The eBPF NAT backend: loads the programs and BPF conntrack maps into the router, and
+//! gives the layers above typed access to the pinned maps, the fast path's port table and
+//! its hold-off. No iptables, nftables or kernel conntrack is involved. What runs beside the
+//! dataplane (the per-lab process that sweeps and follows the router) is not this layer's:
+//! the layers above start and stop it.
 //!
 //! Expiry: every entry carries its expiry time and the programs ignore expired entries, so
 //! correctness never waits for cleanup. Reclaiming the memory and ports is done twice over:
-//! the programs take over an expired binding's port when they need it, and the lab's agent
-//! (`netns-nat agent`) deletes expired flows and bindings (a binding's two entries
-//! together) every `sweep_interval_ms`. An agent rather than bpf_timer, because aya-ebpf
-//! 0.2's maps carry no BTF for their values, which bpf_timer requires; the agent also
-//! follows the uplink's address, which a program cannot read.
+//! the programs take over an expired binding's port when they need it, and user space
+//! deletes expired flows and bindings (a binding's two entries together) every
+//! `sweep_interval_ms`. User space rather than bpf_timer, because aya-ebpf 0.2's maps carry
+//! no BTF for their values, which bpf_timer requires; user space also follows the uplink's
+//! address, which a program cannot read.
 
-use std::{
-    fs,
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
@@ -31,14 +27,13 @@ use netns_common::{
     },
 };
 
-use super::{NatBackend, NatError, NatTarget, Resumed};
+use super::{NatBackend, NatError, NatTarget};
 use crate::{
     bpf::{self, EbpfError, NatLoad, StaticBinding},
     config::{FastPath, Filtering, Inbound, L4Proto, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
         firewall, netlink,
-        paths::state_dir,
     },
 };
 
@@ -302,8 +297,7 @@ impl NatBackend for EbpfNat {
             log_level: t.nat.ebpf.log_level as u8,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
-        sync_ports(t.prefix, &t.router_ns)?;
-        start_agent(t.prefix).map(|_| ())
+        sync_ports(t.prefix, &t.router_ns)
     }
 
     fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
@@ -316,28 +310,7 @@ impl NatBackend for EbpfNat {
             .count())
     }
 
-    fn resume(&self, t: &NatTarget) -> Result<Resumed, NatError> {
-        if !bpf::pin_dir(t.prefix).join(MAP_NAT_CONFIG).exists() {
-            return Err(agent_err(
-                t.prefix,
-                "the NAT's pinned maps are gone: nothing to resume (`down`, then `up`)",
-            ));
-        }
-        Ok(match agent_pid(t.prefix) {
-            Some(pid) if agent_answers(t.prefix) => Resumed::Running(pid as u32),
-            // Alive but deaf (stuck, or its socket gone): replaced.
-            Some(_) => {
-                stop_agent(t.prefix);
-                Resumed::Started(start_agent(t.prefix)?)
-            }
-            None => Resumed::Started(start_agent(t.prefix)?),
-        })
-    }
-
-    /// The agent is stopped first, so that no live change runs during the swap (and the
-    /// caller can store the configuration the new one will read); `resume` starts it.
     fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
-        stop_agent(t.prefix);
         let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
         let swapped: Vec<String> = done
             .links
@@ -456,152 +429,6 @@ pub fn raw_tables(prefix: &str) -> Result<RawTables, NatError> {
     let flows = flows_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
     let bindings = bindings_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
     Ok((flows, bindings))
-}
-
-/// The agent's PID file and control socket (the protocol is `ops::agent`'s).
-pub fn agent_pid_file(prefix: &str) -> PathBuf {
-    state_dir(prefix).join("agent.pid")
-}
-
-pub fn agent_socket(prefix: &str) -> PathBuf {
-    state_dir(prefix).join("agent.sock")
-}
-
-pub fn agent_log(prefix: &str) -> PathBuf {
-    state_dir(prefix).join("agent.log")
-}
-
-fn agent_err(prefix: &str, detail: impl Into<String>) -> NatError {
-    NatError::Agent {
-        prefix: prefix.to_owned(),
-        detail: detail.into(),
-    }
-}
-
-/// The `netns-nat` executable that runs the agent: this one, or (for the library used
-/// from elsewhere, e.g. tests) `$NETNS_NAT_BIN` or one found beside the running program.
-fn netns_nat_binary(prefix: &str) -> Result<PathBuf, NatError> {
-    if let Some(p) = std::env::var_os("NETNS_NAT_BIN") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe().map_err(|e| agent_err(prefix, e.to_string()))?;
-    if exe.file_name().is_some_and(|n| n == "netns-nat") {
-        return Ok(exe);
-    }
-    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    [dir.join("netns-nat"), dir.join("../netns-nat")]
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            agent_err(
-                prefix,
-                "cannot find the netns-nat binary to run the agent (set NETNS_NAT_BIN)",
-            )
-        })
-}
-
-/// Starts lab `prefix`'s agent and returns its PID once its control socket answers (it has
-/// read the lab, bound the socket and subscribed to the router's address events).
-pub fn start_agent(prefix: &str) -> Result<u32, NatError> {
-    use std::os::unix::process::CommandExt as _;
-    let fail = |detail: String| agent_err(prefix, detail);
-    let log_path = agent_log(prefix);
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
-    let log2 = log.try_clone().map_err(|e| fail(e.to_string()))?;
-    let sock = agent_socket(prefix);
-    let _ = fs::remove_file(&sock);
-    let mut child = Command::new(netns_nat_binary(prefix)?)
-        .args(["agent", "--prefix", prefix])
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        // Its own process group: Ctrl-C in the terminal that ran `up` does not reach it.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    let pid = child.id();
-    fs::write(agent_pid_file(prefix), pid.to_string()).map_err(|e| fail(e.to_string()))?;
-    let started = std::time::Instant::now();
-    loop {
-        if agent_answers(prefix) {
-            return Ok(pid);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(fail(format!(
-                "it ended at start ({status}): {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            )));
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(fail("its control socket did not answer within 10 s".into()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether lab `prefix`'s agent answers a ping on its control socket within a second
-/// (`ops::agent` speaks the protocol; this is its smallest sentence).
-pub fn agent_answers(prefix: &str) -> bool {
-    use std::io::{BufRead as _, Write as _};
-    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(agent_socket(prefix)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-    if conn.write_all(b"{\"request\":\"ping\"}\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    std::io::BufReader::new(&conn).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
-}
-
-/// The PID of lab `prefix`'s agent, if one runs (a process that is that agent).
-pub fn agent_pid(prefix: &str) -> Option<i32> {
-    let pid = fs::read_to_string(agent_pid_file(prefix))
-        .ok()?
-        .trim()
-        .parse::<i32>()
-        .ok()?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    // A zombie has an empty command line: not running.
-    (args.contains(&b"agent".as_slice()) && args.contains(&prefix.as_bytes())).then_some(pid)
-}
-
-/// Stops lab `prefix`'s agent, if it runs (only a process that is that agent): SIGTERM,
-/// and SIGKILL if it has not ended within 6 s (it waits up to 5 s for a change it is
-/// applying). Returns once it is gone.
-pub fn stop_agent(prefix: &str) {
-    use nix::sys::{
-        signal::{Signal, kill},
-        wait::{WaitPidFlag, WaitStatus, waitpid},
-    };
-    let Some(pid) = agent_pid(prefix) else {
-        return;
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let gone = || match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-        // Our child (the lab was made by this process): reaped when it ends.
-        Ok(WaitStatus::StillAlive) => false,
-        Ok(_) => true,
-        Err(_) => fs::metadata(format!("/proc/{pid}")).is_err(),
-    };
-    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        let _ = kill(pid, signal);
-        for _ in 0..600 {
-            if gone() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,6 @@ pub enum NatError {
     Ethtool(#[from] crate::sys::ethtool::EthtoolError),
     #[error(transparent)]
     Firewall(#[from] crate::sys::firewall::FirewallError),
-    #[error("the agent of lab {prefix}: {detail}")]
-    Agent { prefix: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
     #[error("`{command}` in namespace {ns} failed: {detail}")]
@@ -109,27 +107,11 @@ pub trait NatBackend {
     /// NAT's live flows): what the benchmark reports after a connection-rate run.
     fn live_entries(&self, target: &NatTarget) -> Result<usize, NatError>;
 
-    /// Brings back what runs beside the dataplane (the eBPF NAT's agent) if it died.
-    fn resume(&self, _target: &NatTarget) -> Result<Resumed, NatError> {
-        Ok(Resumed::Nothing)
-    }
-
     /// Swaps this build's dataplane in without losing state; what it did, in words. What
-    /// runs beside it may be stopped: `resume` brings it back.
+    /// runs beside it is the caller's to stop before and start after.
     fn upgrade(&self, _target: &NatTarget) -> Result<String, NatError> {
         Err(NatError::Unsupported(
             "the kernel's NAT has nothing of this build to upgrade (only --nat ebpf does)".into(),
         ))
     }
-}
-
-/// What `resume` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// Nothing runs beside this backend's dataplane.
-    Nothing,
-    /// It was running (this PID).
-    Running(u32),
-    /// It was not; now it is (this PID).
-    Started(u32),
 }

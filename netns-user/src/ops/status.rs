@@ -11,7 +11,7 @@ use crate::{
     bpf,
     nat::{
         NatError, NatTarget,
-        ebpf::{NS, agent_pid, monotonic_ns, raw_tables, read_config},
+        ebpf::{NS, monotonic_ns, raw_tables, read_config},
     },
 };
 
@@ -51,7 +51,7 @@ fn trace_listeners(prefix: &str) -> u32 {
 }
 
 fn agent_status(prefix: &str) -> AgentStatus {
-    let pid = agent_pid(prefix);
+    let pid = super::agent::pid(prefix);
     let (health, error) = match pid.map(|_| super::agent::health(prefix)) {
         None => (None, Some("not running".to_owned())),
         Some(Ok(h)) => (Some(h), None),
