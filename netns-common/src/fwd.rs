@@ -168,7 +168,7 @@ pub enum Slow {
 
 /// The IPv4 facts the fast path decides on (host order where it matters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Facts {
+pub struct IpFacts {
     pub ver_ihl: u8,
     /// `frag_off` in host order (flags and offset).
     pub frag_off: u16,
@@ -177,7 +177,7 @@ pub struct Facts {
 }
 
 /// Whether a packet may take the fast path, from its IPv4 header alone.
-pub const fn fast_ip(f: &Facts) -> Result<(), Slow> {
+pub const fn fast_ip(f: &IpFacts) -> Result<(), Slow> {
     if f.ver_ihl != 0x45 {
         return Err(Slow::IpOptions);
     }
@@ -265,8 +265,8 @@ mod tests {
         assert!(!e.bridge_due(1000 * s, 0), "no bridge, no refresh");
     }
 
-    fn facts(ver_ihl: u8, frag_off: u16, ttl: u8, proto: u8) -> Facts {
-        Facts {
+    fn ip_facts(ver_ihl: u8, frag_off: u16, ttl: u8, proto: u8) -> IpFacts {
+        IpFacts {
             ver_ihl,
             frag_off,
             ttl,
@@ -276,14 +276,24 @@ mod tests {
 
     #[test]
     fn only_plain_tcp_and_udp_take_the_fast_path() {
-        assert_eq!(fast_ip(&facts(0x45, 0, 64, PROTO_UDP)), Ok(()));
-        assert_eq!(fast_ip(&facts(0x45, 0x4000, 64, PROTO_TCP)), Ok(()), "DF is fine");
-        assert_eq!(fast_ip(&facts(0x46, 0, 64, PROTO_UDP)), Err(Slow::IpOptions));
-        assert_eq!(fast_ip(&facts(0x45, 0x2000, 64, PROTO_UDP)), Err(Slow::Fragment));
-        assert_eq!(fast_ip(&facts(0x45, 0x0001, 64, PROTO_UDP)), Err(Slow::Fragment));
-        assert_eq!(fast_ip(&facts(0x45, 0, 1, PROTO_UDP)), Err(Slow::Ttl));
-        assert_eq!(fast_ip(&facts(0x45, 0, 0, PROTO_UDP)), Err(Slow::Ttl));
-        assert_eq!(fast_ip(&facts(0x45, 0, 64, PROTO_ICMP)), Err(Slow::Protocol));
+        assert_eq!(fast_ip(&ip_facts(0x45, 0, 64, PROTO_UDP)), Ok(()));
+        assert_eq!(
+            fast_ip(&ip_facts(0x45, 0x4000, 64, PROTO_TCP)),
+            Ok(()),
+            "DF is fine"
+        );
+        assert_eq!(fast_ip(&ip_facts(0x46, 0, 64, PROTO_UDP)), Err(Slow::IpOptions));
+        assert_eq!(
+            fast_ip(&ip_facts(0x45, 0x2000, 64, PROTO_UDP)),
+            Err(Slow::Fragment)
+        );
+        assert_eq!(
+            fast_ip(&ip_facts(0x45, 0x0001, 64, PROTO_UDP)),
+            Err(Slow::Fragment)
+        );
+        assert_eq!(fast_ip(&ip_facts(0x45, 0, 1, PROTO_UDP)), Err(Slow::Ttl));
+        assert_eq!(fast_ip(&ip_facts(0x45, 0, 0, PROTO_UDP)), Err(Slow::Ttl));
+        assert_eq!(fast_ip(&ip_facts(0x45, 0, 64, PROTO_ICMP)), Err(Slow::Protocol));
     }
 
     #[test]

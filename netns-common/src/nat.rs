@@ -14,6 +14,17 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// The name of IP protocol `proto` as the NAT's tools print it: `tcp`, `udp`, `icmp`, or
+/// `other` for any protocol translated by address only.
+pub const fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
 /// Whether the NAT translates `proto` with ports (TCP, UDP; ICMP echo by identifier). Every
 /// other protocol gets address-only translation (see [`SIDE_REMOTE`]).
 pub const fn has_ports(proto: u8) -> bool {
@@ -715,6 +726,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn protocols_are_named_as_printed() {
+        assert_eq!(proto_name(PROTO_TCP), "tcp");
+        assert_eq!(proto_name(PROTO_UDP), "udp");
+        assert_eq!(proto_name(PROTO_ICMP), "icmp");
+        assert_eq!(proto_name(47), "other");
+    }
 
     #[test]
     fn layouts_have_no_hidden_padding() {

@@ -91,10 +91,10 @@ pub fn tuple<P: Packet>(ctx: &P) -> Tuple {
     t
 }
 
-/// Whether a step's outcome is worth an event: a drop, or a packet it changed (passing a
+/// Whether a step's outcome is worth a trace event: a drop, or a packet it changed (passing a
 /// packet untouched is not the NAT's doing).
 #[inline(always)]
-pub fn worth(before: &Tuple, after: &Tuple, verdict: u8) -> bool {
+pub fn worth_tracing(before: &Tuple, after: &Tuple, verdict: u8) -> bool {
     before.valid != 0 && (verdict == VERDICT_DROP || before != after)
 }
 
@@ -146,13 +146,16 @@ mod tests {
         assert_eq!(u16::from_be(t.sport), 4000);
         assert_eq!(u16::from_be(t.dport), 53);
         assert_eq!(t.saddr.to_ne_bytes(), [192, 168, 15, 1]);
-        assert!(!worth(&t, &t, VERDICT_PASS), "untouched and passed: no event");
-        assert!(worth(&t, &t, VERDICT_DROP));
+        assert!(
+            !worth_tracing(&t, &t, VERDICT_PASS),
+            "untouched and passed: no event"
+        );
+        assert!(worth_tracing(&t, &t, VERDICT_DROP));
         let mut after = t;
         after.saddr = u32::from_ne_bytes([192, 168, 1, 2]);
-        assert!(worth(&t, &after, VERDICT_PASS));
+        assert!(worth_tracing(&t, &after, VERDICT_PASS));
         assert!(
-            !worth(&Tuple::default(), &after, VERDICT_DROP),
+            !worth_tracing(&Tuple::default(), &after, VERDICT_DROP),
             "not IPv4: no event"
         );
     }

@@ -11,7 +11,7 @@ use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use netns_common::{
     counters::{Direction, NatCounter},
     fwd::{
-        FAST_TC, FAST_XDP, Facts, FastConfig, FdbEntry, MacKey, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
+        FAST_TC, FAST_XDP, FastConfig, FdbEntry, IpFacts, MacKey, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
         PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict, partial_checksum,
     },
     nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
@@ -58,8 +58,8 @@ fn fast_counter(hook: Hook, outbound: bool) -> NatCounter {
 }
 
 #[inline(always)]
-fn facts(ip: &IpHdr) -> Facts {
-    Facts {
+fn ip_facts(ip: &IpHdr) -> IpFacts {
+    IpFacts {
         ver_ihl: ip.ver_ihl,
         frag_off: u16::from_be(ip.frag_off),
         ttl: ip.ttl,
@@ -191,9 +191,10 @@ fn checksum_complete<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
     Ok(Ok(()))
 }
 
-/// One hop less, with the IPv4 checksum as it is now (after any translation).
+/// Decrements the TTL in the packet and updates the IPv4 checksum as it is now (after any
+/// translation).
 #[inline(always)]
-fn hop<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<()> {
+fn decrement_ttl_in_place<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<()> {
     let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
     let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
     // TTL, protocol and checksum are adjacent: one store (each helper call costs at TC).
@@ -206,7 +207,7 @@ fn hop<P: Hooked>(ctx: &P, ip: &IpHdr) -> Res<()> {
 /// is written: both hooks only record the target, applied when the program returns, so a
 /// refusal leaves the packet untouched for the slow path.
 #[inline(always)]
-fn aim<P: Hooked>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
+fn prepare_redirect<P: Hooked>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
     if ctx.redirect(ifindex, peer) {
         Ok(())
     } else {
@@ -214,11 +215,17 @@ fn aim<P: Hooked>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
     }
 }
 
-/// Writes the MAC addresses of a packet already aimed at its port; counts it on the fast
+/// Writes the MAC addresses of a packet whose redirect is prepared; counts it on the fast
 /// path, and in the uplink's packet counters when the redirect skips the uplink's own TC
 /// hook, where they are otherwise counted.
 #[inline(always)]
-fn send<P: Hooked>(ctx: &P, dst: &[u8; 6], src: &[u8; 6], peer: bool, outbound: bool) -> Res<Action> {
+fn write_macs_and_count<P: Hooked>(
+    ctx: &P,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    peer: bool,
+    outbound: bool,
+) -> Res<Action> {
     let macs: [[u8; 6]; 2] = [*dst, *src];
     ctx.store(0, &macs).map_err(nat::malformed)?;
     count(fast_counter(P::HOOK, outbound));
@@ -302,7 +309,7 @@ fn outbound_fast<P: Hooked>(
     now: u64,
     bridge_due: bool,
 ) -> Res<Result<Action, Slow>> {
-    if let Err(why) = fast_ip(&facts(ip)) {
+    if let Err(why) = fast_ip(&ip_facts(ip)) {
         return Ok(Err(why));
     }
     if !ip_header_ok(ip) {
@@ -346,7 +353,7 @@ fn outbound_fast<P: Hooked>(
         return Ok(Err(Slow::BridgeRefresh));
     }
     let peer = fc.flags & PEER_UPLINK != 0;
-    if let Err(why) = aim(ctx, fc.uplink_ifindex, peer) {
+    if let Err(why) = prepare_redirect(ctx, fc.uplink_ifindex, peer) {
         return Ok(Err(why));
     }
     // Safety: as in `live_flow`; every write into it follows a compare-and-swap (`touch`).
@@ -363,8 +370,8 @@ fn outbound_fast<P: Hooked>(
         return Ok(Err(Slow::NoFlow));
     }
     nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
-    hop(ctx, ip)?;
-    send(ctx, &fib.dmac, &fib.smac, peer, true).map(Ok)
+    decrement_ttl_in_place(ctx, ip)?;
+    write_macs_and_count(ctx, &fib.dmac, &fib.smac, peer, true).map(Ok)
 }
 
 /// Ingress of the uplink: inbound packets, before the slow path's translation (which
@@ -395,7 +402,7 @@ fn inbound_fast<P: Hooked>(
     fc: &FastConfig,
     ip: &IpHdr,
 ) -> Res<Result<Action, Slow>> {
-    if let Err(why) = fast_ip(&facts(ip)) {
+    if let Err(why) = fast_ip(&ip_facts(ip)) {
         return Ok(Err(why));
     }
     if !ip_header_ok(ip) {
@@ -444,7 +451,7 @@ fn inbound_fast<P: Hooked>(
         _ => return Ok(Err(Slow::Mtu)),
     }
     let peer = fc.flags & PEER_PORTS != 0;
-    if let Err(why) = aim(ctx, port, peer) {
+    if let Err(why) = prepare_redirect(ctx, port, peer) {
         return Ok(Err(why));
     }
     // Safety: as in `live_flow`; every write into it follows a compare-and-swap (`touch`).
@@ -461,6 +468,6 @@ fn inbound_fast<P: Hooked>(
         return Ok(Err(Slow::NoFlow));
     }
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, b.int_addr), (p[1], b.int_port))?;
-    hop(ctx, ip)?;
-    send(ctx, &fib.dmac, &fib.smac, peer, false).map(Ok)
+    decrement_ttl_in_place(ctx, ip)?;
+    write_macs_and_count(ctx, &fib.dmac, &fib.smac, peer, false).map(Ok)
 }

@@ -10,7 +10,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use netns_common::{
     counters::NatCounter,
     packet::Packet,
-    trace::{TraceEvent, VERDICT_DROP, VERDICT_PASS, VERDICT_REDIRECT, tuple, worth},
+    trace::{TraceEvent, VERDICT_DROP, VERDICT_PASS, VERDICT_REDIRECT, tuple, worth_tracing},
     translate::Res,
 };
 
@@ -63,7 +63,7 @@ pub fn end<P: Packet>(p: &P, hook: u8, r: &Res<Action>) {
         Err(d) => (VERDICT_DROP, d.counter() as u8),
     };
     ev.after = tuple(p);
-    if worth(&ev.before, &ev.after, ev.verdict) && NAT_TRACE.output::<TraceEvent>(&ev, 0).is_err() {
+    if worth_tracing(&ev.before, &ev.after, ev.verdict) && NAT_TRACE.output::<TraceEvent>(&ev, 0).is_err() {
         count(NatCounter::TraceLost);
     }
 }

@@ -188,12 +188,19 @@ pub enum L4Proto {
     Udp,
 }
 
+impl L4Proto {
+    /// Its IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            L4Proto::Tcp => netns_common::nat::PROTO_TCP,
+            L4Proto::Udp => netns_common::nat::PROTO_UDP,
+        }
+    }
+}
+
 impl fmt::Display for L4Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            L4Proto::Tcp => "tcp",
-            L4Proto::Udp => "udp",
-        })
+        f.write_str(netns_common::nat::proto_name(self.number()))
     }
 }
 

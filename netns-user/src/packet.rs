@@ -8,15 +8,13 @@ use std::net::Ipv4Addr;
 use bytes::{BufMut as _, BytesMut};
 use netns_common::csum;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
+pub use netns_common::{
+    nat::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    packet::{ETH_HLEN, ETH_P_IP},
+};
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
 
 /// A MAC address.
 pub type Mac = [u8; 6];

@@ -599,7 +599,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         let inner = packet::ipv4_packet(ip, &udp(sport, dport, b"tagged"));
         let mut payload = vec![0x00, 100, 0x08, 0x00];
         payload.extend_from_slice(&inner);
-        packet::ethernet(dst, src, 0x8100, &payload).to_vec()
+        packet::ethernet(dst, src, packet::ETH_P_8021Q, &payload).to_vec()
     };
     s.kind(
         "ARP, IPv6 and VLAN-tagged frames from red",

@@ -191,8 +191,7 @@ fn a_taken_port_is_replaced_and_checksums_follow() {
     assert_frame(&back, &frame(LAN, BLUE, &udp(7000, 40002, b"c")));
 
     // TCP: a SYN each, then the answer to blue's.
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
+    use netns_common::nat::{TCP_ACK as ACK, TCP_SYN as SYN};
     run(
         &bed,
         PROG_NAT_EGRESS,
@@ -246,9 +245,7 @@ fn tcp_handshake_data_and_close_move_the_state_machine() {
     let Some(bed) = bed("ptcp", None) else {
         return;
     };
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
-    const FIN: u8 = 0x01;
+    use netns_common::nat::{TCP_ACK as ACK, TCP_FIN as FIN, TCP_SYN as SYN};
     let key = flow_key(packet::PROTO_TCP, RED, 41000, LAN, 80);
     let state = |bed: &ProgBed| flow(bed, key).map(|f| f.state);
     let out = run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &tcp(41000, 80, SYN, b"")));

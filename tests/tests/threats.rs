@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use netns_common::nat::{FLOW_CONFIRMED, ORIGIN_INBOUND, SIDE_EXTERNAL, TcpState, addr_to_wire};
+use netns_common::nat::{
+    FLOW_CONFIRMED, ORIGIN_INBOUND, SIDE_EXTERNAL, TCP_ACK as ACK, TCP_FIN as FIN, TCP_RST as RST,
+    TCP_SYN as SYN, TcpState, addr_to_wire,
+};
 use netns_tests::{
     LabGuard, UdpEcho, in_ns, nat_counters, privileged, record_summary, sh_in, tcp_echo_server, wait_for,
     wire::{Wire, ipv4_matching, mac_of},
@@ -119,11 +122,6 @@ fn tcp_seg(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> L4<'static>
         payload: &[],
     }
 }
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const RST: u8 = 0x04;
-const FIN: u8 = 0x01;
 
 /// Item 1: a host on the uplink's network that routes the internal prefix via the router
 /// reaches no internal host (dropped, counted); with `inbound = "route"` it does.

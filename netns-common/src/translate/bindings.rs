@@ -53,7 +53,13 @@ pub(crate) fn refresh<T: Tables>(t: &T, key: &BindingKey, until: u64) {
 /// handshake, or closed), holds the port at least until `hold_until`, the flow's own expiry.
 /// When the last open flow closes, the port is held for the transitory timeout and then free.
 #[inline(always)]
-pub(crate) fn mind<T: Tables>(t: &T, key: &BindingKey, was: bool, is: bool, hold_until: u64) {
+pub(crate) fn update_binding_open_flows<T: Tables>(
+    t: &T,
+    key: &BindingKey,
+    was: bool,
+    is: bool,
+    hold_until: u64,
+) {
     t.with_binding(key, |b| {
         if b.expires_ns == 0 {
             return;

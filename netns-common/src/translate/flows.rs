@@ -64,7 +64,7 @@ fn confirms(f: &Flow, proto: u8, d: usize, seg: &Segment, now: u64) -> bool {
 #[inline(always)]
 pub(crate) fn ended<T: Tables>(t: &T, key: &FlowKey, f: &Flow, hold_until: u64) {
     if key.proto == PROTO_TCP && holds_binding(TcpState::from_u8(f.state)) {
-        bindings::mind(
+        bindings::update_binding_open_flows(
             t,
             &BindingKey::of_flow(key, f.ext_addr, f.ext_port),
             true,
@@ -109,7 +109,7 @@ fn account<T: Tables>(
         };
         tcp::record(f, d, seg);
         if was != is || !is {
-            bindings::mind(t, &bkey, was, is, now + cfg.timeouts.tcp_transitory_ns);
+            bindings::update_binding_open_flows(t, &bkey, was, is, now + cfg.timeouts.tcp_transitory_ns);
         }
     }
     f.last_seen_ns = now;
@@ -378,7 +378,7 @@ fn new_flow_in<T: Tables>(
         // The fresh flow's own accounting (its open TCP state, if any) is redone on the
         // entry it now is.
         if key.proto == PROTO_TCP && holds_binding(TcpState::from_u8(f.state)) {
-            bindings::mind(
+            bindings::update_binding_open_flows(
                 t,
                 &BindingKey::of_flow(key, f.ext_addr, f.ext_port),
                 false,
