@@ -435,18 +435,7 @@ fn a_filter_in_an_attached_namespace_holds_the_fast_path_off_from_the_start() {
         "drop",
     ]);
     let lab = format!("{p}nat-");
-    let (_, err) = netns_nat_ok(&[
-        "nat",
-        "attach",
-        "--prefix",
-        &lab,
-        "--netns",
-        &router,
-        "--uplink",
-        "wan",
-        "--internal",
-        "192.168.15.0/24",
-    ]);
+    let (_, err) = netns_nat_ok(&attach_args(&lab, &router));
     let _detach = Detach(lab.clone());
     assert!(
         err.contains("fast path is held off") && err.contains("userfw"),
@@ -491,50 +480,36 @@ fn the_first_packet_after_attach_is_translated_and_after_detach_is_not() {
     let h = HandMade::build(&p);
     let router = h.ns("router");
     let lab = format!("{p}nat-");
-    let lan_s = netns_tests::in_ns(&h.ns("lan"), || {
-        std::net::UdpSocket::bind("0.0.0.0:7009").unwrap()
-    });
-    lan_s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let red_s = netns_tests::in_ns(&h.ns("red"), || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
-    let source_of_next = |tag: &str| {
-        red_s
-            .send_to(
-                tag.as_bytes(),
-                SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 7009),
-            )
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from) = lan_s.recv_from(&mut buf).expect("the datagram");
-        assert_eq!(&buf[..n], tag.as_bytes());
-        match from {
-            std::net::SocketAddr::V4(a) => *a.ip(),
-            other => panic!("{other}"),
-        }
-    };
     for i in 0..4 {
-        ok(&[
-            "nat",
-            "attach",
-            "--prefix",
-            &lab,
-            "--netns",
-            &router,
-            "--uplink",
-            "wan",
-            "--internal",
-            "192.168.15.0/24",
-        ]);
+        ok(&attach_args(&lab, &router));
         let _detach = Detach(lab.clone());
         assert_eq!(
-            source_of_next(&format!("attached {i}")),
+            red_as_lan_sees_it(&h),
             Ipv4Addr::new(192, 168, 1, 2),
             "try {i}: translated at once"
         );
         ok(&["nat", "detach", "--prefix", &lab]);
         assert_eq!(
-            source_of_next(&format!("detached {i}")),
+            red_as_lan_sees_it(&h),
             Ipv4Addr::new(192, 168, 15, 1),
             "try {i}: not translated once detach returned"
         );
     }
+}
+
+/// `nat attach` of lab `lab` on the hand-made router namespace `router` (uplink wan, red and
+/// blue's prefix internal), no forward.
+fn attach_args<'a>(lab: &'a str, router: &'a str) -> [&'a str; 10] {
+    [
+        "nat",
+        "attach",
+        "--prefix",
+        lab,
+        "--netns",
+        router,
+        "--uplink",
+        "wan",
+        "--internal",
+        "192.168.15.0/24",
+    ]
 }

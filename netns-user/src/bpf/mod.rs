@@ -125,6 +125,10 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
 
 /// Marker left when netns-nat mounted bpffs itself, so the last lab's `down` can leave the
 /// machine as it found it.
+/// `BPF_NOEXIST`: a map update that inserts only (the kernel's flag; one name for every
+/// user-space insert that must not replace an entry).
+pub const BPF_NOEXIST: u64 = 1;
+
 const BPFFS_MARKER: &str = "/run/netns-nat/bpffs-mounted-by-netns-nat";
 const BPFFS: &str = "/sys/fs/bpf";
 

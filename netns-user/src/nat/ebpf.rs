@@ -22,15 +22,15 @@ use netns_common::{
     names::{MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS, MAP_NAT_PORTS},
     nat::{
         Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE,
-        Flow, FlowKey, MAX_INTERNAL, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, Prefix, SIDE_EXTERNAL,
-        Timeouts, addr_from_wire, addr_to_wire, port_to_wire,
+        Flow, FlowKey, MAX_INTERNAL, NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, addr_from_wire,
+        addr_to_wire, port_to_wire,
     },
 };
 
 use super::{NatBackend, NatError, NatTarget};
 use crate::{
     bpf::{self, EbpfError, NatLoad, StaticBinding},
-    config::{FastPath, Filtering, Inbound, L4Proto, NatSpec, Unsupported},
+    config::{FastPath, Filtering, Inbound, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
         firewall, netlink,
@@ -88,10 +88,7 @@ pub fn static_bindings(nat: &NatSpec) -> Vec<StaticBinding> {
     nat.forwards
         .iter()
         .map(|f| StaticBinding {
-            proto: match f.protocol {
-                L4Proto::Tcp => PROTO_TCP,
-                L4Proto::Udp => PROTO_UDP,
-            },
+            proto: f.protocol.number(),
             ext_port: port_to_wire(f.port),
             int_addr: addr_to_wire(*f.to.ip()),
             int_port: port_to_wire(f.to.port()),
@@ -435,6 +432,7 @@ pub fn raw_tables(prefix: &str) -> Result<RawTables, NatError> {
 mod tests {
     use super::*;
     use crate::config::LabConfig;
+    use netns_common::nat::PROTO_TCP;
 
     #[test]
     fn config_of_the_reference_lab() {

@@ -8,8 +8,8 @@ use netns_common::{
     filter::{EntryFilter, Selector},
     names::{MAP_NAT_BINDINGS, MAP_NAT_FLOWS},
     nat::{
-        Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
-        addr_from_wire, port_from_wire,
+        Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_TCP, TcpState, addr_from_wire,
+        port_from_wire,
     },
 };
 use serde::Serialize;
@@ -22,14 +22,7 @@ use crate::{
     },
 };
 
-pub(crate) fn proto_name(p: u8) -> &'static str {
-    match p {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        PROTO_ICMP => "icmp",
-        _ => "other",
-    }
-}
+pub(crate) use netns_common::nat::proto_name;
 
 pub(crate) fn endpoint(addr: u32, port: u16) -> String {
     format!("{}:{}", addr_from_wire(addr), port_from_wire(port))

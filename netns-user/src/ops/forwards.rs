@@ -5,12 +5,12 @@ use std::net::Ipv4Addr;
 use netns_common::{
     filter::Selector,
     names::MAP_NAT_BINDINGS,
-    nat::{BindingKey, PROTO_TCP, PROTO_UDP, addr_to_wire, port_to_wire},
+    nat::{BindingKey, addr_to_wire, port_to_wire},
 };
 
 use super::conntrack::endpoint;
 use crate::{
-    bpf::{StaticBinding, maintain},
+    bpf::{BPF_NOEXIST, StaticBinding, maintain},
     config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
     nat::{
         NatError,
@@ -55,20 +55,13 @@ fn nat_err(e: impl Into<NatError>) -> ForwardError {
     ForwardError::Nat(Box::new(e.into()))
 }
 
-fn l4(proto: L4Proto) -> u8 {
-    match proto {
-        L4Proto::Tcp => PROTO_TCP,
-        L4Proto::Udp => PROTO_UDP,
-    }
-}
-
 /// Adds port forward `f` to the running NAT: both static entries, exclusively, so that a
 /// port some mapping holds, or a target that has a mapping of its own, is refused rather
 /// than taken; nothing else changes, so every flow goes on as it was.
 pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
     let sb = StaticBinding {
-        proto: l4(f.protocol),
+        proto: f.protocol.number(),
         ext_port: port_to_wire(f.port),
         int_addr: addr_to_wire(*f.to.ip()),
         int_port: port_to_wire(f.to.port()),
@@ -111,7 +104,6 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     // (by their protocol: one a packet revives at that instant stays, and the inserts below
     // then refuse).
     maintain::sweep(prefix, 0).map_err(nat_err)?;
-    const BPF_NOEXIST: u64 = 1;
     bindings
         .insert(ekey, eb, BPF_NOEXIST)
         .map_err(map_err(prefix, MAP_NAT_BINDINGS))
@@ -128,7 +120,7 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
 /// holds). Other flows are not touched. Returns where it went.
 pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, ForwardError> {
     let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
-    let p = l4(proto);
+    let p = proto.number();
     let ekey = BindingKey::external(p, ext, port_to_wire(port));
     let b = match bindings_map(prefix).map_err(nat_err)?.get(&ekey, 0) {
         Ok(b) if b.is_static() => b,

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use netns_common::{names::MAP_NAT_CONFIG, nat::addr_to_wire};
 
 use crate::{
-    bpf::maintain,
+    bpf::{BPF_NOEXIST, maintain},
     config::NatSpec,
     nat::{
         NatError,
@@ -58,7 +58,6 @@ pub fn follow_uplink_address(
     let mut bindings = bindings_map(prefix)?;
     for f in static_bindings(nat) {
         let [(ekey, eb), _] = f.entries(new);
-        const BPF_NOEXIST: u64 = 1;
         let _ = bindings.insert(ekey, eb, BPF_NOEXIST);
     }
     drop(bindings);
