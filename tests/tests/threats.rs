@@ -1043,7 +1043,7 @@ fn a_forward_filter_holds_the_fast_path_off(mode: FastPath) {
     if !privileged("forward_filter") {
         return;
     }
-    let g = lab("ff", mode, |_| {});
+    let g = lab("fh", mode, |_| {});
     let (red, lan, host) = (g.lab.ns("red"), g.lab.ns("lan"), g.lab.ns("host"));
     let _srv = UdpEcho::start(&lan, &[7005]);
     let s = udp_in(&red, 0);
