@@ -59,6 +59,21 @@ fn up_status_exec_check_down() {
     assert_eq!(port["master"], "v-net-0");
     assert!(status["nat_rules"].as_str().unwrap().contains("MASQUERADE"));
 
+    // Only the eBPF NAT has programs of this build to swap in: refused, the rules kept.
+    let out = run(&["up", "--prefix", &p, "--upgrade"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nothing of this build to upgrade (only --nat ebpf does)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let after: serde_json::Value =
+        serde_json::from_slice(&run(&["status", "--prefix", &p, "--json"]).stdout).unwrap();
+    assert_eq!(
+        after["nat_rules"], status["nat_rules"],
+        "the rules are as they were"
+    );
+
     // exec runs inside the namespace: red's own interfaces, not the machine's.
     let out = run(&["exec", "--prefix", &p, "red", "--", "cat", "/proc/net/dev"]);
     assert!(out.status.success(), "exec: {}", text(&out.stderr));

@@ -346,11 +346,17 @@ impl Lab {
         if let (Some(l), Some(n)) = (log_level, next.nat.as_mut()) {
             n.ebpf.log_level = l;
         }
-        let (Some(backend), true) = (self.state.nat.backend(), next.nat.is_some()) else {
+        if self.state.nat == NatKind::None || next.nat.is_none() {
             return Err(
                 NatError::Unsupported(format!("lab {:?} runs no NAT to upgrade", self.prefix())).into(),
             );
-        };
+        }
+        if self.state.nat != NatKind::Ebpf {
+            return Err(NatError::Unsupported(
+                "the kernel's NAT has nothing of this build to upgrade (only --nat ebpf does)".into(),
+            )
+            .into());
+        }
         let upgraded = {
             let lab = Lab {
                 config: next.clone(),
@@ -361,10 +367,8 @@ impl Lab {
                 .ok_or_else(|| NatError::Unsupported("no NAT target".into()))?;
             // The agent is stopped first, so that no live change runs during the swap (and
             // the configuration it will read can be stored); `resume` below starts it.
-            if agent::runs_beside(self.state.nat) {
-                agent::stop(t.prefix);
-            }
-            backend.upgrade(&t)
+            agent::stop(t.prefix);
+            crate::nat::ebpf::EbpfNat.upgrade(&t)
         };
         // What runs beside the dataplane comes back either way: on the new configuration
         // once the swap is done, else on the old one.

@@ -265,6 +265,26 @@ pub(crate) fn uplink_address(router_ns: &str, uplink: &str) -> Result<Option<Ipv
     Ok(addrs.first().map(|c| c.addr))
 }
 
+impl EbpfNat {
+    /// Swaps this build's programs into the running NAT, keeping every pinned map (flows,
+    /// mappings, forwards, counters, configuration); what it did, in words. Only the eBPF
+    /// NAT has a dataplane of this build to swap, so this is not the backends' trait. What
+    /// runs beside it (the agent) is the caller's to stop before and start after.
+    pub fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
+        let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
+        let swapped: Vec<String> = done
+            .links
+            .iter()
+            .map(|(link, old, new)| format!("{link}: program {old} -> {new}"))
+            .collect();
+        Ok(format!(
+            "{} links updated in place, maps kept\n  {}",
+            done.links.len(),
+            swapped.join("\n  ")
+        ))
+    }
+}
+
 impl NatBackend for EbpfNat {
     fn apply(&self, t: &NatTarget) -> Result<(), NatError> {
         if t.nat.internal.len() > MAX_INTERNAL {
@@ -305,20 +325,6 @@ impl NatBackend for EbpfNat {
             .filter_map(|r| r.ok())
             .filter(|(_, f)| f.expires_ns > now)
             .count())
-    }
-
-    fn upgrade(&self, t: &NatTarget) -> Result<String, NatError> {
-        let done = bpf::upgrade_nat(&t.router_ns, t.prefix, t.nat.ebpf.log_level as u8)?;
-        let swapped: Vec<String> = done
-            .links
-            .iter()
-            .map(|(link, old, new)| format!("{link}: program {old} -> {new}"))
-            .collect();
-        Ok(format!(
-            "{} links updated in place, maps kept\n  {}",
-            done.links.len(),
-            swapped.join("\n  ")
-        ))
     }
 
     fn describe(&self, t: &NatTarget) -> Result<String, NatError> {

@@ -106,12 +106,4 @@ pub trait NatBackend {
     /// How many connections the NAT tracks now (the kernel's conntrack table, or the eBPF
     /// NAT's live flows): what the benchmark reports after a connection-rate run.
     fn live_entries(&self, target: &NatTarget) -> Result<usize, NatError>;
-
-    /// Swaps this build's dataplane in without losing state; what it did, in words. What
-    /// runs beside it is the caller's to stop before and start after.
-    fn upgrade(&self, _target: &NatTarget) -> Result<String, NatError> {
-        Err(NatError::Unsupported(
-            "the kernel's NAT has nothing of this build to upgrade (only --nat ebpf does)".into(),
-        ))
-    }
 }
