@@ -877,31 +877,20 @@ impl EbpfNatSpec {
                 t.udp
             ));
         }
-        if [
+        let all = [
             t.udp,
             t.tcp_established,
             t.tcp_transitory,
             t.icmp,
             t.other,
             t.unconfirmed,
-        ]
-        .contains(&0)
-        {
+        ];
+        if all.contains(&0) {
             return bad("timeouts must be at least 1 s".into());
         }
         // Nanoseconds in a u64, with room for "now" added to them.
         const YEAR: u64 = 365 * 24 * 3600;
-        if [
-            t.udp,
-            t.tcp_established,
-            t.tcp_transitory,
-            t.icmp,
-            t.other,
-            t.unconfirmed,
-        ]
-        .iter()
-        .any(|&v| v > 10 * YEAR)
-        {
+        if all.iter().any(|&v| v > 10 * YEAR) {
             return bad("timeouts must be at most ten years".into());
         }
         if self.ports.min < 1024 {

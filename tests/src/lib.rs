@@ -358,6 +358,39 @@ pub fn tcp_echo_server(ns: &str, port: u16) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// How much counter `name` moved from `before` to `after` (two [`nat_counters`] readings).
+pub fn counter_moved(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    name: &str,
+) -> u64 {
+    after[name] - before[name]
+}
+
+/// Adds an nftables filter on the forward hook of namespace `ns` (table `ip userfw`, as a
+/// user's own firewall would be) that drops UDP datagrams to `port` longer than 100 bytes.
+pub fn add_forward_filter(ns: &str, port: u16) {
+    let nft = |args: &[&str]| sh_in(ns, "nft", args);
+    nft(&["add", "table", "ip", "userfw"]);
+    nft(&["add chain ip userfw filter_fwd { type filter hook forward priority 0; policy accept; }"]);
+    let port = port.to_string();
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "userfw",
+        "filter_fwd",
+        "udp",
+        "dport",
+        &port,
+        "ip",
+        "length",
+        "gt",
+        "100",
+        "drop",
+    ]);
+}
+
 /// The eBPF NAT's counters of lab `prefix`, by name.
 pub fn nat_counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
     netns_user::ops::conntrack::stats(prefix)

@@ -416,24 +416,7 @@ fn a_filter_in_an_attached_namespace_holds_the_fast_path_off_from_the_start() {
     let p = netns_tests::prefix("hf");
     let h = HandMade::build(&p);
     let router = h.ns("router");
-    let nft = |args: &[&str]| sh_in(&router, "nft", args);
-    nft(&["add", "table", "ip", "userfw"]);
-    nft(&["add chain ip userfw filter_fwd { type filter hook forward priority 0; policy accept; }"]);
-    nft(&[
-        "add",
-        "rule",
-        "ip",
-        "userfw",
-        "filter_fwd",
-        "udp",
-        "dport",
-        "7006",
-        "ip",
-        "length",
-        "gt",
-        "100",
-        "drop",
-    ]);
+    netns_tests::add_forward_filter(&router, 7006);
     let lab = format!("{p}nat-");
     let (_, err) = netns_nat_ok(&attach_args(&lab, &router));
     let _detach = Detach(lab.clone());

@@ -11,7 +11,7 @@ use std::{
 
 use netns_common::fwd::partial_checksum;
 use netns_tests::{
-    LabGuard, UdpEcho, in_ns, privileged, wait_for,
+    LabGuard, UdpEcho, counter_moved as delta, in_ns, nat_counters as counters, privileged, wait_for,
     wire::{Wire, mac_of, no_ipv4},
 };
 use netns_user::{
@@ -44,23 +44,6 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
         payload,
         zero_checksum: false,
     }
-}
-
-fn counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
-    netns_user::ops::conntrack::stats(prefix)
-        .unwrap()
-        .counters
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-}
-
-fn delta(
-    before: &std::collections::BTreeMap<String, u64>,
-    after: &std::collections::BTreeMap<String, u64>,
-    name: &str,
-) -> u64 {
-    after[name] - before[name]
 }
 
 fn lab(tag: &str, fast: FastPath) -> LabGuard {

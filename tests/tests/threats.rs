@@ -25,7 +25,8 @@ use netns_common::nat::{
     TCP_SYN as SYN, TcpState, addr_to_wire,
 };
 use netns_tests::{
-    LabGuard, UdpEcho, in_ns, nat_counters, privileged, record_summary, sh_in, tcp_echo_server, wait_for,
+    LabGuard, UdpEcho, counter_moved as moved, in_ns, nat_counters, privileged, record_summary, sh_in,
+    tcp_echo_server, wait_for,
     wire::{Wire, ipv4_matching, mac_of},
 };
 use netns_user::{
@@ -48,15 +49,6 @@ fn lab(tag: &str, mode: FastPath, edit: impl FnOnce(&mut LabConfig)) -> LabGuard
     cfg.nat.as_mut().unwrap().ebpf.fast_path = mode;
     edit(&mut cfg);
     LabGuard::up_with(&cfg, &format!("{tag}{}", &mode.name()[..1]), NatKind::Ebpf)
-}
-
-/// How much counter `name` moved from `before` to `after`.
-fn moved(
-    before: &std::collections::BTreeMap<String, u64>,
-    after: &std::collections::BTreeMap<String, u64>,
-    name: &str,
-) -> u64 {
-    after[name] - before[name]
 }
 
 /// A UDP socket in `ns` bound to `port` (0: any), with a short receive timeout.
@@ -1058,23 +1050,7 @@ fn a_forward_filter_holds_the_fast_path_off(mode: FastPath) {
     assert!(on_fast_path() && large());
 
     let nft = |args: &[&str]| sh_in(&host, "nft", args);
-    nft(&["add", "table", "ip", "userfw"]);
-    nft(&["add chain ip userfw filter_fwd { type filter hook forward priority 0; policy accept; }"]);
-    nft(&[
-        "add",
-        "rule",
-        "ip",
-        "userfw",
-        "filter_fwd",
-        "udp",
-        "dport",
-        "7005",
-        "ip",
-        "length",
-        "gt",
-        "100",
-        "drop",
-    ]);
+    netns_tests::add_forward_filter(&host, 7005);
     // Until the agent sees it, the fast path carries large datagrams past it.
     wait_for(
         Duration::from_secs(6),
