@@ -146,6 +146,9 @@ pub struct MemTables {
     remotes: RefCell<HashMap<u32, RemoteRate>>,
     /// The router's own sockets.
     pub router_sockets: RefCell<HashSet<RouterSocket>>,
+    /// How many evictions another CPU races (for tests): at the instant each is done, a new
+    /// unconfirmed inbound flow of the other CPU takes the room it made.
+    pub rivals: Cell<u32>,
     held: RefCell<HashMap<HeldKey, std::boxed::Box<HeldFrag>>>,
     /// The datagrams whose held fragments a step asked to let go, and whether they are the
     /// router's own (the kernel's program does it when the step is through: see
@@ -169,6 +172,7 @@ impl MemTables {
             new_flow: RefCell::default(),
             remotes: RefCell::default(),
             router_sockets: RefCell::default(),
+            rivals: Cell::new(0),
             held: RefCell::default(),
             releases: RefCell::default(),
         }
@@ -378,6 +382,19 @@ impl Tables for MemTables {
             if crate::translate::flows::evict_step(self, e) {
                 break;
             }
+        }
+        let rivals = self.rivals.get();
+        if e.done && rivals > 0 {
+            self.rivals.set(rivals - 1);
+            // The other CPU's flow: from a remote no test uses, one per race.
+            let key = FlowKey::new(crate::nat::PROTO_TCP, 0, 80u16.to_be(), 0xfe00_0000 + rivals, 1);
+            let f = Flow {
+                origin: crate::nat::ORIGIN_INBOUND,
+                expires_ns: self.now() + 1,
+                ..Flow::default()
+            };
+            self.flows.borrow_mut().insert(key, f);
+            self.note_unconfirmed(&key);
         }
     }
 

@@ -937,6 +937,43 @@ fn a_full_table_evicts_unconfirmed_inbound_flows_only() {
     check_tables(&t);
 }
 
+/// Two CPUs find the table full at once: the room one's eviction makes may be taken by the
+/// other's new flow before its own insert; it evicts again rather than refuse the flow.
+#[test]
+fn a_new_flow_evicts_again_when_another_cpu_takes_its_room() {
+    let t = nat_with(
+        Sizes {
+            bindings: 64,
+            flows: 8,
+            frags: 8,
+        },
+        26,
+        |_| {},
+    );
+    for i in 0..8u32 {
+        let src = Ipv4Addr::from(0x0a00_0000 + i);
+        let (v, _) = run(
+            &t,
+            Step::Ingress,
+            &frame(src, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b"")),
+        );
+        assert_eq!(v, Ok(Action::Pass), "SYN {i}");
+    }
+    assert_eq!(t.flows().len(), 8, "the table is full");
+    // Twice the other CPU takes the room made.
+    t.rivals.set(2);
+    let red = Ipv4Addr::new(192, 168, 15, 1);
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"out")));
+    assert_eq!(v, Ok(Action::Pass));
+    assert_eq!(t.rivals.get(), 0);
+    assert_eq!(t.counter(NatCounter::EvictedUnconfirmed), 3);
+    assert_eq!(t.counter(NatCounter::DropMapFull), 0);
+    assert!(
+        t.flows().iter().any(|(k, _)| k.int_addr == addr_to_wire(red)),
+        "red's flow is in"
+    );
+}
+
 /// A port the router's own socket is bound to is never a mapping's, and what a router
 /// socket takes is the router's.
 #[test]

@@ -24,6 +24,10 @@ use crate::{
 /// How many remembered candidates a new flow looks at before the full table refuses it.
 pub const EVICT_TRIES: u32 = 8;
 
+/// How many evictions a new flow makes for its room: after the first, another CPU's new
+/// flow may take the place before this one is inserted (both found the table full).
+pub const EVICT_ROUNDS: u32 = 3;
+
 /// Whether the packet of direction `d` (segment `seg`) confirms flow `f`: the other side
 /// has answered and, for TCP, the handshake's last ACK acknowledged the answer's SYN
 /// (within the originator's window: a blind spoof cannot), for the others the flow is still
@@ -322,15 +326,18 @@ fn new_flow_in<T: Tables>(
     account(t, cfg, key, f, outbound, seg, len, now, provisional);
     let hold = now + cfg.timeouts.tcp_transitory_ns;
     let mut inserted = t.insert_flow(key, f);
-    if inserted == Err(InsertError::Full) {
+    let mut round = 0;
+    while inserted == Err(InsertError::Full) && round < EVICT_ROUNDS {
+        round += 1;
         let mut ev = Eviction {
             now,
             ..Eviction::default()
         };
         t.evict(&mut ev);
-        if ev.done {
-            inserted = t.insert_flow(key, f);
+        if !ev.done {
+            break;
         }
+        inserted = t.insert_flow(key, f);
     }
     match inserted {
         Ok(()) => {
