@@ -4,7 +4,7 @@
 //! min and max, p50 <= p99, a loss that is a percentage, ratios where both sides ran),
 //! not against any speed.
 
-use std::{collections::HashSet, process::Command};
+use std::{collections::HashSet, process::Command, sync::Mutex};
 
 use netns_tests::{bin, privileged};
 use serde_json::Value;
@@ -57,11 +57,16 @@ const PROGRAM_OF: [(&str, &str); 7] = [
     ("xdp-redirect", "ceiling_xdp_redirect@veth-red-br:xdp"),
 ];
 
+/// One benchmark at a time: each pins its load to every CPU, and a second beside it would
+/// starve the first's servers into retries that are not what these tests check.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn quick_bench_writes_every_backend_and_workload() {
     if !privileged("bench_quick") {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("netns-nat-bench-{}", std::process::id()));
     let json = dir.join("quick.json");
     let out = Command::new(bin())
@@ -293,6 +298,7 @@ fn tcp_throughput_runs_back_to_back() {
     if !privileged("bench_tcp_back_to_back") {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("netns-nat-bench-tcp-{}", std::process::id()));
     for run in 1..=3 {
         let json = dir.join(format!("run{run}.json"));

@@ -60,7 +60,8 @@ fn lab(tag: &str, fast: FastPath) -> LabGuard {
 fn udp_exchange(g: &LabGuard, n: usize, ttl: Option<u32>) -> usize {
     in_ns(&g.lab.ns("red"), || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 42000)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        // Long enough for the lab's first exchange (neighbour resolution) on a loaded machine.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         if let Some(t) = ttl {
             s.set_ttl(t).unwrap();
         }

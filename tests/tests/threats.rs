@@ -10,6 +10,7 @@
 //! - Ways to poison it: spoofed RSTs and FINs, an address change, the router's own sockets.
 
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -410,12 +411,14 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     let out = Outside::of(&g);
     let spoofed = |i: u32| Ipv4Addr::from(0x0a40_0000 + i);
 
-    // Bare ACKs open nothing.
+    // Bare ACKs open nothing. Bursts are paced like the flood below, so that the two modes,
+    // run side by side, never overrun a veth's queue (a loss that is not the NAT's).
     let before = nat_counters(g.prefix());
     for i in 0..300 {
         out.send(&Ipv4::new(spoofed(i), EXT), &tcp_seg(20000, 80, ACK, i, 1));
+        pace(i);
     }
-    std::thread::sleep(SETTLE);
+    counter_reaches(&g, &before, "drop_not_syn", 300);
     let after = nat_counters(g.prefix());
     assert_eq!(moved(&before, &after, "drop_not_syn"), 300);
     assert_eq!(moved(&before, &after, "new_flows"), 0);
@@ -440,11 +443,20 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
         })
     };
     // Meanwhile: new outbound flows from red, and connections through the forward.
+    // A datagram lost is sent again once, as a client would (TCP's connect does the same):
+    // what this claims is that the flood leaves room, not that a loaded machine loses nothing.
     let mut outbound_ok = 0;
     let mut forward_ok = 0;
+    let mut resent = Vec::new();
     for i in 0..20u16 {
         let s = udp_in(&red, 0);
-        if echo_once(&s, SocketAddrV4::new(LAN, 7600), &i.to_be_bytes()) {
+        let to = SocketAddrV4::new(LAN, 7600);
+        let mut ok = echo_once(&s, to, &i.to_be_bytes());
+        if !ok {
+            resent.push(i);
+            ok = echo_once(&s, to, &i.to_be_bytes());
+        }
+        if ok {
             outbound_ok += 1;
         }
         let c = in_ns(&lan, || {
@@ -463,13 +475,23 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     }
     let flooded = flood.join().unwrap();
     stop.store(true, Ordering::Relaxed);
+    let after = nat_counters(g.prefix());
+    let drops: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| k.starts_with("drop") && **v > before[k.as_str()])
+        .map(|(k, v)| (k, v - before[k.as_str()]))
+        .collect();
     assert_eq!(
         (outbound_ok, forward_ok),
         (20, 20),
-        "legitimate traffic during the flood"
+        "legitimate traffic during the flood (datagrams resent: {resent:?}; the echo server \
+         saw {}; drops {drops:?})",
+        echo_srv.seen().len()
     );
+    if !resent.is_empty() {
+        eprintln!("datagrams resent: {resent:?}; drops {drops:?}");
+    }
     assert!(echo_srv.seen().len() >= 20);
-    let after = nat_counters(g.prefix());
     assert!(flooded >= 3000);
     let evicted = moved(&before, &after, "evicted_unconfirmed");
     assert!(evicted > 1000, "{after:?}");
@@ -500,10 +522,10 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     let one = Ipv4Addr::new(10, 99, 0, 1);
     for p in 0..300u16 {
         out.send(&Ipv4::new(one, EXT), &tcp_seg(30000 + p, 80, SYN, 7, 0));
+        pace(u32::from(p));
     }
-    std::thread::sleep(SETTLE);
+    counter_reaches(&g, &before, "drop_remote_limit", 190);
     let after = nat_counters(g.prefix());
-    assert!(moved(&before, &after, "drop_remote_limit") >= 190, "{after:?}");
     record_summary(
         &format!("threats-flood-{}", mode.name()),
         &format!(
@@ -519,6 +541,25 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     );
 }
 netns_tests::modes!(a_flood_through_a_forward_cannot_fill_the_table);
+
+/// A short pause every 50 frames of a burst (well inside a one-second rate window).
+fn pace(i: u32) {
+    if i % 50 == 49 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits (3 s at most) until counter `name` of lab `g` has moved by `at_least` since
+/// `before`, then lets what is still on its way arrive.
+fn counter_reaches(g: &LabGuard, before: &BTreeMap<String, u64>, name: &str, at_least: u64) {
+    wait_for(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || moved(before, &nat_counters(g.prefix()), name) >= at_least,
+        || format!("{name} moves by {at_least}: {:?}", nat_counters(g.prefix())),
+    );
+    std::thread::sleep(SETTLE);
+}
 
 /// One UDP exchange: whether the echo came back.
 fn echo_once(s: &UdpSocket, to: SocketAddrV4, data: &[u8]) -> bool {
@@ -652,12 +693,17 @@ fn an_address_change_moves_every_flow() {
                 .iter()
                 .any(|(k, b)| k.side == SIDE_EXTERNAL && b.is_static() && b.ext_addr == addr_to_wire(new))
     };
-    wait_for(WAIT, Duration::from_millis(50), moved_to_new, || {
-        format!(
-            "entries left on the old address: {:?}",
-            nat_ebpf::raw_tables(g.prefix()).unwrap()
-        )
-    });
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        moved_to_new,
+        || {
+            format!(
+                "entries left on the old address: {:?}",
+                nat_ebpf::raw_tables(g.prefix()).unwrap()
+            )
+        },
+    );
     // The same socket's next datagram leaves with the new address, and its echo comes back.
     assert_eq!(*echo(&s, to, b"after").ip(), LAN);
     assert_eq!(*srv.seen().last().unwrap().1.ip(), new);
