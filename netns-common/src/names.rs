@@ -77,8 +77,8 @@ pub const MAP_CEILING_NEXT_HOP: &str = "CEILING_NEXT_HOP";
 /// DEVMAP of one entry (the uplink) for the XDP ceiling.
 pub const MAP_CEILING_DEVMAP: &str = "CEILING_DEVMAP";
 
-/// Every program the project loads, by its full (function) name.
-pub const PROGRAMS: &[&str] = &[
+/// The programs of the NAT's object, by their full (function) names.
+pub const NAT_PROGRAMS: &[&str] = &[
     PROG_UPLINK_COUNT_INGRESS,
     PROG_UPLINK_COUNT_EGRESS,
     PROG_NAT_EGRESS,
@@ -88,18 +88,41 @@ pub const PROGRAMS: &[&str] = &[
     PROG_XDP_FAST_OUT,
     PROG_XDP_FAST_IN,
     PROG_NAT_MAINTAIN,
-    PROG_SINK,
-    PROG_SINK_TC,
-    PROG_CEILING_TC,
-    PROG_CEILING_XDP,
 ];
 
+/// The NAT's maps, all pinned by a lab; its object's other map is [`MAP_UPLINK_COUNTERS`]
+/// (pinned with the counting programs).
+pub const NAT_MAPS: &[&str] = &[
+    MAP_NAT_CONFIG,
+    MAP_NAT_BINDINGS,
+    MAP_NAT_FLOWS,
+    MAP_FAST_CONFIG,
+    MAP_NAT_FDB,
+    MAP_NAT_PORTS,
+    MAP_NAT_DEVMAP,
+    MAP_NAT_FRAGS,
+    MAP_NAT_COUNTERS,
+    MAP_NAT_LAYOUT,
+    MAP_NAT_EVICT,
+    MAP_NAT_EVICT_POS,
+    MAP_NAT_REMOTES,
+    MAP_NAT_TRACE_ON,
+    MAP_NAT_TRACE,
+];
+
+/// The programs of the benchmark's own object (`netns-bench-ebpf`).
+pub const BENCH_PROGRAMS: &[&str] = &[PROG_SINK, PROG_SINK_TC, PROG_CEILING_TC, PROG_CEILING_XDP];
+
+/// Every program the project loads.
+fn programs() -> impl Iterator<Item = &'static str> {
+    NAT_PROGRAMS.iter().chain(BENCH_PROGRAMS).copied()
+}
+
 /// The kernel keeps only the first 15 bytes of a program's name (BPF_OBJ_NAME_LEN - 1); this
-/// gives back the full name of one of [`PROGRAMS`], or the kernel's name if none matches.
+/// gives back the full name of one of the project's programs, or the kernel's name if none
+/// matches.
 pub fn full_program_name(kernel_name: &str) -> &str {
-    PROGRAMS
-        .iter()
-        .copied()
+    programs()
         .find(|p| p.len() >= kernel_name.len() && p.starts_with(kernel_name) && !kernel_name.is_empty())
         .unwrap_or(kernel_name)
 }
@@ -110,11 +133,11 @@ mod tests {
 
     #[test]
     fn truncated_names_map_back_uniquely() {
-        for p in PROGRAMS {
+        for p in programs() {
             let truncated = &p[..p.len().min(15)];
-            assert_eq!(full_program_name(truncated), *p);
+            assert_eq!(full_program_name(truncated), p);
             // No two programs share their kernel-visible 15 bytes.
-            let clashes = PROGRAMS.iter().filter(|q| q.starts_with(truncated)).count();
+            let clashes = programs().filter(|q| q.starts_with(truncated)).count();
             assert_eq!(clashes, 1, "{p} is ambiguous once truncated");
         }
         assert_eq!(full_program_name("someone_elses"), "someone_elses");

@@ -6,12 +6,10 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
 
-mod ceiling;
 mod fast;
 mod maintain;
 mod maps;
 mod packet;
-mod sink;
 mod tc;
 mod trace;
 mod xdp;
@@ -477,26 +475,6 @@ pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn nat_maintain(ctx: TcContext) -> i32 {
     maintain::run(&ctx)
-}
-
-#[xdp]
-pub fn bench_sink(ctx: XdpContext) -> u32 {
-    sink::sink(&ctx)
-}
-
-#[classifier]
-pub fn bench_tc_sink(ctx: TcContext) -> i32 {
-    sink::sink_tc(&ctx)
-}
-
-#[classifier]
-pub fn ceiling_tc_redirect(ctx: TcContext) -> i32 {
-    ceiling::tc(&ctx)
-}
-
-#[xdp]
-pub fn ceiling_xdp_redirect(ctx: XdpContext) -> u32 {
-    ceiling::xdp(&ctx)
 }
 
 /// A step's outcome as a TC return code; drops are counted by reason.

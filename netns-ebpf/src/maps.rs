@@ -13,12 +13,12 @@ use aya_ebpf::{
         bpf_skc_lookup_tcp,
     },
     macros::map,
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::{info, warn};
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::{FastConfig, FdbEntry, MacKey, NextHop, PortState},
+    fwd::{FastConfig, FdbEntry, MacKey, PortState},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, HeldFrag, HeldKey,
         MAX_PORT_TRIES, NatConfig, PROTO_TCP, PROTO_UDP, RemoteRate,
@@ -37,17 +37,6 @@ const EEXIST: i32 = 17;
 /// Per-CPU packet and byte counters of the uplink, indexed by [`Counter`].
 #[map(name = "UPLINK_COUNTERS")]
 pub static UPLINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-/// The benchmark sink's per-CPU [packets, bytes].
-#[map(name = "SINK_COUNTERS")]
-pub static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-/// Where the benchmark's bare-redirect ceilings send the load.
-#[map(name = "CEILING_NEXT_HOP")]
-pub static CEILING_NEXT_HOP: Array<NextHop> = Array::with_max_entries(1, 0);
-
-#[map(name = "CEILING_DEVMAP")]
-pub static CEILING_DEVMAP: DevMap = DevMap::with_max_entries(1, 0);
 
 /// Per-CPU NAT outcome counters, indexed by [`NatCounter`].
 #[map(name = "NAT_COUNTERS")]

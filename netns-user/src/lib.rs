@@ -6,9 +6,9 @@
 //! `bpf` (the embedded object: load, pin, attach, typed maps, test runs), `nat` (the backends
 //! behind one trait), `ops` (operating a running eBPF NAT, its per-lab agent included:
 //! protocol, client, process), `lab` (up, down, status; it starts and stops the agent),
-//! `probe` (acceptance exchanges), `bench`; the binary's `main.rs` is the command line.
+//! `probe` (acceptance exchanges); the binary's `main.rs` is the command line. The
+//! benchmark is a crate of its own (`netns-bench`), built on this one.
 
-pub mod bench;
 pub mod bpf;
 pub mod config;
 pub mod lab;

@@ -5,9 +5,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// The layers, lowest first (see netns-user/src/lib.rs).
-const LAYERS: &[&str] = &[
-    "sys", "config", "packet", "bpf", "nat", "ops", "lab", "probe", "bench",
-];
+const LAYERS: &[&str] = &["sys", "config", "packet", "bpf", "nat", "ops", "lab", "probe"];
 
 /// The `crate::<module>` paths a file names, written out or in a `use crate::{...}` group.
 fn crate_refs(text: &str) -> Vec<String> {
@@ -107,4 +105,49 @@ fn user_space_modules_depend_downwards_only() {
 fn the_reference_finder_sees_groups_and_paths() {
     let refs = crate_refs("use crate::{bpf::{self, X}, sys::netns, config};\nlet x = crate::ops::y();");
     assert_eq!(refs, ["bpf", "sys", "config", "ops"]);
+}
+
+/// The `[dependencies]` (normal, build and dev) a crate's manifest names.
+fn manifest_deps(krate: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(krate)
+        .join("Cargo.toml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut in_deps = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line.ends_with("dependencies]");
+        } else if in_deps && let Some((name, _)) = line.split_once('=') {
+            out.push(name.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// The product (the NAT's programs, the library and `netns-nat`) neither depends on the
+/// benchmark nor carries what only the benchmark needs; the benchmark builds on the product.
+#[test]
+fn the_product_does_not_depend_on_the_benchmark() {
+    for krate in ["netns-user", "netns-ebpf", "netns-common"] {
+        let deps = manifest_deps(krate);
+        assert!(!deps.is_empty(), "{krate}: no dependencies read");
+        for bench_only in ["netns-bench", "netns-bench-ebpf", "plotters"] {
+            assert!(
+                !deps.iter().any(|d| d == bench_only),
+                "{krate} depends on {bench_only}"
+            );
+        }
+    }
+    let mut all = Vec::new();
+    files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../netns-user/src"),
+        &mut all,
+    );
+    for f in all {
+        let text = fs::read_to_string(&f).unwrap();
+        assert!(!text.contains("netns_bench"), "{} names netns_bench", f.display());
+    }
+    assert!(manifest_deps("netns-bench").iter().any(|d| d == "netns-user"));
 }

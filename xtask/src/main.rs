@@ -6,7 +6,7 @@
 //! - `run`: build, bring the reference lab up, wait for Ctrl-C, tear it down
 //!   (`--check`: play the acceptance exchanges instead of waiting).
 //! - `test`: setup, formatting, clippy, then every test.
-//! - `bench`: setup, release build, the benchmark (`netns-nat bench`).
+//! - `bench`: setup, release build, the benchmark (`netns-nat-bench`).
 
 mod setup;
 
@@ -47,7 +47,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Setup, release build, then `netns-nat bench` with these arguments (e.g. --quick,
+    /// Setup, release build, then the benchmark (`netns-nat-bench`) with these arguments (e.g. --quick,
     /// --json PATH, --rounds N, --backends ebpf,iptables); results in bench-results/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Build => {
             setup::run()?;
-            build(&root).map(|_| ())
+            build(&root, WITH_BENCH).map(|_| ())
         }
         Cmd::Run {
             check,
@@ -77,17 +77,18 @@ fn main() -> Result<()> {
             config,
         } => {
             setup::run()?;
-            let bin = build(&root)?;
+            let bin = build(&root, &["netns-user"])?;
             run_lab(&bin, check, &nat, &prefix, config.as_deref())
         }
         Cmd::Bench { args } => {
             setup::run()?;
-            sh(cargo(&root).args(["build", "--release", "--package", "netns-user", "--bins"]))?;
-            let bin = root.join("target/release/netns-nat");
-            sh(Command::new(&bin)
-                .arg("bench")
+            sh(cargo(&root)
+                .args(["build", "--release", "--bins"])
+                .args(WITH_BENCH.iter().flat_map(|p| ["--package", p])))?;
+            let dir = root.join("target/release");
+            sh(Command::new(dir.join("netns-nat-bench"))
                 .args(&args)
-                .env("NETNS_NAT_BIN", &bin)
+                .env("NETNS_NAT_BIN", dir.join("netns-nat"))
                 .current_dir(&root))
         }
         Cmd::Test { args } => {
@@ -132,8 +133,15 @@ fn cargo(root: &Path) -> Command {
 }
 
 /// Builds netns-nat and returns the binary's path.
-fn build(root: &Path) -> Result<PathBuf> {
-    sh(cargo(root).args(["build", "--package", "netns-user", "--bins"]))?;
+/// The product and the benchmark (`netns-nat bench` runs `netns-nat-bench` from beside
+/// itself).
+const WITH_BENCH: &[&str] = &["netns-user", "netns-bench"];
+
+/// Builds the binaries of `packages` (debug) and returns netns-nat's path.
+fn build(root: &Path, packages: &[&str]) -> Result<PathBuf> {
+    sh(cargo(root)
+        .args(["build", "--bins"])
+        .args(packages.iter().flat_map(|p| ["--package", p])))?;
     Ok(root.join("target/debug/netns-nat"))
 }
 
@@ -167,12 +175,10 @@ fn run_lab(bin: &Path, check: bool, nat: &str, prefix: &str, config: Option<&Pat
     res.and(down)
 }
 
-fn test(root: &Path, args: &[String]) -> Result<()> {
-    sh(cargo(root).args(["fmt", "--all", "--check"]))?;
-    sh(cargo(root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // The eBPF crate only builds for its own target.
+/// clippy on the eBPF crate at `dir`, for its own target (nightly, core built from source).
+fn clippy_ebpf(dir: &Path) -> Result<()> {
     sh(Command::new("rustup")
-        .current_dir(root.join("netns-ebpf"))
+        .current_dir(dir)
         // The outer (stable) cargo's settings must not leak into the nightly one.
         .env_remove("CARGO")
         .env_remove("RUSTC")
@@ -190,8 +196,17 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
             "--",
             "-D",
             "warnings",
-        ]))?;
-    let bin = build(root)?;
+        ]))
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    sh(cargo(root).args(["fmt", "--all", "--check"]))?;
+    sh(cargo(root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crates only build for their own target.
+    for ebpf in ["netns-ebpf", "netns-bench/ebpf"] {
+        clippy_ebpf(&root.join(ebpf))?;
+    }
+    let bin = build(root, WITH_BENCH)?;
     if !is_root() {
         // Most tests build labs: skipped, they would prove nothing, so nothing passes.
         bail!("cargo xtask test needs root (network namespaces and BPF); run it as root");

@@ -13,21 +13,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
     counters::{Counter, NatCounter},
-    fwd::{FAST_XDP, FastConfig, NextHop},
+    fwd::{FAST_XDP, FastConfig},
     layout::LAYOUT_STAMP,
     names::{
-        MAP_CEILING_DEVMAP, MAP_CEILING_NEXT_HOP, MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG,
-        MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_EVICT, MAP_NAT_EVICT_POS, MAP_NAT_FDB, MAP_NAT_FLOWS,
-        MAP_NAT_FRAGS, MAP_NAT_LAYOUT, MAP_NAT_PORTS, MAP_NAT_REMOTES, MAP_NAT_TRACE, MAP_NAT_TRACE_ON,
-        MAP_SINK_COUNTERS, MAP_UPLINK_COUNTERS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_CEILING_TC,
-        PROG_CEILING_XDP, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS,
-        PROG_NAT_MAINTAIN, PROG_SINK, PROG_SINK_TC, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
-        PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
+        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS,
+        MAP_NAT_LAYOUT, MAP_UPLINK_COUNTERS, NAT_MAPS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS,
+        PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS,
+        PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -197,7 +194,7 @@ pub fn attach_uplink_counters(ns: &str, uplink: &str, prefix: &str) -> Result<()
             .override_global(aya_log::LEVEL, &LOG_OFF, false)
             .load(object()?)
             .map_err(EbpfError::Load)?;
-        let links = attach(
+        let links = attach_tcx(
             &mut ebpf,
             &[
                 (PROG_UPLINK_COUNT_INGRESS, uplink, TcAttachType::Ingress),
@@ -260,7 +257,7 @@ pub struct NatLoad {
 
 /// The aya-log level of loads that are not a lab's NAT (counters, the benchmark's
 /// programs): off.
-const LOG_OFF: u8 = 0;
+pub const LOG_OFF: u8 = 0;
 
 /// A map error of the map pinned at `path`.
 pub fn map_err_at(path: &Path) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -270,7 +267,7 @@ pub fn map_err_at(path: &Path) -> impl Fn(aya::maps::MapError) -> EbpfError + '_
     }
 }
 
-pub(crate) fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
+pub fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
     move |source| EbpfError::Map {
         path: path.into(),
         source,
@@ -345,10 +342,10 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
                 );
             }
         }
-        let mut links = attach(&mut ebpf, &hooks)?;
+        let mut links = attach_tcx(&mut ebpf, &hooks)?;
         // XDP after TC: by the time frames skip the stack, the slow path is in place.
-        links.extend(attach_xdp_links(&mut ebpf, &xdp_hooks)?);
-        pin(&ebpf, &dir, NAT_PINNED_MAPS, links)?;
+        links.extend(attach_xdp(&mut ebpf, &xdp_hooks)?);
+        pin(&ebpf, &dir, NAT_MAPS, links)?;
         pin_maintenance(&mut ebpf, &dir)
     })?;
     if res.is_err() {
@@ -379,25 +376,6 @@ fn pin_maintenance(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     prog.pin(&fresh).map_err(|e| fail(&fresh, e.to_string()))?;
     fs::rename(&fresh, &path).map_err(|e| fail(&path, e.to_string()))
 }
-
-/// The maps a NAT lab pins (besides the uplink's counters, pinned with their programs).
-const NAT_PINNED_MAPS: &[&str] = &[
-    MAP_NAT_CONFIG,
-    MAP_NAT_BINDINGS,
-    MAP_NAT_FLOWS,
-    MAP_NAT_FRAGS,
-    MAP_NAT_COUNTERS,
-    MAP_FAST_CONFIG,
-    MAP_NAT_FDB,
-    MAP_NAT_PORTS,
-    MAP_NAT_DEVMAP,
-    MAP_NAT_LAYOUT,
-    MAP_NAT_TRACE_ON,
-    MAP_NAT_TRACE,
-    MAP_NAT_EVICT,
-    MAP_NAT_EVICT_POS,
-    MAP_NAT_REMOTES,
-];
 
 /// The programs whose links a lab pins, longest name first (a link's pin is named
 /// `link_<program>_<interface>_<hook>`, and interface names may hold underscores).
@@ -495,7 +473,7 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
     netns::run_in(ns, || {
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &log_level, false);
-        let paths: Vec<(&str, PathBuf)> = NAT_PINNED_MAPS
+        let paths: Vec<(&str, PathBuf)> = NAT_MAPS
             .iter()
             .chain(&[MAP_UPLINK_COUNTERS])
             .map(|m| (*m, dir.join(m)))
@@ -654,9 +632,13 @@ fn prepare_pin_dir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Loads and attaches each (program, interface, hook). The links are owned, so an early
-/// return (a failed later attach) detaches the earlier ones.
-fn attach(ebpf: &mut Ebpf, hooks: &[(&'static str, &str, TcAttachType)]) -> Result<Vec<(String, FdLink)>> {
+/// Loads (once) and attaches each program `name` of `ebpf` at TCX `hook` of `iface`, in the
+/// current namespace; the links, named for pinning. The links are owned, so an early return
+/// (a failed later attach) detaches the earlier ones.
+pub fn attach_tcx(
+    ebpf: &mut Ebpf,
+    hooks: &[(&'static str, &str, TcAttachType)],
+) -> Result<Vec<(String, FdLink)>> {
     let mut links = Vec::new();
     for &(name, iface, hook) in hooks {
         let prog: &mut SchedClassifier = ebpf
@@ -819,100 +801,6 @@ pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
     })
 }
 
-/// The benchmark's sink, attached (XDP and TCX ingress) for as long as this lives.
-pub struct Sink {
-    ebpf: Ebpf,
-    _links: Vec<(String, FdLink)>,
-}
-
-/// Attaches the sink to `iface` in namespace `ns`, in XDP and at TCX ingress (for frames
-/// redirected into the veth's ingress, which skip its XDP); both count and drop UDP to the
-/// sink ports into one map. Detached when the returned value is dropped.
-pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
-    netns::run_in(ns, || {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &LOG_OFF, false)
-            .load(object()?)
-            .map_err(EbpfError::Load)?;
-        let mut links = attach_xdp_links(&mut ebpf, &[(PROG_SINK, iface)])?;
-        links.extend(attach(
-            &mut ebpf,
-            &[(PROG_SINK_TC, iface, TcAttachType::Ingress)],
-        )?);
-        Ok(Sink { ebpf, _links: links })
-    })?
-}
-
-impl Sink {
-    /// (packets, bytes) dropped so far, summed over CPUs.
-    pub fn counts(&self) -> Result<(u64, u64)> {
-        let map = self
-            .ebpf
-            .map(MAP_SINK_COUNTERS)
-            .ok_or(EbpfError::Missing(MAP_SINK_COUNTERS))?;
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(map_err(MAP_SINK_COUNTERS))?;
-        let sum = |i: u32| -> Result<u64> {
-            Ok(array.get(&i, 0).map_err(map_err(MAP_SINK_COUNTERS))?.iter().sum())
-        };
-        Ok((sum(0)?, sum(1)?))
-    }
-}
-
-/// Where the benchmark's bare-redirect ceiling runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CeilingHook {
-    /// TCX ingress, `bpf_redirect_peer` into the next hop interface's veth peer.
-    Tc,
-    /// XDP (native), redirect through a DEVMAP.
-    Xdp,
-}
-
-/// A bare-redirect ceiling, attached for as long as this lives.
-pub struct Ceiling {
-    _ebpf: Ebpf,
-    /// The ceiling's link (TCX or XDP): detached when dropped.
-    _links: Vec<(String, FdLink)>,
-}
-
-/// Attaches the ceiling program to `iface` in namespace `ns`: the load arriving there is
-/// sent to `hop` with only its MAC addresses rewritten. Detached when dropped.
-pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) -> Result<Ceiling> {
-    netns::run_in(ns, || {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &LOG_OFF, false)
-            .load(object()?)
-            .map_err(EbpfError::Load)?;
-        {
-            let map = ebpf
-                .map_mut(MAP_CEILING_NEXT_HOP)
-                .ok_or(EbpfError::Missing(MAP_CEILING_NEXT_HOP))?;
-            let mut a: Array<_, NextHop> = Array::try_from(map).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
-            a.set(0, hop, 0).map_err(map_err(MAP_CEILING_NEXT_HOP))?;
-        }
-        let links = match hook {
-            CeilingHook::Tc => attach(&mut ebpf, &[(PROG_CEILING_TC, iface, TcAttachType::Ingress)])?,
-            CeilingHook::Xdp => {
-                {
-                    let map = ebpf
-                        .map_mut(MAP_CEILING_DEVMAP)
-                        .ok_or(EbpfError::Missing(MAP_CEILING_DEVMAP))?;
-                    let mut d: DevMap<_> = DevMap::try_from(map).map_err(map_err(MAP_CEILING_DEVMAP))?;
-                    d.set(0, hop.ifindex, None, 0).map_err(|e| EbpfError::MapSet {
-                        name: MAP_CEILING_DEVMAP,
-                        detail: e.to_string(),
-                    })?;
-                }
-                attach_xdp_links(&mut ebpf, &[(PROG_CEILING_XDP, iface)])?
-            }
-        };
-        Ok(Ceiling {
-            _ebpf: ebpf,
-            _links: links,
-        })
-    })?
-}
-
 /// Puts `ifaces` (of the current namespace) in the NAT's DEVMAP, keyed by ifindex: the
 /// ports XDP may redirect to.
 pub(crate) fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
@@ -937,7 +825,7 @@ pub(crate) fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a 
 }
 
 /// Attaches XDP programs (native mode) as links to pin, one per (program, interface).
-fn attach_xdp_links(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<Vec<(String, FdLink)>> {
+pub fn attach_xdp(ebpf: &mut Ebpf, hooks: &[(&'static str, &str)]) -> Result<Vec<(String, FdLink)>> {
     let mut links = Vec::new();
     for &(name, iface) in hooks {
         let prog: &mut Xdp = ebpf
@@ -1042,6 +930,39 @@ pub fn attached_programs(ns: &str) -> Result<Vec<ProgramRuns>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loading the NAT makes the NAT's programs and maps, nothing of the benchmark's (its
+    /// sink and ceilings are an object of their own, in netns-bench).
+    #[test]
+    fn the_nat_object_holds_the_nat_programs_and_maps_only() {
+        assert!(
+            !OBJECT.is_empty(),
+            "built without its eBPF object (AYA_BUILD_SKIP)"
+        );
+        let obj = aya_obj::Object::parse(OBJECT).expect("the NAT's object parses");
+        let mut programs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        let mut want = netns_common::names::NAT_PROGRAMS.to_vec();
+        want.sort_unstable();
+        assert_eq!(programs, want);
+        // The maps a lab pins, the NAT's per-CPU scratch maps (NAT_*), aya-log's buffer and
+        // the globals the loader sets: nothing else.
+        let maps: Vec<&str> = obj.maps.keys().map(String::as_str).collect();
+        for m in NAT_MAPS.iter().chain(&[MAP_UPLINK_COUNTERS]) {
+            assert!(maps.contains(m), "{m} missing from {maps:?}");
+        }
+        let foreign: Vec<&&str> = maps
+            .iter()
+            .filter(|m| {
+                !(m.starts_with("NAT_")
+                    || m.starts_with('.')
+                    || m.starts_with("AYA_LOG")
+                    || NAT_MAPS.contains(m)
+                    || **m == MAP_UPLINK_COUNTERS)
+            })
+            .collect();
+        assert!(foreign.is_empty(), "maps not the NAT's: {foreign:?}");
+    }
 
     #[test]
     fn a_verifier_refusal_shows_the_end_of_its_log_and_keeps_all_of_it() {

@@ -91,7 +91,7 @@ impl ProgBed {
             let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
             for name in names {
                 let prog = ebpf.program_mut(&name).expect("listed above");
-                let name: &'static str = netns_common::names::PROGRAMS
+                let name: &'static str = netns_common::names::NAT_PROGRAMS
                     .iter()
                     .copied()
                     .find(|p| *p == name)

@@ -1,114 +1,40 @@
-//! `netns-nat bench`: every NAT backend measured side by side, with a report.
+//! `netns-nat bench`: runs the benchmark, a program of its own (`netns-nat-bench`, the
+//! netns-bench crate) installed beside this one, so that the product carries no benchmark
+//! code. Its arguments, `--help` included, are the benchmark's.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
-use netns_user::bench;
+
+/// The benchmark's program, looked for beside this one.
+const BENCH_BIN: &str = "netns-nat-bench";
 
 #[derive(clap::Args)]
 pub(super) struct Args {
-    /// One short round of every workload, own generator and client only.
-    #[arg(long)]
-    quick: bool,
-    /// Backends to compare (comma-separated; tc-redirect and xdp-redirect are the
-    /// ceilings: bare redirects with no NAT, for packet workloads only).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    backends: Option<Vec<bench::Backend>>,
-    /// Workloads to run (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    workloads: Option<Vec<bench::Workload>>,
-    /// Generators of the packet workloads (comma-separated): netns-nat (the project's
-    /// AF_PACKET ring) and/or trafgen (independent check). Full run: both.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    generator: Option<Vec<bench::Generator>>,
-    /// Generator threads (pinned, one per CPU) of the packet workloads, each its own
-    /// point (comma-separated). Default: 1 and the number of CPUs.
-    #[arg(long, value_delimiter = ',')]
-    gen_threads: Option<Vec<usize>>,
-    /// Clients of the connection-rate workload (comma-separated): netns-nat and/or wrk.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    conn_client: Option<Vec<bench::ConnClient>>,
-    /// Concurrent flows of the many-flows workload.
-    #[arg(long)]
-    flows: Option<u32>,
-    /// Rounds (default 3, --quick 1).
-    #[arg(long)]
-    rounds: Option<u32>,
-    /// Seconds per measurement (default 5, --quick 1).
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Where the run's directory goes.
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
-    /// Also write results.json here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// The benchmark's options (see `netns-nat bench --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
-pub(super) fn exec(args: Args) -> Result<()> {
-    let Args {
-        quick,
-        backends,
-        workloads,
-        generator,
-        gen_threads,
-        conn_client,
-        flows,
-        rounds,
-        duration,
-        out,
-        json,
-    } = args;
-    let mut opts = if quick {
-        bench::BenchOptions::quick()
-    } else {
-        bench::BenchOptions::full()
-    };
-    if let Some(b) = backends {
-        opts.backends = b;
-    }
-    if let Some(w) = workloads {
-        opts.workloads = w;
-    }
-    if let Some(g) = generator {
-        opts.generators = g;
-    }
-    if let Some(t) = gen_threads {
-        opts.gen_threads = t.into_iter().map(|t| t.max(1)).collect();
-    }
-    if let Some(c) = conn_client {
-        opts.conn_clients = c;
-    }
-    if let Some(f) = flows {
-        opts.many_flows = f.clamp(1, bench::load::MAX_FLOWS);
-    }
-    if let Some(r) = rounds {
-        opts.rounds = r.max(1);
-    }
-    if let Some(d) = duration {
-        opts.duration = std::time::Duration::from_secs_f64(d.max(0.2));
-    }
-    opts.command = std::env::args().collect::<Vec<_>>().join(" ");
-    let results = bench::run(&opts, &mut |line| eprint!("\r\x1b[K{line}"))?;
-    eprintln!();
-    let dir = bench::results_dir(&out, results.started_unix);
-    let written = bench::report::write_all(&results, &dir)?;
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_string_pretty(&results)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    println!("{}", bench::report::headline(&results));
-    println!("{}", bench::report::table(&results));
-    println!("written:");
-    for p in written {
-        println!("  {}", p.display());
-    }
-    if !results.failures.is_empty() {
+pub(super) fn exec(a: Args) -> Result<ExitCode> {
+    let me = std::env::current_exe().context("where netns-nat runs from")?;
+    let bench = me.with_file_name(BENCH_BIN);
+    if !bench.exists() {
         bail!(
-            "{} measurement(s) failed twice (recorded in results.json):\n  {}",
-            results.failures.len(),
-            results.failures.join("\n  ")
+            "{} is missing: the benchmark is a program of its own, built beside netns-nat by \
+             `cargo xtask build` (or `cargo build -p netns-bench`); `cargo xtask bench` builds and \
+             runs it",
+            bench.display()
         );
     }
-    Ok(())
+    let status = std::process::Command::new(&bench)
+        .args(&a.args)
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    // Its own exit status; a signal's end is a failure.
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

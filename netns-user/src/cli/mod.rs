@@ -96,6 +96,11 @@ enum Command {
     /// measurement point is taken for each backend in turn, round after round; results go
     /// to bench-results/<time>/ (results.json, report.md, SVG charts). Creates and removes
     /// its own labs; the full run takes about 40 minutes (--quick: about 2).
+    ///
+    /// The benchmark is a program of its own, netns-nat-bench, beside this one (built by
+    /// `cargo xtask build` and `cargo xtask bench`); `netns-nat bench --help` shows its
+    /// options.
+    #[command(disable_help_flag = true)]
     Bench(bench::Args),
     /// Run the eBPF NAT's agent for a lab (started by `up`, stopped by `down`; not for
     /// direct use).
@@ -146,7 +151,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forward(a) => forward::exec(a)?,
         Command::Metrics(a) => metrics::exec(a)?,
         Command::Stats(a) => stats::exec(a)?,
-        Command::Bench(a) => bench::exec(a)?,
+        Command::Bench(a) => return bench::exec(a),
         Command::Agent(a) => agent::exec(a)?,
         Command::Nat(a) => nat::exec(a)?,
         Command::Trace(a) => trace::exec(a)?,

@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::sys::netns::{self, Background, NetnsError};
+use netns_user::sys::netns::{self, Background, NetnsError};
 
 /// Bytes of the TPACKET_V2 frame header before the packet data (TPACKET_ALIGN(32)).
 const DATA_OFF: usize = 32;

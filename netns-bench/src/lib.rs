@@ -12,6 +12,7 @@
 //! minus that of the generator sending straight into a sink (the `generator` rows).
 
 pub mod conn;
+pub mod ebpf;
 pub mod load;
 pub mod report;
 pub mod trafgen;
@@ -32,14 +33,16 @@ use serde_json::json;
 
 use netns_common::fwd::NextHop;
 
-use crate::{
-    bpf::{self, CeilingHook},
+use netns_user::{
+    bpf,
     config::{FastPath, LabConfig},
     lab::{self, Lab},
     nat::NatKind,
     sys::netlink,
     sys::netns,
 };
+
+use crate::ebpf::CeilingHook;
 
 /// A backend the benchmark compares: a NAT of the lab, or a bare-redirect ceiling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
@@ -460,7 +463,7 @@ impl Parts {
 struct BenchLab {
     lab: Lab,
     parts: Parts,
-    _ceiling: Option<bpf::Ceiling>,
+    _ceiling: Option<ebpf::Ceiling>,
     _tracer: Option<Tracer>,
 }
 
@@ -476,12 +479,12 @@ impl Tracer {
         let (p, flag) = (prefix.to_owned(), stop.clone());
         let thread = std::thread::spawn(move || {
             // Matches no event: the programs write them all, this reads them all.
-            let none = crate::ops::trace::TraceFilter {
+            let none = netns_user::ops::trace::TraceFilter {
                 proto: Some(0),
                 host: None,
                 port: None,
             };
-            if let Err(e) = crate::ops::trace::run(&p, none, None, None, &flag, |_| {}) {
+            if let Err(e) = netns_user::ops::trace::run(&p, none, None, None, &flag, |_| {}) {
                 eprintln!("bench tracer: {e}");
             }
         });
@@ -491,7 +494,7 @@ impl Tracer {
         };
         // Listening before the load starts.
         let start = Instant::now();
-        while crate::ops::trace::listeners(prefix)? == 0 {
+        while netns_user::ops::trace::listeners(prefix)? == 0 {
             if start.elapsed() > Duration::from_secs(5) {
                 bail!("the bench's trace listener did not start");
             }
@@ -538,7 +541,7 @@ impl BenchLab {
         }
         let parts = Parts::of(lab)?;
         let ceiling = match backend.and_then(Backend::ceiling) {
-            Some(hook) => Some(bpf::attach_ceiling(
+            Some(hook) => Some(ebpf::attach_ceiling(
                 &parts.host,
                 "veth-red-br",
                 hook,
@@ -918,7 +921,7 @@ fn packets(
     } else {
         (p.lan.as_str(), "lan0")
     };
-    let sink = bpf::attach_sink(sink_ns, sink_dev)?;
+    let sink = ebpf::attach_sink(sink_ns, sink_dev)?;
     let ends = load::Endpoints {
         src_mac: p.red_mac,
         dst_mac: p.gateway_mac,
@@ -972,7 +975,7 @@ fn packets(
 fn window(
     opts: &BenchOptions,
     bl: &BenchLab,
-    sink: &bpf::Sink,
+    sink: &ebpf::Sink,
     sending: &Sending,
 ) -> Result<(PacketRun, Option<(u64, f64)>)> {
     // trafgen only reports its total when it ends (and not at all when it had to be

@@ -16,9 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::sys::netns;
+use netns_user::sys::netns;
 
-use super::load::{PAYLOAD, flow_ports};
+use crate::load::{PAYLOAD, flow_ports};
 
 /// The frames to describe: one flow per (source port, destination port) of flows 0..n.
 #[derive(Clone, Debug)]

@@ -16,8 +16,8 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
-use super::txring::pin_to_cpu;
-use crate::sys::netns::{self, Background, NetnsError};
+use crate::txring::pin_to_cpu;
+use netns_user::sys::netns::{self, Background, NetnsError};
 
 pub const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: lan\r\nConnection: close\r\n\r\n";
 pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
@@ -435,7 +435,7 @@ mod tests {
         let ns = format!("nnu{}-conn", std::process::id());
         netns::create(&ns).unwrap();
         let res = std::panic::catch_unwind(|| {
-            crate::sys::netlink::in_ns(&ns, |r| async move { r.set_up("lo").await }).unwrap();
+            netns_user::sys::netlink::in_ns(&ns, |r| async move { r.set_up("lo").await }).unwrap();
             let server = Server::start(&ns, 7100, 1).unwrap();
             let run = client(
                 &ns,

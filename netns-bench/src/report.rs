@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 
-use super::{Results, Row};
+use crate::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
 const ORDER: [&str; 11] = [
