@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use bytes::Bytes;
 use netns_common::names::{SINK_PORT, SINK_PORTS};
 
-use netns_user::packet::{self, Ipv4, L4, Mac};
+use netns_testkit::packet::{self, Ipv4, L4, Mac};
 
 /// UDP payload bytes: with UDP (8), IPv4 (20) and Ethernet (14) headers, 60-byte frames,
 /// the 64-byte minimum on a wire once the FCS is counted.
@@ -79,7 +79,7 @@ pub fn cpu_busy_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netns_user::packet::parse_frame;
+    use netns_testkit::packet::parse_frame;
 
     fn ends() -> Endpoints {
         Endpoints {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netns_user::packet::{self, Mac, parse_frame};
+use netns_testkit::packet::{self, Mac, parse_frame};
 
 use crate::in_ns;
 

@@ -10,6 +10,7 @@ use std::{
 };
 
 use netns_common::fwd::partial_checksum;
+use netns_testkit::packet::{self, Ipv4, L4};
 use netns_tests::{
     LabGuard, UdpEcho, counter_moved as delta, in_ns, nat_counters as counters, privileged, wait_for,
     wire::{Wire, mac_of, no_ipv4},
@@ -17,7 +18,6 @@ use netns_tests::{
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
-    packet::{self, Ipv4, L4},
     probe,
     sys::ethtool::{self, Offload},
     sys::netns,

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use netns_testkit::packet::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ipv4, L4, Mac};
 use netns_tests::{
     LabGuard, UdpEcho, in_ns, privileged, record_summary, snmp,
     wire::{Wire, ipv4_matching, mac_of, no_ipv4},
@@ -19,7 +20,6 @@ use netns_tests::{
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
-    packet::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ipv4, L4, Mac},
     probe,
 };
 

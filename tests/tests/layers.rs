@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// The layers, lowest first (see netns-user/src/lib.rs).
-const LAYERS: &[&str] = &["sys", "config", "packet", "bpf", "nat", "ops", "lab", "probe"];
+const LAYERS: &[&str] = &["sys", "config", "bpf", "nat", "ops", "lab", "probe"];
 
 /// The `crate::<module>` paths a file names, written out or in a `use crate::{...}` group.
 fn crate_refs(text: &str) -> Vec<String> {
@@ -126,17 +126,23 @@ fn manifest_deps(krate: &str) -> Vec<String> {
     out
 }
 
-/// The product (the NAT's programs, the library and `netns-nat`) neither depends on the
-/// benchmark nor carries what only the benchmark needs; the benchmark builds on the product.
+/// The product (the NAT's programs, the library and `netns-nat`) depends neither on the
+/// benchmark nor on the test kit, nor carries what only they need; both build on it.
 #[test]
-fn the_product_does_not_depend_on_the_benchmark() {
+fn the_product_depends_on_neither_the_benchmark_nor_the_test_kit() {
     for krate in ["netns-user", "netns-ebpf", "netns-common"] {
         let deps = manifest_deps(krate);
         assert!(!deps.is_empty(), "{krate}: no dependencies read");
-        for bench_only in ["netns-bench", "netns-bench-ebpf", "plotters"] {
+        for not_product in [
+            "netns-bench",
+            "netns-bench-ebpf",
+            "netns-testkit",
+            "plotters",
+            "bytes",
+        ] {
             assert!(
-                !deps.iter().any(|d| d == bench_only),
-                "{krate} depends on {bench_only}"
+                !deps.iter().any(|d| d == not_product),
+                "{krate} depends on {not_product}"
             );
         }
     }
@@ -147,7 +153,11 @@ fn the_product_does_not_depend_on_the_benchmark() {
     );
     for f in all {
         let text = fs::read_to_string(&f).unwrap();
-        assert!(!text.contains("netns_bench"), "{} names netns_bench", f.display());
+        for name in ["netns_bench", "netns_testkit"] {
+            assert!(!text.contains(name), "{} names {name}", f.display());
+        }
     }
-    assert!(manifest_deps("netns-bench").iter().any(|d| d == "netns-user"));
+    for kit in ["netns-bench", "netns-testkit"] {
+        assert!(manifest_deps(kit).iter().any(|d| d == "netns-user"), "{kit}");
+    }
 }

@@ -196,7 +196,7 @@ fn source_port_seen(raw: &socket2::Socket, payload: &[u8]) -> u16 {
     loop {
         let mut r = raw;
         let n = r.read(&mut buf).expect("the datagram on lan");
-        let p = netns_user::packet::parse_ipv4(&buf[..n]).expect("an IPv4 packet");
+        let p = netns_testkit::packet::parse_ipv4(&buf[..n]).expect("an IPv4 packet");
         if p.header.src == UPLINK && p.data.get(8..) == Some(payload) {
             return p.ports().expect("UDP ports").0;
         }

@@ -12,13 +12,12 @@ use netns_common::{
     },
     nat::{Flow, FlowKey, SIDE_INTERNAL, TcpState, addr_to_wire, port_from_wire, port_to_wire},
 };
-use netns_tests::{prefix, privileged};
-use netns_user::{
-    bpf::progtest::{Outcome, ProgBed},
-    config::LabConfig,
-    nat::ebpf as nat_ebpf,
+use netns_testkit::{
     packet::{self, Ipv4, L4, Mac, parse_frame},
+    progtest::{Outcome, ProgBed},
 };
+use netns_tests::{prefix, privileged};
+use netns_user::{config::LabConfig, nat::ebpf as nat_ebpf};
 
 const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
 const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
@@ -1089,7 +1088,7 @@ fn every_program_passes_the_verifier_at_every_log_level() {
     }
     let mut lines = Vec::new();
     for level in 0u8..=5 {
-        let costs = netns_user::bpf::progtest::verifier_costs(level).expect("object loads");
+        let costs = netns_testkit::progtest::verifier_costs(level).expect("object loads");
         let mut text = Vec::new();
         for (name, cost) in costs {
             match cost {

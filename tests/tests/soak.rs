@@ -21,18 +21,12 @@ use std::{
 };
 
 use netns_common::nat::addr_to_wire;
+use netns_testkit::packet::{self, Ipv4, L4};
 use netns_tests::{
     LabGuard, privileged, sh_in,
     wire::{Wire, mac_of},
 };
-use netns_user::{
-    config::LabConfig,
-    nat::NatKind,
-    nat::ebpf as nat_ebpf,
-    packet::{self, Ipv4, L4},
-    probe,
-    sys::netns,
-};
+use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, probe, sys::netns};
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);

@@ -25,6 +25,7 @@ use netns_common::nat::{
     FLOW_CONFIRMED, ORIGIN_INBOUND, SIDE_EXTERNAL, TCP_ACK as ACK, TCP_FIN as FIN, TCP_RST as RST,
     TCP_SYN as SYN, TcpState, addr_to_wire,
 };
+use netns_testkit::packet::{self, Ipv4, L4, Mac, parse_frame};
 use netns_tests::{
     LabGuard, UdpEcho, counter_moved as moved, in_ns, nat_counters, privileged, record_summary, sh_in,
     tcp_echo_server, wait_for,
@@ -33,7 +34,6 @@ use netns_tests::{
 use netns_user::{
     config::{FastPath, Inbound, LabConfig, Unsupported},
     nat::{NatKind, ebpf as nat_ebpf},
-    packet::{self, Ipv4, L4, Mac, parse_frame},
     probe,
 };
 

@@ -30,11 +30,8 @@ use netns_common::{
     packet::Action,
     translate::{self, Drop, Tables},
 };
-use netns_user::{
-    config::LabConfig,
-    nat::ebpf as nat_ebpf,
-    packet::{self, Ipv4, L4, Mac, parse_frame},
-};
+use netns_testkit::packet::{self, Ipv4, L4, Mac, parse_frame};
+use netns_user::{config::LabConfig, nat::ebpf as nat_ebpf};
 use proptest::prelude::*;
 
 const EXT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);

@@ -2,7 +2,6 @@
 //! lab, and reading what it counted.
 
 pub mod maintain;
-pub mod progtest;
 
 use std::{
     fs, io,
@@ -541,7 +540,7 @@ pub fn upgrade_nat(ns: &str, prefix: &str, log_level: u8) -> Result<Upgraded> {
 /// An error of program `name`. A verifier refusal is made readable: its log's last lines
 /// (where the verifier says what it stopped at and why) in the message, the whole log,
 /// often thousands of lines, in a file.
-pub(crate) fn program_error(name: &'static str, source: aya::programs::ProgramError) -> EbpfError {
+pub fn program_error(name: &'static str, source: aya::programs::ProgramError) -> EbpfError {
     match source {
         aya::programs::ProgramError::LoadError {
             io_error,
@@ -608,7 +607,8 @@ pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
-pub(crate) fn object() -> Result<&'static [u8]> {
+/// The NAT's object, as built into this binary.
+pub fn object() -> Result<&'static [u8]> {
     if OBJECT.is_empty() {
         Err(EbpfError::NotBuilt)
     } else {
@@ -803,7 +803,7 @@ pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
 
 /// Puts `ifaces` (of the current namespace) in the NAT's DEVMAP, keyed by ifindex: the
 /// ports XDP may redirect to.
-pub(crate) fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
+pub fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
     let map = ebpf
         .map_mut(MAP_NAT_DEVMAP)
         .ok_or(EbpfError::Missing(MAP_NAT_DEVMAP))?;

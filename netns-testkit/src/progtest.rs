@@ -21,7 +21,7 @@ use netns_common::{
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
 };
 
-use crate::{
+use netns_user::{
     bpf::{EbpfError, StaticBinding, fill_devmap, install_forwards, map_err, object, program_error},
     sys::netns,
 };
