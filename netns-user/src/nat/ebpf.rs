@@ -12,7 +12,7 @@
 //! no BTF for their values, which bpf_timer requires; user space also follows the uplink's
 //! address, which a program cannot read.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Mutex};
 
 use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
@@ -158,6 +158,7 @@ pub fn hold_fast_path(
         return Ok((None, false));
     }
     let why = firewall::forward_filter(router_ns)?;
+    let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
     let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
         .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
     let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
@@ -173,6 +174,12 @@ pub fn hold_fast_path(
     }
     Ok((why, changed))
 }
+
+/// Held across each read-modify-write of FAST_CONFIG in this process: the agent's filter
+/// check (mode) and its link events (bridge MAC, refresh) run on different threads, and one
+/// writing back what it read would undo the other's change (a held-off fast path turned back
+/// on until the next check).
+static FAST_CONFIG_WRITE: Mutex<()> = Mutex::new(());
 
 /// How often the fast path lets a host's frame through a bridge that forgets a MAC after
 /// `ageing_cs` centiseconds: at half that, so the bridge never forgets a host the fast path
@@ -212,6 +219,7 @@ pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
             let _ = ports.insert(l.index, state, 0);
         }
     }
+    let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
     let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
         .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
     let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
