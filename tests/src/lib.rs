@@ -367,6 +367,11 @@ pub fn counter_moved(
     after[name] - before[name]
 }
 
+/// Lab `prefix`'s flow and mapping tables as stored (expired entries included).
+pub fn raw_tables(prefix: &str) -> Result<netns_user::bpf::RawTables, netns_user::bpf::EbpfError> {
+    netns_user::bpf::NatMaps::open(prefix)?.tables()
+}
+
 /// Adds an nftables filter on the forward hook of namespace `ns` (table `ip userfw`, as a
 /// user's own firewall would be) that drops UDP datagrams to `port` longer than 100 bytes.
 pub fn add_forward_filter(ns: &str, port: u16) {

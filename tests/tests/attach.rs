@@ -424,7 +424,9 @@ fn a_filter_in_an_attached_namespace_holds_the_fast_path_off_from_the_start() {
         err.contains("fast path is held off") && err.contains("userfw"),
         "{err}"
     );
-    let fc = netns_user::nat::ebpf::running_fast_config(&lab).unwrap();
+    let fc = netns_user::bpf::NatMaps::open(&lab)
+        .and_then(|m| m.fast_config())
+        .unwrap();
     assert_eq!(
         fc.mode,
         netns_common::fwd::FAST_OFF,

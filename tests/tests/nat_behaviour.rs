@@ -11,11 +11,10 @@ use std::{
 };
 
 use netns_common::nat::{SIDE_EXTERNAL, SIDE_INTERNAL};
-use netns_tests::{LabGuard, Nat, UdpEcho, in_ns, privileged, sh_in};
+use netns_tests::{LabGuard, Nat, UdpEcho, in_ns, privileged, raw_tables, sh_in};
 use netns_user::{
     config::{FastPath, LabConfig},
     nat::NatKind,
-    nat::ebpf as nat_ebpf,
     probe,
 };
 
@@ -467,7 +466,7 @@ fn short_timeouts_expire_and_outbound_traffic_refreshes() {
     // Then silence: the flow expires and is reclaimed by the sweeper.
     // Expired after 2 s, reclaimed after 1 s more of grace, by a sweeper passing every 0.2 s.
     std::thread::sleep(Duration::from_millis(4500));
-    let left = nat_ebpf::raw_tables(g.prefix()).unwrap().0;
+    let left = raw_tables(g.prefix()).unwrap().0;
     assert!(left.is_empty(), "expired flows reclaimed: {left:?}");
     // A late reply is unsolicited now.
     let before = counter(g.prefix(), "drop_unsolicited") + counter(g.prefix(), "in_unmapped");
@@ -537,7 +536,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     // anyway): datagrams and SYNs to every port of the range and around it. They create
     // nothing.
     let tables = |g: &LabGuard| {
-        let (f, b) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (f, b) = raw_tables(g.prefix()).unwrap();
         (f.len(), b.len())
     };
     let before_outside = tables(&g);
@@ -578,7 +577,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     assert!(n("drop_map_full", &c) >= 1, "flows beyond the table");
     assert!(n("drop_unsolicited", &c) >= 1, "unsolicited to mapped ports");
     assert!(n("in_unmapped", &c) >= 1, "unsolicited to free ports");
-    let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, bindings) = raw_tables(g.prefix()).unwrap();
     assert!(
         flows.len() <= 32 && bindings.len() <= 40,
         "{} {}",
@@ -589,7 +588,7 @@ fn a_flood_from_both_sides_is_contained_and_the_tables_drain() {
     // Everything expires (2 s, a quarter more for bindings, then a sweep).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (flows, bindings) = raw_tables(g.prefix()).unwrap();
         if flows.is_empty() && bindings.iter().all(|(_, b)| b.is_static()) {
             assert_eq!(bindings.len(), 2, "the forward's two entries stay");
             break;
@@ -626,7 +625,7 @@ fn tiny_tables_under_pressure_never_keep_half_a_flow() {
         }
         n
     });
-    let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, bindings) = raw_tables(g.prefix()).unwrap();
     assert!(
         counter(g.prefix(), "drop_map_full") >= 1,
         "the tables did fill up"

@@ -11,9 +11,9 @@ use std::{
 
 use netns_tests::{
     LabGuard, UdpEcho, bin, in_ns, netns_nat as run, netns_nat_ok, netns_nat_refused as refused, privileged,
-    tcp_echo_server, wait_for, wait_gone,
+    raw_tables, tcp_echo_server, wait_for, wait_gone,
 };
-use netns_user::nat::{NatKind, ebpf as nat_ebpf};
+use netns_user::nat::NatKind;
 use serde_json::Value;
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
@@ -155,7 +155,7 @@ fn filters_count_delete_flush_and_watch() {
     );
     let (left, _) = listed(&p, &["--addr", "192.168.15.2"]);
     assert!(left.is_empty());
-    let (raw_flows, raw_bindings) = nat_ebpf::raw_tables(&p).unwrap();
+    let (raw_flows, raw_bindings) = raw_tables(&p).unwrap();
     assert!(
         !raw_bindings.iter().any(|(_, b)| b.int_port == 47002u16.to_be()),
         "both entries of blue's mapping are gone"
@@ -686,7 +686,7 @@ fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath
     assert_eq!(flow_before.as_array().unwrap().len(), 1, "{flow_before}");
     // The entry as stored: its creation time tells it from one made again.
     let stored = || {
-        nat_ebpf::raw_tables(&p)
+        raw_tables(&p)
             .unwrap()
             .0
             .into_iter()

@@ -23,10 +23,10 @@ use std::{
 use netns_common::nat::addr_to_wire;
 use netns_testkit::packet::{self, Ipv4, L4};
 use netns_tests::{
-    LabGuard, privileged, sh_in,
+    LabGuard, privileged, raw_tables, sh_in,
     wire::{Wire, mac_of},
 };
-use netns_user::{config::LabConfig, nat::NatKind, nat::ebpf as nat_ebpf, probe, sys::netns};
+use netns_user::{config::LabConfig, nat::NatKind, probe, sys::netns};
 
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
@@ -340,7 +340,7 @@ fn change_address(
     let old = addr_to_wire(UPLINK);
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (flows, bindings) = raw_tables(g.prefix()).unwrap();
         if flows.iter().all(|(_, f)| f.ext_addr != old) && bindings.iter().all(|(_, b)| b.ext_addr != old) {
             break;
         }
@@ -406,7 +406,7 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
             };
             // The raw table, expired entries included: what the sweeper has not reclaimed
             // counts (the live view hides it).
-            peak_flows = peak_flows.max(nat_ebpf::raw_tables(g.prefix()).unwrap().0.len());
+            peak_flows = peak_flows.max(raw_tables(g.prefix()).unwrap().0.len());
             std::thread::sleep(Duration::from_millis(500));
             i += 1;
         }
@@ -509,7 +509,7 @@ fn mixed_traffic_for_a_while_loses_and_corrupts_nothing() {
             .into_iter()
             .filter(|f| f.protocol == "udp")
             .count();
-        raw_udp = nat_ebpf::raw_tables(g.prefix())
+        raw_udp = raw_tables(g.prefix())
             .unwrap()
             .0
             .iter()

@@ -27,8 +27,8 @@ use netns_common::nat::{
 };
 use netns_testkit::packet::{self, Ipv4, L4, Mac, parse_frame};
 use netns_tests::{
-    LabGuard, UdpEcho, counter_moved as moved, in_ns, nat_counters, privileged, record_summary, sh_in,
-    tcp_echo_server, wait_for,
+    LabGuard, UdpEcho, counter_moved as moved, in_ns, nat_counters, privileged, raw_tables, record_summary,
+    sh_in, tcp_echo_server, wait_for,
     wire::{Wire, ipv4_matching, mac_of},
 };
 use netns_user::{
@@ -151,7 +151,7 @@ fn direct_reach_from_outside_is_dropped(mode: FastPath) {
     // Five datagrams and the connection's SYN with its retransmits.
     assert!(moved(&before, &after, "drop_inbound") >= 6, "{after:?}");
     // Nothing was made for the intruder.
-    let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, _) = raw_tables(g.prefix()).unwrap();
     assert!(
         flows.iter().all(|(k, _)| k.rem_addr != addr_to_wire(LAN)),
         "a flow for the intruder: {flows:?}"
@@ -212,7 +212,7 @@ fn spoofed_sources_make_no_state(mode: FastPath) {
     assert_eq!(moved(&before, &after, "drop_spoofed"), 7, "{after:?}");
     assert_eq!(moved(&before, &after, "new_mappings"), 0);
     assert_eq!(moved(&before, &after, "new_flows"), 0);
-    let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, bindings) = raw_tables(g.prefix()).unwrap();
     assert!(flows.is_empty(), "{flows:?}");
     assert!(bindings.iter().all(|(_, b)| b.is_static()), "{bindings:?}");
     let leaked = ipv4_matching(&out.wire.received(Duration::ZERO), |ip| {
@@ -500,9 +500,11 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     let refused = moved(&before, &after, "drop_map_full");
     assert!(refused <= u64::from(flooded) / 100, "{after:?}");
     // The flood's flows: unconfirmed, on the unconfirmed timeout.
-    let cfg = nat_ebpf::read_config(g.prefix()).unwrap();
+    let cfg = netns_user::bpf::NatMaps::open(g.prefix())
+        .and_then(|m| m.config())
+        .unwrap();
     let now = nat_ebpf::monotonic_ns();
-    let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, _) = raw_tables(g.prefix()).unwrap();
     let flood_flows: Vec<_> = flows
         .iter()
         .filter(|(k, f)| f.origin == ORIGIN_INBOUND && u32::from_be(k.rem_addr) >> 16 == 0x0a40)
@@ -613,7 +615,7 @@ fn spoofed_rsts_and_fins_change_nothing(mode: FastPath) {
     let (_, red_ack, ext_port, _) =
         last_segment(&out.wire.received(Duration::ZERO), EXT).expect("red's segments");
     let state = |g: &LabGuard| {
-        let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (flows, _) = raw_tables(g.prefix()).unwrap();
         flows
             .iter()
             .find(|(k, _)| k.int_addr == addr_to_wire(RED) && k.rem_port == 7400u16.to_be())
@@ -685,7 +687,7 @@ fn an_address_change_moves_every_flow() {
     sh_in(&host, "ip", &["addr", "del", "192.168.1.2/24", "dev", "uplink"]);
     sh_in(&host, "ip", &["addr", "add", "192.168.1.4/24", "dev", "uplink"]);
     let moved_to_new = || {
-        let (flows, bindings) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (flows, bindings) = raw_tables(g.prefix()).unwrap();
         let old = addr_to_wire(EXT);
         flows.iter().all(|(_, f)| f.ext_addr != old)
             && bindings.iter().all(|(_, b)| b.ext_addr != old)
@@ -700,7 +702,7 @@ fn an_address_change_moves_every_flow() {
         || {
             format!(
                 "entries left on the old address: {:?}",
-                nat_ebpf::raw_tables(g.prefix()).unwrap()
+                raw_tables(g.prefix()).unwrap()
             )
         },
     );
@@ -746,7 +748,7 @@ fn the_routers_own_sockets_keep_their_ports() {
         c.local_addr().unwrap().port()
     });
     assert_eq!(seen_port, 7501);
-    let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+    let (flows, _) = raw_tables(g.prefix()).unwrap();
     let f = flows
         .iter()
         .find(|(k, _)| k.int_addr == addr_to_wire(RED) && k.int_port == 7501u16.to_be())
@@ -968,7 +970,7 @@ fn the_routers_policy_binds_the_fast_path(mode: FastPath) {
     let out = Outside::of(&g);
     let port_down = |what: &str, undo: &[&str], args: &[&str]| {
         echo(&s, to, b"mapping");
-        let (flows, _) = nat_ebpf::raw_tables(g.prefix()).unwrap();
+        let (flows, _) = raw_tables(g.prefix()).unwrap();
         let ext_port = flows
             .iter()
             .find(|(k, _)| k.rem_addr == addr_to_wire(LAN) && k.rem_port == 7003u16.to_be())

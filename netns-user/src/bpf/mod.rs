@@ -2,6 +2,9 @@
 //! lab, and reading what it counted.
 
 pub mod maintain;
+mod maps;
+
+pub use maps::{NatMaps, RawTables};
 
 use std::{
     fs, io,
@@ -16,13 +19,13 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
-    counters::{Counter, NatCounter},
+    counters::Counter,
     fwd::{FAST_XDP, FastConfig},
     layout::LAYOUT_STAMP,
     names::{
-        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS,
-        MAP_NAT_LAYOUT, MAP_UPLINK_COUNTERS, NAT_MAPS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS,
-        PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS,
+        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_LAYOUT,
+        MAP_UPLINK_COUNTERS, NAT_MAPS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT,
+        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS,
         PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
@@ -712,12 +715,6 @@ fn per_cpu_sums(prefix: &str, name: &str, slots: u32) -> Result<Vec<u64>> {
     (0..slots)
         .map(|i| Ok(array.get(&i, 0).map_err(fail)?.iter().sum()))
         .collect()
-}
-
-/// The eBPF NAT's counters, by name, summed over CPUs.
-pub fn read_nat_counters(prefix: &str) -> Result<Vec<(&'static str, u64)>> {
-    let sums = per_cpu_sums(prefix, MAP_NAT_COUNTERS, NatCounter::COUNT)?;
-    Ok(NatCounter::ALL.iter().map(|c| c.name()).zip(sums).collect())
 }
 
 /// `bpf(2)` commands used directly: aya has no call for a link's explicit detach.

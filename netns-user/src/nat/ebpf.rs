@@ -1,6 +1,6 @@
 //! The eBPF NAT backend: loads the programs and BPF conntrack maps into the router, and
-//! gives the layers above typed access to the pinned maps, the fast path's port table and
-//! its hold-off. No iptables, nftables or kernel conntrack is involved. What runs beside the
+//! keeps the fast path's port table and its hold-off (through `bpf::NatMaps`, the typed
+//! handle on the pinned maps). No iptables, nftables or kernel conntrack is involved. What runs beside the
 //! dataplane (the per-lab process that sweeps and follows the router) is not this layer's:
 //! the layers above start and stop it.
 //!
@@ -14,22 +14,19 @@
 
 use std::{net::Ipv4Addr, sync::Mutex};
 
-use aya::maps::{Array, HashMap, MapData};
 use netns_common::{
     fwd::{
         FAST_OFF, FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE, PORT_UP, PortState,
     },
-    names::{MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_FLOWS, MAP_NAT_PORTS},
     nat::{
-        Binding, BindingKey, FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE,
-        Flow, FlowKey, MAX_INTERNAL, NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, addr_from_wire,
-        addr_to_wire, port_to_wire,
+        FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE, MAX_INTERNAL,
+        NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, addr_from_wire, addr_to_wire, port_to_wire,
     },
 };
 
 use super::{NatBackend, NatError, NatTarget};
 use crate::{
-    bpf::{self, EbpfError, NatLoad, StaticBinding},
+    bpf::{self, NatLoad, NatMaps, StaticBinding},
     config::{FastPath, Filtering, Inbound, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
@@ -130,13 +127,6 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
     )))
 }
 
-/// The fast path's configuration as the programs run with it now.
-pub fn running_fast_config(prefix: &str) -> Result<FastConfig, NatError> {
-    let fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
-        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
-    fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))
-}
-
 /// The fast path's mode for `wanted`.
 pub(crate) fn fast_mode(wanted: FastPath) -> u32 {
     match wanted {
@@ -158,10 +148,9 @@ pub fn hold_fast_path(
         return Ok((None, false));
     }
     let why = firewall::forward_filter(router_ns)?;
+    let mut maps = NatMaps::open(prefix)?;
     let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
-    let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
-        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
-    let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    let mut fc = maps.fast_config()?;
     let mode = if why.is_some() {
         FAST_OFF
     } else {
@@ -170,7 +159,7 @@ pub fn hold_fast_path(
     let changed = fc.mode != mode;
     if changed {
         fc.mode = mode;
-        fast.set(0, fc, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+        maps.set_fast_config(fc)?;
     }
     Ok((why, changed))
 }
@@ -194,8 +183,8 @@ fn bridge_refresh_ns(ageing_cs: Option<u32>) -> u64 {
 /// of the bridge or deletes stops getting fast-path packets.
 pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
     let links = netlink::in_ns(router_ns, |r| async move { r.links().await })?;
-    let mut ports: HashMap<MapData, u32, PortState> =
-        HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_PORTS)?).map_err(map_err(prefix, MAP_NAT_PORTS))?;
+    let mut maps = NatMaps::open(prefix)?;
+    let ports = maps.ports();
     let stale: Vec<u32> = ports
         .keys()
         .filter_map(|k| k.ok())
@@ -220,9 +209,7 @@ pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
         }
     }
     let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
-    let mut fast: Array<MapData, FastConfig> = Array::try_from(bpf::pinned_map(prefix, MAP_FAST_CONFIG)?)
-        .map_err(map_err(prefix, MAP_FAST_CONFIG))?;
-    let mut fc = fast.get(&0, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+    let mut fc = maps.fast_config()?;
     if fc.mode != FAST_OFF
         && let Some(bridge) = links.iter().find(|l| l.index == fc.bridge_ifindex)
     {
@@ -230,7 +217,7 @@ pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
         if refresh != fc.bridge_refresh_ns || bridge.mac != fc.gateway_mac {
             fc.bridge_refresh_ns = refresh;
             fc.gateway_mac = bridge.mac;
-            fast.set(0, fc, 0).map_err(map_err(prefix, MAP_FAST_CONFIG))?;
+            maps.set_fast_config(fc)?;
         }
     }
     Ok(())
@@ -327,18 +314,15 @@ impl NatBackend for EbpfNat {
 
     fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {
         let now = monotonic_ns();
-        let map = flows_map(t.prefix)?;
-        Ok(map
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, f)| f.expires_ns > now)
-            .count())
+        let flows = NatMaps::open(t.prefix)?.flows()?;
+        Ok(flows.iter().filter(|(_, f)| f.expires_ns > now).count())
     }
 
     fn describe(&self, t: &NatTarget) -> Result<String, NatError> {
-        let cfg = read_config(t.prefix)?;
+        let maps = NatMaps::open(t.prefix)?;
+        let cfg = maps.config()?;
         let now = monotonic_ns();
-        let (flows, bindings) = raw_tables(t.prefix)?;
+        let (flows, bindings) = maps.tables()?;
         let flows = flows.iter().filter(|(_, f)| f.expires_ns > now).count();
         let mappings = bindings
             .iter()
@@ -392,54 +376,11 @@ impl NatBackend for EbpfNat {
     }
 }
 
-pub(crate) fn map_err(prefix: &str, name: &str) -> impl Fn(aya::maps::MapError) -> NatError {
-    let path = bpf::pin_dir(prefix).join(name);
-    move |source| {
-        NatError::Ebpf(EbpfError::Map {
-            path: path.clone(),
-            source,
-        })
-    }
-}
-
-pub(crate) fn config_map(prefix: &str) -> Result<Array<MapData, NatConfig>, NatError> {
-    Array::try_from(bpf::pinned_map(prefix, MAP_NAT_CONFIG)?).map_err(map_err(prefix, MAP_NAT_CONFIG))
-}
-
-/// The configuration the programs run with now.
-pub fn running_config(prefix: &str) -> Result<NatConfig, NatError> {
-    read_config(prefix)
-}
-
-pub fn read_config(prefix: &str) -> Result<NatConfig, NatError> {
-    config_map(prefix)?
-        .get(&0, 0)
-        .map_err(map_err(prefix, MAP_NAT_CONFIG))
-}
-
-pub(crate) fn flows_map(prefix: &str) -> Result<HashMap<MapData, FlowKey, Flow>, NatError> {
-    HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_FLOWS)?).map_err(map_err(prefix, MAP_NAT_FLOWS))
-}
-
-pub(crate) fn bindings_map(prefix: &str) -> Result<HashMap<MapData, BindingKey, Binding>, NatError> {
-    HashMap::try_from(bpf::pinned_map(prefix, MAP_NAT_BINDINGS)?).map_err(map_err(prefix, MAP_NAT_BINDINGS))
-}
-
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * NS + t.tv_nsec() as u64)
         .unwrap_or(0)
-}
-
-/// Every entry of the flow and binding tables as stored, expired ones included: for
-/// checking invariants (a binding's two entries, a flow's binding) from outside.
-pub type RawTables = (Vec<(FlowKey, Flow)>, Vec<(BindingKey, Binding)>);
-
-pub fn raw_tables(prefix: &str) -> Result<RawTables, NatError> {
-    let flows = flows_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
-    let bindings = bindings_map(prefix)?.iter().filter_map(|r| r.ok()).collect();
-    Ok((flows, bindings))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, time::Duration};
 
 use netns_common::{
     filter::{EntryFilter, Selector},
-    names::{MAP_NAT_BINDINGS, MAP_NAT_FLOWS},
     nat::{
         Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_TCP, TcpState, addr_from_wire,
         port_from_wire,
@@ -15,10 +14,10 @@ use netns_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{self, UplinkCounters, maintain},
+    bpf::{self, NatMaps, UplinkCounters, maintain},
     nat::{
         NatError,
-        ebpf::{NS, bindings_map, flows_map, map_err, monotonic_ns},
+        ebpf::{NS, monotonic_ns},
     },
 };
 
@@ -70,11 +69,10 @@ pub fn live_flows(prefix: &str) -> Result<Vec<FlowEntry>, NatError> {
 
 /// The live flows `filter` selects, sorted.
 pub fn live_flows_where(prefix: &str, filter: &EntryFilter) -> Result<Vec<FlowEntry>, NatError> {
-    let map = flows_map(prefix)?;
+    let flows = NatMaps::open(prefix)?.flows()?;
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, f) = item.map_err(map_err(prefix, MAP_NAT_FLOWS))?;
+    for (k, f) in flows {
         if f.expires_ns > now && filter.flow(&k, &f) {
             out.push(flow_entry(&k, &f, now));
         }
@@ -115,11 +113,10 @@ pub fn mappings(prefix: &str) -> Result<Vec<MappingEntry>, NatError> {
 
 /// The live mappings `filter` selects, sorted.
 pub fn mappings_where(prefix: &str, filter: &EntryFilter) -> Result<Vec<MappingEntry>, NatError> {
-    let map = bindings_map(prefix)?;
+    let bindings = NatMaps::open(prefix)?.bindings()?;
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, b) = item.map_err(map_err(prefix, MAP_NAT_BINDINGS))?;
+    for (k, b) in bindings {
         if !b.expired(now) && filter.mapping(&k, &b) {
             out.push(mapping_entry(&k, &b, now));
         }
@@ -158,9 +155,9 @@ pub fn delete(prefix: &str, filter: &EntryFilter) -> Result<Deleted, NatError> {
     let forwards_kept = if filter.flows_only() {
         0
     } else {
-        bindings_map(prefix)?
+        NatMaps::open(prefix)?
+            .bindings()?
             .iter()
-            .filter_map(|r| r.ok())
             .filter(|(k, b)| b.is_static() && filter.mapping(k, b))
             .count()
     };
@@ -197,13 +194,14 @@ struct Seen {
 fn seen_now(prefix: &str, filter: &EntryFilter) -> Result<Seen, NatError> {
     let now = monotonic_ns();
     let mut seen = Seen::default();
-    for (k, f) in flows_map(prefix)?.iter().filter_map(|r| r.ok()) {
+    let (flows, bindings) = NatMaps::open(prefix)?.tables()?;
+    for (k, f) in flows {
         if f.expires_ns > now && filter.flow(&k, &f) {
             let id = (k.proto, k.int_addr, k.int_port, k.rem_addr, k.rem_port);
             seen.flows.insert(id, (f.created_ns, flow_entry(&k, &f, now)));
         }
     }
-    for (k, b) in bindings_map(prefix)?.iter().filter_map(|r| r.ok()) {
+    for (k, b) in bindings {
         if !b.expired(now) && filter.mapping(&k, &b) {
             seen.mappings
                 .insert((k.proto, k.addr, k.port), mapping_entry(&k, &b, now));
@@ -280,7 +278,7 @@ pub struct NatStats {
 
 pub fn stats(prefix: &str) -> Result<NatStats, NatError> {
     Ok(NatStats {
-        counters: bpf::read_nat_counters(prefix)?.into_iter().collect(),
+        counters: NatMaps::open(prefix)?.counters()?.into_iter().collect(),
         flows: live_flows(prefix)?.len(),
         mappings: mappings(prefix)?.len(),
         uplink: bpf::read_uplink_counters(prefix)?,

@@ -4,18 +4,14 @@ use std::net::Ipv4Addr;
 
 use netns_common::{
     filter::Selector,
-    names::MAP_NAT_BINDINGS,
     nat::{BindingKey, addr_to_wire, port_to_wire},
 };
 
 use super::conntrack::endpoint;
 use crate::{
-    bpf::{BPF_NOEXIST, StaticBinding, maintain},
+    bpf::{BPF_NOEXIST, NatMaps, StaticBinding, maintain},
     config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
-    nat::{
-        NatError,
-        ebpf::{bindings_map, map_err, monotonic_ns, read_config},
-    },
+    nat::{NatError, ebpf::monotonic_ns},
 };
 
 /// Why a port forward cannot be added or removed live.
@@ -59,7 +55,8 @@ fn nat_err(e: impl Into<NatError>) -> ForwardError {
 /// port some mapping holds, or a target that has a mapping of its own, is refused rather
 /// than taken; nothing else changes, so every flow goes on as it was.
 pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
-    let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
+    let mut maps = NatMaps::open(prefix).map_err(nat_err)?;
+    let ext = maps.config().map_err(nat_err)?.ext_addr;
     let sb = StaticBinding {
         proto: f.protocol.number(),
         ext_port: port_to_wire(f.port),
@@ -67,9 +64,8 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
         int_port: port_to_wire(f.to.port()),
     };
     let [(ekey, eb), (ikey, ib)] = sb.entries(ext);
-    let mut bindings = bindings_map(prefix).map_err(nat_err)?;
     let now = monotonic_ns();
-    if let Ok(old) = bindings.get(&ekey, 0) {
+    if let Some(old) = maps.binding(&ekey).map_err(nat_err)? {
         if old.is_static() {
             return Err(ForwardError::Exists {
                 proto: f.protocol,
@@ -87,10 +83,11 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     }
     // The internal entry is a copy made when the mapping was; whether the mapping lives
     // is its external entry's to say (the one flows keep up to date).
-    if let Ok(old) = bindings.get(&ikey, 0)
-        && bindings
-            .get(&BindingKey::external(ikey.proto, old.ext_addr, old.ext_port), 0)
-            .is_ok_and(|e| e.int_addr == old.int_addr && e.int_port == old.int_port && !e.expired(now))
+    if let Some(old) = maps.binding(&ikey).map_err(nat_err)?
+        && maps
+            .binding(&BindingKey::external(ikey.proto, old.ext_addr, old.ext_port))
+            .map_err(nat_err)?
+            .is_some_and(|e| e.int_addr == old.int_addr && e.int_port == old.int_port && !e.expired(now))
     {
         return Err(ForwardError::TargetMapped {
             proto: f.protocol,
@@ -104,13 +101,10 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     // (by their protocol: one a packet revives at that instant stays, and the inserts below
     // then refuse).
     maintain::sweep(prefix, 0).map_err(nat_err)?;
-    bindings
-        .insert(ekey, eb, BPF_NOEXIST)
-        .map_err(map_err(prefix, MAP_NAT_BINDINGS))
-        .map_err(nat_err)?;
-    if let Err(e) = bindings.insert(ikey, ib, BPF_NOEXIST) {
-        let _ = bindings.remove(&ekey);
-        return Err(nat_err(map_err(prefix, MAP_NAT_BINDINGS)(e)));
+    maps.insert_binding(ekey, eb, BPF_NOEXIST).map_err(nat_err)?;
+    if let Err(e) = maps.insert_binding(ikey, ib, BPF_NOEXIST) {
+        let _ = maps.remove_binding(&ekey);
+        return Err(nat_err(e));
     }
     Ok(())
 }
@@ -119,11 +113,12 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
 /// flows that came in through it (their next packet finds nothing, as for a port nobody
 /// holds). Other flows are not touched. Returns where it went.
 pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, ForwardError> {
-    let ext = read_config(prefix).map_err(nat_err)?.ext_addr;
+    let maps = NatMaps::open(prefix).map_err(nat_err)?;
+    let ext = maps.config().map_err(nat_err)?.ext_addr;
     let p = proto.number();
     let ekey = BindingKey::external(p, ext, port_to_wire(port));
-    let b = match bindings_map(prefix).map_err(nat_err)?.get(&ekey, 0) {
-        Ok(b) if b.is_static() => b,
+    let b = match maps.binding(&ekey).map_err(nat_err)? {
+        Some(b) if b.is_static() => b,
         _ => return Err(ForwardError::NoSuchForward { proto, port }),
     };
     // Both entries and every flow through it, by the maintenance program.

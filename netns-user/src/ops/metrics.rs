@@ -21,7 +21,7 @@ use prometheus_client::{
 
 use super::conntrack::proto_name;
 use crate::{
-    bpf::UplinkCounters,
+    bpf::{NatMaps, UplinkCounters},
     config::NatSpec,
     nat::{NatError, NatKind, ebpf as nat_ebpf},
 };
@@ -75,11 +75,12 @@ pub fn read(prefix: &str, kind: NatKind, nat: Option<&NatSpec>) -> Result<Option
     if kind != NatKind::Ebpf {
         return Ok(None);
     }
-    let cfg = nat_ebpf::running_config(prefix)?;
-    let (flows, bindings) = nat_ebpf::raw_tables(prefix)?;
+    let maps = NatMaps::open(prefix)?;
+    let cfg = maps.config()?;
+    let (flows, bindings) = maps.tables()?;
     let spec = nat.map(|n| (n.ebpf.flows, n.ebpf.bindings));
     Ok(Some(Reading {
-        counters: crate::bpf::read_nat_counters(prefix)?.into_iter().collect(),
+        counters: maps.counters()?.into_iter().collect(),
         flows,
         bindings,
         now_ns: nat_ebpf::monotonic_ns(),

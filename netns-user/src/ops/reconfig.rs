@@ -2,14 +2,12 @@
 //! New flows and mappings follow the new settings at once; existing ones keep what they
 //! were made with (a mapping outside a narrowed port range lives until it expires).
 
-use netns_common::{names::MAP_NAT_CONFIG, nat::addr_from_wire};
+use netns_common::nat::addr_from_wire;
 
 use crate::{
+    bpf::NatMaps,
     config::{self, ConfigError, LabConfig, NatSpec},
-    nat::{
-        NatError,
-        ebpf::{config_map, map_err, nat_config},
-    },
+    nat::{NatError, ebpf::nat_config},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +30,15 @@ impl From<NatError> for ReconfigError {
 pub fn apply(prefix: &str, running: &LabConfig, new: NatSpec) -> Result<LabConfig, ReconfigError> {
     let next = running.with_live_nat(new)?;
     let nat = next.nat.as_ref().expect("with_live_nat keeps a [nat]");
-    let mut map = config_map(prefix)?;
-    let old = map.get(&0, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    let mut maps = NatMaps::open(prefix).map_err(NatError::from)?;
+    let old = maps.config().map_err(NatError::from)?;
     let cfg = nat_config(nat, addr_from_wire(old.ext_addr));
     // One update of the whole value; the programs read it for every packet. (An array
     // update is a copy, not a swap: a packet on another CPU in that instant can read some
     // fields old and some new.)
-    map.set(0, cfg, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    maps.set_config(cfg).map_err(NatError::from)?;
     if let Err(e) = config::store(prefix, &next) {
-        let _ = map.set(0, old, 0);
+        let _ = maps.set_config(old);
         return Err(e.into());
     }
     Ok(next)

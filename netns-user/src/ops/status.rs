@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::conntrack::mappings;
 use crate::{
-    bpf,
+    bpf::{self, NatMaps},
     nat::{
         NatError, NatTarget,
-        ebpf::{NS, monotonic_ns, raw_tables, read_config},
+        ebpf::{NS, monotonic_ns},
     },
 };
 
@@ -69,8 +69,9 @@ pub struct TableUse {
 
 /// The eBPF NAT of `t` as it runs.
 pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
-    let cfg = read_config(t.prefix)?;
-    let (flows, bindings) = raw_tables(t.prefix)?;
+    let maps = NatMaps::open(t.prefix)?;
+    let cfg = maps.config()?;
+    let (flows, bindings) = maps.tables()?;
     let now = monotonic_ns();
     let s = |ns: u64| ns / NS;
     let live_maps = mappings(t.prefix)?;

@@ -5,14 +5,14 @@
 
 use std::net::Ipv4Addr;
 
-use netns_common::{names::MAP_NAT_CONFIG, nat::addr_to_wire};
+use netns_common::nat::addr_to_wire;
 
 use crate::{
-    bpf::{BPF_NOEXIST, maintain},
+    bpf::{BPF_NOEXIST, NatMaps, maintain},
     config::NatSpec,
     nat::{
         NatError,
-        ebpf::{GRACE_NS, bindings_map, config_map, map_err, static_bindings, uplink_address},
+        ebpf::{GRACE_NS, static_bindings, uplink_address},
     },
 };
 
@@ -45,22 +45,21 @@ pub fn follow_uplink_address(
     let Some(now_addr) = uplink_address(router_ns, &nat.uplink)? else {
         return Ok(None);
     };
-    let mut cfg_map = config_map(prefix)?;
-    let mut cfg = cfg_map.get(&0, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    let mut maps = NatMaps::open(prefix)?;
+    let mut cfg = maps.config()?;
     let new = addr_to_wire(now_addr);
     if cfg.ext_addr == new {
         return Ok(None);
     }
     cfg.ext_addr = new;
-    cfg_map.set(0, cfg, 0).map_err(map_err(prefix, MAP_NAT_CONFIG))?;
+    maps.set_config(cfg)?;
     // The forwards' external entries on the new address (their internal entries are moved
     // to them by the maintenance program; a port some mapping held there first keeps it).
-    let mut bindings = bindings_map(prefix)?;
     for f in static_bindings(nat) {
         let [(ekey, eb), _] = f.entries(new);
-        let _ = bindings.insert(ekey, eb, BPF_NOEXIST);
+        let _ = maps.insert_binding(ekey, eb, BPF_NOEXIST);
     }
-    drop(bindings);
+    drop(maps);
     maintain::move_address(prefix)?;
     Ok(Some(now_addr))
 }

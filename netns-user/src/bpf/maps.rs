@@ -1,0 +1,155 @@
+//! One typed handle on a running NAT's maps: opened once from the lab's pin directory, a
+//! typed field per map, so that every operation reads and writes through the same names
+//! and types (and its errors name the pin). The trace ring stays with its one consumer
+//! (`ops::trace`), and the uplink's counters with `read_uplink_counters` (kernel-NAT labs
+//! have them too, and no NAT maps).
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use netns_common::{
+    counters::NatCounter,
+    fwd::{FastConfig, PortState},
+    names::{
+        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_PORTS,
+    },
+    nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
+};
+
+use super::{EbpfError, pin_dir};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
+
+/// Every entry of the flow and binding tables as stored, expired ones included.
+pub type RawTables = (Vec<(FlowKey, Flow)>, Vec<(BindingKey, Binding)>);
+
+/// A lab's NAT maps, open.
+pub struct NatMaps {
+    dir: PathBuf,
+    config: Array<MapData, NatConfig>,
+    bindings: HashMap<MapData, BindingKey, Binding>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    fast: Array<MapData, FastConfig>,
+    ports: HashMap<MapData, u32, PortState>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Opens the map pinned as `name` in `dir` as a `T`.
+fn typed<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T> {
+    let path = dir.join(name);
+    let fail = |source| EbpfError::Map {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(fail)?;
+    T::try_from(Map::from_map_data(data).map_err(fail)?).map_err(fail)
+}
+
+impl NatMaps {
+    /// Opens lab `prefix`'s pinned NAT maps.
+    pub fn open(prefix: &str) -> Result<Self> {
+        let dir = pin_dir(prefix);
+        Ok(Self {
+            config: typed(&dir, MAP_NAT_CONFIG)?,
+            bindings: typed(&dir, MAP_NAT_BINDINGS)?,
+            flows: typed(&dir, MAP_NAT_FLOWS)?,
+            fast: typed(&dir, MAP_FAST_CONFIG)?,
+            ports: typed(&dir, MAP_NAT_PORTS)?,
+            counters: typed(&dir, MAP_NAT_COUNTERS)?,
+            dir,
+        })
+    }
+
+    /// The error of map `name` (pinned in this lab's directory).
+    fn err(&self, name: &str) -> impl Fn(MapError) -> EbpfError + use<> {
+        let path = self.dir.join(name);
+        move |source| EbpfError::Map {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// The configuration the programs run with now.
+    pub fn config(&self) -> Result<NatConfig> {
+        self.config.get(&0, 0).map_err(self.err(MAP_NAT_CONFIG))
+    }
+
+    pub fn set_config(&mut self, cfg: NatConfig) -> Result<()> {
+        let err = self.err(MAP_NAT_CONFIG);
+        self.config.set(0, cfg, 0).map_err(err)
+    }
+
+    /// The fast path's configuration now.
+    pub fn fast_config(&self) -> Result<FastConfig> {
+        self.fast.get(&0, 0).map_err(self.err(MAP_FAST_CONFIG))
+    }
+
+    pub fn set_fast_config(&mut self, fc: FastConfig) -> Result<()> {
+        let err = self.err(MAP_FAST_CONFIG);
+        self.fast.set(0, fc, 0).map_err(err)
+    }
+
+    /// The flows as stored now, expired ones included (an entry removed while the table is
+    /// walked is left out).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        self.flows
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(self.err(MAP_NAT_FLOWS))
+    }
+
+    /// The mapping entries (both sides of each mapping) as stored now, expired included.
+    pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>> {
+        self.bindings
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(self.err(MAP_NAT_BINDINGS))
+    }
+
+    /// Both tables ([`Self::flows`], [`Self::bindings`]).
+    pub fn tables(&self) -> Result<RawTables> {
+        Ok((self.flows()?, self.bindings()?))
+    }
+
+    /// Mapping entry `key`, if there is one.
+    pub fn binding(&self, key: &BindingKey) -> Result<Option<Binding>> {
+        match self.bindings.get(key, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(self.err(MAP_NAT_BINDINGS)(e)),
+        }
+    }
+
+    /// Inserts mapping entry `key` with `flags` (`BPF_NOEXIST`: only if absent).
+    pub fn insert_binding(&mut self, key: BindingKey, b: Binding, flags: u64) -> Result<()> {
+        let err = self.err(MAP_NAT_BINDINGS);
+        self.bindings.insert(key, b, flags).map_err(err)
+    }
+
+    /// Removes mapping entry `key` (absent: nothing to do).
+    pub fn remove_binding(&mut self, key: &BindingKey) -> Result<()> {
+        match self.bindings.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(self.err(MAP_NAT_BINDINGS)(e)),
+        }
+    }
+
+    /// The fast path's port table, by ifindex.
+    pub fn ports(&mut self) -> &mut HashMap<MapData, u32, PortState> {
+        &mut self.ports
+    }
+
+    /// The NAT's counters, by name, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
+        NatCounter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map_err(self.err(MAP_NAT_COUNTERS))?;
+                Ok((c.name(), per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
