@@ -2,27 +2,21 @@
 //! one packet, byte for byte, with its maps as a test set them and no lab around it. Each
 //! bed loads its own copy of the object in a namespace of its own (nothing is attached, and
 //! a test run transmits nothing: a redirect is only a return code), so beds never share
-//! state and the machine's namespace is never touched.
+//! state and the machine's namespace is never touched. Its maps are pinned under the bed's
+//! name and written through `NatMaps`, as a lab's are.
 
 use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, TestRun, TestRunOptions,
-    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use netns_common::{
-    counters::NatCounter,
-    fwd::{FastConfig, FdbEntry, MacKey, PortState},
-    names::{
-        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FDB, MAP_NAT_FLOWS,
-        MAP_NAT_PORTS,
-    },
+    fwd::{FastConfig, FdbEntry, PortState},
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
 };
-
 use netns_user::{
-    bpf::{EbpfError, StaticBinding, fill_devmap, install_forwards, map_err, object, program_error},
+    bpf::{EbpfError, NatMaps, StaticBinding, object, pin_nat_maps, program_error, remove_pins},
     sys::netns,
 };
 
@@ -44,6 +38,7 @@ pub struct Outcome {
 pub struct ProgBed {
     ns: String,
     ebpf: Option<Ebpf>,
+    maps: Option<NatMaps>,
 }
 
 impl ProgBed {
@@ -59,34 +54,19 @@ impl ProgBed {
         let mut bed = ProgBed {
             ns: ns.to_owned(),
             ebpf: None,
+            maps: None,
         };
-        let ebpf = netns::run_in(ns, || -> Result<Ebpf> {
+        let (ebpf, maps) = netns::run_in(ns, || -> Result<(Ebpf, NatMaps)> {
             // Every diagnostic on: the verifier checks the logging code too.
             let mut ebpf = aya::EbpfLoader::new()
                 .override_global(aya_log::LEVEL, &5u8, false)
                 .load(object()?)
                 .map_err(EbpfError::Load)?;
-            {
-                let map = ebpf
-                    .map_mut(MAP_NAT_CONFIG)
-                    .ok_or(EbpfError::Missing(MAP_NAT_CONFIG))?;
-                let mut a: Array<_, NatConfig> = Array::try_from(map).map_err(map_err(MAP_NAT_CONFIG))?;
-                a.set(0, config, 0).map_err(map_err(MAP_NAT_CONFIG))?;
-            }
-            {
-                let map = ebpf
-                    .map_mut(MAP_NAT_BINDINGS)
-                    .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
-                let mut b: HashMap<_, BindingKey, Binding> =
-                    HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
-                install_forwards(&mut b, config.ext_addr, forwards).map_err(map_err(MAP_NAT_BINDINGS))?;
-            }
+            let mut maps = pin_nat_maps(&ebpf, ns)?;
+            maps.set_config(config)?;
+            maps.install_forwards(config.ext_addr, forwards)?;
             if let Some(fast) = fast {
-                let map = ebpf
-                    .map_mut(MAP_FAST_CONFIG)
-                    .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
-                let mut a: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
-                a.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))?;
+                maps.set_fast_config(fast)?;
             }
             let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
             for name in names {
@@ -103,14 +83,19 @@ impl ProgBed {
                 };
                 loaded.map_err(|source| program_error(name, source))?;
             }
-            Ok(ebpf)
+            Ok((ebpf, maps))
         })??;
         bed.ebpf = Some(ebpf);
+        bed.maps = Some(maps);
         Ok(bed)
     }
 
     fn ebpf(&self) -> &Ebpf {
         self.ebpf.as_ref().expect("loaded in new()")
+    }
+
+    fn maps(&mut self) -> &mut NatMaps {
+        self.maps.as_mut().expect("pinned in new()")
     }
 
     /// The bed's namespace (where a test builds the interfaces a fast-path run needs).
@@ -120,37 +105,24 @@ impl ProgBed {
 
     /// Sets the fast path's configuration.
     pub fn set_fast(&mut self, fast: FastConfig) -> Result<()> {
-        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
-        let map = ebpf
-            .map_mut(MAP_FAST_CONFIG)
-            .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
-        let mut a: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
-        a.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))
+        self.maps().set_fast_config(fast)
     }
 
     /// Sets what the fast path knows of interface `ifindex` (as `sync_ports` writes it for
     /// a lab).
     pub fn set_port(&mut self, ifindex: u32, state: PortState) -> Result<()> {
-        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
-        let map = ebpf
-            .map_mut(MAP_NAT_PORTS)
-            .ok_or(EbpfError::Missing(MAP_NAT_PORTS))?;
-        let mut m: HashMap<_, u32, PortState> = HashMap::try_from(map).map_err(map_err(MAP_NAT_PORTS))?;
-        m.insert(ifindex, state, 0).map_err(map_err(MAP_NAT_PORTS))
+        self.maps().set_port(ifindex, state)
     }
 
     /// Sets behind which port the fast path saw MAC `mac`.
     pub fn set_fdb(&mut self, mac: [u8; 6], entry: FdbEntry) -> Result<()> {
-        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
-        let map = ebpf.map_mut(MAP_NAT_FDB).ok_or(EbpfError::Missing(MAP_NAT_FDB))?;
-        let mut m: HashMap<_, MacKey, FdbEntry> = HashMap::try_from(map).map_err(map_err(MAP_NAT_FDB))?;
-        m.insert(MacKey::of(mac), entry, 0).map_err(map_err(MAP_NAT_FDB))
+        self.maps().set_fdb(mac, entry)
     }
 
     /// Lets XDP redirect to `ifaces` (interfaces of the bed's namespace).
     pub fn allow_xdp_redirect(&mut self, ifaces: &[&str]) -> Result<()> {
-        let ebpf = self.ebpf.as_mut().expect("loaded in new()");
-        netns::run_in(&self.ns, || fill_devmap(ebpf, ifaces.iter().copied()))?
+        let maps = self.maps.as_ref().expect("pinned in new()");
+        netns::run_in(&self.ns, || maps.fill_devmap(ifaces.iter().copied()))?
     }
 
     /// Runs program `name` (TC or XDP) once on `frame`.
@@ -198,49 +170,31 @@ impl ProgBed {
 
     /// The NAT counters, summed over CPUs, by name.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let map = self
-            .ebpf()
-            .map(MAP_NAT_COUNTERS)
-            .ok_or(EbpfError::Missing(MAP_NAT_COUNTERS))?;
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(MAP_NAT_COUNTERS))?;
-        NatCounter::ALL
-            .iter()
-            .map(|c| {
-                let v = a.get(&(*c as u32), 0).map_err(map_err(MAP_NAT_COUNTERS))?;
-                Ok((c.name(), v.iter().sum()))
-            })
-            .collect()
+        Ok(self.pinned().counters()?.into_iter().collect())
     }
 
     /// Every entry of the flow table.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let map = self
-            .ebpf()
-            .map(MAP_NAT_FLOWS)
-            .ok_or(EbpfError::Missing(MAP_NAT_FLOWS))?;
-        let h: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(map).map_err(map_err(MAP_NAT_FLOWS))?;
-        h.iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(MAP_NAT_FLOWS))
+        self.pinned().flows()
     }
 
     /// Every entry of the binding table.
     pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>> {
-        let map = self
-            .ebpf()
-            .map(MAP_NAT_BINDINGS)
-            .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
-        let h: HashMap<&MapData, BindingKey, Binding> =
-            HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
-        h.iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(MAP_NAT_BINDINGS))
+        self.pinned().bindings()
+    }
+
+    fn pinned(&self) -> &NatMaps {
+        self.maps.as_ref().expect("pinned in new()")
     }
 }
 
 impl Drop for ProgBed {
     fn drop(&mut self) {
+        self.maps = None;
         self.ebpf = None;
+        if let Err(e) = remove_pins(&self.ns) {
+            eprintln!("removing the pins of {}: {e}", self.ns);
+        }
         if let Err(e) = netns::delete(&self.ns) {
             eprintln!("removing namespace {}: {e}", self.ns);
         }

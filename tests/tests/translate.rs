@@ -893,6 +893,19 @@ fn a_flow_never_outlives_its_address() {
     );
 }
 
+/// SYNs to the forward on port 80 from `n` sources, each let in (a new unconfirmed flow).
+fn syns_to_the_forward(t: &MemTables, n: u32) {
+    for i in 0..n {
+        let src = Ipv4Addr::from(0x0a00_0000 + i);
+        let (v, _) = run(
+            t,
+            Step::Ingress,
+            &frame(src, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b"")),
+        );
+        assert_eq!(v, Ok(Action::Pass), "SYN {i}");
+    }
+}
+
 /// A full flow table evicts the oldest unconfirmed inbound flow before it refuses a new
 /// one; flows opened from inside are never evicted.
 #[test]
@@ -912,15 +925,7 @@ fn a_full_table_evicts_unconfirmed_inbound_flows_only() {
         assert_eq!(v, Ok(Action::Pass));
     }
     // Twenty SYNs to the forward from twenty sources: four places, evicted in turn.
-    for i in 0..20u32 {
-        let src = Ipv4Addr::from(0x0a00_0000 + i);
-        let (v, _) = run(
-            &t,
-            Step::Ingress,
-            &frame(src, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b"")),
-        );
-        assert_eq!(v, Ok(Action::Pass), "SYN {i}");
-    }
+    syns_to_the_forward(&t, 20);
     assert_eq!(t.counter(NatCounter::EvictedUnconfirmed), 16);
     let outbound = t
         .flows()
@@ -947,15 +952,7 @@ fn a_new_flow_evicts_again_when_another_cpu_takes_its_room() {
         26,
         |_| {},
     );
-    for i in 0..8u32 {
-        let src = Ipv4Addr::from(0x0a00_0000 + i);
-        let (v, _) = run(
-            &t,
-            Step::Ingress,
-            &frame(src, EXT, &tcp_at(9000, 80, TCP_SYN, 1, 0, b"")),
-        );
-        assert_eq!(v, Ok(Action::Pass), "SYN {i}");
-    }
+    syns_to_the_forward(&t, 8);
     assert_eq!(t.flows().len(), 8, "the table is full");
     // Twice the other CPU takes the room made.
     t.rivals.set(2);

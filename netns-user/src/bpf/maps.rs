@@ -1,22 +1,23 @@
-//! One typed handle on a running NAT's maps: opened once from the lab's pin directory, a
-//! typed field per map, so that every operation reads and writes through the same names
-//! and types (and its errors name the pin). The trace ring stays with its one consumer
-//! (`ops::trace`), and the uplink's counters with `read_uplink_counters` (kernel-NAT labs
-//! have them too, and no NAT maps).
+//! One typed handle on a NAT's maps: opened from the lab's pin directory (a new NAT pins
+//! its maps first and fills them through it), a typed field per map, so that every
+//! operation reads and writes through the same names and types (and its errors name the
+//! pin). The trace ring stays with its one consumer (`ops::trace`), and the uplink's
+//! counters with `read_uplink_counters` (kernel-NAT labs have them too, and no NAT maps).
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray};
 use netns_common::{
     counters::NatCounter,
-    fwd::{FastConfig, PortState},
+    fwd::{FastConfig, FdbEntry, MacKey, PortState},
     names::{
-        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_FLOWS, MAP_NAT_PORTS,
+        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FDB,
+        MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_NAT_PORTS,
     },
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
 };
 
-use super::{EbpfError, pin_dir};
+use super::{EbpfError, StaticBinding, install_forwards, pin_dir, put_ifaces};
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
@@ -132,6 +133,40 @@ impl NatMaps {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(self.err(MAP_NAT_BINDINGS)(e)),
         }
+    }
+
+    /// Writes both entries of every port forward for external address `ext` (a new NAT's
+    /// tables are empty: nothing is refused).
+    pub fn install_forwards(&mut self, ext: u32, forwards: &[StaticBinding]) -> Result<()> {
+        let err = self.err(MAP_NAT_BINDINGS);
+        install_forwards(&mut self.bindings, ext, forwards).map_err(err)
+    }
+
+    /// Stamps the maps with the layout of the build that made them (read back by
+    /// `upgrade`, before any map is opened: see `pinned_layout`).
+    pub fn set_layout(&self, stamp: u64) -> Result<()> {
+        let mut layout: Array<MapData, u64> = typed(&self.dir, MAP_NAT_LAYOUT)?;
+        layout.set(0, stamp, 0).map_err(self.err(MAP_NAT_LAYOUT))
+    }
+
+    /// Lets XDP redirect to `ifaces` (of the current namespace).
+    pub fn fill_devmap<'a>(&self, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
+        let mut devmap: DevMapHash<MapData> = typed(&self.dir, MAP_NAT_DEVMAP)?;
+        put_ifaces(&mut devmap, ifaces)
+    }
+
+    /// Sets what the fast path knows of interface `ifindex`.
+    pub fn set_port(&mut self, ifindex: u32, state: PortState) -> Result<()> {
+        let err = self.err(MAP_NAT_PORTS);
+        self.ports.insert(ifindex, state, 0).map_err(err)
+    }
+
+    /// Sets behind which port the fast path saw MAC `mac` (the programs learn it; the test
+    /// kit sets it).
+    pub fn set_fdb(&self, mac: [u8; 6], entry: FdbEntry) -> Result<()> {
+        let mut fdb: HashMap<MapData, MacKey, FdbEntry> = typed(&self.dir, MAP_NAT_FDB)?;
+        fdb.insert(MacKey::of(mac), entry, 0)
+            .map_err(self.err(MAP_NAT_FDB))
     }
 
     /// The fast path's port table, by ifindex.

@@ -23,10 +23,10 @@ use netns_common::{
     fwd::{FAST_XDP, FastConfig},
     layout::LAYOUT_STAMP,
     names::{
-        MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_LAYOUT,
-        MAP_UPLINK_COUNTERS, NAT_MAPS, PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT,
-        PROG_NAT_HAIRPIN, PROG_NAT_INGRESS, PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS,
-        PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, full_program_name,
+        MAP_NAT_BINDINGS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_UPLINK_COUNTERS, NAT_MAPS,
+        PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS,
+        PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN,
+        PROG_XDP_FAST_OUT, full_program_name,
     },
     nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
 };
@@ -293,35 +293,14 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
             .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
             .load(object()?)
             .map_err(EbpfError::Load)?;
-        {
-            let map = ebpf
-                .map_mut(MAP_NAT_CONFIG)
-                .ok_or(EbpfError::Missing(MAP_NAT_CONFIG))?;
-            let mut cfg: Array<_, NatConfig> = Array::try_from(map).map_err(map_err(MAP_NAT_CONFIG))?;
-            cfg.set(0, load.config, 0).map_err(map_err(MAP_NAT_CONFIG))?;
-        }
-        {
-            let map = ebpf
-                .map_mut(MAP_NAT_BINDINGS)
-                .ok_or(EbpfError::Missing(MAP_NAT_BINDINGS))?;
-            let mut bindings: HashMap<_, BindingKey, Binding> =
-                HashMap::try_from(map).map_err(map_err(MAP_NAT_BINDINGS))?;
-            install_forwards(&mut bindings, load.config.ext_addr, &load.forwards)
-                .map_err(map_err(MAP_NAT_BINDINGS))?;
-        }
-        {
-            let map = ebpf
-                .map_mut(MAP_NAT_LAYOUT)
-                .ok_or(EbpfError::Missing(MAP_NAT_LAYOUT))?;
-            let mut stamp: Array<_, u64> = Array::try_from(map).map_err(map_err(MAP_NAT_LAYOUT))?;
-            stamp.set(0, LAYOUT_STAMP, 0).map_err(map_err(MAP_NAT_LAYOUT))?;
-        }
+        // The maps are pinned first and filled through the one handle on them; nothing runs
+        // them before the programs are attached below.
+        let mut maps = pin_nat_maps(&ebpf, prefix)?;
+        maps.set_config(load.config)?;
+        maps.install_forwards(load.config.ext_addr, &load.forwards)?;
+        maps.set_layout(LAYOUT_STAMP)?;
         if let Some((_, fast)) = &load.fast {
-            let map = ebpf
-                .map_mut(MAP_FAST_CONFIG)
-                .ok_or(EbpfError::Missing(MAP_FAST_CONFIG))?;
-            let mut cfg: Array<_, FastConfig> = Array::try_from(map).map_err(map_err(MAP_FAST_CONFIG))?;
-            cfg.set(0, fast, 0).map_err(map_err(MAP_FAST_CONFIG))?;
+            maps.set_fast_config(*fast)?;
         }
         let mut hooks = vec![
             (PROG_NAT_EGRESS, uplink, TcAttachType::Egress),
@@ -333,7 +312,7 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         let mut xdp_hooks = Vec::new();
         if let Some((ports, fast)) = &load.fast {
             if fast.mode == FAST_XDP {
-                fill_devmap(&mut ebpf, ports.iter().map(String::as_str).chain([uplink]))?;
+                maps.fill_devmap(ports.iter().map(String::as_str).chain([uplink]))?;
                 xdp_hooks.extend(ports.iter().map(|p| (PROG_XDP_FAST_OUT, p.as_str())));
                 xdp_hooks.push((PROG_XDP_FAST_IN, uplink));
             } else {
@@ -347,13 +326,21 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         let mut links = attach_tcx(&mut ebpf, &hooks)?;
         // XDP after TC: by the time frames skip the stack, the slow path is in place.
         links.extend(attach_xdp(&mut ebpf, &xdp_hooks)?);
-        pin(&ebpf, &dir, NAT_MAPS, links)?;
+        pin_links(&dir, links)?;
         pin_maintenance(&mut ebpf, &dir)
     })?;
     if res.is_err() {
         let _ = remove_pins(prefix);
     }
     res
+}
+
+/// Pins a fresh load's NAT maps under `pin_dir(prefix)` and opens them: how a new NAT's
+/// maps are filled, a lab's as the test kit's.
+pub fn pin_nat_maps(ebpf: &Ebpf, prefix: &str) -> Result<NatMaps> {
+    let dir = prepare_pin_dir(prefix)?;
+    pin_maps(ebpf, &dir, NAT_MAPS)?;
+    NatMaps::open(prefix)
 }
 
 /// Loads the maintenance program (`bpf::maintain`: never attached, run on demand) and pins
@@ -597,7 +584,7 @@ pub fn log_tail(log: &str, n: usize) -> (String, usize) {
 }
 
 /// Writes both entries of every port forward for external address `ext_addr`.
-pub fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
+pub(crate) fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
     bindings: &mut HashMap<T, BindingKey, Binding>,
     ext_addr: u32,
     forwards: &[StaticBinding],
@@ -675,6 +662,12 @@ pub fn attach_tcx(
 
 /// Pins the named maps and the links in `dir`.
 fn pin(ebpf: &Ebpf, dir: &Path, maps: &[&'static str], links: Vec<(String, FdLink)>) -> Result<()> {
+    pin_maps(ebpf, dir, maps)?;
+    pin_links(dir, links)
+}
+
+/// Pins the named maps in `dir`.
+fn pin_maps(ebpf: &Ebpf, dir: &Path, maps: &[&'static str]) -> Result<()> {
     for &name in maps {
         let map = ebpf.map(name).ok_or(EbpfError::Missing(name))?;
         let path = dir.join(name);
@@ -683,6 +676,11 @@ fn pin(ebpf: &Ebpf, dir: &Path, maps: &[&'static str], links: Vec<(String, FdLin
             detail: e.to_string(),
         })?;
     }
+    Ok(())
+}
+
+/// Pins the links in `dir`.
+fn pin_links(dir: &Path, links: Vec<(String, FdLink)>) -> Result<()> {
     for (name, link) in links {
         let path = dir.join(name);
         link.pin(&path).map_err(|e| EbpfError::Pin {
@@ -798,13 +796,11 @@ pub fn read_uplink_counters(prefix: &str) -> Result<UplinkCounters> {
     })
 }
 
-/// Puts `ifaces` (of the current namespace) in the NAT's DEVMAP, keyed by ifindex: the
-/// ports XDP may redirect to.
-pub fn fill_devmap<'a>(ebpf: &mut Ebpf, ifaces: impl Iterator<Item = &'a str>) -> Result<()> {
-    let map = ebpf
-        .map_mut(MAP_NAT_DEVMAP)
-        .ok_or(EbpfError::Missing(MAP_NAT_DEVMAP))?;
-    let mut d: DevMapHash<_> = DevMapHash::try_from(map).map_err(map_err(MAP_NAT_DEVMAP))?;
+/// Puts `ifaces` (of the current namespace) in DEVMAP `d`, keyed by ifindex.
+pub(crate) fn put_ifaces<'a, T: std::borrow::BorrowMut<MapData>>(
+    d: &mut DevMapHash<T>,
+    ifaces: impl Iterator<Item = &'a str>,
+) -> Result<()> {
     for iface in ifaces {
         let fail = |detail: String| EbpfError::MapSet {
             name: MAP_NAT_DEVMAP,
