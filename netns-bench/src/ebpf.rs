@@ -15,7 +15,7 @@ use netns_common::{
     },
 };
 use netns_user::{
-    bpf::{EbpfError, LOG_OFF, attach_tcx, attach_xdp, map_err},
+    bpf::{EbpfError, LOG_OFF, attach_tcx, attach_xdp, embedded, map_err},
     sys::netns,
 };
 
@@ -23,14 +23,6 @@ use netns_user::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-bench-ebpf"));
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
-
-fn object() -> Result<&'static [u8]> {
-    if OBJECT.is_empty() {
-        Err(EbpfError::NotBuilt)
-    } else {
-        Ok(OBJECT)
-    }
-}
 
 /// The benchmark's sink, attached (XDP and TCX ingress) for as long as this lives.
 pub struct Sink {
@@ -45,7 +37,7 @@ pub fn attach_sink(ns: &str, iface: &str) -> Result<Sink> {
     netns::run_in(ns, || {
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &LOG_OFF, false)
-            .load(object()?)
+            .load(embedded(OBJECT)?)
             .map_err(EbpfError::Load)?;
         let mut links = attach_xdp(&mut ebpf, &[(PROG_SINK, iface)])?;
         links.extend(attach_tcx(
@@ -94,7 +86,7 @@ pub fn attach_ceiling(ns: &str, iface: &str, hook: CeilingHook, hop: NextHop) ->
     netns::run_in(ns, || {
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &LOG_OFF, false)
-            .load(object()?)
+            .load(embedded(OBJECT)?)
             .map_err(EbpfError::Load)?;
         {
             let map = ebpf

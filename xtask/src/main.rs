@@ -47,8 +47,9 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Setup, release build, then the benchmark (`netns-nat-bench`) with these arguments (e.g. --quick,
-    /// --json PATH, --rounds N, --backends ebpf,iptables); results in bench-results/.
+    /// Setup, release build, then the benchmark (`netns-nat-bench`) with these arguments
+    /// (e.g. --quick, --json PATH, --rounds N, --backends ebpf,iptables); results in
+    /// bench-results/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -122,12 +122,12 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(prefix)
 }
 
-/// Marker left when netns-nat mounted bpffs itself, so the last lab's `down` can leave the
-/// machine as it found it.
 /// `BPF_NOEXIST`: a map update that inserts only (the kernel's flag; one name for every
 /// user-space insert that must not replace an entry).
 pub const BPF_NOEXIST: u64 = 1;
 
+/// Marker left when netns-nat mounted bpffs itself, so the last lab's `down` can leave the
+/// machine as it found it.
 const BPFFS_MARKER: &str = "/run/netns-nat/bpffs-mounted-by-netns-nat";
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -599,10 +599,16 @@ pub(crate) fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
 
 /// The NAT's object, as built into this binary.
 pub fn object() -> Result<&'static [u8]> {
-    if OBJECT.is_empty() {
+    embedded(OBJECT)
+}
+
+/// An eBPF object a build script embedded: refused when the build skipped it
+/// (`AYA_BUILD_SKIP` leaves it empty).
+pub fn embedded(object: &'static [u8]) -> Result<&'static [u8]> {
+    if object.is_empty() {
         Err(EbpfError::NotBuilt)
     } else {
-        Ok(OBJECT)
+        Ok(object)
     }
 }
 

@@ -1,8 +1,8 @@
 //! The eBPF NAT backend: loads the programs and BPF conntrack maps into the router, and
 //! keeps the fast path's port table and its hold-off (through `bpf::NatMaps`, the typed
-//! handle on the pinned maps). No iptables, nftables or kernel conntrack is involved. What runs beside the
-//! dataplane (the per-lab process that sweeps and follows the router) is not this layer's:
-//! the layers above start and stop it.
+//! handle on the pinned maps). No iptables, nftables or kernel conntrack is involved. What
+//! runs beside the dataplane (the per-lab process that sweeps and follows the router) is not
+//! this layer's: the layers above start and stop it.
 //!
 //! Expiry: every entry carries its expiry time and the programs ignore expired entries, so
 //! correctness never waits for cleanup. Reclaiming the memory and ports is done twice over:

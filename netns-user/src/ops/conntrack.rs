@@ -114,15 +114,23 @@ pub fn mappings(prefix: &str) -> Result<Vec<MappingEntry>, NatError> {
 /// The live mappings `filter` selects, sorted.
 pub fn mappings_where(prefix: &str, filter: &EntryFilter) -> Result<Vec<MappingEntry>, NatError> {
     let bindings = NatMaps::open(prefix)?.bindings()?;
-    let now = monotonic_ns();
-    let mut out = Vec::new();
-    for (k, b) in bindings {
-        if !b.expired(now) && filter.mapping(&k, &b) {
-            out.push(mapping_entry(&k, &b, now));
-        }
-    }
+    Ok(mappings_in(&bindings, filter, monotonic_ns()))
+}
+
+/// The mappings among binding entries `bindings` that are live at `now` and that `filter`
+/// selects, sorted.
+pub(crate) fn mappings_in(
+    bindings: &[(BindingKey, Binding)],
+    filter: &EntryFilter,
+    now: u64,
+) -> Vec<MappingEntry> {
+    let mut out: Vec<MappingEntry> = bindings
+        .iter()
+        .filter(|(k, b)| !b.expired(now) && filter.mapping(k, b))
+        .map(|(k, b)| mapping_entry(k, b, now))
+        .collect();
     out.sort_by(|a, b| (a.protocol, &a.external).cmp(&(b.protocol, &b.external)));
-    Ok(out)
+    out
 }
 
 fn mapping_entry(k: &BindingKey, b: &Binding, now: u64) -> MappingEntry {

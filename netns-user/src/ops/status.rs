@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use netns_common::nat::{FLAG_ENDPOINT_INDEPENDENT_FILTERING, SIDE_EXTERNAL, addr_from_wire};
 use serde::Serialize;
 
-use super::conntrack::mappings;
+use super::conntrack::mappings_in;
 use crate::{
     bpf::{self, NatMaps},
     nat::{
@@ -74,7 +74,8 @@ pub fn status(t: &NatTarget) -> Result<EbpfStatus, NatError> {
     let (flows, bindings) = maps.tables()?;
     let now = monotonic_ns();
     let s = |ns: u64| ns / NS;
-    let live_maps = mappings(t.prefix)?;
+    // The mappings from the entries just read, not a second walk of the table.
+    let live_maps = mappings_in(&bindings, &Default::default(), now);
     Ok(EbpfStatus {
         external_address: addr_from_wire(cfg.ext_addr).to_string(),
         fast_path: t.nat.ebpf.fast_path.name(),
