@@ -1,7 +1,8 @@
 //! The NAT on the host: [`Frame`], a packet in memory with the kernel helpers' checksum
 //! semantics (as the XDP programs have them), and [`MemTables`], the state in memory with a
-//! clock and a random generator the caller sets. With them the steps of
-//! [`crate::translate`] run in ordinary tests, property tests and the fuzz target.
+//! clock and a random generator the caller sets, and [`AtHook`], a frame at a fast-path hook
+//! with the kernel's forwarding as tables. With them the steps of [`crate::translate`] and
+//! [`crate::fast`] run in ordinary tests, property tests and the fuzz target.
 extern crate std;
 
 use std::{
@@ -11,7 +12,9 @@ use std::{
 };
 
 use crate::{
-    counters::NatCounter,
+    counters::{Counter, Direction, NatCounter},
+    fast::{FastTables, FibQuery, Forwarding},
+    fwd::{FAST_XDP, FastConfig, FdbEntry, MacKey, NextHop, PortState},
     nat::MAX_PORT_TRIES,
     nat::{
         Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, HELD_BYTES, HeldFrag, HeldKey, NatConfig,
@@ -154,6 +157,13 @@ pub struct MemTables {
     /// router's own (the kernel's program does it when the step is through: see
     /// [`MemTables::take_releases`]).
     releases: RefCell<Vec<(FragKey, bool)>>,
+    /// The fast path's configuration (off: None).
+    pub fast: Option<FastConfig>,
+    /// The router's ports as the loader and agent write them (see [`FastTables::port`]).
+    pub ports: RefCell<HashMap<u32, PortState>>,
+    /// Where internal MAC addresses were last seen.
+    pub fdb: RefCell<HashMap<MacKey, FdbEntry>>,
+    uplink: RefCell<[u64; Counter::COUNT as usize]>,
 }
 
 impl MemTables {
@@ -175,7 +185,16 @@ impl MemTables {
             rivals: Cell::new(0),
             held: RefCell::default(),
             releases: RefCell::default(),
+            fast: None,
+            ports: RefCell::default(),
+            fdb: RefCell::default(),
+            uplink: RefCell::default(),
         }
+    }
+
+    /// The uplink's packet counter (see [`FastTables::count_uplink`]).
+    pub fn uplink_counter(&self, c: Counter) -> u64 {
+        self.uplink.borrow()[c as usize]
     }
 
     /// The releases asked for since the last call (see `releases`).
@@ -461,5 +480,141 @@ impl Tables for MemTables {
             }
         }
         s.found
+    }
+}
+
+impl FastTables for MemTables {
+    fn fast_config(&self) -> Option<&FastConfig> {
+        self.fast.as_ref()
+    }
+
+    fn port(&self, ifindex: u32) -> Option<PortState> {
+        self.ports.borrow().get(&ifindex).copied()
+    }
+
+    fn fdb(&self, mac: &MacKey) -> Option<FdbEntry> {
+        self.fdb.borrow().get(mac).copied()
+    }
+
+    fn with_fdb<R>(&self, mac: &MacKey, f: impl FnOnce(&mut FdbEntry) -> R) -> Option<R> {
+        self.fdb.borrow_mut().get_mut(mac).map(f)
+    }
+
+    fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry) {
+        self.fdb.borrow_mut().insert(*mac, *e);
+    }
+
+    fn count_uplink(&self, outbound: bool, bytes: u64) {
+        let dir = if outbound {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        let (packets, octets) = dir.counters();
+        let mut c = self.uplink.borrow_mut();
+        c[packets as usize] += 1;
+        c[octets as usize] += bytes;
+    }
+}
+
+/// A route of [`AtHook`]'s FIB: packets to `dst` (wire order) get `answer` and, when it is
+/// success, `hop`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub dst: u32,
+    pub answer: i64,
+    pub hop: NextHop,
+}
+
+/// A frame at a fast-path hook of mode `MODE` ([`crate::fwd::FAST_TC`] or [`FAST_XDP`]), with
+/// the kernel's forwarding as tables the caller fills: the FIB by destination (no route:
+/// `BPF_FIB_LKUP_RET_NOT_FWDED`), MTU answers by interface (none: it fits), and whether
+/// redirects are refused. What the fast path asked and set up is recorded.
+#[derive(Debug)]
+pub struct AtHook<const MODE: u32> {
+    pub frame: Frame,
+    pub routes: Vec<Route>,
+    pub mtu: HashMap<u32, i64>,
+    /// The hook refuses redirects (XDP: the port is not in the DEVMAP).
+    pub refuse_redirect: bool,
+    /// Every FIB lookup asked.
+    pub queries: RefCell<Vec<FibQuery>>,
+    /// The redirect set up: (interface, to its peer).
+    pub redirected: Cell<Option<(u32, bool)>>,
+}
+
+/// `BPF_FIB_LKUP_RET_NOT_FWDED`: no route.
+const FIB_NOT_FWDED: i64 = 4;
+
+impl<const MODE: u32> AtHook<MODE> {
+    pub fn new(frame: Frame) -> Self {
+        Self {
+            frame,
+            routes: Vec::new(),
+            mtu: HashMap::new(),
+            refuse_redirect: false,
+            queries: RefCell::default(),
+            redirected: Cell::new(None),
+        }
+    }
+}
+
+impl<const MODE: u32> Packet for AtHook<MODE> {
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
+        self.frame.load(off)
+    }
+
+    fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
+        self.frame.store(off, v)
+    }
+
+    fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
+        self.frame.l3_csum_replace(off, from, to, size)
+    }
+
+    fn l4_csum_replace(&self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), Fail> {
+        self.frame.l4_csum_replace(off, from, to, flags)
+    }
+
+    fn len(&self) -> u32 {
+        self.frame.len()
+    }
+
+    fn ifindex(&self) -> u32 {
+        self.frame.ifindex
+    }
+
+    fn arrived_on(&self) -> u32 {
+        self.frame.arrived_on
+    }
+}
+
+impl<const MODE: u32> Forwarding for AtHook<MODE> {
+    const MODE: u32 = MODE;
+    const SEES_OFFLOAD: bool = MODE != FAST_XDP;
+
+    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64 {
+        self.queries.borrow_mut().push(*q);
+        match self.routes.iter().find(|r| r.dst == q.dst) {
+            Some(r) => {
+                if r.answer == 0 {
+                    *hop = r.hop;
+                }
+                r.answer
+            }
+            None => FIB_NOT_FWDED,
+        }
+    }
+
+    fn check_mtu(&self, ifindex: u32) -> i64 {
+        self.mtu.get(&ifindex).copied().unwrap_or(0)
+    }
+
+    fn redirect(&self, ifindex: u32, peer: bool) -> bool {
+        if self.refuse_redirect {
+            return false;
+        }
+        self.redirected.set(Some((ifindex, peer)));
+        true
     }
 }

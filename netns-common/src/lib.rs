@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod csum;
+pub mod fast;
 pub mod filter;
 pub mod fwd;
 #[cfg(any(test, feature = "host"))]

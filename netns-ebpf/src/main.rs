@@ -6,7 +6,6 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
 
-mod fast;
 mod maintain;
 mod maps;
 mod packet;
@@ -26,9 +25,11 @@ use aya_ebpf::{
 use aya_log_ebpf::{
     debug,
     macro_support::{Level, level_enabled},
+    warn,
 };
 use netns_common::{
     counters::{Counter, Direction},
+    fast::{self, Forwarding},
     nat::HELD_BYTES,
     packet::Packet,
     trace::{
@@ -39,7 +40,7 @@ use netns_common::{
 
 use crate::{
     maps::{Maps, UPLINK_COUNTERS, bump, count},
-    packet::{Action, NEXT},
+    packet::{Action, Context, NEXT},
     tc::Tc,
     xdp::Xdp,
 };
@@ -130,6 +131,16 @@ fn log_drop<P: Packet>(p: &P, hook: u8, d: Drop) {
         u32::from_be(t.daddr),
         u16::from_be(t.dport)
     );
+}
+
+/// Drops an operator must hear of (the NAT is out of room), at the warning level.
+#[inline(always)]
+fn warn_drop(d: Drop) {
+    match d {
+        Drop::MapFull => warn!(&(), "a table is full: a new flow or mapping was dropped"),
+        Drop::NoPort => warn!(&(), "no free port in the range: a new mapping was dropped"),
+        _ => {}
+    }
 }
 
 // The programs of the slow path run their steps one after another, each a global function:
@@ -397,7 +408,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     tc_verdict(traced_tc(&Tc(ctx), HOOK_INGRESS, |p| {
-        fast::inbound(p).and_then(|a| match a {
+        fast_in(p).and_then(|a| match a {
             Action::Pass => {
                 maps::clear_release();
                 let r = run_steps(
@@ -454,20 +465,33 @@ fn hairpin(p: &Tc) -> Res<Action> {
     }
 }
 
+/// The fast path out (`netns_common::fast`) on the maps of the program given `p`.
+#[inline(always)]
+fn fast_out<P: Forwarding + Context>(p: &P) -> Res<Action> {
+    fast::outbound(p, &Maps::on(p.context()))
+}
+
+/// The fast path in. A function of its own in the kernel, so that its stack frame and the
+/// slow path's are not one (the verifier allows 512 bytes along a chain of calls).
+#[inline(never)]
+fn fast_in<P: Forwarding + Context>(p: &P) -> Res<Action> {
+    fast::inbound(p, &Maps::on(p.context()))
+}
+
 #[classifier]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
-    tc_verdict(traced(&Tc(ctx), HOOK_FAST_OUT_TC, fast::outbound))
+    tc_verdict(traced(&Tc(ctx), HOOK_FAST_OUT_TC, fast_out))
 }
 
 #[xdp]
 pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
-    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_OUT_XDP, fast::outbound))
+    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_OUT_XDP, fast_out))
 }
 
 /// What this passes on, TC's `nat_ingress` (the slow path) takes.
 #[xdp]
 pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
-    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_IN_XDP, fast::inbound))
+    xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_IN_XDP, fast_in))
 }
 
 /// The tables' maintenance (expiry, removals, address changes): run by the agent and the
@@ -485,6 +509,7 @@ fn tc_verdict(r: Res<Action>) -> i32 {
         Ok(Action::Redirect) => TC_ACT_REDIRECT,
         Err(d) => {
             count(d.counter());
+            warn_drop(d);
             TC_ACT_SHOT
         }
     }
@@ -498,6 +523,7 @@ fn xdp_verdict(r: Res<Action>) -> u32 {
         Ok(Action::Redirect) => XDP_REDIRECT,
         Err(d) => {
             count(d.counter());
+            warn_drop(d);
             XDP_DROP
         }
     }

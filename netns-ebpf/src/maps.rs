@@ -15,9 +15,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use aya_log_ebpf::{info, warn};
+use aya_log_ebpf::info;
 use netns_common::{
-    counters::{Counter, NatCounter},
+    counters::{Counter, Direction, NatCounter},
+    fast::FastTables,
     fwd::{FastConfig, FdbEntry, MacKey, PortState},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, HeldFrag, HeldKey,
@@ -25,7 +26,7 @@ use netns_common::{
     },
     trace::TraceEvent,
     translate::{
-        InsertError, PortSearch, Res, Tables,
+        InsertError, LogEvent, PortSearch, Res, Tables,
         flows::{EVICT_TRIES, Eviction, evict_step},
         try_port,
     },
@@ -187,15 +188,6 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
 #[inline(always)]
 pub fn count(c: NatCounter) {
     bump(&NAT_COUNTERS, c as u32, 1);
-    // Diagnostics through aya-log: below the level set at load they are gone (the level is
-    // a constant the verifier sees, so their code is never even checked).
-    match c {
-        NatCounter::DropMapFull => warn!(&(), "a table is full: a new flow or mapping was dropped"),
-        NatCounter::DropNoPort => warn!(&(), "no free port in the range: a new mapping was dropped"),
-        NatCounter::NewMappings => info!(&(), "new mapping"),
-        NatCounter::TraceLost => warn!(&(), "the trace ring buffer is full: events lost"),
-        _ => {}
-    }
 }
 
 /// The NAT's state as `netns_common::translate` sees it: these maps and the helpers, and
@@ -255,6 +247,15 @@ impl Tables for Maps {
     #[inline(always)]
     fn count(&self, c: NatCounter) {
         count(c);
+    }
+
+    #[inline(always)]
+    fn log(&self, e: LogEvent) {
+        // Below the level set at load the record is gone (the level is a constant the
+        // verifier sees, so its code is never even checked).
+        match e {
+            LogEvent::NewMapping => info!(&(), "new mapping"),
+        }
     }
 
     #[inline(always)]
@@ -558,5 +559,52 @@ fn insert_error(e: i32) -> InsertError {
         InsertError::Exists
     } else {
         InsertError::Full
+    }
+}
+
+impl FastTables for Maps {
+    #[inline(always)]
+    fn fast_config(&self) -> Option<&FastConfig> {
+        FAST_CONFIG.get(0)
+    }
+
+    // Keys by reference: passed by value, LLVM gives xdp_fast_out a path that reads an
+    // unset register, which the verifier refuses.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    #[inline(always)]
+    fn port(&self, ifindex: u32) -> Option<PortState> {
+        // Safety: a pointer from a successful lookup, copied at once (8 bytes, written whole
+        // by user space).
+        NAT_PORTS.get_ptr(&ifindex).map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn fdb(&self, mac: &MacKey) -> Option<FdbEntry> {
+        // Safety: a pointer from a successful lookup, copied at once (a torn copy is at
+        // worst a stale age).
+        NAT_FDB.get_ptr(mac).map(|e| unsafe { *e })
+    }
+
+    #[inline(always)]
+    fn with_fdb<R>(&self, mac: &MacKey, f: impl FnOnce(&mut FdbEntry) -> R) -> Option<R> {
+        // Safety: a pointer from a successful lookup; the fields are written as plain
+        // stores (a lost one is a second's age).
+        NAT_FDB.get_ptr_mut(mac).map(|e| f(unsafe { &mut *e }))
+    }
+
+    #[inline(always)]
+    fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry) {
+        let _ = NAT_FDB.insert(mac, e, 0);
+    }
+
+    #[inline(always)]
+    fn count_uplink(&self, outbound: bool, bytes: u64) {
+        let (packets, octets) = if outbound {
+            Direction::Egress.counters()
+        } else {
+            Direction::Ingress.counters()
+        };
+        bump(&UPLINK_COUNTERS, packets as u32, 1);
+        bump(&UPLINK_COUNTERS, octets as u32, bytes);
     }
 }

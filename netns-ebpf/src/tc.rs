@@ -9,7 +9,12 @@ use aya_ebpf::{
 
 use netns_common::{nat::HELD_BYTES, packet::OOB};
 
-use crate::packet::{Fail, Hook, Hooked, IpHdr, Packet};
+use netns_common::{
+    fast::{FibQuery, Forwarding},
+    fwd::{FAST_TC, NextHop},
+};
+
+use crate::packet::{self, Context, Fail, Packet};
 
 /// bpf_check_mtu: check every segment of a GSO packet, not its total length.
 const BPF_MTU_CHK_SEGS: u64 = 1;
@@ -79,21 +84,27 @@ impl Packet for Tc {
     }
 }
 
-impl Hooked for Tc {
-    const SEES_OFFLOAD: bool = true;
-    const MTU_FLAGS: u64 = BPF_MTU_CHK_SEGS;
-    const HOOK: Hook = Hook::Tc;
+impl Context for Tc {
     type Ctx = TcContext;
+    #[inline(always)]
+    fn context(&self) -> &TcContext {
+        &self.0
+    }
+}
+
+impl Forwarding for Tc {
+    const MODE: u32 = FAST_TC;
+    const SEES_OFFLOAD: bool = true;
 
     #[inline(always)]
-    fn ctx(&self) -> &TcContext {
-        &self.0
+    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64 {
+        // The kernel checks the skb itself (each segment, if GSO) against the MTU.
+        packet::fib_lookup(&self.0, q, 0, hop)
     }
 
     #[inline(always)]
-    fn fib_tot_len(&self, _ip: &IpHdr) -> u16 {
-        // The kernel checks the skb itself (each segment, if GSO) against the MTU.
-        0
+    fn check_mtu(&self, ifindex: u32) -> i64 {
+        packet::check_mtu(&self.0, ifindex, BPF_MTU_CHK_SEGS)
     }
 
     #[inline(always)]

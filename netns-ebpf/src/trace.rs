@@ -7,6 +7,7 @@
 //! mid-step is recognised by its age.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_log_ebpf::warn;
 use netns_common::{
     counters::NatCounter,
     packet::Packet,
@@ -65,5 +66,6 @@ pub fn end<P: Packet>(p: &P, hook: u8, r: &Res<Action>) {
     ev.after = tuple(p);
     if worth_tracing(&ev.before, &ev.after, ev.verdict) && NAT_TRACE.output::<TraceEvent>(&ev, 0).is_err() {
         count(NatCounter::TraceLost);
+        warn!(&(), "the trace ring buffer is full: events lost");
     }
 }

@@ -2,14 +2,19 @@
 //! is what the verifier proves) and the RFC 1624 arithmetic of `netns_common::csum` for
 //! checksums. XDP sees no checksum offload state: a frame whose L4 checksum is only partial
 //! (a veth peer with TX checksum offload on) is recognised by its value and left to the slow
-//! path (`fast::checksum_complete`); the lab turns that offload off for the peers of XDP
+//! path (`netns_common::fast`); the lab turns that offload off for the peers of XDP
 //! ports so that it does not happen (docs/fast-path.md).
 
 use aya_ebpf::programs::XdpContext;
 
+use netns_common::{
+    fast::{FibQuery, Forwarding},
+    fwd::{FAST_XDP, NextHop},
+};
+
 use crate::{
     maps::NAT_DEVMAP,
-    packet::{Fail, Hook, Hooked, IpHdr, OOB, Packet, csum_updated, l4_csum_updated},
+    packet::{self, Context, Fail, OOB, Packet, csum_updated, l4_csum_updated},
 };
 
 /// A packet in XDP (the shared traits are foreign to `XdpContext`).
@@ -72,21 +77,27 @@ impl Packet for Xdp {
     }
 }
 
-impl Hooked for Xdp {
-    const SEES_OFFLOAD: bool = false;
-    const MTU_FLAGS: u64 = 0;
-    const HOOK: Hook = Hook::Xdp;
+impl Context for Xdp {
     type Ctx = XdpContext;
+    #[inline(always)]
+    fn context(&self) -> &XdpContext {
+        &self.0
+    }
+}
+
+impl Forwarding for Xdp {
+    const MODE: u32 = FAST_XDP;
+    const SEES_OFFLOAD: bool = false;
 
     #[inline(always)]
-    fn ctx(&self) -> &XdpContext {
-        &self.0
+    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64 {
+        // XDP has no skb to check: the lookup checks the IPv4 length against the MTU.
+        packet::fib_lookup(&self.0, q, q.tot_len, hop)
     }
 
     #[inline(always)]
-    fn fib_tot_len(&self, ip: &IpHdr) -> u16 {
-        // XDP has no skb to check: the lookup checks the IPv4 length against the MTU.
-        u16::from_be(ip.tot_len)
+    fn check_mtu(&self, ifindex: u32) -> i64 {
+        packet::check_mtu(&self.0, ifindex, 0)
     }
 
     #[inline(always)]

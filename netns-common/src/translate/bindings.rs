@@ -17,7 +17,7 @@
 //!   one plain store, the idle time a reviver raises before its swap, can at worst hold
 //!   another mapping's port a little longer.)
 
-use super::{Drop, InsertError, Res, Tables};
+use super::{Drop, InsertError, LogEvent, Res, Tables};
 use crate::{
     counters::NatCounter,
     nat::{
@@ -191,6 +191,7 @@ fn claim<T: Tables>(t: &T, proto: u8, b: &Binding, prev: u64) -> Res<Claim> {
     };
     if ours {
         t.count(NatCounter::NewMappings);
+        t.log(LogEvent::NewMapping);
         return Ok(Claim::Ours);
     }
     // Another packet of this endpoint moved or made its internal entry meanwhile: its port
@@ -369,6 +370,7 @@ pub(crate) fn remote_binding_for<T: Tables>(
     match t.insert_binding(&key, &b) {
         Ok(()) => {
             t.count(NatCounter::NewMappings);
+            t.log(LogEvent::NewMapping);
             Ok((cfg.ext_addr, 0))
         }
         Err(InsertError::Exists) => Err(Drop::Busy),

@@ -49,7 +49,11 @@ pub trait Tables {
     /// Monotonic nanoseconds.
     fn now(&self) -> u64;
     fn random(&self) -> u32;
+    /// Counts an outcome (nothing else: what is worth a log record is [`Tables::log`]'s).
     fn count(&self, c: NatCounter);
+    /// A diagnostics record, where the surroundings keep them (the kernel: aya-log, below
+    /// the level set at load compiled out; the host: none).
+    fn log(&self, _e: LogEvent) {}
     /// Adds to a counter of a shared entry (atomically where CPUs share it).
     fn add(counter: &mut u64, by: u64);
     /// The same for a 32-bit count (wrapping: adding `u32::MAX` takes one away).
@@ -110,6 +114,13 @@ pub trait Tables {
     /// candidates 0, 1, ... up to [`MAX_PORT_TRIES`](crate::nat::MAX_PORT_TRIES) until it
     /// says the search is over. What it found.
     fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(u32, u16)>>;
+}
+
+/// What the NAT's steps log besides counting (see [`Tables::log`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogEvent {
+    /// A new mapping was made (info).
+    NewMapping,
 }
 
 /// Why a packet is dropped; each has its counter.

@@ -132,7 +132,12 @@ pub fn l4_facts<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize) -> Res<([u16; 2], Seg
 /// packet (not IPv4) or the moment (not configured yet) is not the NAT's.
 #[inline(always)]
 pub fn headers<'t, P: Packet, T: Tables>(ctx: &P, t: &'t T) -> Res<Option<(EthIp, &'t NatConfig, usize)>> {
-    let (Some(h), Some(cfg)) = (eth_ipv4(ctx), t.config()) else {
+    // One at a time: with both in a tuple, LLVM moves the parts of an absent header it left
+    // undefined, and the verifier refuses to read such a register.
+    let Some(cfg) = t.config() else {
+        return Ok(None);
+    };
+    let Some(h) = eth_ipv4(ctx) else {
         return Ok(None);
     };
     let ip = h.ip;

@@ -1,0 +1,535 @@
+//! The fast path: packets of established flows skip the bridge and routing. Outbound (TCX
+//! or XDP ingress of the bridge ports) they are translated and redirected straight to the
+//! uplink, the next hop from the kernel's FIB; inbound (TCX or XDP ingress of the uplink)
+//! straight to the bridge port behind which the internal host was last seen. Everything
+//! else goes on to the slow path (the kernel's bridge and routing, and the NAT programs on
+//! the uplink), so state is created and TCP states advance in one place; the fast path only
+//! refreshes the same conntrack entries, checking everything before it changes anything.
+//!
+//! Written once for both hooks and the host: the packet and the kernel's forwarding helpers
+//! come through [`Forwarding`] (TC, XDP, or a frame in memory), the state through
+//! [`FastTables`] (the maps, or tables in memory), as [`crate::translate`] does.
+
+use crate::{
+    counters::NatCounter,
+    fwd::{
+        FAST_XDP, FastConfig, FdbEntry, IpFacts, MacKey, NextHop, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
+        PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict, partial_checksum,
+    },
+    nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
+    packet::{Action, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, TcpHead, UDP_CSUM, ip_header_ok},
+    tcp::{Segment, WSCALE_NONE},
+    translate::{self as nat, Res, Tables},
+};
+
+/// `bpf_check_mtu` of an interface that no longer exists (-ENODEV).
+pub const ENODEV: i64 = -19;
+/// Offset of the TTL (the first byte of the TTL/protocol word).
+const IP_TTL_OFF: usize = IP_OFF + 8;
+/// The L4 header of a fast-path packet: `fast_ip` admits no IP options.
+const L4: usize = IP_OFF + 20;
+/// A second: how often a busy host's forwarding entry is rewritten.
+const SEEN_EVERY_NS: u64 = 1_000_000_000;
+
+/// What a FIB lookup is asked: the packet as the router would route it. Addresses and ports
+/// in wire order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibQuery {
+    /// The interface the router routes the packet from.
+    pub ifindex: u32,
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// The IPv4 total length (host order): what a hook without an skb has the lookup check
+    /// against the MTU.
+    pub tot_len: u16,
+}
+
+/// A packet at a fast-path hook with the kernel's forwarding helpers: TC and XDP in the
+/// kernel, a frame and a routing table in memory on the host.
+pub trait Forwarding: Packet {
+    /// The fast-path mode this hook serves ([`crate::fwd::FAST_TC`] or [`FAST_XDP`]).
+    const MODE: u32;
+    /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
+    const SEES_OFFLOAD: bool;
+    /// The kernel's FIB lookup: its `BPF_FIB_LKUP_RET_*` answer and, on success, the next
+    /// hop in `hop`.
+    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64;
+    /// Whether the packet fits the MTU of `ifindex`: 0 if it does, [`ENODEV`] if there is no
+    /// such interface (any longer), anything else if it does not.
+    fn check_mtu(&self, ifindex: u32) -> i64;
+    /// Sets up a redirect to the egress of `ifindex` or, with `peer` where the hook can, to
+    /// the ingress of its veth peer; false if the hook refused it. Applied when the program
+    /// returns it, so a refusal leaves the packet as it was.
+    fn redirect(&self, ifindex: u32, peer: bool) -> bool;
+}
+
+/// The fast path's own state beside the NAT's tables: its configuration, the router's
+/// ports, where internal MAC addresses were seen, and the uplink's packet counters.
+pub trait FastTables: Tables {
+    fn fast_config(&self) -> Option<&FastConfig>;
+    /// What the loader or agent last wrote of port `ifindex`.
+    fn port(&self, ifindex: u32) -> Option<PortState>;
+    fn fdb(&self, mac: &MacKey) -> Option<FdbEntry>;
+    /// Runs `f` on the entry of `mac` in place (plain stores: a lost one is a second's age).
+    fn with_fdb<R>(&self, mac: &MacKey, f: impl FnOnce(&mut FdbEntry) -> R) -> Option<R>;
+    fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry);
+    /// Counts a packet of `bytes` in the uplink's counters: egress when outbound.
+    fn count_uplink(&self, outbound: bool, bytes: u64);
+}
+
+/// The fast path's configuration, when it is on at this hook.
+#[inline(always)]
+fn config<P: Forwarding, T: FastTables>(t: &T) -> Option<&FastConfig> {
+    t.fast_config().filter(|c| c.mode == P::MODE)
+}
+
+/// The fast-path counter of a hook and direction.
+#[inline(always)]
+pub const fn fast_counter(mode: u32, outbound: bool) -> NatCounter {
+    match (mode == FAST_XDP, outbound) {
+        (false, true) => NatCounter::FastOutTc,
+        (false, false) => NatCounter::FastInTc,
+        (true, true) => NatCounter::FastOutXdp,
+        (true, false) => NatCounter::FastInXdp,
+    }
+}
+
+#[inline(always)]
+fn ip_facts(ip: &IpHdr) -> IpFacts {
+    IpFacts {
+        ver_ihl: ip.ver_ihl,
+        frag_off: u16::from_be(ip.frag_off),
+        ttl: ip.ttl,
+        proto: ip.proto,
+    }
+}
+
+/// Remembers behind which port MAC `mac` sits (a frame from it arrived here), as the
+/// bridge would. Written when it moved or a second went by, so a busy host costs one lookup
+/// per packet. True when this frame should pass the bridge (the slow path), for the bridge
+/// to see the host again before its own entry ages out.
+#[inline(always)]
+fn learn<P: Forwarding, T: FastTables>(ctx: &P, t: &T, mac: &[u8; 6], fc: &FastConfig, now: u64) -> bool {
+    let key = MacKey::of(*mac);
+    let port = ctx.ifindex();
+    // 0: not here (moved, or new); 1: here, nothing due; 2: here, a bridge refresh due.
+    // (Closures return plain values: see `translate::flows::touch_live`.)
+    let here = t.with_fdb(
+        &key,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        |e| {
+            if e.ifindex != port {
+                return 0u8;
+            }
+            if now.saturating_sub(e.seen_ns) >= SEEN_EVERY_NS {
+                e.seen_ns = now;
+            }
+            if e.bridge_due(now, fc.bridge_refresh_ns) {
+                e.bridged_ns = now;
+                return 2;
+            }
+            1
+        },
+    );
+    match here {
+        Some(1) => return false,
+        Some(2) => return true,
+        _ => {}
+    }
+    let fresh = FdbEntry {
+        ifindex: port,
+        _pad: 0,
+        seen_ns: now,
+        bridged_ns: now,
+    };
+    t.insert_fdb(&key, &fresh);
+    // A host new here (or moved): the bridge, if there is one, learns it from this frame.
+    fc.bridge_refresh_ns != 0
+}
+
+/// The interface the router routes a packet arriving on port `ifindex` from: the port's
+/// bridge, or the port itself.
+#[inline(always)]
+fn routed_from<T: FastTables>(t: &T, ifindex: u32) -> u32 {
+    match t.port(ifindex) {
+        Some(p) if p.master != 0 => p.master,
+        _ => ifindex,
+    }
+}
+
+/// The port to hand a packet for internal host MAC `mac`, routed to `via` (a bridge, or a
+/// port of the router's): the port itself, or the bridge port the host was last seen behind,
+/// if that port is up and still the bridge's.
+#[inline(always)]
+fn port_for<T: FastTables>(t: &T, via: u32, mac: &[u8; 6], now: u64) -> Result<u32, Slow> {
+    match t.port(via) {
+        Some(p) if p.flags & PORT_BRIDGE != 0 => {}
+        Some(p) if p.master == 0 && p.flags & PORT_UP != 0 => return Ok(via),
+        Some(p) if p.master == 0 => return Err(Slow::Policy),
+        // A port of a bridge itself, or one the table does not know.
+        _ => return Err(Slow::NoNeighbour),
+    }
+    let Some(e) = t.fdb(&MacKey::of(*mac)) else {
+        return Err(Slow::NoNeighbour);
+    };
+    if !e.fresh(now) {
+        return Err(Slow::NoNeighbour);
+    }
+    let port = e.ifindex;
+    match t.port(port) {
+        Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok(port),
+        // Down, or no longer this bridge's: the bridge would not send it there.
+        Some(_) => Err(Slow::Policy),
+        None => Err(Slow::NoNeighbour),
+    }
+}
+
+/// Where the hook cannot see offload state (XDP): whether the L4 checksum is complete, so
+/// that incremental updates keep it right. A partial one is the slow path's, whose skb
+/// helpers finish it.
+#[inline(always)]
+fn checksum_complete<P: Forwarding>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>> {
+    if P::SEES_OFFLOAD {
+        return Ok(Ok(()));
+    }
+    let off = if ip.proto == PROTO_TCP {
+        L4 + TCP_CSUM
+    } else {
+        L4 + UDP_CSUM
+    };
+    let c = u16::from_be(ctx.load(off).map_err(nat::malformed)?);
+    if ip.proto == PROTO_UDP && c == 0 {
+        return Ok(Ok(()));
+    }
+    let l4_len = u16::from_be(ip.tot_len).wrapping_sub(20);
+    if partial_checksum(c, u32::from_be(ip.src), u32::from_be(ip.dst), ip.proto, l4_len) {
+        return Ok(Err(Slow::PartialChecksum));
+    }
+    Ok(Ok(()))
+}
+
+/// Decrements the TTL in the packet and updates the IPv4 checksum as it is now (after any
+/// translation).
+#[inline(always)]
+fn decrement_ttl_in_place<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
+    let check: u16 = ctx.load(IP_CSUM_OFF).map_err(nat::malformed)?;
+    let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, check);
+    // TTL, protocol and checksum are adjacent: one store (each helper call costs at TC).
+    let c = check.to_ne_bytes();
+    let word: [u8; 4] = [ttl, ip.proto, c[0], c[1]];
+    ctx.store(IP_TTL_OFF, &word).map_err(nat::malformed)
+}
+
+/// Sets up the redirect to `ifindex` (to its peer's ingress with `peer`) before anything
+/// is written: both hooks only record the target, applied when the program returns, so a
+/// refusal leaves the packet untouched for the slow path.
+#[inline(always)]
+fn prepare_redirect<P: Forwarding>(ctx: &P, ifindex: u32, peer: bool) -> Result<(), Slow> {
+    if ctx.redirect(ifindex, peer) {
+        Ok(())
+    } else {
+        Err(Slow::Redirect)
+    }
+}
+
+/// Writes the MAC addresses of a packet whose redirect is prepared; counts it on the fast
+/// path, and in the uplink's packet counters when the redirect skips the uplink's own TC
+/// hook, where they are otherwise counted.
+#[inline(always)]
+fn write_macs_and_count<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    hop: &NextHop,
+    peer: bool,
+    outbound: bool,
+) -> Res<Action> {
+    let macs: [[u8; 6]; 2] = [hop.dst_mac, hop.src_mac];
+    ctx.store(0, &macs).map_err(nat::malformed)?;
+    t.count(fast_counter(P::MODE, outbound));
+    // XDP runs before the uplink's TC ingress and sends past its TC egress; at TC only a
+    // redirect into the uplink's peer skips its egress.
+    if P::MODE == FAST_XDP || (outbound && peer) {
+        t.count_uplink(outbound, u64::from(ctx.len()));
+    }
+    Ok(Action::Redirect)
+}
+
+/// The fast path's action, or the slow path (Pass) with its reason counted.
+#[inline(always)]
+fn or_slow<T: Tables>(t: &T, r: Result<Action, Slow>) -> Action {
+    match r {
+        Ok(a) => a,
+        Err(why) => {
+            t.count(why.into());
+            Action::Pass
+        }
+    }
+}
+
+/// Ingress of a bridge port: outbound packets.
+pub fn outbound<P: Forwarding, T: FastTables>(ctx: &P, t: &T) -> Res<Action> {
+    let Some(fc) = config::<P, T>(t) else {
+        return Ok(Action::Pass);
+    };
+    let Some((h, cfg, _)) = nat::headers(ctx, t)? else {
+        return Ok(Action::Pass);
+    };
+    let ip = h.ip;
+    if !cfg.is_internal(ip.src) {
+        return Ok(Action::Pass);
+    }
+    let macs = h.macs;
+    let now = t.now();
+    let bridge_due = learn(ctx, t, &macs[1], fc, now);
+    // Only frames the router routes: to its MAC, and neither to another internal host nor
+    // to its own external address (hairpinning is the bridge-side program's).
+    if macs[0] != fc.gateway_mac || cfg.is_internal(ip.dst) || ip.dst == cfg.ext_addr {
+        return Ok(Action::Pass);
+    }
+    outbound_fast(ctx, t, cfg, fc, &ip, now, bridge_due)
+}
+
+/// The ports (wire order) and, for TCP, what the tracker needs of a fast-path segment (never
+/// a SYN: its options are not read), with one load.
+#[inline(always)]
+fn l4<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<([u16; 2], Segment)> {
+    if ip.proto != PROTO_TCP {
+        let p: [u16; 2] = ctx.load(L4).map_err(nat::malformed)?;
+        return Ok((p, Segment::default()));
+    }
+    let th: TcpHead = ctx.load(L4).map_err(nat::malformed)?;
+    let seg = Segment {
+        flags: th.flags(),
+        seq: u32::from_be(th.seq),
+        ack: u32::from_be(th.ack),
+        win: u16::from_be(th.win),
+        len: 0,
+        wscale: WSCALE_NONE,
+    };
+    Ok((th.ports, seg))
+}
+
+/// What every fast-path packet must be before its flow is looked up: its ports and TCP
+/// facts, or the reason it takes the slow path.
+#[inline(always)]
+fn fast_packet<P: Forwarding>(ctx: &P, ip: &IpHdr) -> Res<Result<([u16; 2], Segment), Slow>> {
+    if let Err(why) = fast_ip(&ip_facts(ip)) {
+        return Ok(Err(why));
+    }
+    if !ip_header_ok(ip) {
+        return Ok(Err(Slow::IpChecksum));
+    }
+    let (p, seg) = l4(ctx, ip)?;
+    if let Err(why) = checksum_complete(ctx, ip)? {
+        return Ok(Err(why));
+    }
+    Ok(Ok((p, seg)))
+}
+
+/// The flow's TCP state allows the fast path (UDP: always), and it is live.
+#[inline(always)]
+fn flow_ok(f: &Flow, proto: u8, seg: &Segment, now: u64) -> Result<(), Slow> {
+    if now >= f.expires_ns {
+        return Err(Slow::NoFlow);
+    }
+    if proto == PROTO_TCP {
+        fast_tcp(seg.flags, f.state)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn outbound_fast<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    cfg: &NatConfig,
+    fc: &FastConfig,
+    ip: &IpHdr,
+    now: u64,
+    bridge_due: bool,
+) -> Res<Action> {
+    let (p, seg) = match fast_packet(ctx, ip)? {
+        Ok(l4) => l4,
+        Err(why) => return Ok(or_slow(t, Err(why))),
+    };
+    let key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
+    // Everything from here runs on the flow in place (one lookup).
+    let done = t.with_flow(
+        &key,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        |f| outbound_flow(ctx, t, cfg, fc, ip, &key, f, &p, &seg, now, bridge_due),
+    );
+    match done {
+        Some(r) => r,
+        None => Ok(or_slow(t, Err(Slow::NoFlow))),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the packet, its headers and flow, both configurations and the time"
+)]
+#[inline(always)]
+fn outbound_flow<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    cfg: &NatConfig,
+    fc: &FastConfig,
+    ip: &IpHdr,
+    key: &FlowKey,
+    f: &mut Flow,
+    p: &[u16; 2],
+    seg: &Segment,
+    now: u64,
+    bridge_due: bool,
+) -> Res<Action> {
+    if let Err(why) = flow_ok(f, ip.proto, seg, now) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    let (ext_addr, ext_port) = (f.ext_addr, f.ext_port);
+    // As the router routes it: from the port's bridge, through its policy rules and its
+    // forwarding setting (a lookup refused by either is the kernel's to handle).
+    let q = FibQuery {
+        ifindex: routed_from(t, ctx.ifindex()),
+        src: ext_addr,
+        dst: ip.dst,
+        sport: ext_port,
+        dport: p[1],
+        proto: ip.proto,
+        tot_len: u16::from_be(ip.tot_len),
+    };
+    let mut hop = NextHop::default();
+    if let Err(why) = fib_verdict(ctx.fib_lookup(&q, &mut hop)) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    if hop.ifindex != fc.uplink_ifindex {
+        return Ok(or_slow(t, Err(Slow::Policy)));
+    }
+    // Any other reason to leave has been counted by now: this one only when the packet
+    // would otherwise have taken the fast path (the bridge sees the frame either way).
+    if bridge_due {
+        return Ok(or_slow(t, Err(Slow::BridgeRefresh)));
+    }
+    let peer = fc.flags & PEER_UPLINK != 0;
+    if let Err(why) = prepare_redirect(ctx, fc.uplink_ifindex, peer) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    // Every write into the flow follows a compare-and-swap (`touch`).
+    if !nat::touch(t, cfg, key, f, true, seg, u64::from(ctx.len()), now)? {
+        return Ok(or_slow(t, Err(Slow::NoFlow)));
+    }
+    nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
+    decrement_ttl_in_place(ctx, ip)?;
+    write_macs_and_count(ctx, t, &hop, peer, true)
+}
+
+/// Ingress of the uplink: inbound packets, before the slow path's translation (which
+/// runs only if this passes the packet on untouched). A function of its own in the kernel,
+/// so that its stack frame and the slow path's are not one (the verifier allows 512 bytes
+/// along a chain of calls).
+#[inline(never)]
+pub fn inbound<P: Forwarding, T: FastTables>(ctx: &P, t: &T) -> Res<Action> {
+    let Some(fc) = config::<P, T>(t) else {
+        return Ok(Action::Pass);
+    };
+    let Some((h, cfg, _)) = nat::headers(ctx, t)? else {
+        return Ok(Action::Pass);
+    };
+    let ip = h.ip;
+    if ip.dst != cfg.ext_addr {
+        return Ok(Action::Pass);
+    }
+    inbound_fast(ctx, t, cfg, fc, &ip)
+}
+
+#[inline(always)]
+fn inbound_fast<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    cfg: &NatConfig,
+    fc: &FastConfig,
+    ip: &IpHdr,
+) -> Res<Action> {
+    let (p, seg) = match fast_packet(ctx, ip)? {
+        Ok(l4) => l4,
+        Err(why) => return Ok(or_slow(t, Err(why))),
+    };
+    let Some(b) = t.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
+        return Ok(or_slow(t, Err(Slow::NoFlow)));
+    };
+    let now = t.now();
+    let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]);
+    let int = (b.int_addr, b.int_port);
+    let done = t.with_flow(
+        &key,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        |f| inbound_flow(ctx, t, cfg, fc, ip, &key, f, &p, int, &seg, now),
+    );
+    match done {
+        Some(r) => r,
+        None => Ok(or_slow(t, Err(Slow::NoFlow))),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the packet, its headers, flow and binding, both configurations and the time"
+)]
+#[inline(always)]
+fn inbound_flow<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    cfg: &NatConfig,
+    fc: &FastConfig,
+    ip: &IpHdr,
+    key: &FlowKey,
+    f: &mut Flow,
+    p: &[u16; 2],
+    int: (u32, u16),
+    seg: &Segment,
+    now: u64,
+) -> Res<Action> {
+    if let Err(why) = flow_ok(f, ip.proto, seg, now) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    // The next hop as the router has it: its FIB from the uplink (policy rules, forwarding
+    // on) to the internal host, whose MAC its neighbour table knows; then the port that MAC
+    // was last seen behind.
+    let q = FibQuery {
+        ifindex: ctx.ifindex(),
+        src: ip.src,
+        dst: int.0,
+        sport: p[0],
+        dport: int.1,
+        proto: ip.proto,
+        tot_len: u16::from_be(ip.tot_len),
+    };
+    let mut hop = NextHop::default();
+    if let Err(why) = fib_verdict(ctx.fib_lookup(&q, &mut hop)) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    let port = match port_for(t, hop.ifindex, &hop.dst_mac, now) {
+        Ok(port) => port,
+        Err(why) => return Ok(or_slow(t, Err(why))),
+    };
+    match ctx.check_mtu(port) {
+        0 => {}
+        // The port is gone: a redirect would vanish.
+        ENODEV => return Ok(or_slow(t, Err(Slow::Redirect))),
+        _ => return Ok(or_slow(t, Err(Slow::Mtu))),
+    }
+    let peer = fc.flags & PEER_PORTS != 0;
+    if let Err(why) = prepare_redirect(ctx, port, peer) {
+        return Ok(or_slow(t, Err(why)));
+    }
+    // Every write into the flow follows a compare-and-swap (`touch`).
+    if !nat::touch(t, cfg, key, f, false, seg, u64::from(ctx.len()), now)? {
+        return Ok(or_slow(t, Err(Slow::NoFlow)));
+    }
+    nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, int.0), (p[1], int.1))?;
+    decrement_ttl_in_place(ctx, ip)?;
+    write_macs_and_count(ctx, t, &hop, peer, false)
+}

@@ -1,0 +1,792 @@
+//! The fast path (`netns_common::fast`, the code the TC and XDP fast-path programs run) on the
+//! host: frames and tables in memory (`netns_common::host`), the kernel's FIB, MTU check and
+//! redirect as tables the test fills. No root needed. The live lab's fast path is
+//! `fast_path.rs`.
+//!
+//! - An established flow's packets are translated, their TTL decremented, their MACs set
+//!   from the next hop, and redirected: byte for byte the frame the packet builder makes
+//!   (every checksum computed in full), and the same translation the slow path makes.
+//! - Every reason to leave the fast path leaves the packet as it came and the flow as it
+//!   was, and is counted as that reason.
+//! - Internal hosts are learned behind their ports; the bridge sees them again in time.
+
+use std::net::Ipv4Addr;
+
+use netns_common::{
+    counters::{Counter, NatCounter},
+    fast::{self, ENODEV},
+    fwd::{
+        FAST_TC, FAST_XDP, FastConfig, FdbEntry, MacKey, NextHop, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
+        PORT_UP, PortState,
+    },
+    host::{AtHook, Frame, MemTables, Route, Sizes},
+    nat::{
+        FlowKey, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, TCP_ACK, TCP_FIN, TCP_SYN, TcpState,
+        addr_to_wire,
+    },
+    packet::{Action, Packet},
+    translate::{self, Drop},
+};
+use netns_testkit::packet::{self, Ipv4, L4, Mac};
+use netns_user::{config::LabConfig, nat::ebpf as nat_ebpf};
+use proptest::prelude::*;
+
+const EXT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
+const SEC: u64 = 1_000_000_000;
+
+/// The router's interfaces: the uplink, the bridge and two of its ports.
+const UPLINK: u32 = 10;
+const BRIDGE: u32 = 20;
+const PORT_A: u32 = 21;
+const PORT_B: u32 = 22;
+/// The bridge's MAC (the internal hosts' gateway), the uplink's, the next hop's outside and
+/// the internal host's.
+const GW_MAC: Mac = [2, 0, 0, 0, 0, 0x20];
+const UP_MAC: Mac = [2, 0, 0, 0, 0, 0x10];
+const NEXT_MAC: Mac = [2, 0, 0, 0, 0, 0x03];
+const HOST_MAC: Mac = [2, 0, 0, 0, 0, 0x02];
+
+type Tc = AtHook<FAST_TC>;
+type Xdp = AtHook<FAST_XDP>;
+
+/// The reference lab's NAT with the fast path on in `mode` (peer redirects on, the bridge
+/// refreshed every `refresh_ns`), its ports up, and `adjust` applied to the configuration.
+fn router(mode: u32, refresh_ns: u64, adjust: impl FnOnce(&mut NatConfig)) -> MemTables {
+    let lab = LabConfig::reference();
+    let spec = lab.nat.as_ref().expect("the reference lab has NAT");
+    let mut cfg = nat_ebpf::nat_config(spec, EXT);
+    adjust(&mut cfg);
+    let mut t = MemTables::new(cfg, Sizes::default(), 7);
+    t.fast = Some(FastConfig {
+        mode,
+        uplink_ifindex: UPLINK,
+        gateway_mac: GW_MAC,
+        flags: PEER_UPLINK | PEER_PORTS,
+        bridge_refresh_ns: refresh_ns,
+        bridge_ifindex: BRIDGE,
+        _pad: 0,
+    });
+    let mut ports = t.ports.borrow_mut();
+    ports.insert(
+        BRIDGE,
+        PortState {
+            master: 0,
+            flags: PORT_BRIDGE | PORT_UP,
+        },
+    );
+    for p in [PORT_A, PORT_B] {
+        ports.insert(
+            p,
+            PortState {
+                master: BRIDGE,
+                flags: PORT_UP,
+            },
+        );
+    }
+    ports.insert(
+        UPLINK,
+        PortState {
+            master: 0,
+            flags: PORT_UP,
+        },
+    );
+    drop(ports);
+    t
+}
+
+fn wire(a: Ipv4Addr) -> u32 {
+    addr_to_wire(a)
+}
+
+/// The routes of the lab's router: the remote host out of the uplink, the internal host on
+/// the bridge.
+fn routes(remote: Ipv4Addr, host: Ipv4Addr) -> Vec<Route> {
+    vec![
+        Route {
+            dst: wire(remote),
+            answer: 0,
+            hop: NextHop {
+                ifindex: UPLINK,
+                src_mac: UP_MAC,
+                dst_mac: NEXT_MAC,
+            },
+        },
+        Route {
+            dst: wire(host),
+            answer: 0,
+            hop: NextHop {
+                ifindex: BRIDGE,
+                src_mac: GW_MAC,
+                dst_mac: HOST_MAC,
+            },
+        },
+    ]
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
+    L4::Udp {
+        sport,
+        dport,
+        payload,
+        zero_checksum: false,
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
+    L4::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window: 512,
+        payload,
+    }
+}
+
+/// A packet of an internal host to the router's MAC, at the hook of bridge port `port`.
+fn from_inside<const M: u32>(ip: &Ipv4, l4: &L4, port: u32, remote: Ipv4Addr) -> AtHook<M> {
+    let mut f = Frame::new(packet::frame(GW_MAC, HOST_MAC, ip, l4).to_vec());
+    f.ifindex = port;
+    let mut h = AtHook::new(f);
+    h.routes = routes(remote, ip.src);
+    h
+}
+
+/// A packet from outside to the router's uplink.
+fn from_outside<const M: u32>(ip: &Ipv4, l4: &L4, host: Ipv4Addr) -> AtHook<M> {
+    let mut f = Frame::new(packet::frame(UP_MAC, NEXT_MAC, ip, l4).to_vec());
+    f.ifindex = UPLINK;
+    let mut h = AtHook::new(f);
+    h.routes = routes(ip.src, host);
+    h
+}
+
+/// The slow path's translation of a frame (the uplink's programs): the verdict.
+fn slow(t: &MemTables, out: bool, ip: &Ipv4, l4: &L4) -> Result<Action, Drop> {
+    let f = Frame::new(packet::frame(UP_MAC, NEXT_MAC, ip, l4).to_vec());
+    if out {
+        translate::egress(&f, t)
+    } else {
+        translate::ingress(&f, t)
+    }
+}
+
+/// The flow of `host:sport` to `remote:rport`.
+fn flow_of(
+    t: &MemTables,
+    proto: u8,
+    host: Ipv4Addr,
+    sport: u16,
+    remote: Ipv4Addr,
+    rport: u16,
+) -> netns_common::nat::Flow {
+    let key = FlowKey::new(proto, wire(host), sport.to_be(), wire(remote), rport.to_be());
+    t.flows()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, f)| f)
+        .expect("the flow exists")
+}
+
+/// The external port (host order) of a flow.
+fn ext_port(t: &MemTables, proto: u8, sport: u16, rport: u16) -> u16 {
+    u16::from_be(flow_of(t, proto, BLUE, sport, LAN, rport).ext_port)
+}
+
+/// Opens a UDP flow blue:sport -> lan:rport through the slow path, answered and still active
+/// after 2 s (confirmed); returns its external port.
+fn open_udp(t: &MemTables, sport: u16, rport: u16) -> u16 {
+    assert_eq!(
+        slow(t, true, &Ipv4::new(BLUE, LAN), &udp(sport, rport, b"hi")),
+        Ok(Action::Pass)
+    );
+    let ext = ext_port(t, PROTO_UDP, sport, rport);
+    assert_eq!(
+        slow(t, false, &Ipv4::new(LAN, EXT), &udp(rport, ext, b"ho")),
+        Ok(Action::Pass)
+    );
+    t.advance(3 * SEC);
+    assert_eq!(
+        slow(t, true, &Ipv4::new(BLUE, LAN), &udp(sport, rport, b"hi")),
+        Ok(Action::Pass)
+    );
+    assert!(flow_of(t, PROTO_UDP, BLUE, sport, LAN, rport).confirmed());
+    ext
+}
+
+/// Opens a TCP connection blue:sport -> lan:rport through the slow path to established (the
+/// host's next sequence number is 8, the remote's 101); returns its external port.
+fn open_tcp(t: &MemTables, sport: u16, rport: u16) -> u16 {
+    assert_eq!(
+        slow(
+            t,
+            true,
+            &Ipv4::new(BLUE, LAN),
+            &tcp(sport, rport, TCP_SYN, 7, 0, b"")
+        ),
+        Ok(Action::Pass)
+    );
+    let ext = ext_port(t, PROTO_TCP, sport, rport);
+    assert_eq!(
+        slow(
+            t,
+            false,
+            &Ipv4::new(LAN, EXT),
+            &tcp(rport, ext, TCP_SYN | TCP_ACK, 100, 8, b"")
+        ),
+        Ok(Action::Pass)
+    );
+    assert_eq!(
+        slow(
+            t,
+            true,
+            &Ipv4::new(BLUE, LAN),
+            &tcp(sport, rport, TCP_ACK, 8, 101, b"")
+        ),
+        Ok(Action::Pass)
+    );
+    let f = flow_of(t, PROTO_TCP, BLUE, sport, LAN, rport);
+    assert_eq!(f.state, TcpState::Established as u8);
+    ext
+}
+
+/// Asserts `got` is `want`, where a checksum may differ only as 0x0000 against 0xffff (the
+/// two forms of zero in one's complement).
+fn assert_same(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut i = 0;
+    while i < got.len() {
+        if got[i] != want[i] {
+            let at = i & !1;
+            let pair = |b: &[u8]| [b[at], b.get(at + 1).copied().unwrap_or(0)];
+            let zeros = [[0, 0], [0xff, 0xff]];
+            assert!(
+                zeros.contains(&pair(got)) && zeros.contains(&pair(want)),
+                "frames differ at byte {i}:\n got  {got:02x?}\n want {want:02x?}"
+            );
+            i = at + 2;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Runs one outbound and one inbound packet of an open flow on the fast path at hook mode
+/// `M` and checks each frame, redirect and counter.
+fn round_trip<const M: u32>(proto: u8) {
+    let t = router(M, 0, |_| {});
+    let (sport, rport) = (5000, 7000);
+    let ext = if proto == PROTO_TCP {
+        open_tcp(&t, sport, rport)
+    } else {
+        open_udp(&t, sport, rport)
+    };
+    let before = flow_of(&t, proto, BLUE, sport, LAN, rport);
+    let data = b"fast path payload";
+    let (out_l4, out_want) = if proto == PROTO_TCP {
+        (
+            tcp(sport, rport, TCP_ACK, 8, 101, data),
+            tcp(ext, rport, TCP_ACK, 8, 101, data),
+        )
+    } else {
+        (udp(sport, rport, data), udp(ext, rport, data))
+    };
+    let out = from_inside::<M>(&Ipv4::new(BLUE, LAN), &out_l4, PORT_A, LAN);
+    assert_eq!(fast::outbound(&out, &t), Ok(Action::Redirect));
+    let want = packet::frame(NEXT_MAC, UP_MAC, &Ipv4::new(EXT, LAN).ttl(63), &out_want);
+    assert_same(&out.frame.bytes(), &want);
+    assert_eq!(out.redirected.get(), Some((UPLINK, true)));
+    // Routed as the router would: from the port's bridge, from the external address.
+    let q = out.queries.borrow()[0];
+    assert_eq!((q.ifindex, q.src, q.dst), (BRIDGE, wire(EXT), wire(LAN)));
+    assert_eq!((q.sport, q.dport), (ext.to_be(), rport.to_be()));
+    let after = flow_of(&t, proto, BLUE, sport, LAN, rport);
+    assert_eq!(after.packets_out, before.packets_out + 1);
+    assert_eq!(after.bytes_out, before.bytes_out + u64::from(out.frame.len()));
+
+    let (in_l4, in_want) = if proto == PROTO_TCP {
+        (
+            tcp(rport, ext, TCP_ACK, 101, 8 + data.len() as u32, data),
+            tcp(rport, sport, TCP_ACK, 101, 8 + data.len() as u32, data),
+        )
+    } else {
+        (udp(rport, ext, data), udp(rport, sport, data))
+    };
+    let inb = from_outside::<M>(&Ipv4::new(LAN, EXT), &in_l4, BLUE);
+    assert_eq!(fast::inbound(&inb, &t), Ok(Action::Redirect));
+    let want = packet::frame(HOST_MAC, GW_MAC, &Ipv4::new(LAN, BLUE).ttl(63), &in_want);
+    assert_same(&inb.frame.bytes(), &want);
+    // To the port the host was seen behind (its outbound packet came in there).
+    assert_eq!(inb.redirected.get(), Some((PORT_A, true)));
+    assert_eq!(
+        flow_of(&t, proto, BLUE, sport, LAN, rport).packets_in,
+        after.packets_in + 1
+    );
+
+    let (c_out, c_in) = if M == FAST_XDP {
+        (NatCounter::FastOutXdp, NatCounter::FastInXdp)
+    } else {
+        (NatCounter::FastOutTc, NatCounter::FastInTc)
+    };
+    assert_eq!((t.counter(c_out), t.counter(c_in)), (1, 1));
+    // The uplink's own hooks count what skips them: in XDP both ways, at TC the outbound
+    // packet sent into the uplink's peer.
+    let skipped_in = u64::from(M == FAST_XDP);
+    assert_eq!(t.uplink_counter(Counter::EgressPackets), 1);
+    assert_eq!(t.uplink_counter(Counter::IngressPackets), skipped_in);
+}
+
+#[test]
+fn an_established_udp_flow_takes_the_fast_path_both_ways_at_tc() {
+    round_trip::<FAST_TC>(PROTO_UDP);
+}
+
+#[test]
+fn an_established_udp_flow_takes_the_fast_path_both_ways_in_xdp() {
+    round_trip::<FAST_XDP>(PROTO_UDP);
+}
+
+#[test]
+fn an_established_tcp_connection_takes_the_fast_path_both_ways_at_tc() {
+    round_trip::<FAST_TC>(PROTO_TCP);
+}
+
+#[test]
+fn an_established_tcp_connection_takes_the_fast_path_both_ways_in_xdp() {
+    round_trip::<FAST_XDP>(PROTO_TCP);
+}
+
+#[test]
+fn the_fast_path_is_off_in_the_other_mode() {
+    let t = router(FAST_XDP, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    let out = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), PORT_A, LAN);
+    let bytes = out.frame.bytes();
+    assert_eq!(fast::outbound(&out, &t), Ok(Action::Pass));
+    assert_eq!(out.frame.bytes(), bytes);
+    assert_eq!(out.redirected.get(), None);
+}
+
+/// One way a packet must leave the fast path: what to change before it is sent, and the
+/// reason it must be counted as.
+struct Case {
+    name: &'static str,
+    outbound: bool,
+    tcp: bool,
+    want: NatCounter,
+    /// Changes the tables, the packet (IPv4 header, L4) or the hook.
+    setup: fn(&MemTables, &mut Ipv4, &mut u8, &mut Vec<Route>, &mut HookKnobs),
+}
+
+#[derive(Default)]
+struct HookKnobs {
+    refuse_redirect: bool,
+    mtu: Option<i64>,
+    /// Breaks the IPv4 header checksum.
+    bad_ip_checksum: bool,
+    /// Makes the UDP checksum the bare pseudo-header sum (offload left it to the device).
+    partial_checksum: bool,
+    /// A different remote port: no flow.
+    other_port: bool,
+    /// An ICMP echo request instead.
+    icmp: bool,
+}
+
+fn cases() -> Vec<Case> {
+    fn none(_: &MemTables, _: &mut Ipv4, _: &mut u8, _: &mut Vec<Route>, _: &mut HookKnobs) {}
+    vec![
+        Case {
+            name: "no flow",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowNoFlow,
+            setup: |_, _, _, _, k| k.other_port = true,
+        },
+        Case {
+            name: "no flow (inbound)",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowNoFlow,
+            setup: |_, _, _, _, k| k.other_port = true,
+        },
+        Case {
+            name: "expired flow",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowNoFlow,
+            setup: |t, _, _, _, _| t.advance(301 * SEC),
+        },
+        Case {
+            name: "FIN",
+            outbound: true,
+            tcp: true,
+            want: NatCounter::SlowTcpFlags,
+            setup: |_, _, flags, _, _| *flags |= TCP_FIN,
+        },
+        Case {
+            name: "SYN (inbound)",
+            outbound: false,
+            tcp: true,
+            want: NatCounter::SlowTcpFlags,
+            setup: |_, _, flags, _, _| *flags |= TCP_SYN,
+        },
+        Case {
+            name: "fragment",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowFragment,
+            setup: |_, ip, _, _, _| ip.more_fragments = true,
+        },
+        Case {
+            name: "IP options",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowIpOptions,
+            setup: |_, ip, _, _, _| ip.options = vec![1, 1, 1, 0],
+        },
+        Case {
+            name: "TTL 1",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowTtl,
+            setup: |_, ip, _, _, _| ip.ttl = 1,
+        },
+        Case {
+            name: "ICMP",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowProtocol,
+            setup: |_, _, _, _, k| k.icmp = true,
+        },
+        Case {
+            name: "IP checksum",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowIpChecksum,
+            setup: |_, _, _, _, k| k.bad_ip_checksum = true,
+        },
+        Case {
+            name: "neighbour unresolved",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowNoNeighbour,
+            setup: |_, _, _, r, _| r[0].answer = 7,
+        },
+        Case {
+            name: "fragmentation needed",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowMtu,
+            setup: |_, _, _, r, _| r[0].answer = 8,
+        },
+        Case {
+            name: "no route",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowPolicy,
+            setup: |_, _, _, r, _| r.clear(),
+        },
+        Case {
+            name: "routed elsewhere than the uplink",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::SlowPolicy,
+            setup: |_, _, _, r, _| r[0].hop.ifindex = PORT_B,
+        },
+        Case {
+            name: "redirect refused",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::RedirectFailed,
+            setup: |_, _, _, _, k| k.refuse_redirect = true,
+        },
+        Case {
+            name: "redirect refused (inbound)",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::RedirectFailed,
+            setup: |_, _, _, _, k| k.refuse_redirect = true,
+        },
+        Case {
+            name: "host not seen lately",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowNoNeighbour,
+            setup: |t, _, _, _, _| t.advance(31 * SEC),
+        },
+        Case {
+            name: "host unknown",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowNoNeighbour,
+            setup: |t, _, _, _, _| t.fdb.borrow_mut().clear(),
+        },
+        Case {
+            name: "port down",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowPolicy,
+            setup: |t, _, _, _, _| t.ports.borrow_mut().get_mut(&PORT_A).unwrap().flags = 0,
+        },
+        Case {
+            name: "port left the bridge",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowPolicy,
+            setup: |t, _, _, _, _| t.ports.borrow_mut().get_mut(&PORT_A).unwrap().master = 0,
+        },
+        Case {
+            name: "too large for the port",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::SlowMtu,
+            setup: |_, _, _, _, k| k.mtu = Some(1),
+        },
+        Case {
+            name: "port gone",
+            outbound: false,
+            tcp: false,
+            want: NatCounter::RedirectFailed,
+            setup: |_, _, _, _, k| k.mtu = Some(ENODEV),
+        },
+        Case {
+            name: "nothing wrong (the cases' control)",
+            outbound: true,
+            tcp: false,
+            want: NatCounter::FastOutTc,
+            setup: none,
+        },
+    ]
+}
+
+/// Runs `case` at TC on a router with an open flow (UDP or TCP) whose host was seen behind
+/// PORT_A: the verdict, and whether the frame and the flow are as they were.
+fn run_case(case: &Case) {
+    let t = router(FAST_TC, 0, |c| c.timeouts.udp_ns = 300 * SEC);
+    let (sport, rport) = (5000, 7000);
+    let proto = if case.tcp { PROTO_TCP } else { PROTO_UDP };
+    let ext = if case.tcp {
+        open_tcp(&t, sport, rport)
+    } else {
+        open_udp(&t, sport, rport)
+    };
+    t.fdb.borrow_mut().insert(
+        MacKey::of(HOST_MAC),
+        FdbEntry {
+            ifindex: PORT_A,
+            _pad: 0,
+            seen_ns: t_now(&t),
+            bridged_ns: t_now(&t),
+        },
+    );
+    let mut ip = if case.outbound {
+        Ipv4::new(BLUE, LAN)
+    } else {
+        Ipv4::new(LAN, EXT)
+    };
+    let mut flags = TCP_ACK;
+    let mut routes = routes(LAN, BLUE);
+    let mut k = HookKnobs::default();
+    (case.setup)(&t, &mut ip, &mut flags, &mut routes, &mut k);
+    let rport = if k.other_port { rport + 1 } else { rport };
+    let (seq, ack) = if case.outbound { (8, 101) } else { (101, 8) };
+    let l4 = match (case.tcp, case.outbound) {
+        _ if k.icmp => L4::echo(false, sport, 1, b"data"),
+        (true, true) => tcp(sport, rport, flags, seq, ack, b"data"),
+        (true, false) => tcp(rport, ext, flags, seq, ack, b"data"),
+        (false, true) => udp(sport, rport, b"data"),
+        (false, false) => udp(rport, ext, b"data"),
+    };
+    let (dst, src) = if case.outbound {
+        (GW_MAC, HOST_MAC)
+    } else {
+        (UP_MAC, NEXT_MAC)
+    };
+    let mut bytes = packet::frame(dst, src, &ip, &l4).to_vec();
+    let l4_off = 14 + ip.header_len();
+    if k.bad_ip_checksum {
+        bytes[14 + 10] ^= 0x40;
+    }
+    if k.partial_checksum {
+        let len = (bytes.len() - l4_off) as u16;
+        let sum = packet::pseudo_header_sum(ip.src, ip.dst, proto, len as usize);
+        let folded = netns_common::csum::fold(sum);
+        bytes[l4_off + 6..l4_off + 8].copy_from_slice(&folded.to_be_bytes());
+    }
+    let mut f = Frame::new(bytes.clone());
+    f.ifindex = if case.outbound { PORT_A } else { UPLINK };
+    let mut h: Tc = AtHook::new(f);
+    h.routes = routes;
+    h.refuse_redirect = k.refuse_redirect;
+    if let Some(m) = k.mtu {
+        h.mtu.insert(PORT_A, m);
+    }
+    let flow = flow_of(&t, proto, BLUE, sport, LAN, 7000);
+    let r = if case.outbound {
+        fast::outbound(&h, &t)
+    } else {
+        fast::inbound(&h, &t)
+    };
+    let name = case.name;
+    if case.want == NatCounter::FastOutTc {
+        assert_eq!(r, Ok(Action::Redirect), "{name}");
+        return;
+    }
+    assert_eq!(r, Ok(Action::Pass), "{name}");
+    assert_eq!(h.frame.bytes(), bytes, "{name}: the frame was changed");
+    assert_eq!(
+        flow_of(&t, proto, BLUE, sport, LAN, 7000),
+        flow,
+        "{name}: the flow was changed"
+    );
+    let counted: Vec<&str> = NatCounter::ALL
+        .iter()
+        .filter(|c| c.name().starts_with("slow") || c.name().starts_with("redirect"))
+        .filter(|c| t.counter(**c) != 0)
+        .map(|c| c.name())
+        .collect();
+    assert_eq!(
+        t.counter(case.want),
+        1,
+        "{name}: not counted as its reason but as {counted:?}"
+    );
+    assert_eq!(
+        t.counter(NatCounter::FastOutTc) + t.counter(NatCounter::FastInTc),
+        0,
+        "{name}"
+    );
+    assert_eq!(t.uplink_counter(Counter::EgressPackets), 0, "{name}");
+}
+
+fn t_now(t: &MemTables) -> u64 {
+    use netns_common::translate::Tables;
+    t.now()
+}
+
+#[test]
+fn every_reason_to_leave_the_fast_path_leaves_the_packet_and_flow_as_they_were_and_is_counted() {
+    for case in cases() {
+        run_case(&case);
+    }
+}
+
+#[test]
+fn in_xdp_a_partial_checksum_takes_the_slow_path_and_at_tc_it_does_not() {
+    // At TC the skb helpers keep an offloaded checksum right: the fast path may take it.
+    let case = Case {
+        name: "partial checksum",
+        outbound: true,
+        tcp: false,
+        want: NatCounter::FastOutTc,
+        setup: |_, _, _, _, k| k.partial_checksum = true,
+    };
+    run_case(&case);
+    // In XDP it is left to the slow path, untouched.
+    let t = router(FAST_XDP, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    let ip = Ipv4::new(BLUE, LAN);
+    let mut bytes = packet::frame(GW_MAC, HOST_MAC, &ip, &udp(5000, 7000, b"data")).to_vec();
+    let sum = packet::pseudo_header_sum(BLUE, LAN, PROTO_UDP, bytes.len() - 34);
+    bytes[34 + 6..34 + 8].copy_from_slice(&netns_common::csum::fold(sum).to_be_bytes());
+    let mut f = Frame::new(bytes.clone());
+    f.ifindex = PORT_A;
+    let mut h: Xdp = AtHook::new(f);
+    h.routes = routes(LAN, BLUE);
+    assert_eq!(fast::outbound(&h, &t), Ok(Action::Pass));
+    assert_eq!(h.frame.bytes(), bytes);
+    assert_eq!(t.counter(NatCounter::SlowPartialChecksum), 1);
+}
+
+#[test]
+fn a_host_is_learned_behind_its_port_and_followed_when_it_moves() {
+    let t = router(FAST_TC, 0, |_| {});
+    let ext = open_udp(&t, 5000, 7000);
+    let send_out = |port: u32| {
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), port, LAN);
+        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+    };
+    let send_in = || {
+        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &udp(7000, ext, b"y"), BLUE);
+        assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
+        h.redirected.get().map(|(port, _)| port)
+    };
+    send_out(PORT_A);
+    assert_eq!(send_in(), Some(PORT_A));
+    send_out(PORT_B);
+    assert_eq!(send_in(), Some(PORT_B), "the host moved to port B");
+}
+
+#[test]
+fn the_bridge_sees_a_new_host_and_then_each_host_again_every_refresh_period() {
+    let refresh = 10 * SEC;
+    let t = router(FAST_TC, refresh, |_| {});
+    open_udp(&t, 5000, 7000);
+    let send = || {
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), PORT_A, LAN);
+        fast::outbound(&h, &t).unwrap()
+    };
+    // New here: the bridge learns it from this frame.
+    assert_eq!(send(), Action::Pass);
+    assert_eq!(send(), Action::Redirect);
+    t.advance(refresh - 1);
+    assert_eq!(send(), Action::Redirect);
+    t.advance(1);
+    assert_eq!(send(), Action::Pass, "a refresh is due");
+    assert_eq!(send(), Action::Redirect, "one frame refreshes it");
+    assert_eq!(t.counter(NatCounter::SlowBridgeRefresh), 2);
+}
+
+fn l4_for(proto: u8, zero: bool, sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
+    if proto == PROTO_TCP {
+        tcp(sport, dport, TCP_ACK, 8, 101, payload)
+    } else {
+        L4::Udp {
+            sport,
+            dport,
+            payload,
+            zero_checksum: zero,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// What the fast path sends is what the slow path would: the uplink's translation of the
+    /// packet the kernel routed (TTL decremented), with the next hop's MAC addresses.
+    #[test]
+    fn the_fast_path_translates_as_the_slow_path_does(
+        proto in prop::sample::select(vec![PROTO_UDP, PROTO_TCP]),
+        zero in any::<bool>(),
+        sport in 1u16..,
+        rport in 1u16..,
+        ttl in 2u8..,
+        id in any::<u16>(),
+        payload in prop::collection::vec(any::<u8>(), 0..64),
+        xdp in any::<bool>(),
+    ) {
+        let mode = if xdp { FAST_XDP } else { FAST_TC };
+        let t = router(mode, 0, |c| c.ports = PortRange::new(1024, 65535));
+        let ext = if proto == PROTO_TCP { open_tcp(&t, sport, rport) } else { open_udp(&t, sport, rport) };
+        let ip = Ipv4::new(BLUE, LAN).ttl(ttl).id(id);
+        let l4 = l4_for(proto, zero, sport, rport, &payload);
+        let got = if xdp {
+            let h: Xdp = from_inside(&ip, &l4, PORT_A, LAN);
+            prop_assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+            h.frame.bytes()
+        } else {
+            let h: Tc = from_inside(&ip, &l4, PORT_A, LAN);
+            prop_assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+            h.frame.bytes()
+        };
+        // The slow path: routed (TTL - 1, the next hop's MACs), then the uplink's egress.
+        let routed = Frame::new(packet::frame(NEXT_MAC, UP_MAC, &ip.clone().ttl(ttl - 1), &l4).to_vec());
+        prop_assert_eq!(translate::egress(&routed, &t), Ok(Action::Pass));
+        assert_same(&got, &routed.bytes());
+        let want = packet::frame(NEXT_MAC, UP_MAC, &Ipv4::new(EXT, LAN).ttl(ttl - 1).id(id), &l4_for(proto, zero, ext, rport, &payload));
+        assert_same(&got, &want);
+    }
+}
