@@ -16,6 +16,7 @@ pub mod flows;
 pub mod frags;
 pub mod icmp;
 pub mod maintain;
+pub mod pair;
 pub mod rewrite;
 
 pub use bindings::{PortSearch, try_port};

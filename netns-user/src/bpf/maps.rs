@@ -15,9 +15,10 @@ use netns_common::{
         MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_NAT_PORTS,
     },
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
+    translate::pair::{self, BindingStore, PairError, StoreError},
 };
 
-use super::{EbpfError, StaticBinding, install_forwards, pin_dir, put_ifaces};
+use super::{BPF_NOEXIST, EbpfError, StaticBinding, pin_dir, put_ifaces};
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
@@ -121,12 +122,6 @@ impl NatMaps {
         }
     }
 
-    /// Inserts mapping entry `key` with `flags` (`BPF_NOEXIST`: only if absent).
-    pub fn insert_binding(&mut self, key: BindingKey, b: Binding, flags: u64) -> Result<()> {
-        let err = self.err(MAP_NAT_BINDINGS);
-        self.bindings.insert(key, b, flags).map_err(err)
-    }
-
     /// Removes mapping entry `key` (absent: nothing to do).
     pub fn remove_binding(&mut self, key: &BindingKey) -> Result<()> {
         match self.bindings.remove(key) {
@@ -138,8 +133,24 @@ impl NatMaps {
     /// Writes both entries of every port forward for external address `ext` (a new NAT's
     /// tables are empty: nothing is refused).
     pub fn install_forwards(&mut self, ext: u32, forwards: &[StaticBinding]) -> Result<()> {
-        let err = self.err(MAP_NAT_BINDINGS);
-        install_forwards(&mut self.bindings, ext, forwards).map_err(err)
+        for f in forwards {
+            pair::insert_static(self, f, ext).map_err(|e| self.pair_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// A refused pair as this map's error.
+    pub fn pair_error(&self, e: PairError<EbpfError>) -> EbpfError {
+        let (PairError::External(e) | PairError::Internal(e)) = e;
+        let errno = match e {
+            StoreError::Other(e) => return e,
+            StoreError::Exists => libc::EEXIST,
+            StoreError::Full => libc::E2BIG,
+        };
+        self.err(MAP_NAT_BINDINGS)(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }))
     }
 
     /// Stamps the maps with the layout of the build that made them (read back by
@@ -186,5 +197,34 @@ impl NatMaps {
                 Ok((c.name(), per_cpu.iter().sum()))
             })
             .collect()
+    }
+}
+
+/// The pinned mapping table as a store of entries: user space inserts and removes port
+/// forwards through the same pair operations as the host tests check
+/// (`netns_common::translate::pair`).
+impl BindingStore for NatMaps {
+    type Error = EbpfError;
+
+    fn get(&self, key: &BindingKey) -> Result<Option<Binding>> {
+        self.binding(key)
+    }
+
+    fn insert_new(&mut self, key: &BindingKey, b: &Binding) -> Result<(), StoreError<EbpfError>> {
+        match self.bindings.insert(*key, *b, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) => match e.io_error.raw_os_error() {
+                Some(libc::EEXIST) => Err(StoreError::Exists),
+                Some(libc::E2BIG | libc::ENOMEM) => Err(StoreError::Full),
+                _ => Err(StoreError::Other(self.err(MAP_NAT_BINDINGS)(
+                    MapError::SyscallError(e),
+                ))),
+            },
+            Err(e) => Err(StoreError::Other(self.err(MAP_NAT_BINDINGS)(e))),
+        }
+    }
+
+    fn remove(&mut self, key: &BindingKey) -> Result<()> {
+        self.remove_binding(key)
     }
 }

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use netns_common::{
@@ -28,7 +28,7 @@ use netns_common::{
         PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN,
         PROG_XDP_FAST_OUT, full_program_name,
     },
-    nat::{BINDING_STATIC, Binding, BindingKey, NatConfig},
+    nat::NatConfig,
 };
 use nix::{
     fcntl::{Flock, FlockArg},
@@ -211,37 +211,8 @@ pub fn attach_uplink_counters(ns: &str, uplink: &str, prefix: &str) -> Result<()
     res
 }
 
-/// A port forward as the eBPF NAT holds it: a static binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StaticBinding {
-    pub proto: u8,
-    /// External port, wire order.
-    pub ext_port: u16,
-    /// Internal address and port, wire order.
-    pub int_addr: u32,
-    pub int_port: u16,
-}
-
-impl StaticBinding {
-    /// Its two binding entries (external and internal) for external address `ext_addr`.
-    pub fn entries(&self, ext_addr: u32) -> [(BindingKey, Binding); 2] {
-        let b = Binding {
-            int_addr: self.int_addr,
-            ext_addr,
-            int_port: self.int_port,
-            ext_port: self.ext_port,
-            flags: BINDING_STATIC,
-            open_flows: 0,
-            _pad: 0,
-            expires_ns: u64::MAX,
-            idle_until_ns: u64::MAX,
-        };
-        [
-            (BindingKey::external(self.proto, ext_addr, self.ext_port), b),
-            (BindingKey::internal(self.proto, self.int_addr, self.int_port), b),
-        ]
-    }
-}
+/// A port forward as the eBPF NAT holds it: a static binding (one pair of entries).
+pub use netns_common::translate::pair::StaticBinding;
 
 /// What the eBPF NAT is loaded with.
 #[derive(Clone, Debug)]
@@ -581,20 +552,6 @@ pub fn log_tail(log: &str, n: usize) -> (String, usize) {
         .collect::<Vec<_>>()
         .join("\n");
     (tail, lines.len())
-}
-
-/// Writes both entries of every port forward for external address `ext_addr`.
-pub(crate) fn install_forwards<T: std::borrow::BorrowMut<MapData>>(
-    bindings: &mut HashMap<T, BindingKey, Binding>,
-    ext_addr: u32,
-    forwards: &[StaticBinding],
-) -> Result<(), aya::maps::MapError> {
-    for f in forwards {
-        for (k, b) in f.entries(ext_addr) {
-            bindings.insert(k, b, 0)?;
-        }
-    }
-    Ok(())
 }
 
 /// The NAT's object, as built into this binary.

@@ -5,11 +5,12 @@ use std::net::Ipv4Addr;
 use netns_common::{
     filter::Selector,
     nat::{BindingKey, addr_to_wire, port_to_wire},
+    translate::pair::{self, PairError, StoreError},
 };
 
 use super::conntrack::endpoint;
 use crate::{
-    bpf::{BPF_NOEXIST, NatMaps, StaticBinding, maintain},
+    bpf::{NatMaps, StaticBinding, maintain},
     config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
     nat::{NatError, ebpf::monotonic_ns},
 };
@@ -39,6 +40,9 @@ pub enum ForwardError {
         addr: Ipv4Addr,
         int_port: u16,
     },
+    /// A packet made a mapping of the port or the target between the checks and the insert.
+    #[error("a mapping of {proto} port {port} or of its target was made meanwhile; try again")]
+    Raced { proto: L4Proto, port: u16 },
     #[error("no {proto} port {port} is forwarded")]
     NoSuchForward { proto: L4Proto, port: u16 },
     #[error(transparent)]
@@ -63,7 +67,7 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
         int_addr: addr_to_wire(*f.to.ip()),
         int_port: port_to_wire(f.to.port()),
     };
-    let [(ekey, eb), (ikey, ib)] = sb.entries(ext);
+    let [(ekey, _), (ikey, _)] = sb.entries(ext);
     let now = monotonic_ns();
     if let Some(old) = maps.binding(&ekey).map_err(nat_err)? {
         if old.is_static() {
@@ -101,12 +105,16 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     // (by their protocol: one a packet revives at that instant stays, and the inserts below
     // then refuse).
     maintain::sweep(prefix, 0).map_err(nat_err)?;
-    maps.insert_binding(ekey, eb, BPF_NOEXIST).map_err(nat_err)?;
-    if let Err(e) = maps.insert_binding(ikey, ib, BPF_NOEXIST) {
-        let _ = maps.remove_binding(&ekey);
-        return Err(nat_err(e));
-    }
-    Ok(())
+    // Both entries exclusively, the first undone if the second is refused.
+    pair::insert_static(&mut maps, &sb, ext).map_err(|e| match e {
+        PairError::External(StoreError::Exists) | PairError::Internal(StoreError::Exists) => {
+            ForwardError::Raced {
+                proto: f.protocol,
+                port: f.port,
+            }
+        }
+        e => nat_err(maps.pair_error(e)),
+    })
 }
 
 /// Removes the forward of `proto` port `port` from the running NAT: both entries and the

@@ -5,10 +5,10 @@
 
 use std::net::Ipv4Addr;
 
-use netns_common::nat::addr_to_wire;
+use netns_common::{nat::addr_to_wire, translate::pair::BindingStore};
 
 use crate::{
-    bpf::{BPF_NOEXIST, NatMaps, maintain},
+    bpf::{NatMaps, maintain},
     config::NatSpec,
     nat::{
         NatError,
@@ -57,7 +57,7 @@ pub fn follow_uplink_address(
     // to them by the maintenance program; a port some mapping held there first keeps it).
     for f in static_bindings(nat) {
         let [(ekey, eb), _] = f.entries(new);
-        let _ = maps.insert_binding(ekey, eb, BPF_NOEXIST);
+        let _ = maps.insert_new(&ekey, &eb);
     }
     drop(maps);
     maintain::move_address(prefix)?;
