@@ -494,7 +494,7 @@ impl Tracer {
         };
         // Listening before the load starts.
         let start = Instant::now();
-        while netns_user::ops::trace::listeners(prefix)? == 0 {
+        while netns_user::ops::agent::listeners(prefix)? == 0 {
             if start.elapsed() > Duration::from_secs(5) {
                 bail!("the bench's trace listener did not start");
             }

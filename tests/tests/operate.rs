@@ -956,6 +956,52 @@ fn the_agent_ends_on_sigterm_and_with_the_lab() {
     );
 }
 
+/// The agent is the one owner of every change to a running NAT: with it stopped,
+/// `conntrack --flush`, `conntrack --delete` and `trace` (which needs the trace flag set)
+/// are refused with the way to start it again, and nothing is deleted; with it back, the
+/// flush is its change (counted in its health) and empties the tables.
+#[test]
+fn changes_to_a_running_nat_go_through_its_agent() {
+    if !privileged("agent_owner") {
+        return;
+    }
+    let g = LabGuard::up("own", NatKind::Ebpf);
+    let p = g.prefix().to_owned();
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7501]);
+    let red = in_ns(&g.lab.ns("red"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 47501)).unwrap()
+    });
+    red.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(udp_echo(&red, SocketAddrV4::new(LAN, 7501), b"owned"));
+    assert_eq!(listed(&p, &["--port", "7501"]).0.len(), 1);
+    let pid = agent_pid(&p).expect("running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_gone(pid, Duration::from_secs(3), "the agent did not end on SIGTERM");
+    let resume = format!("netns-nat up --prefix {p} --resume");
+    refused(&["conntrack", "--prefix", &p, "--flush"], &resume);
+    refused(
+        &["conntrack", "--prefix", &p, "--delete", "--port", "7501"],
+        &resume,
+    );
+    refused(&["trace", "--prefix", &p, "--for", "1"], &resume);
+    assert_eq!(
+        listed(&p, &["--port", "7501"]).0.len(),
+        1,
+        "a refused delete deleted nothing"
+    );
+    ok(&["up", "--prefix", &p, "--resume"]);
+    let health = || json(&["status", "--prefix", &p, "--json"])["ebpf"]["agent"]["health"].clone();
+    let applied = health()["changes_applied"].as_u64().unwrap();
+    let d = json(&["conntrack", "--prefix", &p, "--flush", "--json"]);
+    assert!(d["flows"].as_u64().unwrap() >= 1, "{d}");
+    assert_eq!(listed(&p, &[]).0.len(), 0);
+    assert_eq!(
+        health()["changes_applied"].as_u64().unwrap(),
+        applied + 1,
+        "the agent made the flush"
+    );
+}
+
 /// `trace` shows the translation of packets the test sends, both ways, and a drop with its
 /// reason; filters select; tracing is off again when the last listener ends (even one
 /// killed with SIGKILL, once the agent recounts).

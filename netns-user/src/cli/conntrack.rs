@@ -8,6 +8,11 @@ use netns_common::{
     nat::{TcpState, addr_to_wire, port_to_wire},
 };
 
+use netns_user::ops::{
+    agent::{Filter, Request, request},
+    conntrack::Deleted,
+};
+
 use super::{
     common::{PrefixArg, ProtoArg, ebpf_lab},
     print::{event_line, print_conntrack},
@@ -116,7 +121,14 @@ pub(super) fn exec(args: Args) -> Result<()> {
                  --flush deletes everything"
             );
         }
-        let gone = netns_user::ops::conntrack::delete(p, &filter)?;
+        // The agent makes every change to a running NAT, this one too.
+        let v = request(
+            p,
+            &Request::ConntrackDelete {
+                filter: Filter::from(&filter),
+            },
+        )?;
+        let gone: Deleted = serde_json::from_value(v)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&gone)?);
         } else {

@@ -11,7 +11,7 @@ use netns_common::{
         port_from_wire,
     },
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     bpf::{self, NatMaps, UplinkCounters, maintain},
@@ -144,7 +144,7 @@ fn mapping_entry(k: &BindingKey, b: &Binding, now: u64) -> MappingEntry {
 }
 
 /// What `conntrack --delete` or `--flush` removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
     pub flows: usize,
     pub mappings: usize,

@@ -47,7 +47,7 @@ pub struct AgentStatus {
 }
 
 fn trace_listeners(prefix: &str) -> u32 {
-    super::trace::listeners(prefix).unwrap_or(0)
+    super::agent::listeners(prefix).unwrap_or(0)
 }
 
 fn agent_status(prefix: &str) -> AgentStatus {

@@ -1,9 +1,9 @@
 //! `netns-nat trace`: the programs' translations and drops as they happen, read from the
 //! `NAT_TRACE` ring buffer. A ring buffer has one reader, so a lab has at most one trace: it
 //! holds a lock (`trace.listen` in the lab's state directory) while it runs. The programs
-//! write events only while `NAT_TRACE_ON` is 1, which says whether that lock is held: set
-//! by the trace, and recounted by the agent, so that a trace killed with SIGKILL (its lock
-//! released by the kernel) does not leave tracing on.
+//! write events only while `NAT_TRACE_ON` is 1, which says whether that lock is held; the
+//! agent, which makes every change to a running NAT, writes it (`agent::trace_flag`) when a
+//! trace asks as it starts and ends.
 
 use std::{
     fs,
@@ -12,18 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, RingBuf};
+use aya::maps::RingBuf;
 use netns_common::{
     counters::NatCounter,
-    names::{MAP_NAT_TRACE, MAP_NAT_TRACE_ON},
+    names::MAP_NAT_TRACE,
     nat::{addr_from_wire, addr_to_wire, port_from_wire},
     trace::{TraceEvent, Tuple, VERDICT_DROP, hook_name, verdict_name},
 };
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
-use super::conntrack::proto_name;
-use crate::{bpf, nat::ebpf::monotonic_ns, sys::paths::state_dir};
+use super::{agent, conntrack::proto_name};
+use crate::{bpf, nat::ebpf::monotonic_ns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -36,6 +36,14 @@ pub enum TraceError {
          stop it first"
     )]
     Busy(String),
+    #[error(transparent)]
+    Agent(#[from] Box<agent::AgentError>),
+}
+
+impl From<agent::AgentError> for TraceError {
+    fn from(e: agent::AgentError) -> Self {
+        TraceError::Agent(Box::new(e))
+    }
 }
 
 impl From<bpf::EbpfError> for TraceError {
@@ -140,40 +148,14 @@ fn listen_lock(prefix: &str) -> Result<fs::File, TraceError> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state_dir(prefix).join("trace.listen"))
+        .open(agent::listen_lock_path(prefix))
         .map_err(io_err(prefix))
 }
 
-/// Sets `NAT_TRACE_ON` to whether a trace listens (holds the listen lock). Returns it.
-pub fn sync_flag(prefix: &str) -> Result<u32, TraceError> {
-    let io = io_err(prefix);
-    // Serialises the flag's writers: a recount never undoes a newer one.
-    let lock = fs::File::create(state_dir(prefix).join("trace.lock")).map_err(&io)?;
-    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
-    // A lock taken through another open file conflicts even within one process.
-    let live = match Flock::lock(listen_lock(prefix)?, FlockArg::LockExclusiveNonblock) {
-        Ok(_free) => 0,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => 1,
-        Err((_, e)) => return Err(io(e.into())),
-    };
-    let (mut flag, path) = trace_flag(prefix)?;
-    if flag.get(&0, 0).map_err(bpf::map_err_at(&path))? != live {
-        flag.set(0, live, 0).map_err(bpf::map_err_at(&path))?;
-    }
-    Ok(live)
-}
-
-/// Whether a trace listens now (the flag as the programs see it: 0 or 1).
-pub fn listeners(prefix: &str) -> Result<u32, TraceError> {
-    let (flag, path) = trace_flag(prefix)?;
-    Ok(flag.get(&0, 0).map_err(bpf::map_err_at(&path))?)
-}
-
-/// Lab `prefix`'s pinned `NAT_TRACE_ON`, and its path (for errors).
-fn trace_flag(prefix: &str) -> Result<(Array<MapData, u32>, std::path::PathBuf), TraceError> {
-    let path = bpf::pin_dir(prefix).join(MAP_NAT_TRACE_ON);
-    let flag = Array::try_from(bpf::pinned_map(prefix, MAP_NAT_TRACE_ON)?).map_err(bpf::map_err_at(&path))?;
-    Ok((flag, path))
+/// Asks lab `prefix`'s agent, the flag's one writer, to recount the listeners into it.
+fn ask_sync(prefix: &str) -> Result<(), TraceError> {
+    agent::request(prefix, &agent::Request::TraceSync)?;
+    Ok(())
 }
 
 /// This process as the lab's trace, for as long as it lives.
@@ -201,7 +183,7 @@ impl<'a> Listening<'a> {
 impl Drop for Listening<'_> {
     fn drop(&mut self) {
         drop(self.lock.take());
-        let _ = sync_flag(self.prefix);
+        let _ = ask_sync(self.prefix);
     }
 }
 
@@ -221,7 +203,7 @@ pub fn run(
         .map_err(bpf::map_err_at(&bpf::pin_dir(prefix).join(MAP_NAT_TRACE)))?;
     // Events left from an earlier trace are not this one's.
     while ring.next().is_some() {}
-    sync_flag(prefix)?;
+    ask_sync(prefix)?;
     let start = Instant::now();
     let start_ns = monotonic_ns();
     let mut shown = 0u64;

@@ -2,7 +2,8 @@
 //! `up`, stopped by `down`, restarted by `up --resume`). It expires entries (the sweep of
 //! `ops::sweeper`), follows the uplink's address and the router's links (for the fast path's
 //! port table) from rtnetlink events, and applies
-//! live changes (forwards, `config apply`) one at a time, so that the maps, the stored
+//! live changes (forwards, `config apply`, `conntrack --delete/--flush`, the trace flag) one
+//! at a time, so that the maps, the stored
 //! configuration and its own view of them never disagree. Its control socket
 //! (`agent.sock` in the lab's state directory) takes one JSON request per line and answers one JSON line.
 //!
@@ -17,6 +18,7 @@
 //!   (`up`, `up --resume`, `up --upgrade`, `down`, `nat attach`, `nat detach`);
 //! - `server`: the agent itself ([`run`]: the socket's server, the sweep, the router's
 //!   events, the forward-hook filter check);
+//! - `trace_flag`: `NAT_TRACE_ON`, which only the agent writes;
 //! - `log_rotation` (its own log) and `program_log` (the programs' diagnostics in it).
 
 mod client;
@@ -25,12 +27,14 @@ mod log_rotation;
 mod program_log;
 mod protocol;
 mod server;
+mod trace_flag;
 
 pub use client::{answers, health, request, request_within, wait_ready};
 pub use lifecycle::{Resumed, log_path, pid, pid_file, resume, runs_beside, socket_path, start, stop};
 pub use log_rotation::LOG_MAX;
-pub use protocol::{CONNECTION_TIME, Health, MAX_REQUEST, Reply, Request};
+pub use protocol::{CONNECTION_TIME, Filter, Health, MAX_REQUEST, Reply, Request};
 pub use server::run;
+pub use trace_flag::{FlagError, listen_lock_path, listeners};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -1,8 +1,12 @@
 //! What the agent's control socket speaks, for both ends: a [`Request`] per line from the
 //! client, a [`Reply`] per line back (JSON lines), and what a ping answers ([`Health`]).
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
+use netns_common::{
+    filter::EntryFilter,
+    nat::{TcpState, addr_from_wire, addr_to_wire, port_from_wire, port_to_wire},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ForwardSpec, L4Proto, NatSpec};
@@ -24,6 +28,61 @@ pub enum Request {
     ConfigApply {
         nat: Box<NatSpec>,
     },
+    /// Delete the flows and mappings `filter` selects (`conntrack --delete`; an empty
+    /// filter: `--flush`).
+    ConntrackDelete {
+        filter: Filter,
+    },
+    /// Set `NAT_TRACE_ON` to whether a `trace` listens (a trace asks as it starts and ends).
+    TraceSync,
+}
+
+/// A conntrack filter as the protocol carries it: [`EntryFilter`]'s fields as a user
+/// writes them (address and port in host order, the TCP state by name).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Filter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<u8>,
+}
+
+impl From<&EntryFilter> for Filter {
+    fn from(f: &EntryFilter) -> Self {
+        Filter {
+            proto: f.proto,
+            addr: f.addr.map(addr_from_wire),
+            port: f.port.map(port_from_wire),
+            state: f.state.map(|s| s.name().to_owned()),
+            origin: f.origin,
+        }
+    }
+}
+
+impl TryFrom<&Filter> for EntryFilter {
+    type Error = String;
+
+    fn try_from(f: &Filter) -> Result<Self, String> {
+        let state = match &f.state {
+            Some(name) => {
+                Some(TcpState::from_name(name).ok_or_else(|| format!("unknown TCP state {name:?}"))?)
+            }
+            None => None,
+        };
+        Ok(EntryFilter {
+            proto: f.proto,
+            addr: f.addr.map(addr_to_wire),
+            port: f.port.map(port_to_wire),
+            state,
+            origin: f.origin,
+        })
+    }
 }
 
 /// The agent's answer: `ok`, and either `error` or what the request returns.
@@ -106,5 +165,33 @@ mod tests {
         let reply: Reply = serde_json::from_str(&line(&Reply::refused("no".into()))).unwrap();
         assert!(!reply.ok);
         assert_eq!(reply.error.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn a_conntrack_filter_crosses_the_socket_unchanged() {
+        let filters = [
+            EntryFilter::default(),
+            EntryFilter {
+                proto: Some(6),
+                addr: Some(addr_to_wire(Ipv4Addr::new(192, 168, 15, 2))),
+                port: Some(port_to_wire(8080)),
+                state: Some(TcpState::Established),
+                origin: Some(netns_common::nat::ORIGIN_INBOUND),
+            },
+        ];
+        for f in filters {
+            let req = Request::ConntrackDelete {
+                filter: Filter::from(&f),
+            };
+            let Request::ConntrackDelete { filter } = serde_json::from_str(&line(&req)).unwrap() else {
+                panic!("not a delete");
+            };
+            assert_eq!(EntryFilter::try_from(&filter), Ok(f));
+        }
+        let bad = Filter {
+            state: Some("half-open".into()),
+            ..Filter::default()
+        };
+        assert!(EntryFilter::try_from(&bad).is_err());
     }
 }

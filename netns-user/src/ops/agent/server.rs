@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use netns_common::filter::EntryFilter;
 use rtnetlink::{
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
     sys::{SocketAddr, protocols::NETLINK_ROUTE},
@@ -27,11 +28,12 @@ use super::{
     log_rotation::rotate_log,
     program_log::{ProgramLog, follow_program_log},
     protocol::{CONNECTION_TIME, Health, MAX_REQUEST, Reply, Request, line},
+    trace_flag,
 };
 use crate::{
     bpf,
     config::{self, LabConfig},
-    ops::{forwards, reconfig, sweeper},
+    ops::{conntrack, forwards, reconfig, sweeper},
     sys::netns,
 };
 
@@ -111,6 +113,20 @@ impl Shared {
                         serde_json::json!({ "to": to })
                     })
                     .map_err(|e| e.to_string())
+            }
+            Request::ConntrackDelete { filter } => {
+                // Under the configuration's lock, as every change: one at a time.
+                let _cfg = self.config.lock().expect("not poisoned");
+                EntryFilter::try_from(&filter)
+                    .and_then(|f| conntrack::delete(&self.prefix, &f).map_err(|e| e.to_string()))
+                    .map(|gone| serde_json::to_value(gone).expect("a count serialises"))
+            }
+            Request::TraceSync => {
+                // Not a change of the NAT's configuration: not counted as one.
+                return match trace_flag::sync(&self.prefix) {
+                    Ok(live) => Reply::done(serde_json::json!({ "listening": live })),
+                    Err(e) => Reply::refused(e.to_string()),
+                };
             }
             Request::ConfigApply { nat } => {
                 let mut cfg = self.config.lock().expect("not poisoned");
@@ -413,7 +429,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
         }
         // A `trace` that died without cleaning up must not leave tracing on.
         let prefix = shared.prefix.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || crate::ops::trace::sync_flag(&prefix)).await {
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || trace_flag::sync(&prefix)).await {
             shared.note_error("trace listeners", e);
         }
         let started = Instant::now();
