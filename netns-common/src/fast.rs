@@ -10,6 +10,7 @@
 //! come through [`Forwarding`] (TC, XDP, or a frame in memory), the state through
 //! [`FastTables`] (the maps, or tables in memory), as [`crate::translate`] does.
 
+use crate::wire::{WireAddr, WirePort};
 use crate::{
     counters::NatCounter,
     fwd::{
@@ -37,10 +38,10 @@ const SEEN_EVERY_NS: u64 = 1_000_000_000;
 pub struct FibQuery {
     /// The interface the router routes the packet from.
     pub ifindex: u32,
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
+    pub src: WireAddr,
+    pub dst: WireAddr,
+    pub sport: WirePort,
+    pub dport: WirePort,
     pub proto: u8,
     /// The IPv4 total length (host order): what a hook without an skb has the lookup check
     /// against the MTU.
@@ -205,7 +206,7 @@ fn checksum_complete<P: Forwarding>(ctx: &P, ip: &IpHdr) -> Res<Result<(), Slow>
         return Ok(Ok(()));
     }
     let l4_len = u16::from_be(ip.tot_len).wrapping_sub(20);
-    if partial_checksum(c, u32::from_be(ip.src), u32::from_be(ip.dst), ip.proto, l4_len) {
+    if partial_checksum(c, ip.src.to_host(), ip.dst.to_host(), ip.proto, l4_len) {
         return Ok(Err(Slow::PartialChecksum));
     }
     Ok(Ok(()))
@@ -295,9 +296,9 @@ pub fn outbound<P: Forwarding, T: FastTables>(ctx: &P, t: &T) -> Res<Action> {
 /// The ports (wire order) and, for TCP, what the tracker needs of a fast-path segment (never
 /// a SYN: its options are not read), with one load.
 #[inline(always)]
-fn l4<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<([u16; 2], Segment)> {
+fn l4<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<([WirePort; 2], Segment)> {
     if ip.proto != PROTO_TCP {
-        let p: [u16; 2] = ctx.load(L4).map_err(nat::malformed)?;
+        let p: [WirePort; 2] = ctx.load(L4).map_err(nat::malformed)?;
         return Ok((p, Segment::default()));
     }
     let th: TcpHead = ctx.load(L4).map_err(nat::malformed)?;
@@ -315,7 +316,7 @@ fn l4<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<([u16; 2], Segment)> {
 /// What every fast-path packet must be before its flow is looked up: its ports and TCP
 /// facts, or the reason it takes the slow path.
 #[inline(always)]
-fn fast_packet<P: Forwarding>(ctx: &P, ip: &IpHdr) -> Res<Result<([u16; 2], Segment), Slow>> {
+fn fast_packet<P: Forwarding>(ctx: &P, ip: &IpHdr) -> Res<Result<([WirePort; 2], Segment), Slow>> {
     if let Err(why) = fast_ip(&ip_facts(ip)) {
         return Ok(Err(why));
     }
@@ -381,7 +382,7 @@ fn outbound_flow<P: Forwarding, T: FastTables>(
     ip: &IpHdr,
     key: &FlowKey,
     f: &mut Flow,
-    p: &[u16; 2],
+    p: &[WirePort; 2],
     seg: &Segment,
     now: u64,
     bridge_due: bool,
@@ -487,8 +488,8 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
     ip: &IpHdr,
     key: &FlowKey,
     f: &mut Flow,
-    p: &[u16; 2],
-    int: (u32, u16),
+    p: &[WirePort; 2],
+    int: (WireAddr, WirePort),
     seg: &Segment,
     now: u64,
 ) -> Res<Action> {

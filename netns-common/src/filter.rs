@@ -2,16 +2,18 @@
 //! and origin. Pure, so that `netns-nat conntrack` (list, count, delete, watch) and its
 //! tests agree on what a filter selects. Addresses and ports are in wire order, as stored.
 
-use crate::nat::{Binding, BindingKey, Flow, FlowKey, PROTO_TCP, SIDE_EXTERNAL, SIDE_REMOTE, TcpState};
+use crate::nat::{
+    Binding, BindingKey, Flow, FlowKey, PROTO_TCP, SIDE_EXTERNAL, SIDE_REMOTE, TcpState, WireAddr, WirePort,
+};
 
 /// Every field that is set must match; an empty filter selects everything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryFilter {
     pub proto: Option<u8>,
     /// An address on any side: internal, external or remote.
-    pub addr: Option<u32>,
+    pub addr: Option<WireAddr>,
     /// A port (or ICMP echo identifier) on any side.
-    pub port: Option<u16>,
+    pub port: Option<WirePort>,
     /// A TCP state (flows only: a filter with a state selects no mapping).
     pub state: Option<TcpState>,
     /// `ORIGIN_OUTBOUND` or `ORIGIN_INBOUND` (flows only, like `state`).
@@ -68,9 +70,9 @@ pub const SEL_WITH_FORWARDS: u32 = 64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     pub flags: u32,
-    pub addr: u32,
-    pub port: u16,
-    pub ext_port: u16,
+    pub addr: WireAddr,
+    pub port: WirePort,
+    pub ext_port: WirePort,
     pub proto: u8,
     pub state: u8,
     pub origin: u8,
@@ -98,15 +100,15 @@ impl Selector {
             set(SEL_ORIGIN);
         }
         s.proto = f.proto.unwrap_or(0);
-        s.addr = f.addr.unwrap_or(0);
-        s.port = f.port.unwrap_or(0);
+        s.addr = f.addr.unwrap_or_default();
+        s.port = f.port.unwrap_or_default();
         s.state = f.state.map_or(0, |st| st as u8);
         s.origin = f.origin.unwrap_or(0);
         s
     }
 
-    /// The port forward of `proto` on external port `ext_port` (wire order).
-    pub fn forward(proto: u8, ext_port: u16) -> Selector {
+    /// The port forward of `proto` on external port `ext_port`.
+    pub fn forward(proto: u8, ext_port: WirePort) -> Selector {
         Selector {
             flags: SEL_PROTO | SEL_FORWARD,
             proto,
@@ -168,7 +170,7 @@ mod tests {
     use super::*;
     use crate::nat::{ORIGIN_INBOUND, ORIGIN_OUTBOUND, PROTO_UDP, addr_to_wire, port_to_wire};
 
-    fn a(d: u8) -> u32 {
+    fn a(d: u8) -> WireAddr {
         addr_to_wire(Ipv4Addr::new(192, 168, 15, d))
     }
 
@@ -301,6 +303,7 @@ mod tests {
         /// A filter with one field set selects exactly the flows that carry that value.
         #[test]
         fn a_port_filter_matches_iff_some_port_is_it(p: u16, q: u16, r: u16, s: u16) {
+            let (p, q, r, s) = (WirePort(p), WirePort(q), WirePort(r), WirePort(s));
             let k = FlowKey::new(PROTO_UDP, a(1), q, a(2), r);
             let f = Flow { ext_port: s, ..Flow::default() };
             let sel = EntryFilter { port: Some(p), ..Default::default() };

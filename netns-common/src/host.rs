@@ -5,6 +5,7 @@
 //! [`crate::fast`] run in ordinary tests, property tests and the fuzz target.
 extern crate std;
 
+use crate::wire::{WireAddr, WirePort};
 use std::{
     cell::{Cell, RefCell},
     collections::{HashMap, HashSet, VecDeque},
@@ -131,7 +132,7 @@ impl Default for Sizes {
 
 /// A socket of the router: (protocol, local address, local port, remote address, remote
 /// port), wire order; remote (0, 0) for a listener.
-pub type RouterSocket = (u8, u32, u16, u32, u16);
+pub type RouterSocket = (u8, WireAddr, WirePort, WireAddr, WirePort);
 
 /// The NAT's tables in memory.
 #[derive(Debug)]
@@ -146,7 +147,7 @@ pub struct MemTables {
     frags: RefCell<HashMap<FragKey, FragPorts>>,
     unconfirmed: RefCell<VecDeque<FlowKey>>,
     new_flow: RefCell<Flow>,
-    remotes: RefCell<HashMap<u32, RemoteRate>>,
+    remotes: RefCell<HashMap<WireAddr, RemoteRate>>,
     /// The router's own sockets.
     pub router_sockets: RefCell<HashSet<RouterSocket>>,
     /// How many evictions another CPU races (for tests): at the instant each is done, a new
@@ -406,7 +407,13 @@ impl Tables for MemTables {
         if e.done && rivals > 0 {
             self.rivals.set(rivals - 1);
             // The other CPU's flow: from a remote no test uses, one per race.
-            let key = FlowKey::new(crate::nat::PROTO_TCP, 0, 80u16.to_be(), 0xfe00_0000 + rivals, 1);
+            let key = FlowKey::new(
+                crate::nat::PROTO_TCP,
+                WireAddr::UNSPECIFIED,
+                WirePort::new(80),
+                WireAddr::from_host(0xfe00_0000 + rivals),
+                WirePort::new(1),
+            );
             let f = Flow {
                 origin: crate::nat::ORIGIN_INBOUND,
                 expires_ns: self.now() + 1,
@@ -417,17 +424,17 @@ impl Tables for MemTables {
         }
     }
 
-    fn with_remote<R>(&self, addr: u32, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
+    fn with_remote<R>(&self, addr: WireAddr, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
         self.remotes.borrow_mut().get_mut(&addr).map(f)
     }
 
-    fn insert_remote(&self, addr: u32, r: &RemoteRate) {
+    fn insert_remote(&self, addr: WireAddr, r: &RemoteRate) {
         self.remotes.borrow_mut().insert(addr, *r);
     }
 
-    fn router_socket(&self, proto: u8, local: (u32, u16), remote: (u32, u16)) -> bool {
+    fn router_socket(&self, proto: u8, local: (WireAddr, WirePort), remote: (WireAddr, WirePort)) -> bool {
         let s = self.router_sockets.borrow();
-        s.contains(&(proto, local.0, local.1, 0, 0))
+        s.contains(&(proto, local.0, local.1, WireAddr::UNSPECIFIED, WirePort::ZERO))
             || s.contains(&(proto, local.0, local.1, remote.0, remote.1))
     }
 
@@ -471,7 +478,10 @@ impl Tables for MemTables {
         self.releases.borrow_mut().push((*key, local));
     }
 
-    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<crate::translate::Res<(u32, u16)>> {
+    fn search_ports(
+        &self,
+        init: impl FnOnce(&mut PortSearch),
+    ) -> Option<crate::translate::Res<(WireAddr, WirePort)>> {
         let mut s = PortSearch::default();
         init(&mut s);
         for i in 0..MAX_PORT_TRIES {
@@ -521,7 +531,7 @@ impl FastTables for MemTables {
 /// success, `hop`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Route {
-    pub dst: u32,
+    pub dst: WireAddr,
     pub answer: i64,
     pub hop: NextHop,
 }

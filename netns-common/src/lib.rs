@@ -21,3 +21,4 @@ pub mod packet;
 pub mod tcp;
 pub mod trace;
 pub mod translate;
+pub mod wire;

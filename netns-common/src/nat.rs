@@ -1,13 +1,15 @@
 //! The eBPF NAT's maps (keys, values, configuration) and its pure logic: TCP state
 //! transitions, timeouts and external port choice. Shared by the programs and user space.
 //!
-//! Byte order: every address and port field named `*_addr`/`*_port` holds the bytes as they
-//! are on the wire (network order) in a native integer, exactly as the program reads them
-//! from the packet; use [`addr_from_wire`]/[`port_from_wire`] and their inverses to convert.
+//! Byte order: every address and port field is a [`WireAddr`] or [`WirePort`]: the bytes as
+//! they are on the wire (network order), exactly as the program reads them from the packet;
+//! [`addr_from_wire`]/[`port_from_wire`] and their inverses convert.
 //! Types are `#[repr(C)]` with explicit padding, zeroed before use, so that a key is the same
 //! bytes wherever it is built.
 
 use core::net::Ipv4Addr;
+
+pub use crate::wire::{WireAddr, WirePort};
 
 /// IP protocol numbers the NAT translates with ports (ICMP echo: the identifier).
 pub const PROTO_ICMP: u8 = 1;
@@ -32,20 +34,20 @@ pub const fn has_ports(proto: u8) -> bool {
 }
 
 /// A wire-order address field as an address.
-pub const fn addr_from_wire(a: u32) -> Ipv4Addr {
-    Ipv4Addr::from_bits(u32::from_be(a))
+pub const fn addr_from_wire(a: WireAddr) -> Ipv4Addr {
+    a.ipv4()
 }
 /// An address as a wire-order field.
-pub const fn addr_to_wire(a: Ipv4Addr) -> u32 {
-    a.to_bits().to_be()
+pub const fn addr_to_wire(a: Ipv4Addr) -> WireAddr {
+    WireAddr::new(a)
 }
 /// A wire-order port field as a number.
-pub const fn port_from_wire(p: u16) -> u16 {
-    u16::from_be(p)
+pub const fn port_from_wire(p: WirePort) -> u16 {
+    p.get()
 }
 /// A port number as a wire-order field.
-pub const fn port_to_wire(p: u16) -> u16 {
-    p.to_be()
+pub const fn port_to_wire(p: u16) -> WirePort {
+    WirePort::new(p)
 }
 
 /// Which side of a binding a [`BindingKey`] names.
@@ -66,13 +68,13 @@ pub struct BindingKey {
     pub proto: u8,
     pub side: u8,
     pub _pad: u16,
-    pub addr: u32,
-    pub port: u16,
+    pub addr: WireAddr,
+    pub port: WirePort,
     pub _pad2: u16,
 }
 
 impl BindingKey {
-    pub const fn internal(proto: u8, addr: u32, port: u16) -> Self {
+    pub const fn internal(proto: u8, addr: WireAddr, port: WirePort) -> Self {
         Self {
             proto,
             side: SIDE_INTERNAL,
@@ -82,7 +84,7 @@ impl BindingKey {
             _pad2: 0,
         }
     }
-    pub const fn external(proto: u8, addr: u32, port: u16) -> Self {
+    pub const fn external(proto: u8, addr: WireAddr, port: WirePort) -> Self {
         Self {
             proto,
             side: SIDE_EXTERNAL,
@@ -93,19 +95,19 @@ impl BindingKey {
         }
     }
     /// The address-only mapping of `proto` with remote `rem_addr`.
-    pub const fn remote(proto: u8, rem_addr: u32) -> Self {
+    pub const fn remote(proto: u8, rem_addr: WireAddr) -> Self {
         Self {
             proto,
             side: SIDE_REMOTE,
             _pad: 0,
             addr: rem_addr,
-            port: 0,
+            port: WirePort::ZERO,
             _pad2: 0,
         }
     }
     /// The entry a flow keeps alive: its mapping's external entry, or for a protocol
     /// without ports its address-only mapping.
-    pub const fn of_flow(key: &FlowKey, ext_addr: u32, ext_port: u16) -> Self {
+    pub const fn of_flow(key: &FlowKey, ext_addr: WireAddr, ext_port: WirePort) -> Self {
         if has_ports(key.proto) {
             Self::external(key.proto, ext_addr, ext_port)
         } else {
@@ -127,10 +129,10 @@ pub const BINDING_STATIC: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Binding {
-    pub ext_addr: u32,
-    pub ext_port: u16,
-    pub int_port: u16,
-    pub int_addr: u32,
+    pub ext_addr: WireAddr,
+    pub ext_port: WirePort,
+    pub int_port: WirePort,
+    pub int_addr: WireAddr,
     pub flags: u32,
     /// TCP: flows using the binding that have begun and not closed. Changed atomically, only
     /// by the CPU that wins a flow's state change or its removal (compare-and-swap), so each
@@ -159,18 +161,18 @@ const _: () = {
 
 impl Binding {
     /// The aligned word of `ext_addr`, `ext_port` and `int_port`, as it is in memory.
-    pub const fn word(ext_addr: u32, ext_port: u16, int_port: u16) -> u64 {
-        let a = ext_addr.to_ne_bytes();
-        let p = ext_port.to_ne_bytes();
-        let i = int_port.to_ne_bytes();
+    pub const fn word(ext_addr: WireAddr, ext_port: WirePort, int_port: WirePort) -> u64 {
+        let a = ext_addr.0.to_ne_bytes();
+        let p = ext_port.0.to_ne_bytes();
+        let i = int_port.0.to_ne_bytes();
         u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], i[0], i[1]])
     }
     /// The (external address, external port) a word names.
-    pub const fn unword(w: u64) -> (u32, u16) {
+    pub const fn unword(w: u64) -> (WireAddr, WirePort) {
         let b = w.to_ne_bytes();
         (
-            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-            u16::from_ne_bytes([b[4], b[5]]),
+            WireAddr(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            WirePort(u16::from_ne_bytes([b[4], b[5]])),
         )
     }
     /// This binding's word.
@@ -185,7 +187,7 @@ impl Binding {
     }
     /// An internal entry a reclaimer is removing (or an orphan): it names no port.
     pub const fn is_dying(&self) -> bool {
-        self.ext_addr == 0
+        self.ext_addr.is_unspecified()
     }
     pub const fn is_static(&self) -> bool {
         self.flags & BINDING_STATIC != 0
@@ -222,15 +224,21 @@ pub const FLOW_CONFIRMED: u8 = 1;
 pub struct FlowKey {
     pub proto: u8,
     pub _pad: [u8; 3],
-    pub int_addr: u32,
-    pub rem_addr: u32,
-    pub int_port: u16,
+    pub int_addr: WireAddr,
+    pub rem_addr: WireAddr,
+    pub int_port: WirePort,
     /// Remote port; 0 for ICMP echo.
-    pub rem_port: u16,
+    pub rem_port: WirePort,
 }
 
 impl FlowKey {
-    pub const fn new(proto: u8, int_addr: u32, int_port: u16, rem_addr: u32, rem_port: u16) -> Self {
+    pub const fn new(
+        proto: u8,
+        int_addr: WireAddr,
+        int_port: WirePort,
+        rem_addr: WireAddr,
+        rem_port: WirePort,
+    ) -> Self {
         Self {
             proto,
             _pad: [0; 3],
@@ -256,8 +264,8 @@ pub const ORIGIN_INBOUND: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    pub ext_addr: u32,
-    pub ext_port: u16,
+    pub ext_addr: WireAddr,
+    pub ext_port: WirePort,
     /// A [`TcpState`] for TCP; 0 otherwise.
     pub state: u8,
     pub origin: u8,
@@ -305,8 +313,8 @@ impl Flow {
     /// compares (eBPF has no narrower one on every CPU version). The other three never change
     /// after a flow is made.
     pub const fn state_word(&self, state: u8) -> u64 {
-        let a = self.ext_addr.to_ne_bytes();
-        let p = self.ext_port.to_ne_bytes();
+        let a = self.ext_addr.0.to_ne_bytes();
+        let p = self.ext_port.0.to_ne_bytes();
         u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], state, self.origin])
     }
 }
@@ -324,8 +332,8 @@ const _: () = {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
-    pub src: u32,
-    pub dst: u32,
+    pub src: WireAddr,
+    pub dst: WireAddr,
     pub id: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -336,8 +344,8 @@ pub struct FragKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragPorts {
-    pub sport: u16,
-    pub dport: u16,
+    pub sport: WirePort,
+    pub dport: WirePort,
     /// [`FRAG_LOCAL`].
     pub flags: u32,
     /// After this the entry is forgotten (the fragments' reassembly time is over).
@@ -410,12 +418,12 @@ pub const FRAG_LOCAL: u32 = 1;
 /// How long a datagram's fragments are recognised after its first (Linux's `ipfrag_time`).
 pub const FRAG_TIMEOUT_NS: u64 = 30 * SEC;
 
-/// An internal prefix: address and mask, both in wire order.
+/// An internal prefix: address and mask.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Prefix {
-    pub addr: u32,
-    pub mask: u32,
+    pub addr: WireAddr,
+    pub mask: WireAddr,
 }
 
 /// How many internal prefixes the configuration holds.
@@ -493,8 +501,8 @@ impl Timeouts {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatConfig {
-    /// The uplink's address, wire order: what new flows are translated to.
-    pub ext_addr: u32,
+    /// The uplink's address: what new flows are translated to.
+    pub ext_addr: WireAddr,
     pub flags: u32,
     pub internal: [Prefix; MAX_INTERNAL],
     pub n_internal: u32,
@@ -511,13 +519,13 @@ pub struct NatConfig {
 }
 
 impl NatConfig {
-    /// Whether `addr` (wire order) is in one of the internal prefixes.
-    pub fn is_internal(&self, addr: u32) -> bool {
+    /// Whether `addr` is in one of the internal prefixes.
+    pub fn is_internal(&self, addr: WireAddr) -> bool {
         let mut i = 0;
         while i < MAX_INTERNAL {
             if (i as u32) < self.n_internal {
                 let p = self.internal[i];
-                if addr & p.mask == p.addr & p.mask {
+                if addr.0 & p.mask.0 == p.addr.0 & p.mask.0 {
                     return true;
                 }
             }
@@ -761,8 +769,8 @@ mod tests {
         let a = Ipv4Addr::new(192, 168, 1, 2);
         assert_eq!(addr_from_wire(addr_to_wire(a)), a);
         // The wire bytes, as they sit in memory, are the dotted-quad order.
-        assert_eq!(addr_to_wire(a).to_ne_bytes(), [192, 168, 1, 2]);
-        assert_eq!(port_to_wire(80).to_ne_bytes(), [0, 80]);
+        assert_eq!(addr_to_wire(a).0.to_ne_bytes(), [192, 168, 1, 2]);
+        assert_eq!(port_to_wire(80).0.to_ne_bytes(), [0, 80]);
     }
 
     fn cfg() -> NatConfig {
@@ -826,17 +834,17 @@ mod tests {
             ext_addr: addr_to_wire(Ipv4Addr::new(192, 168, 1, 2)),
             ext_port: port_to_wire(4000),
             int_port: port_to_wire(5000),
-            int_addr: 7,
+            int_addr: WireAddr(7),
             ..Binding::default()
         };
         let w = b.ext_word();
         assert_eq!(*b.ext_word_mut(), w);
         assert_eq!(Binding::unword(w), (b.ext_addr, b.ext_port));
-        *b.ext_word_mut() = Binding::word(0, b.ext_port, b.int_port);
+        *b.ext_word_mut() = Binding::word(WireAddr::UNSPECIFIED, b.ext_port, b.int_port);
         assert!(b.is_dying());
         assert_eq!(
             (b.ext_port, b.int_port, b.int_addr),
-            (port_to_wire(4000), port_to_wire(5000), 7)
+            (port_to_wire(4000), port_to_wire(5000), WireAddr(7))
         );
     }
 

@@ -3,7 +3,10 @@
 //! (the skb helpers) and XDP (direct access), and [`crate::host`] for a frame in memory, so
 //! the NAT steps of [`crate::translate`] run unchanged in the kernel and in host tests.
 
-use crate::csum;
+use crate::{
+    csum,
+    wire::{WireAddr, WirePort},
+};
 
 /// A failed access (out of bounds, or refused by the kernel).
 pub type Fail = i64;
@@ -120,7 +123,7 @@ pub const TCP_OPTIONS: usize = 20;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpHead {
-    pub ports: [u16; 2],
+    pub ports: [WirePort; 2],
     pub seq: u32,
     pub ack: u32,
     /// Data offset (high nibble of the first byte) and flags (second byte).
@@ -160,8 +163,8 @@ pub struct IpHdr {
     pub ttl: u8,
     pub proto: u8,
     pub csum: u16,
-    pub src: u32,
-    pub dst: u32,
+    pub src: WireAddr,
+    pub dst: WireAddr,
 }
 
 impl IpHdr {
@@ -188,8 +191,8 @@ impl IpHdr {
 /// The one's complement sum of the fixed IPv4 header's 16-bit words (checksum included).
 #[inline(always)]
 pub fn ip_header_sum(ip: &IpHdr) -> u32 {
-    let word32 = |v: u32| {
-        let v = u32::from_be(v);
+    let word32 = |v: WireAddr| {
+        let v = v.to_host();
         (v >> 16) + (v & 0xffff)
     };
     u32::from(u16::from_be_bytes([ip.ver_ihl, ip.tos]))

@@ -5,6 +5,7 @@
 use crate::{
     nat::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_OFF, Packet, eth_ipv4},
+    wire::{WireAddr, WirePort},
 };
 
 /// Where an event happened: the program.
@@ -25,10 +26,10 @@ pub const VERDICT_DROP: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
+    pub saddr: WireAddr,
+    pub daddr: WireAddr,
+    pub sport: WirePort,
+    pub dport: WirePort,
     pub proto: u8,
     /// 1 when the rest is filled in.
     pub valid: u8,
@@ -73,7 +74,7 @@ pub fn tuple<P: Packet>(ctx: &P) -> Tuple {
     }
     match ip.proto {
         PROTO_TCP | PROTO_UDP => {
-            if let Ok(p) = ctx.load::<[u16; 2]>(l4) {
+            if let Ok(p) = ctx.load::<[WirePort; 2]>(l4) {
                 t.sport = p[0];
                 t.dport = p[1];
             }
@@ -81,7 +82,7 @@ pub fn tuple<P: Packet>(ctx: &P) -> Tuple {
         PROTO_ICMP => {
             if let Ok([ty, _]) = ctx.load::<[u8; 2]>(l4)
                 && (ty == ICMP_ECHO_REQUEST || ty == ICMP_ECHO_REPLY)
-                && let Ok(id) = ctx.load::<u16>(l4 + 4)
+                && let Ok(id) = ctx.load::<WirePort>(l4 + 4)
             {
                 t.sport = id;
             }
@@ -143,16 +144,16 @@ mod tests {
         let t = tuple(&f);
         assert_eq!(t.valid, 1);
         assert_eq!(t.proto, PROTO_UDP);
-        assert_eq!(u16::from_be(t.sport), 4000);
-        assert_eq!(u16::from_be(t.dport), 53);
-        assert_eq!(t.saddr.to_ne_bytes(), [192, 168, 15, 1]);
+        assert_eq!(t.sport.get(), 4000);
+        assert_eq!(t.dport.get(), 53);
+        assert_eq!(t.saddr.0.to_ne_bytes(), [192, 168, 15, 1]);
         assert!(
             !worth_tracing(&t, &t, VERDICT_PASS),
             "untouched and passed: no event"
         );
         assert!(worth_tracing(&t, &t, VERDICT_DROP));
         let mut after = t;
-        after.saddr = u32::from_ne_bytes([192, 168, 1, 2]);
+        after.saddr = WireAddr(u32::from_ne_bytes([192, 168, 1, 2]));
         assert!(worth_tracing(&t, &after, VERDICT_PASS));
         assert!(
             !worth_tracing(&Tuple::default(), &after, VERDICT_DROP),
@@ -166,6 +167,6 @@ mod tests {
         bytes[14 + 6] = 0x00;
         bytes[14 + 7] = 0x10;
         let t = tuple(&Frame::new(bytes));
-        assert_eq!((t.valid, t.sport, t.dport), (1, 0, 0));
+        assert_eq!((t.valid, t.sport, t.dport), (1, WirePort::ZERO, WirePort::ZERO));
     }
 }

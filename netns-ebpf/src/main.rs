@@ -126,10 +126,10 @@ fn log_drop<P: Packet>(p: &P, hook: u8, d: Drop) {
         hook,
         d.counter() as u8,
         t.proto,
-        u32::from_be(t.saddr),
-        u16::from_be(t.sport),
-        u32::from_be(t.daddr),
-        u16::from_be(t.dport)
+        t.saddr.to_host(),
+        t.sport.get(),
+        t.daddr.to_host(),
+        t.dport.get()
     );
 }
 

@@ -22,7 +22,7 @@ use netns_common::{
     fwd::{FastConfig, FdbEntry, MacKey, PortState},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, HeldFrag, HeldKey,
-        MAX_PORT_TRIES, NatConfig, PROTO_TCP, PROTO_UDP, RemoteRate,
+        MAX_PORT_TRIES, NatConfig, PROTO_TCP, PROTO_UDP, RemoteRate, WireAddr, WirePort,
     },
     trace::TraceEvent,
     translate::{
@@ -401,27 +401,27 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn with_remote<R>(&self, addr: u32, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
+    fn with_remote<R>(&self, addr: WireAddr, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R> {
         // Safety: as in `with_binding`; a count a reused element loses is one second's.
-        NAT_REMOTES.get_ptr_mut(addr).map(|p| f(unsafe { &mut *p }))
+        NAT_REMOTES.get_ptr_mut(addr.0).map(|p| f(unsafe { &mut *p }))
     }
 
     #[inline(always)]
-    fn insert_remote(&self, addr: u32, r: &RemoteRate) {
-        let _ = NAT_REMOTES.insert(addr, r, 0);
+    fn insert_remote(&self, addr: WireAddr, r: &RemoteRate) {
+        let _ = NAT_REMOTES.insert(addr.0, r, 0);
     }
 
     #[inline(always)]
-    fn router_socket(&self, proto: u8, local: (u32, u16), remote: (u32, u16)) -> bool {
+    fn router_socket(&self, proto: u8, local: (WireAddr, WirePort), remote: (WireAddr, WirePort)) -> bool {
         // Safety: a zeroed plain-data union.
         let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
         // Safety: writing the IPv4 member of the union.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = remote.0;
-            t.sport = remote.1;
-            t.daddr = local.0;
-            t.dport = local.1;
+            t.saddr = remote.0.0;
+            t.sport = remote.1.0;
+            t.daddr = local.0.0;
+            t.dport = local.1.0;
         }
         let size = core::mem::size_of::<[u32; 3]>() as u32;
         let netns = BPF_F_CURRENT_NETNS as u64;
@@ -490,7 +490,7 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(u32, u16)>> {
+    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(WireAddr, WirePort)>> {
         let slot = NAT_SEARCH.get_ptr_mut(0)?;
         // Safety: this CPU's slot from a successful lookup; nothing else on this CPU runs
         // while the program does.

@@ -29,12 +29,12 @@ pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16, hop: &mut
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = q.proto;
-    fib.sport = q.sport;
-    fib.dport = q.dport;
+    fib.sport = q.sport.0;
+    fib.dport = q.dport.0;
     fib.ifindex = q.ifindex;
     fib.__bindgen_anon_1.tot_len = tot_len;
-    fib.__bindgen_anon_3.ipv4_src = q.src;
-    fib.__bindgen_anon_4.ipv4_dst = q.dst;
+    fib.__bindgen_anon_3.ipv4_src = q.src.0;
+    fib.__bindgen_anon_4.ipv4_dst = q.dst.0;
     // Safety: the context the program was given and a parameter block of the stated size.
     let rc = unsafe {
         bpf_fib_lookup(

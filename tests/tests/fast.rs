@@ -21,8 +21,8 @@ use netns_common::{
     },
     host::{AtHook, Frame, MemTables, Route, Sizes},
     nat::{
-        FlowKey, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, TCP_ACK, TCP_FIN, TCP_SYN, TcpState,
-        addr_to_wire,
+        FlowKey, NatConfig, PROTO_TCP, PROTO_UDP, PortRange, TCP_ACK, TCP_FIN, TCP_SYN, TcpState, WireAddr,
+        WirePort, addr_to_wire,
     },
     packet::{Action, Packet},
     translate::{self, Drop},
@@ -96,7 +96,7 @@ fn router(mode: u32, refresh_ns: u64, adjust: impl FnOnce(&mut NatConfig)) -> Me
     t
 }
 
-fn wire(a: Ipv4Addr) -> u32 {
+fn wire(a: Ipv4Addr) -> WireAddr {
     addr_to_wire(a)
 }
 
@@ -183,7 +183,13 @@ fn flow_of(
     remote: Ipv4Addr,
     rport: u16,
 ) -> netns_common::nat::Flow {
-    let key = FlowKey::new(proto, wire(host), sport.to_be(), wire(remote), rport.to_be());
+    let key = FlowKey::new(
+        proto,
+        wire(host),
+        WirePort::new(sport),
+        wire(remote),
+        WirePort::new(rport),
+    );
     t.flows()
         .into_iter()
         .find(|(k, _)| *k == key)
@@ -193,7 +199,7 @@ fn flow_of(
 
 /// The external port (host order) of a flow.
 fn ext_port(t: &MemTables, proto: u8, sport: u16, rport: u16) -> u16 {
-    u16::from_be(flow_of(t, proto, BLUE, sport, LAN, rport).ext_port)
+    flow_of(t, proto, BLUE, sport, LAN, rport).ext_port.get()
 }
 
 /// Opens a UDP flow blue:sport -> lan:rport through the slow path, answered and still active
@@ -302,7 +308,7 @@ fn round_trip<const M: u32>(proto: u8) {
     // Routed as the router would: from the port's bridge, from the external address.
     let q = out.queries.borrow()[0];
     assert_eq!((q.ifindex, q.src, q.dst), (BRIDGE, wire(EXT), wire(LAN)));
-    assert_eq!((q.sport, q.dport), (ext.to_be(), rport.to_be()));
+    assert_eq!((q.sport, q.dport), (WirePort::new(ext), WirePort::new(rport)));
     let after = flow_of(&t, proto, BLUE, sport, LAN, rport);
     assert_eq!(after.packets_out, before.packets_out + 1);
     assert_eq!(after.bytes_out, before.bytes_out + u64::from(out.frame.len()));

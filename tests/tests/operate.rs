@@ -157,7 +157,9 @@ fn filters_count_delete_flush_and_watch() {
     assert!(left.is_empty());
     let (raw_flows, raw_bindings) = raw_tables(&p).unwrap();
     assert!(
-        !raw_bindings.iter().any(|(_, b)| b.int_port == 47002u16.to_be()),
+        !raw_bindings
+            .iter()
+            .any(|(_, b)| b.int_port == netns_common::nat::WirePort::new(47002)),
         "both entries of blue's mapping are gone"
     );
     assert_eq!(raw_flows.len(), 3, "red's flows stay");
@@ -690,7 +692,10 @@ fn agent_restart_and_upgrade_keep_connections(fast: netns_user::config::FastPath
             .unwrap()
             .0
             .into_iter()
-            .find(|(k, _)| k.proto == netns_common::nat::PROTO_TCP && k.rem_port == 7200u16.to_be())
+            .find(|(k, _)| {
+                k.proto == netns_common::nat::PROTO_TCP
+                    && k.rem_port == netns_common::nat::WirePort::new(7200)
+            })
             .map(|(_, f)| f)
             .expect("the connection's flow entry")
     };

@@ -507,7 +507,7 @@ fn a_flood_through_a_forward_cannot_fill_the_table(mode: FastPath) {
     let (flows, _) = raw_tables(g.prefix()).unwrap();
     let flood_flows: Vec<_> = flows
         .iter()
-        .filter(|(k, f)| f.origin == ORIGIN_INBOUND && u32::from_be(k.rem_addr) >> 16 == 0x0a40)
+        .filter(|(k, f)| f.origin == ORIGIN_INBOUND && k.rem_addr.to_host() >> 16 == 0x0a40)
         .collect();
     assert!(
         flood_flows.len() > 400,
@@ -618,7 +618,9 @@ fn spoofed_rsts_and_fins_change_nothing(mode: FastPath) {
         let (flows, _) = raw_tables(g.prefix()).unwrap();
         flows
             .iter()
-            .find(|(k, _)| k.int_addr == addr_to_wire(RED) && k.rem_port == 7400u16.to_be())
+            .find(|(k, _)| {
+                k.int_addr == addr_to_wire(RED) && k.rem_port == netns_common::nat::WirePort::new(7400)
+            })
             .map(|(_, f)| f.state)
     };
     assert_eq!(state(&g), Some(TcpState::Established as u8));
@@ -751,10 +753,12 @@ fn the_routers_own_sockets_keep_their_ports() {
     let (flows, _) = raw_tables(g.prefix()).unwrap();
     let f = flows
         .iter()
-        .find(|(k, _)| k.int_addr == addr_to_wire(RED) && k.int_port == 7501u16.to_be())
+        .find(|(k, _)| {
+            k.int_addr == addr_to_wire(RED) && k.int_port == netns_common::nat::WirePort::new(7501)
+        })
         .expect("red's TCP flow");
     assert_ne!(
-        u16::from_be(f.1.ext_port),
+        f.1.ext_port.get(),
         7501,
         "red's TCP flow took the router's listening port"
     );
@@ -973,8 +977,10 @@ fn the_routers_policy_binds_the_fast_path(mode: FastPath) {
         let (flows, _) = raw_tables(g.prefix()).unwrap();
         let ext_port = flows
             .iter()
-            .find(|(k, _)| k.rem_addr == addr_to_wire(LAN) && k.rem_port == 7003u16.to_be())
-            .map(|(_, f)| u16::from_be(f.ext_port))
+            .find(|(k, _)| {
+                k.rem_addr == addr_to_wire(LAN) && k.rem_port == netns_common::nat::WirePort::new(7003)
+            })
+            .map(|(_, f)| f.ext_port.get())
             .expect("red's flow");
         sh("ip", args);
         // The agent hears of the link change and updates the fast path's port table.

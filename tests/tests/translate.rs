@@ -25,7 +25,7 @@ use netns_common::{
     host::{Frame, MemTables, Sizes},
     nat::{
         BindingKey, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, SIDE_EXTERNAL, SIDE_REMOTE,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Timeouts, addr_to_wire,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Timeouts, WireAddr, WirePort, addr_to_wire,
     },
     packet::Action,
     translate::{self, Drop, Tables},
@@ -647,7 +647,7 @@ fn closed_tcp_connections_give_their_ports_back() {
                 run(
                     &t,
                     Step::Ingress,
-                    &frame(LAN, EXT, &tcp_at(443, u16::from_be(ext), flags, seq, ack, b"")),
+                    &frame(LAN, EXT, &tcp_at(443, ext.get(), flags, seq, ack, b"")),
                 )
                 .0
             };
@@ -974,16 +974,24 @@ fn a_new_flow_evicts_again_when_another_cpu_takes_its_room() {
 fn the_port_search_skips_the_routers_own_ports() {
     let t = nat(25);
     let red = Ipv4Addr::new(192, 168, 15, 1);
-    t.router_sockets
-        .borrow_mut()
-        .insert((PROTO_UDP, addr_to_wire(EXT), 40000u16.to_be(), 0, 0));
+    t.router_sockets.borrow_mut().insert((
+        PROTO_UDP,
+        addr_to_wire(EXT),
+        WirePort::new(40000),
+        WireAddr::UNSPECIFIED,
+        WirePort::ZERO,
+    ));
     let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"x")));
     let port = parse_frame(&got).unwrap().2.ports().unwrap().0;
     assert_ne!(port, 40000, "the router's port was given to red");
     // A socket bound later on red's external port, for a remote red never talked to.
-    t.router_sockets
-        .borrow_mut()
-        .insert((PROTO_UDP, addr_to_wire(EXT), port.to_be(), 0, 0));
+    t.router_sockets.borrow_mut().insert((
+        PROTO_UDP,
+        addr_to_wire(EXT),
+        WirePort::new(port),
+        WireAddr::UNSPECIFIED,
+        WirePort::ZERO,
+    ));
     let (v, got) = run(
         &t,
         Step::Ingress,

@@ -18,6 +18,7 @@
 //!   another mapping's port a little longer.)
 
 use super::{Drop, InsertError, LogEvent, Res, Tables};
+use crate::wire::{WireAddr, WirePort};
 use crate::{
     counters::NatCounter,
     nat::{
@@ -114,7 +115,7 @@ pub(crate) fn reclaim<T: Tables>(t: &T, ekey: &BindingKey, old: &Binding) {
     t.remove_binding(ekey);
     let ikey = BindingKey::internal(ekey.proto, old.int_addr, old.int_port);
     let named = Binding::word(old.ext_addr, old.ext_port, old.int_port);
-    let dying = Binding::word(0, old.ext_port, old.int_port);
+    let dying = Binding::word(WireAddr::UNSPECIFIED, old.ext_port, old.int_port);
     if t.with_binding(&ikey, |i| T::cas_u64(i.ext_word_mut(), named, dying).is_ok()) == Some(true) {
         t.remove_binding(&ikey);
     }
@@ -144,7 +145,7 @@ enum Claim {
     /// Another endpoint holds the port: try another.
     Taken,
     /// Another CPU bound this same internal endpoint a moment ago: use its port.
-    Raced(u32, u16),
+    Raced(WireAddr, WirePort),
 }
 
 /// Takes external port `b.ext_port` for `b`'s internal endpoint: the external entry first
@@ -198,7 +199,7 @@ fn claim<T: Tables>(t: &T, proto: u8, b: &Binding, prev: u64) -> Res<Claim> {
     // wins; a dying entry is being removed this instant.
     t.remove_binding(&ekey);
     let (addr, port) = Binding::unword(found);
-    if addr == 0 {
+    if addr.is_unspecified() {
         return Err(Drop::Busy);
     }
     Ok(Claim::Raced(addr, port))
@@ -213,10 +214,10 @@ pub(crate) fn binding_for<T: Tables>(
     t: &T,
     cfg: &NatConfig,
     proto: u8,
-    int_addr: u32,
-    int_port: u16,
+    int_addr: WireAddr,
+    int_port: WirePort,
     now: u64,
-) -> Res<(u32, u16)> {
+) -> Res<(WireAddr, WirePort)> {
     let ikey = BindingKey::internal(proto, int_addr, int_port);
     let mut prev = 0;
     if let Some(i) = t.binding(&ikey) {
@@ -250,7 +251,7 @@ pub(crate) fn binding_for<T: Tables>(
             prev,
             binding: Binding {
                 ext_addr: cfg.ext_addr,
-                ext_port: 0,
+                ext_port: WirePort::ZERO,
                 int_port,
                 int_addr,
                 flags: 0,
@@ -286,7 +287,7 @@ pub struct PortSearch {
     /// The binding to claim; its external port is set per candidate.
     pub binding: Binding,
     /// The external endpoint, once claimed, or why the search failed.
-    pub found: Option<Res<(u32, u16)>>,
+    pub found: Option<Res<(WireAddr, WirePort)>>,
 }
 
 /// Tries candidate `i` of a port search; true when the search is over (found, failed,
@@ -299,7 +300,13 @@ pub fn try_port<T: Tables>(t: &T, s: &mut PortSearch, i: u32) -> bool {
     let proto = s.proto;
     s.binding.ext_port = port_to_wire(cand);
     let b = s.binding;
-    if proto != crate::nat::PROTO_ICMP && t.router_socket(proto, (b.ext_addr, b.ext_port), (0, 0)) {
+    if proto != crate::nat::PROTO_ICMP
+        && t.router_socket(
+            proto,
+            (b.ext_addr, b.ext_port),
+            (WireAddr::UNSPECIFIED, WirePort::ZERO),
+        )
+    {
         return false;
     }
     let done = |s: &mut PortSearch, c: Res<Claim>| -> bool {
@@ -332,10 +339,10 @@ pub(crate) fn remote_binding_for<T: Tables>(
     t: &T,
     cfg: &NatConfig,
     proto: u8,
-    int_addr: u32,
-    rem_addr: u32,
+    int_addr: WireAddr,
+    rem_addr: WireAddr,
     now: u64,
-) -> Res<(u32, u16)> {
+) -> Res<(WireAddr, WirePort)> {
     let key = BindingKey::remote(proto, rem_addr);
     // 1: ours, 2: another host's (alive), 3: reclaimed here, 0: going (a reclaimer has it).
     let found = t.with_binding(&key, |e| {
@@ -351,15 +358,15 @@ pub(crate) fn remote_binding_for<T: Tables>(
         }
     });
     match found {
-        Some(1) => return Ok((cfg.ext_addr, 0)),
+        Some(1) => return Ok((cfg.ext_addr, WirePort::ZERO)),
         Some(2) => return Err(Drop::NoPort),
         Some(3) => t.remove_binding(&key),
         _ => {}
     }
     let b = Binding {
         ext_addr: cfg.ext_addr,
-        ext_port: 0,
-        int_port: 0,
+        ext_port: WirePort::ZERO,
+        int_port: WirePort::ZERO,
         int_addr,
         flags: 0,
         open_flows: 0,
@@ -371,7 +378,7 @@ pub(crate) fn remote_binding_for<T: Tables>(
         Ok(()) => {
             t.count(NatCounter::NewMappings);
             t.log(LogEvent::NewMapping);
-            Ok((cfg.ext_addr, 0))
+            Ok((cfg.ext_addr, WirePort::ZERO))
         }
         Err(InsertError::Exists) => Err(Drop::Busy),
         Err(InsertError::Full) => Err(Drop::MapFull),

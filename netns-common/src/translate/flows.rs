@@ -11,6 +11,7 @@
 //! flow writing at that very instant can at worst miscount the flow that took its place.
 
 use super::{Drop, InsertError, Res, Tables, bindings};
+use crate::wire::{WireAddr, WirePort};
 use crate::{
     counters::NatCounter,
     nat::{
@@ -194,10 +195,10 @@ pub fn touch_live<T: Tables>(
     seg: &Segment,
     len: u64,
     now: u64,
-) -> Res<Option<(u32, u16, u8)>> {
+) -> Res<Option<(WireAddr, WirePort, u8)>> {
     // Closures return plain values (the kernel's verifier refuses what the compiler makes
     // of enums left partly undefined across a call).
-    let mut out = (0u32, 0u16, 0u8);
+    let mut out = (WireAddr::UNSPECIFIED, WirePort::ZERO, 0u8);
     let mut refused = None;
     let live = t.with_flow(key, |f| match touch(t, cfg, key, f, outbound, seg, len, now) {
         Ok(true) => {
@@ -275,12 +276,12 @@ fn new_flow<T: Tables>(
     t: &T,
     cfg: &NatConfig,
     key: &FlowKey,
-    ext: (u32, u16),
+    ext: (WireAddr, WirePort),
     origin: u8,
     seg: &Segment,
     len: u64,
     now: u64,
-) -> Res<(u32, u16)> {
+) -> Res<(WireAddr, WirePort)> {
     let mut out = ext;
     let made = t.with_new_flow(
         #[cfg_attr(target_arch = "bpf", inline(always))]
@@ -305,7 +306,7 @@ fn new_flow_in<T: Tables>(
     cfg: &NatConfig,
     key: &FlowKey,
     f: &mut Flow,
-    ext: &mut (u32, u16),
+    ext: &mut (WireAddr, WirePort),
     origin: u8,
     seg: &Segment,
     len: u64,
@@ -407,7 +408,12 @@ fn new_flow_in<T: Tables>(
 /// endpoint's mapping (made if needed), or for a protocol without ports its address-only
 /// mapping.
 #[inline(always)]
-pub(crate) fn mapping_for<T: Tables>(t: &T, cfg: &NatConfig, key: &FlowKey, now: u64) -> Res<(u32, u16)> {
+pub(crate) fn mapping_for<T: Tables>(
+    t: &T,
+    cfg: &NatConfig,
+    key: &FlowKey,
+    now: u64,
+) -> Res<(WireAddr, WirePort)> {
     if has_ports(key.proto) {
         bindings::binding_for(t, cfg, key.proto, key.int_addr, key.int_port, now)
     } else {
@@ -422,17 +428,17 @@ pub(crate) fn outbound_new<T: Tables>(
     t: &T,
     cfg: &NatConfig,
     key: &FlowKey,
-    ext: (u32, u16),
+    ext: (WireAddr, WirePort),
     seg: &Segment,
     len: u64,
     now: u64,
-) -> Res<(u32, u16)> {
+) -> Res<(WireAddr, WirePort)> {
     new_flow(t, cfg, key, ext, ORIGIN_OUTBOUND, seg, len, now)
 }
 
 /// Whether remote address `addr` may open another inbound flow this second.
 #[inline(always)]
-fn admit_remote<T: Tables>(t: &T, addr: u32, now: u64, limit: u32) -> bool {
+fn admit_remote<T: Tables>(t: &T, addr: WireAddr, now: u64, limit: u32) -> bool {
     let counted = t.with_remote(addr, |r| {
         if now.saturating_sub(r.window_ns) >= SEC {
             r.window_ns = now;

@@ -11,6 +11,7 @@
 //! router's partial copy expires unused.
 
 use super::{Drop, Res, Tables, flows, frag_key, rewrite};
+use crate::wire::WirePort;
 use crate::{
     counters::NatCounter,
     nat::{
@@ -24,7 +25,7 @@ use crate::{
 /// Remembers what a first fragment decided (`flags`: [`FRAG_LOCAL`] or 0) for the rest, and
 /// lets go of the fragments held for its datagram.
 #[inline(always)]
-pub(crate) fn remember<T: Tables>(t: &T, ip: &IpHdr, ports: [u16; 2], flags: u32) {
+pub(crate) fn remember<T: Tables>(t: &T, ip: &IpHdr, ports: [WirePort; 2], flags: u32) {
     let p = FragPorts {
         sport: ports[0],
         dport: ports[1],

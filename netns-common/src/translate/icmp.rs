@@ -2,10 +2,11 @@
 //! never creates, refreshes or removes state.
 
 use super::{Drop, Res, Tables, malformed, rewrite};
+use crate::wire::WirePort;
 use crate::{
     counters::NatCounter,
     csum,
-    nat::{BindingKey, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, has_ports, port_from_wire, port_to_wire},
+    nat::{BindingKey, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, has_ports},
     packet::*,
 };
 
@@ -58,15 +59,15 @@ pub fn error<P: Packet, T: Tables>(ctx: &P, t: &T, ingress: bool) -> Res<Action>
     // The quoted packet's (source, destination) ports; for ICMP echo, the identifier.
     let (isport, idport) = match iproto {
         PROTO_TCP | PROTO_UDP => {
-            let p: [u16; 2] = ctx.load(il4).map_err(malformed)?;
+            let p: [WirePort; 2] = ctx.load(il4).map_err(malformed)?;
             (p[0], p[1])
         }
         PROTO_ICMP if ingress => {
-            let id: u16 = ctx.load(il4 + 4).map_err(malformed)?;
-            (id, 0)
+            let id: WirePort = ctx.load(il4 + 4).map_err(malformed)?;
+            (id, WirePort::ZERO)
         }
         PROTO_ICMP => return unmapped(),
-        _ => (0, 0),
+        _ => (WirePort::ZERO, WirePort::ZERO),
     };
     let now = t.now();
     // Find the mapping, then require a live flow: filtering applies to errors too.
@@ -107,13 +108,10 @@ pub fn error<P: Packet, T: Tables>(ctx: &P, t: &T, ingress: bool) -> Res<Action>
     // Quoted IPv4 address and header checksum.
     let addr_off = inner_off + if ingress { IPH_SRC } else { IPH_DST };
     ctx.store(addr_off, &new_addr).map_err(malformed)?;
-    ctx.l4_csum_replace(icmp_csum, old_addr as u64, new_addr as u64, 4)
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_addr.0), u64::from(new_addr.0), 4)
         .map_err(malformed)?;
-    let new_ip_csum = port_to_wire(csum::update32(
-        u16::from_be(inner.csum),
-        u32::from_be(old_addr),
-        u32::from_be(new_addr),
-    ));
+    let new_ip_csum =
+        csum::update32(u16::from_be(inner.csum), old_addr.to_host(), new_addr.to_host()).to_be();
     ctx.store(inner_off + IPH_CSUM, &new_ip_csum).map_err(malformed)?;
     csum16(ctx, icmp_csum, inner.csum, new_ip_csum)?;
 
@@ -126,7 +124,7 @@ pub fn error<P: Packet, T: Tables>(ctx: &P, t: &T, ingress: bool) -> Res<Action>
         };
         if old_port != new_port {
             ctx.store(port_off, &new_port).map_err(malformed)?;
-            csum16(ctx, icmp_csum, old_port, new_port)?;
+            csum16(ctx, icmp_csum, old_port.0, new_port.0)?;
         }
 
         // Quoted L4 checksum, when the quote is long enough to hold it.
@@ -143,10 +141,10 @@ pub fn error<P: Packet, T: Tables>(ctx: &P, t: &T, ingress: bool) -> Res<Action>
             if !(iproto == PROTO_UDP && old_c == 0) {
                 let mut c = u16::from_be(old_c);
                 if pseudo {
-                    c = csum::update32(c, u32::from_be(old_addr), u32::from_be(new_addr));
+                    c = csum::update32(c, old_addr.to_host(), new_addr.to_host());
                 }
-                c = csum::update16(c, port_from_wire(old_port), port_from_wire(new_port));
-                let new_c = port_to_wire(c);
+                c = csum::update16(c, old_port.get(), new_port.get());
+                let new_c = c.to_be();
                 ctx.store(l4_csum_off, &new_c).map_err(malformed)?;
                 csum16(ctx, icmp_csum, old_c, new_c)?;
             }

@@ -16,6 +16,7 @@
 //!   made by user space first), the old external entries are marked.
 
 use super::{Tables, bindings, flows};
+use crate::wire::WireAddr;
 use crate::{
     filter::{Selector, uses},
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig, SIDE_EXTERNAL, SIDE_INTERNAL, SIDE_REMOTE},
@@ -83,7 +84,7 @@ fn mark_mapping<T: Tables>(t: &T, key: &BindingKey, b: &mut Binding) -> bool {
                 if key.side == SIDE_EXTERNAL {
                     let ikey = BindingKey::internal(key.proto, b.int_addr, b.int_port);
                     let named = b.ext_word();
-                    let dying = Binding::word(0, b.ext_port, b.int_port);
+                    let dying = Binding::word(WireAddr::UNSPECIFIED, b.ext_port, b.int_port);
                     t.with_binding(&ikey, |i| {
                         let _ = T::cas_u64(i.ext_word_mut(), named, dying);
                     });
@@ -177,7 +178,7 @@ pub fn binding_step<T: Tables>(t: &T, cmd: &MaintainCmd, key: &BindingKey, b: &m
                 return did;
             }
             let w = b.ext_word();
-            let dying = Binding::word(0, b.ext_port, b.int_port);
+            let dying = Binding::word(WireAddr::UNSPECIFIED, b.ext_port, b.int_port);
             if b.is_dying() || T::cas_u64(b.ext_word_mut(), w, dying).is_ok() {
                 t.remove_binding(key);
                 did.internal = 1;

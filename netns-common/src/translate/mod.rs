@@ -23,6 +23,7 @@ pub use bindings::{PortSearch, try_port};
 pub use flows::{touch, touch_live};
 pub use rewrite::{header_ok, headers, ip_header, l4_facts, ports, rewrite};
 
+use crate::wire::{WireAddr, WirePort};
 use crate::{
     counters::NatCounter,
     nat::{
@@ -88,13 +89,13 @@ pub trait Tables {
     /// eviction is over.
     fn evict(&self, e: &mut flows::Eviction);
     /// Runs `f` on remote address `addr`'s count of new inbound flows, if there is one.
-    fn with_remote<R>(&self, addr: u32, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R>;
+    fn with_remote<R>(&self, addr: WireAddr, f: impl FnOnce(&mut RemoteRate) -> R) -> Option<R>;
     /// Starts a remote address's count (best effort: the table forgets the quietest).
-    fn insert_remote(&self, addr: u32, r: &RemoteRate);
+    fn insert_remote(&self, addr: WireAddr, r: &RemoteRate);
     /// Whether a socket of the router itself would take a packet of `proto` from remote
     /// (addr, port) to local (addr, port), all in wire order: a listener on the port, or a
     /// socket connected to that remote.
-    fn router_socket(&self, proto: u8, local: (u32, u16), remote: (u32, u16)) -> bool;
+    fn router_socket(&self, proto: u8, local: (WireAddr, WirePort), remote: (WireAddr, WirePort)) -> bool;
     fn frag(&self, key: &FragKey) -> Option<FragPorts>;
     /// Remembers a first fragment's decision (best effort: the table forgets the oldest).
     fn insert_frag(&self, key: &FragKey, p: &FragPorts);
@@ -114,7 +115,7 @@ pub trait Tables {
     /// one, as a step's stack cannot hold it and the rest), then [`try_port`] runs for
     /// candidates 0, 1, ... up to [`MAX_PORT_TRIES`](crate::nat::MAX_PORT_TRIES) until it
     /// says the search is over. What it found.
-    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(u32, u16)>>;
+    fn search_ports(&self, init: impl FnOnce(&mut PortSearch)) -> Option<Res<(WireAddr, WirePort)>>;
 }
 
 /// What the NAT's steps log besides counting (see [`Tables::log`]).
@@ -240,9 +241,9 @@ mod tests {
     fn every_mapping_outcome_survives_its_encoding() {
         for r in [
             Ok(None),
-            Ok(Some((0xc0a8_0102, 0xffff))),
-            Ok(Some((u32::MAX, 0))),
-            Ok(Some((0, 1))),
+            Ok(Some((WireAddr(0xc0a8_0102), WirePort(0xffff)))),
+            Ok(Some((WireAddr(u32::MAX), WirePort(0)))),
+            Ok(Some((WireAddr(0), WirePort(1)))),
         ] {
             assert_eq!(decode_ext(encode_ext(r)), r);
         }
@@ -317,16 +318,16 @@ pub enum Step {
 /// A mapping step's outcome as one number (what a kernel function returns): the external
 /// endpoint (wire order) with bit 48 set, 0 for none, or minus one less than a drop's
 /// [`Drop::encode`].
-pub fn encode_ext(r: Res<Option<(u32, u16)>>) -> i64 {
+pub fn encode_ext(r: Res<Option<(WireAddr, WirePort)>>) -> i64 {
     match r {
-        Ok(Some((addr, port))) => (1 << 48) | (i64::from(addr) << 16) | i64::from(port),
+        Ok(Some((addr, port))) => (1 << 48) | (i64::from(addr.0) << 16) | i64::from(port.0),
         Ok(None) => 0,
         Err(d) => -i64::from(Drop::encode(Err(d))) - 1,
     }
 }
 
 /// The outcome [`encode_ext`] made a number of.
-pub fn decode_ext(v: i64) -> Res<Option<(u32, u16)>> {
+pub fn decode_ext(v: i64) -> Res<Option<(WireAddr, WirePort)>> {
     if v < 0 {
         return match Drop::decode((-v - 1) as i32) {
             Err(d) => Err(d),
@@ -336,7 +337,7 @@ pub fn decode_ext(v: i64) -> Res<Option<(u32, u16)>> {
     if v == 0 {
         return Ok(None);
     }
-    Ok(Some(((v >> 16) as u32, v as u16)))
+    Ok(Some((WireAddr((v >> 16) as u32), WirePort(v as u16))))
 }
 
 impl Step {
@@ -415,7 +416,7 @@ pub fn egress_step<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Step> {
 struct Outbound {
     ip: IpHdr,
     l4: usize,
-    ports: [u16; 2],
+    ports: [WirePort; 2],
     seg: Segment,
 }
 
@@ -439,8 +440,8 @@ fn outbound_facts<'t, P: Packet, T: Tables>(
                 // Other ICMP queries would share the echo identifiers' keys: not translated.
                 return Err(Drop::Unsupported);
             }
-            let id: u16 = ctx.load(l4 + 4).map_err(malformed)?;
-            o.ports = [id, 0];
+            let id: WirePort = ctx.load(l4 + 4).map_err(malformed)?;
+            o.ports = [id, WirePort::ZERO];
         }
         _ => {
             if cfg.flags & FLAG_DROP_UNSUPPORTED != 0 {
@@ -453,7 +454,12 @@ fn outbound_facts<'t, P: Packet, T: Tables>(
 
 /// Translates an outbound packet to external endpoint `ext`.
 #[inline(always)]
-fn outbound_rewrite<P: Packet, T: Tables>(ctx: &P, t: &T, o: &Outbound, ext: (u32, u16)) -> Res<Action> {
+fn outbound_rewrite<P: Packet, T: Tables>(
+    ctx: &P,
+    t: &T,
+    o: &Outbound,
+    ext: (WireAddr, WirePort),
+) -> Res<Action> {
     let ip = &o.ip;
     if has_ports(ip.proto) {
         rewrite(ctx, ip.proto, o.l4, true, (ip.src, ext.0), (o.ports[0], ext.1))?;
@@ -487,7 +493,7 @@ pub fn egress_main<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Step> {
 /// TC egress on the uplink, the first packet of a flow: the external endpoint its mapping
 /// gives it (made if needed).
 #[inline(always)]
-pub fn egress_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<(u32, u16)> {
+pub fn egress_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<(WireAddr, WirePort)> {
     let mut o = Outbound::default();
     let Some(cfg) = outbound_facts(ctx, t, &mut o)? else {
         return Err(Drop::Malformed);
@@ -500,7 +506,7 @@ pub fn egress_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<(u32, u16)> {
 /// TC egress on the uplink, the first packet of a flow: its flow made on external endpoint
 /// `ext` ([`egress_mapping`]'s), and translated.
 #[inline(always)]
-pub fn egress_new<P: Packet, T: Tables>(ctx: &P, t: &T, ext: (u32, u16)) -> Res<Action> {
+pub fn egress_new<P: Packet, T: Tables>(ctx: &P, t: &T, ext: (WireAddr, WirePort)) -> Res<Action> {
     let mut o = Outbound::default();
     let Some(cfg) = outbound_facts(ctx, t, &mut o)? else {
         return Ok(Action::Pass);
@@ -567,7 +573,7 @@ pub fn ingress_step<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Step> {
 struct Inbound {
     ip: IpHdr,
     l4: usize,
-    ports: [u16; 2],
+    ports: [WirePort; 2],
     seg: Segment,
     b: Binding,
 }
@@ -591,10 +597,10 @@ fn inbound_facts<'t, P: Packet, T: Tables>(
             let kind: u8 = ctx.load(l4).map_err(malformed)?;
             if kind != ICMP_ECHO_REPLY {
                 // Echo requests to the router are the router's to answer.
-                return local(t, &i.ip, [0, 0]).map(Err);
+                return local(t, &i.ip, [WirePort::ZERO; 2]).map(Err);
             }
-            let id: u16 = ctx.load(l4 + 4).map_err(malformed)?;
-            i.ports = [0, id];
+            let id: WirePort = ctx.load(l4 + 4).map_err(malformed)?;
+            i.ports = [WirePort::ZERO, id];
         }
         _ => {}
     }
@@ -675,7 +681,7 @@ pub fn ingress_new<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Action> {
 /// A packet for the router itself: passed on untouched, and, if it is a first fragment, its
 /// fragments after it too.
 #[inline(always)]
-fn local<T: Tables>(t: &T, ip: &IpHdr, ports: [u16; 2]) -> Res<Action> {
+fn local<T: Tables>(t: &T, ip: &IpHdr, ports: [WirePort; 2]) -> Res<Action> {
     if ip.more_fragments() {
         frags::remember(t, ip, ports, crate::nat::FRAG_LOCAL);
     }
@@ -786,7 +792,7 @@ pub fn hairpin_in<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<()> {
     };
     let now = t.now();
     let out_key = FlowKey::new(ip.proto, ip.src, p[0], ip.dst, p[1]);
-    let mut ext = (0u32, 0u16);
+    let mut ext = (WireAddr::UNSPECIFIED, WirePort::ZERO);
     let live = t.with_flow(&out_key, |f| {
         ext = (f.ext_addr, f.ext_port);
         f.expires_ns != 0 && now < f.expires_ns && f.ext_addr == cfg.ext_addr
@@ -826,7 +832,7 @@ fn hairpin_flow<'t, P: Packet, T: Tables>(
 /// Hairpinning, first part for a packet whose flows are made: the external endpoint of its
 /// outbound flow's mapping (made if needed), or None if that flow is live.
 #[inline(always)]
-pub fn hairpin_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Option<(u32, u16)>> {
+pub fn hairpin_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Option<(WireAddr, WirePort)>> {
     let mut o = Outbound::default();
     match hairpin_flow(ctx, t, &mut o)? {
         Some((cfg, key, false)) => flows::mapping_for(t, cfg, &key, t.now()).map(Some),
@@ -837,7 +843,7 @@ pub fn hairpin_mapping<P: Packet, T: Tables>(ctx: &P, t: &T) -> Res<Option<(u32,
 /// Hairpinning, second part: its outbound flow made on `ext` ([`hairpin_mapping`]'s),
 /// counting the packet on it.
 #[inline(always)]
-pub fn hairpin_out<P: Packet, T: Tables>(ctx: &P, t: &T, ext: (u32, u16)) -> Res<()> {
+pub fn hairpin_out<P: Packet, T: Tables>(ctx: &P, t: &T, ext: (WireAddr, WirePort)) -> Res<()> {
     let mut o = Outbound::default();
     if let Some((cfg, key, false)) = hairpin_flow(ctx, t, &mut o)? {
         flows::outbound_new(t, cfg, &key, ext, &o.seg, u64::from(ctx.len()), t.now())?;

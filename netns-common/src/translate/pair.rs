@@ -7,7 +7,7 @@
 //! [`super::bindings`]'s; removal is [`super::maintain`]'s, run by the maintenance program.
 
 use super::{InsertError, Tables};
-use crate::nat::{BINDING_STATIC, Binding, BindingKey};
+use crate::nat::{BINDING_STATIC, Binding, BindingKey, WireAddr, WirePort};
 
 /// Why a store refused an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,14 +57,14 @@ impl<T: Tables + ?Sized> BindingStore for &T {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StaticBinding {
     pub proto: u8,
-    pub ext_port: u16,
-    pub int_addr: u32,
-    pub int_port: u16,
+    pub ext_port: WirePort,
+    pub int_addr: WireAddr,
+    pub int_port: WirePort,
 }
 
 impl StaticBinding {
     /// Its two entries (external, internal) for external address `ext_addr`.
-    pub fn entries(&self, ext_addr: u32) -> [(BindingKey, Binding); 2] {
+    pub fn entries(&self, ext_addr: WireAddr) -> [(BindingKey, Binding); 2] {
         let b = Binding {
             int_addr: self.int_addr,
             ext_addr,
@@ -99,7 +99,7 @@ pub enum PairError<E> {
 pub fn insert_static<S: BindingStore>(
     store: &mut S,
     s: &StaticBinding,
-    ext_addr: u32,
+    ext_addr: WireAddr,
 ) -> Result<(), PairError<S::Error>> {
     let [(ekey, eb), (ikey, ib)] = s.entries(ext_addr);
     store.insert_new(&ekey, &eb).map_err(PairError::External)?;
@@ -122,16 +122,16 @@ mod tests {
         nat::{NatConfig, PROTO_TCP, PROTO_UDP},
     };
 
-    const EXT: u32 = 0x0201_a8c0;
-    const BLUE: u32 = 0x020f_a8c0;
-    const RED: u32 = 0x030f_a8c0;
+    const EXT: WireAddr = WireAddr::new(core::net::Ipv4Addr::new(192, 168, 1, 2));
+    const BLUE: WireAddr = WireAddr::new(core::net::Ipv4Addr::new(192, 168, 15, 2));
+    const RED: WireAddr = WireAddr::new(core::net::Ipv4Addr::new(192, 168, 15, 3));
 
-    fn forward(proto: u8, port: u16, int_addr: u32, int_port: u16) -> StaticBinding {
+    fn forward(proto: u8, port: u16, int_addr: WireAddr, int_port: u16) -> StaticBinding {
         StaticBinding {
             proto,
-            ext_port: port.to_be(),
+            ext_port: WirePort::new(port),
             int_addr,
-            int_port: int_port.to_be(),
+            int_port: WirePort::new(int_port),
         }
     }
 
@@ -158,8 +158,8 @@ mod tests {
         for key in [ekey, ikey] {
             let b = t.binding(&key).expect("both entries");
             assert!(b.is_static());
-            assert_eq!((b.ext_addr, b.ext_port), (EXT, 80u16.to_be()));
-            assert_eq!((b.int_addr, b.int_port), (BLUE, 8080u16.to_be()));
+            assert_eq!((b.ext_addr, b.ext_port), (EXT, WirePort::new(80)));
+            assert_eq!((b.int_addr, b.int_port), (BLUE, WirePort::new(8080)));
         }
         assert_eq!(t.bindings().len(), 2);
     }

@@ -3,6 +3,7 @@
 //! checksums.
 
 use super::{Drop, Res, Tables, malformed};
+use crate::wire::{WireAddr, WirePort};
 use crate::{
     csum,
     nat::{NatConfig, PROTO_TCP, PROTO_UDP, TCP_SYN},
@@ -19,8 +20,8 @@ pub fn rewrite<P: Packet>(
     proto: u8,
     l4: usize,
     src: bool,
-    addrs: (u32, u32),
-    ports: (u16, u16),
+    addrs: (WireAddr, WireAddr),
+    ports: (WirePort, WirePort),
 ) -> Res<()> {
     let (old_addr, new_addr) = addrs;
     let (old_port, new_port) = ports;
@@ -33,15 +34,20 @@ pub fn rewrite<P: Packet>(
     if pseudo {
         ctx.l4_csum_replace(
             csum_off,
-            old_addr as u64,
-            new_addr as u64,
+            u64::from(old_addr.0),
+            u64::from(new_addr.0),
             CSUM_PSEUDO | mangled | 4,
         )
         .map_err(malformed)?;
     }
     if old_port != new_port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2)
-            .map_err(malformed)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_port.0),
+            u64::from(new_port.0),
+            mangled | 2,
+        )
+        .map_err(malformed)?;
         ctx.store(port_off, &new_port).map_err(malformed)?;
     }
     addr(ctx, src, old_addr, new_addr)
@@ -50,11 +56,11 @@ pub fn rewrite<P: Packet>(
 /// Rewrites only the IPv4 address (non-first fragments carry no L4 header; protocols
 /// without ports get no more).
 #[inline(always)]
-pub fn addr<P: Packet>(ctx: &P, src: bool, old_addr: u32, new_addr: u32) -> Res<()> {
+pub fn addr<P: Packet>(ctx: &P, src: bool, old_addr: WireAddr, new_addr: WireAddr) -> Res<()> {
     if old_addr == new_addr {
         return Ok(());
     }
-    ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr.0), u64::from(new_addr.0), 4)
         .map_err(malformed)?;
     ctx.store(if src { IP_SRC_OFF } else { IP_DST_OFF }, &new_addr)
         .map_err(malformed)
@@ -62,8 +68,8 @@ pub fn addr<P: Packet>(ctx: &P, src: bool, old_addr: u32, new_addr: u32) -> Res<
 
 /// Ports (wire order) and TCP flags at `l4`.
 #[inline(always)]
-pub fn ports<P: Packet>(ctx: &P, proto: u8, l4: usize) -> Res<([u16; 2], u8)> {
-    let p: [u16; 2] = ctx.load(l4).map_err(malformed)?;
+pub fn ports<P: Packet>(ctx: &P, proto: u8, l4: usize) -> Res<([WirePort; 2], u8)> {
+    let p: [WirePort; 2] = ctx.load(l4).map_err(malformed)?;
     let flags = if proto == PROTO_TCP {
         ctx.load::<u8>(l4 + TCP_FLAGS).map_err(malformed)?
     } else {
@@ -118,13 +124,13 @@ fn syn_wscale<P: Packet>(ctx: &P, l4: usize, opt_len: usize) -> Res<u8> {
 /// The (source, destination) ports (wire order) and, for TCP, the segment of a first
 /// fragment's (or whole packet's) TCP or UDP header at `l4`.
 #[inline(always)]
-pub fn l4_facts<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize) -> Res<([u16; 2], Segment)> {
+pub fn l4_facts<P: Packet>(ctx: &P, ip: &IpHdr, l4: usize) -> Res<([WirePort; 2], Segment)> {
     if ip.proto == PROTO_TCP {
         let th: TcpHead = ctx.load(l4).map_err(malformed)?;
         let seg = segment(ctx, ip, l4, &th)?;
         return Ok((th.ports, seg));
     }
-    let p: [u16; 2] = ctx.load(l4).map_err(malformed)?;
+    let p: [WirePort; 2] = ctx.load(l4).map_err(malformed)?;
     Ok((p, Segment::default()))
 }
 

@@ -14,7 +14,7 @@ use netns_common::{
         MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FDB,
         MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_NAT_PORTS,
     },
-    nat::{Binding, BindingKey, Flow, FlowKey, NatConfig},
+    nat::{Binding, BindingKey, Flow, FlowKey, NatConfig, WireAddr},
     translate::pair::{self, BindingStore, PairError, StoreError},
 };
 
@@ -132,7 +132,7 @@ impl NatMaps {
 
     /// Writes both entries of every port forward for external address `ext` (a new NAT's
     /// tables are empty: nothing is refused).
-    pub fn install_forwards(&mut self, ext: u32, forwards: &[StaticBinding]) -> Result<()> {
+    pub fn install_forwards(&mut self, ext: WireAddr, forwards: &[StaticBinding]) -> Result<()> {
         for f in forwards {
             pair::insert_static(self, f, ext).map_err(|e| self.pair_error(e))?;
         }

@@ -20,7 +20,8 @@ use netns_common::{
     },
     nat::{
         FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE, MAX_INTERNAL,
-        NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, addr_from_wire, addr_to_wire, port_to_wire,
+        NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, WireAddr, addr_from_wire, addr_to_wire,
+        port_to_wire,
     },
 };
 
@@ -74,7 +75,7 @@ pub fn nat_config(nat: &NatSpec, ext: Ipv4Addr) -> NatConfig {
     for (slot, net) in cfg.internal.iter_mut().zip(&nat.internal) {
         *slot = Prefix {
             addr: addr_to_wire(net.0.network().addr),
-            mask: net.0.mask().to_be(),
+            mask: WireAddr::from_host(net.0.mask()),
         };
     }
     cfg

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 use netns_common::{
     filter::{EntryFilter, Selector},
     nat::{
-        Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_TCP, TcpState, addr_from_wire,
-        port_from_wire,
+        Binding, BindingKey, Flow, FlowKey, ORIGIN_INBOUND, PROTO_TCP, TcpState, WireAddr, WirePort,
+        addr_from_wire, port_from_wire,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ use crate::{
 
 pub(crate) use netns_common::nat::proto_name;
 
-pub(crate) fn endpoint(addr: u32, port: u16) -> String {
+pub(crate) fn endpoint(addr: WireAddr, port: WirePort) -> String {
     format!("{}:{}", addr_from_wire(addr), port_from_wire(port))
 }
 
@@ -189,14 +189,14 @@ pub struct ConntrackEvent {
 }
 
 /// A flow's identity: protocol, internal address and port, remote address and port.
-type FlowId = (u8, u32, u16, u32, u16);
+type FlowId = (u8, WireAddr, WirePort, WireAddr, WirePort);
 
 /// What the tables hold, by entry, for finding what changed.
 #[derive(Default)]
 struct Seen {
     /// Flows by key, with their creation time (a flow replaced under the same key is new).
     flows: BTreeMap<FlowId, (u64, FlowEntry)>,
-    mappings: BTreeMap<(u8, u32, u16), MappingEntry>,
+    mappings: BTreeMap<(u8, WireAddr, WirePort), MappingEntry>,
 }
 
 fn seen_now(prefix: &str, filter: &EntryFilter) -> Result<Seen, NatError> {

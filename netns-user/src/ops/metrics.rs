@@ -314,7 +314,7 @@ pub fn scrape(src: Source) -> Result<String, MetricsError> {
 
 #[cfg(test)]
 mod tests {
-    use netns_common::nat::{BINDING_STATIC, ORIGIN_OUTBOUND};
+    use netns_common::nat::{BINDING_STATIC, ORIGIN_OUTBOUND, WireAddr, WirePort};
 
     use super::*;
 
@@ -322,7 +322,7 @@ mod tests {
     fn renders_every_family_with_its_values() {
         let flow = |proto, state, exp| {
             (
-                FlowKey::new(proto, 1, 2, 3, 4),
+                FlowKey::new(proto, WireAddr(1), WirePort(2), WireAddr(3), WirePort(4)),
                 Flow {
                     state,
                     origin: ORIGIN_OUTBOUND,
@@ -333,7 +333,7 @@ mod tests {
         };
         let b = |proto, flags| {
             (
-                BindingKey::external(proto, 9, 10),
+                BindingKey::external(proto, WireAddr(9), WirePort(10)),
                 Binding {
                     flags,
                     expires_ns: 2000,

@@ -16,7 +16,7 @@ use aya::maps::RingBuf;
 use netns_common::{
     counters::NatCounter,
     names::MAP_NAT_TRACE,
-    nat::{addr_from_wire, addr_to_wire, port_from_wire},
+    nat::{addr_from_wire, addr_to_wire, port_from_wire, port_to_wire},
     trace::{TraceEvent, Tuple, VERDICT_DROP, hook_name, verdict_name},
 };
 use nix::fcntl::{Flock, FlockArg};
@@ -70,7 +70,7 @@ impl TraceFilter {
                 sides.iter().any(|t| t.saddr == h || t.daddr == h)
             })
             && self.port.is_none_or(|p| {
-                let p = p.to_be();
+                let p = port_to_wire(p);
                 sides.iter().any(|t| t.sport == p || t.dport == p)
             })
     }
