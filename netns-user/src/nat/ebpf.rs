@@ -139,18 +139,20 @@ pub(crate) fn fast_mode(wanted: FastPath) -> u32 {
 
 /// Keeps the fast path off while the router's namespace filters what it forwards (packets
 /// the fast path redirects would skip that filter), and in mode `wanted` otherwise: what
-/// holds it off, if anything, and whether this call changed the mode.
+/// holds it off, if anything, and whether this call changed the mode. A read-modify-write
+/// of FAST_CONFIG, as `sync_ports` does: the agent, their one caller on a running NAT, runs
+/// both on its one `NatMaps` under a lock, so neither writes back what the other changed.
 pub fn hold_fast_path(
-    prefix: &str,
+    maps: &Mutex<NatMaps>,
     router_ns: &str,
     wanted: FastPath,
 ) -> Result<(Option<String>, bool), NatError> {
     if wanted == FastPath::Off {
         return Ok((None, false));
     }
+    // The filter check (two short commands) before the lock: other changes need not wait.
     let why = firewall::forward_filter(router_ns)?;
-    let mut maps = NatMaps::open(prefix)?;
-    let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
     let mut fc = maps.fast_config()?;
     let mode = if why.is_some() {
         FAST_OFF
@@ -165,12 +167,6 @@ pub fn hold_fast_path(
     Ok((why, changed))
 }
 
-/// Held across each read-modify-write of FAST_CONFIG in this process: the agent's filter
-/// check (mode) and its link events (bridge MAC, refresh) run on different threads, and one
-/// writing back what it read would undo the other's change (a held-off fast path turned back
-/// on until the next check).
-static FAST_CONFIG_WRITE: Mutex<()> = Mutex::new(());
-
 /// How often the fast path lets a host's frame through a bridge that forgets a MAC after
 /// `ageing_cs` centiseconds: at half that, so the bridge never forgets a host the fast path
 /// carries (0: not a bridge, or one that keeps nothing anyway).
@@ -182,9 +178,8 @@ fn bridge_refresh_ns(ageing_cs: Option<u32>) -> u64 {
 /// the fast path's port table, and the bridge's MAC and ageing time into its configuration: at
 /// load, and from the agent on every link change. A port the kernel brings down, moves out
 /// of the bridge or deletes stops getting fast-path packets.
-pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
+pub fn sync_ports(maps: &mut NatMaps, router_ns: &str) -> Result<(), NatError> {
     let links = netlink::in_ns(router_ns, |r| async move { r.links().await })?;
-    let mut maps = NatMaps::open(prefix)?;
     let ports = maps.ports();
     let stale: Vec<u32> = ports
         .keys()
@@ -209,7 +204,6 @@ pub fn sync_ports(prefix: &str, router_ns: &str) -> Result<(), NatError> {
             let _ = ports.insert(l.index, state, 0);
         }
     }
-    let _one = FAST_CONFIG_WRITE.lock().unwrap_or_else(|e| e.into_inner());
     let mut fc = maps.fast_config()?;
     if fc.mode != FAST_OFF
         && let Some(bridge) = links.iter().find(|l| l.index == fc.bridge_ifindex)
@@ -310,7 +304,7 @@ impl NatBackend for EbpfNat {
             log_level: t.nat.ebpf.log_level as u8,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
-        sync_ports(t.prefix, &t.router_ns)
+        sync_ports(&mut NatMaps::open(t.prefix)?, &t.router_ns)
     }
 
     fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {

@@ -158,13 +158,12 @@ pub struct Deleted {
 /// take. The next packet of a deleted flow starts a new one. Done by the NAT's maintenance
 /// program (marked, then removed after an RCU grace period, so that no packet still writes
 /// into what is removed).
-pub fn delete(prefix: &str, filter: &EntryFilter) -> Result<Deleted, NatError> {
+pub fn delete(maps: &NatMaps, prefix: &str, filter: &EntryFilter) -> Result<Deleted, NatError> {
     // Forwards are the lab's configuration: counted, kept.
     let forwards_kept = if filter.flows_only() {
         0
     } else {
-        NatMaps::open(prefix)?
-            .bindings()?
+        maps.bindings()?
             .iter()
             .filter(|(k, b)| b.is_static() && filter.mapping(k, b))
             .count()

@@ -58,8 +58,7 @@ fn nat_err(e: impl Into<NatError>) -> ForwardError {
 /// Adds port forward `f` to the running NAT: both static entries, exclusively, so that a
 /// port some mapping holds, or a target that has a mapping of its own, is refused rather
 /// than taken; nothing else changes, so every flow goes on as it was.
-pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
-    let mut maps = NatMaps::open(prefix).map_err(nat_err)?;
+pub fn add_forward(maps: &mut NatMaps, prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     let ext = maps.config().map_err(nat_err)?.ext_addr;
     let sb = StaticBinding {
         proto: f.protocol.number(),
@@ -106,7 +105,7 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     // then refuse).
     maintain::sweep(prefix, 0).map_err(nat_err)?;
     // Both entries exclusively, the first undone if the second is refused.
-    pair::insert_static(&mut maps, &sb, ext).map_err(|e| match e {
+    pair::insert_static(maps, &sb, ext).map_err(|e| match e {
         PairError::External(StoreError::Exists) | PairError::Internal(StoreError::Exists) => {
             ForwardError::Raced {
                 proto: f.protocol,
@@ -120,8 +119,7 @@ pub fn add_forward(prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
 /// Removes the forward of `proto` port `port` from the running NAT: both entries and the
 /// flows that came in through it (their next packet finds nothing, as for a port nobody
 /// holds). Other flows are not touched. Returns where it went.
-pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, ForwardError> {
-    let maps = NatMaps::open(prefix).map_err(nat_err)?;
+pub fn del_forward(maps: &NatMaps, prefix: &str, proto: L4Proto, port: u16) -> Result<String, ForwardError> {
     let ext = maps.config().map_err(nat_err)?.ext_addr;
     let p = proto.number();
     let ekey = BindingKey::external(p, ext, port_to_wire(port));
@@ -137,7 +135,12 @@ pub fn del_forward(prefix: &str, proto: L4Proto, port: u16) -> Result<String, Fo
 /// Adds forward `f` to lab `prefix`, whose configuration is `running`: refused whole unless
 /// the configuration with it validates and the maps take it; recorded in the stored
 /// configuration once live. Returns the new configuration.
-pub fn add_live(prefix: &str, running: &LabConfig, f: ForwardSpec) -> Result<LabConfig, ForwardError> {
+pub fn add_live(
+    maps: &mut NatMaps,
+    prefix: &str,
+    running: &LabConfig,
+    f: ForwardSpec,
+) -> Result<LabConfig, ForwardError> {
     let mut next = running.clone();
     let nat = next
         .nat
@@ -146,9 +149,9 @@ pub fn add_live(prefix: &str, running: &LabConfig, f: ForwardSpec) -> Result<Lab
     nat.forwards.push(f.clone());
     // Ports, duplicates, a target inside the internal prefixes.
     next.validate()?;
-    add_forward(prefix, &f)?;
+    add_forward(maps, prefix, &f)?;
     if let Err(e) = config::store(prefix, &next) {
-        let _ = del_forward(prefix, f.protocol, f.port);
+        let _ = del_forward(maps, prefix, f.protocol, f.port);
         return Err(e.into());
     }
     Ok(next)
@@ -157,12 +160,13 @@ pub fn add_live(prefix: &str, running: &LabConfig, f: ForwardSpec) -> Result<Lab
 /// Removes the forward of `proto` port `port` from lab `prefix` and from its stored
 /// configuration. Returns the new configuration and where the forward went.
 pub fn del_live(
+    maps: &mut NatMaps,
     prefix: &str,
     running: &LabConfig,
     proto: L4Proto,
     port: u16,
 ) -> Result<(LabConfig, String), ForwardError> {
-    let to = del_forward(prefix, proto, port)?;
+    let to = del_forward(maps, prefix, proto, port)?;
     let mut next = running.clone();
     let mut removed = Vec::new();
     if let Some(nat) = next.nat.as_mut() {
@@ -177,7 +181,7 @@ pub fn del_live(
     if let Err(e) = config::store(prefix, &next) {
         // Back as it was (its connections are gone; new ones come through again).
         for f in &removed {
-            let _ = add_forward(prefix, f);
+            let _ = add_forward(maps, prefix, f);
         }
         return Err(e.into());
     }

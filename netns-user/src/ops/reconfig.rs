@@ -27,10 +27,14 @@ impl From<NatError> for ReconfigError {
 /// Applies `new` to lab `prefix`, whose configuration is `running`: refused whole, nothing
 /// changed, unless every difference can change live and the result validates. The external
 /// address stays the one the NAT runs with. Returns the new configuration, stored.
-pub fn apply(prefix: &str, running: &LabConfig, new: NatSpec) -> Result<LabConfig, ReconfigError> {
+pub fn apply(
+    maps: &mut NatMaps,
+    prefix: &str,
+    running: &LabConfig,
+    new: NatSpec,
+) -> Result<LabConfig, ReconfigError> {
     let next = running.with_live_nat(new)?;
     let nat = next.nat.as_ref().expect("with_live_nat keeps a [nat]");
-    let mut maps = NatMaps::open(prefix).map_err(NatError::from)?;
     let old = maps.config().map_err(NatError::from)?;
     let cfg = nat_config(nat, addr_from_wire(old.ext_addr));
     // One update of the whole value; the programs read it for every packet. (An array

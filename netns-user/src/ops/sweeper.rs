@@ -38,6 +38,7 @@ pub fn sweep_once(prefix: &str) -> Result<Swept, NatError> {
 /// port forwards move to it, and every flow and dynamic mapping on the old address is
 /// removed.
 pub fn follow_uplink_address(
+    maps: &mut NatMaps,
     prefix: &str,
     nat: &NatSpec,
     router_ns: &str,
@@ -45,7 +46,6 @@ pub fn follow_uplink_address(
     let Some(now_addr) = uplink_address(router_ns, &nat.uplink)? else {
         return Ok(None);
     };
-    let mut maps = NatMaps::open(prefix)?;
     let mut cfg = maps.config()?;
     let new = addr_to_wire(now_addr);
     if cfg.ext_addr == new {
@@ -59,7 +59,6 @@ pub fn follow_uplink_address(
         let [(ekey, eb), _] = f.entries(new);
         let _ = maps.insert_new(&ekey, &eb);
     }
-    drop(maps);
     maintain::move_address(prefix)?;
     Ok(Some(now_addr))
 }

@@ -31,7 +31,7 @@ use super::{
     trace_flag,
 };
 use crate::{
-    bpf,
+    bpf::{self, NatMaps},
     config::{self, LabConfig},
     ops::{conntrack, forwards, reconfig, sweeper},
     sys::netns,
@@ -43,6 +43,9 @@ struct Shared {
     router_ns: String,
     /// The lab's configuration as it runs (the stored one, kept in step).
     config: Mutex<LabConfig>,
+    /// The NAT's maps, opened once: every change to them is made through this one handle,
+    /// one at a time (taken after `config` where both are held).
+    maps: Mutex<NatMaps>,
     /// Its sweep interval, readable without the lock (the sweep loop runs on the runtime's
     /// one thread, which a held lock must not stop).
     sweep_ms: AtomicU64,
@@ -58,6 +61,11 @@ impl Shared {
         }
     }
 
+    /// The maps, locked.
+    fn maps(&self) -> std::sync::MutexGuard<'_, NatMaps> {
+        self.maps.lock().expect("not poisoned")
+    }
+
     fn note_error(&self, what: &str, e: impl std::fmt::Display) {
         eprintln!("{what}: {e}");
         self.health.lock().expect("not poisoned").last_error = Some(format!("{what}: {e}"));
@@ -67,7 +75,7 @@ impl Shared {
     /// the router namespace).
     fn follow_router(&self) {
         self.follow_address();
-        if let Err(e) = crate::nat::ebpf::sync_ports(&self.prefix, &self.router_ns) {
+        if let Err(e) = crate::nat::ebpf::sync_ports(&mut self.maps(), &self.router_ns) {
             self.note_error("following the router's links", e);
         }
     }
@@ -80,7 +88,7 @@ impl Shared {
         let Some(nat) = cfg.nat.as_ref() else {
             return;
         };
-        match sweeper::follow_uplink_address(&self.prefix, nat, &self.router_ns) {
+        match sweeper::follow_uplink_address(&mut self.maps(), &self.prefix, nat, &self.router_ns) {
             Ok(Some(addr)) => {
                 eprintln!("uplink address is now {addr}: new flows use it");
                 self.health.lock().expect("not poisoned").address_changes += 1;
@@ -100,14 +108,14 @@ impl Shared {
             }
             Request::ForwardAdd { forward } => {
                 let mut cfg = self.config.lock().expect("not poisoned");
-                forwards::add_live(&self.prefix, &cfg, forward)
+                forwards::add_live(&mut self.maps(), &self.prefix, &cfg, forward)
                     .map(|next| *cfg = next)
                     .map(|()| serde_json::Value::Null)
                     .map_err(|e| e.to_string())
             }
             Request::ForwardDel { protocol, port } => {
                 let mut cfg = self.config.lock().expect("not poisoned");
-                forwards::del_live(&self.prefix, &cfg, protocol, port)
+                forwards::del_live(&mut self.maps(), &self.prefix, &cfg, protocol, port)
                     .map(|(next, to)| {
                         *cfg = next;
                         serde_json::json!({ "to": to })
@@ -118,7 +126,9 @@ impl Shared {
                 // Under the configuration's lock, as every change: one at a time.
                 let _cfg = self.config.lock().expect("not poisoned");
                 EntryFilter::try_from(&filter)
-                    .and_then(|f| conntrack::delete(&self.prefix, &f).map_err(|e| e.to_string()))
+                    .and_then(|f| {
+                        conntrack::delete(&self.maps(), &self.prefix, &f).map_err(|e| e.to_string())
+                    })
                     .map(|gone| serde_json::to_value(gone).expect("a count serialises"))
             }
             Request::TraceSync => {
@@ -130,7 +140,7 @@ impl Shared {
             }
             Request::ConfigApply { nat } => {
                 let mut cfg = self.config.lock().expect("not poisoned");
-                reconfig::apply(&self.prefix, &cfg, *nat)
+                reconfig::apply(&mut self.maps(), &self.prefix, &cfg, *nat)
                     .map(|next| {
                         self.configured(&next);
                         *cfg = next
@@ -179,6 +189,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         .clone()
         .ok_or_else(|| fail("the lab has no [nat] section".into()))?;
     let router_ns = config.netns_name(prefix, &nat.router);
+    let maps = NatMaps::open(prefix).map_err(|e| fail(e.to_string()))?;
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -188,6 +199,7 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         router_ns: router_ns.clone(),
         sweep_ms: AtomicU64::new(nat.ebpf.sweep_interval_ms.max(10)),
         config: Mutex::new(config),
+        maps: Mutex::new(maps),
         health: Mutex::new(Health {
             pid: std::process::id(),
             started_unix,
@@ -394,7 +406,7 @@ async fn firewall_loop(shared: Arc<Shared>) {
         let Some(wanted) = wanted else { return };
         let s = shared.clone();
         let held = tokio::task::spawn_blocking(move || {
-            crate::nat::ebpf::hold_fast_path(&s.prefix, &s.router_ns, wanted)
+            crate::nat::ebpf::hold_fast_path(&s.maps, &s.router_ns, wanted)
         })
         .await;
         match held {
