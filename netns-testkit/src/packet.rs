@@ -104,7 +104,38 @@ pub enum L4<'a> {
     Raw { proto: u8, bytes: &'a [u8] },
 }
 
-impl L4<'_> {
+impl<'a> L4<'a> {
+    /// A UDP datagram, its checksum computed.
+    pub fn udp(sport: u16, dport: u16, payload: &'a [u8]) -> L4<'a> {
+        L4::Udp {
+            sport,
+            dport,
+            payload,
+            zero_checksum: false,
+        }
+    }
+
+    /// A TCP segment: sequence and acknowledgement numbers (a RST or FIN must lie in the
+    /// receiver's window to change anything) and the window it advertises.
+    pub fn tcp(
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        (seq, ack): (u32, u32),
+        window: u16,
+        payload: &'a [u8],
+    ) -> L4<'a> {
+        L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+            window,
+            payload,
+        }
+    }
+
     pub fn proto(&self) -> u8 {
         match self {
             L4::Udp { .. } => PROTO_UDP,
@@ -115,7 +146,7 @@ impl L4<'_> {
     }
 
     /// An ICMP echo request (`reply`: an echo reply).
-    pub fn echo(reply: bool, id: u16, seq: u16, payload: &[u8]) -> L4<'_> {
+    pub fn echo(reply: bool, id: u16, seq: u16, payload: &'a [u8]) -> L4<'a> {
         let mut rest = [0; 4];
         rest[..2].copy_from_slice(&id.to_be_bytes());
         rest[2..].copy_from_slice(&seq.to_be_bytes());
@@ -388,6 +419,29 @@ pub fn parse_frame(f: &[u8]) -> Result<(Mac, Mac, ParsedIpv4), ParseError> {
     }
     let mac = |o: usize| -> Mac { f[o..o + 6].try_into().expect("6 bytes") };
     Ok((mac(0), mac(6), parse_ipv4(&f[ETH_HLEN..])?))
+}
+
+/// Asserts `got` is `want`, where a checksum may differ only as 0x0000 against 0xffff (the
+/// two forms of zero in one's complement: incremental updates and full computation may
+/// pick either, and receivers accept both).
+pub fn assert_same(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut i = 0;
+    while i < got.len() {
+        if got[i] != want[i] {
+            let at = i & !1;
+            let pair = |b: &[u8]| [b[at], b.get(at + 1).copied().unwrap_or(0)];
+            let (g, w) = (pair(got), pair(want));
+            let zeros = [[0, 0], [0xff, 0xff]];
+            assert!(
+                zeros.contains(&g) && zeros.contains(&w),
+                "frames differ at byte {i}:\n got  {got:02x?}\n want {want:02x?}"
+            );
+            i = at + 2;
+        } else {
+            i += 1;
+        }
+    }
 }
 
 #[cfg(test)]

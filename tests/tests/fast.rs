@@ -27,7 +27,7 @@ use netns_common::{
     packet::{Action, Packet},
     translate::{self, Drop},
 };
-use netns_testkit::packet::{self, Ipv4, L4, Mac};
+use netns_testkit::packet::{self, Ipv4, L4, Mac, assert_same};
 use netns_user::{config::LabConfig, nat::ebpf as nat_ebpf};
 use proptest::prelude::*;
 
@@ -125,25 +125,8 @@ fn routes(remote: Ipv4Addr, host: Ipv4Addr) -> Vec<Route> {
     ]
 }
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
-
 fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
-    L4::Tcp {
-        sport,
-        dport,
-        seq,
-        ack,
-        flags,
-        window: 512,
-        payload,
-    }
+    L4::tcp(sport, dport, flags, (seq, ack), 512, payload)
 }
 
 /// A packet of an internal host to the router's MAC, at the hook of bridge port `port`.
@@ -206,17 +189,17 @@ fn ext_port(t: &MemTables, proto: u8, sport: u16, rport: u16) -> u16 {
 /// after 2 s (confirmed); returns its external port.
 fn open_udp(t: &MemTables, sport: u16, rport: u16) -> u16 {
     assert_eq!(
-        slow(t, true, &Ipv4::new(BLUE, LAN), &udp(sport, rport, b"hi")),
+        slow(t, true, &Ipv4::new(BLUE, LAN), &L4::udp(sport, rport, b"hi")),
         Ok(Action::Pass)
     );
     let ext = ext_port(t, PROTO_UDP, sport, rport);
     assert_eq!(
-        slow(t, false, &Ipv4::new(LAN, EXT), &udp(rport, ext, b"ho")),
+        slow(t, false, &Ipv4::new(LAN, EXT), &L4::udp(rport, ext, b"ho")),
         Ok(Action::Pass)
     );
     t.advance(3 * SEC);
     assert_eq!(
-        slow(t, true, &Ipv4::new(BLUE, LAN), &udp(sport, rport, b"hi")),
+        slow(t, true, &Ipv4::new(BLUE, LAN), &L4::udp(sport, rport, b"hi")),
         Ok(Action::Pass)
     );
     assert!(flow_of(t, PROTO_UDP, BLUE, sport, LAN, rport).confirmed());
@@ -259,27 +242,6 @@ fn open_tcp(t: &MemTables, sport: u16, rport: u16) -> u16 {
     ext
 }
 
-/// Asserts `got` is `want`, where a checksum may differ only as 0x0000 against 0xffff (the
-/// two forms of zero in one's complement).
-fn assert_same(got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let mut i = 0;
-    while i < got.len() {
-        if got[i] != want[i] {
-            let at = i & !1;
-            let pair = |b: &[u8]| [b[at], b.get(at + 1).copied().unwrap_or(0)];
-            let zeros = [[0, 0], [0xff, 0xff]];
-            assert!(
-                zeros.contains(&pair(got)) && zeros.contains(&pair(want)),
-                "frames differ at byte {i}:\n got  {got:02x?}\n want {want:02x?}"
-            );
-            i = at + 2;
-        } else {
-            i += 1;
-        }
-    }
-}
-
 /// Runs one outbound and one inbound packet of an open flow on the fast path at hook mode
 /// `M` and checks each frame, redirect and counter.
 fn round_trip<const M: u32>(proto: u8) {
@@ -298,7 +260,7 @@ fn round_trip<const M: u32>(proto: u8) {
             tcp(ext, rport, TCP_ACK, 8, 101, data),
         )
     } else {
-        (udp(sport, rport, data), udp(ext, rport, data))
+        (L4::udp(sport, rport, data), L4::udp(ext, rport, data))
     };
     let out = from_inside::<M>(&Ipv4::new(BLUE, LAN), &out_l4, PORT_A, LAN);
     assert_eq!(fast::outbound(&out, &t), Ok(Action::Redirect));
@@ -319,7 +281,7 @@ fn round_trip<const M: u32>(proto: u8) {
             tcp(rport, sport, TCP_ACK, 101, 8 + data.len() as u32, data),
         )
     } else {
-        (udp(rport, ext, data), udp(rport, sport, data))
+        (L4::udp(rport, ext, data), L4::udp(rport, sport, data))
     };
     let inb = from_outside::<M>(&Ipv4::new(LAN, EXT), &in_l4, BLUE);
     assert_eq!(fast::inbound(&inb, &t), Ok(Action::Redirect));
@@ -369,7 +331,7 @@ fn an_established_tcp_connection_takes_the_fast_path_both_ways_in_xdp() {
 fn the_fast_path_is_off_in_the_other_mode() {
     let t = router(FAST_XDP, 0, |_| {});
     open_udp(&t, 5000, 7000);
-    let out = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), PORT_A, LAN);
+    let out = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
     let bytes = out.frame.bytes();
     assert_eq!(fast::outbound(&out, &t), Ok(Action::Pass));
     assert_eq!(out.frame.bytes(), bytes);
@@ -603,8 +565,8 @@ fn run_case(case: &Case) {
         _ if k.icmp => L4::echo(false, sport, 1, b"data"),
         (true, true) => tcp(sport, rport, flags, seq, ack, b"data"),
         (true, false) => tcp(rport, ext, flags, seq, ack, b"data"),
-        (false, true) => udp(sport, rport, b"data"),
-        (false, false) => udp(rport, ext, b"data"),
+        (false, true) => L4::udp(sport, rport, b"data"),
+        (false, false) => L4::udp(rport, ext, b"data"),
     };
     let (dst, src) = if case.outbound {
         (GW_MAC, HOST_MAC)
@@ -694,7 +656,7 @@ fn in_xdp_a_partial_checksum_takes_the_slow_path_and_at_tc_it_does_not() {
     let t = router(FAST_XDP, 0, |_| {});
     open_udp(&t, 5000, 7000);
     let ip = Ipv4::new(BLUE, LAN);
-    let mut bytes = packet::frame(GW_MAC, HOST_MAC, &ip, &udp(5000, 7000, b"data")).to_vec();
+    let mut bytes = packet::frame(GW_MAC, HOST_MAC, &ip, &L4::udp(5000, 7000, b"data")).to_vec();
     let sum = packet::pseudo_header_sum(BLUE, LAN, PROTO_UDP, bytes.len() - 34);
     bytes[34 + 6..34 + 8].copy_from_slice(&netns_common::csum::fold(sum).to_be_bytes());
     let mut f = Frame::new(bytes.clone());
@@ -711,11 +673,11 @@ fn a_host_is_learned_behind_its_port_and_followed_when_it_moves() {
     let t = router(FAST_TC, 0, |_| {});
     let ext = open_udp(&t, 5000, 7000);
     let send_out = |port: u32| {
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), port, LAN);
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), port, LAN);
         assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
     };
     let send_in = || {
-        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &udp(7000, ext, b"y"), BLUE);
+        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
         assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
         h.redirected.get().map(|(port, _)| port)
     };
@@ -731,7 +693,7 @@ fn the_bridge_sees_a_new_host_and_then_each_host_again_every_refresh_period() {
     let t = router(FAST_TC, refresh, |_| {});
     open_udp(&t, 5000, 7000);
     let send = || {
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &udp(5000, 7000, b"x"), PORT_A, LAN);
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
         fast::outbound(&h, &t).unwrap()
     };
     // New here: the bridge learns it from this frame.

@@ -37,15 +37,6 @@ const EXT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
 const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
-
 fn lab(tag: &str, fast: FastPath) -> LabGuard {
     let mut cfg = LabConfig::reference();
     cfg.nat
@@ -397,14 +388,15 @@ fn vlan_tags_stay_visible_to_the_fast_path(mode: FastPath) {
     let (red_wire, lan_wire) = (Wire::open(&red, "veth-red"), Wire::open(&lan, "lan0"));
     let blue_wire = Wire::open(&g.lab.ns("blue"), "veth-blue");
     let (red_mac, gw_mac) = (mac_of(&red, "veth-red"), mac_of(&g.lab.ns("host"), "v-net-0"));
-    let of_the_flow = |payload: &[u8]| packet::ipv4_packet(&Ipv4::new(RED, LAN), &udp(42000, 7100, payload));
+    let of_the_flow =
+        |payload: &[u8]| packet::ipv4_packet(&Ipv4::new(RED, LAN), &L4::udp(42000, 7100, payload));
     // VLAN 100 around an IPv4 packet.
     let tagged = |dst: [u8; 6], ip: &[u8]| {
         let mut p = vec![0x00, 100, 0x08, 0x00];
         p.extend_from_slice(ip);
         packet::ethernet(dst, red_mac, packet::ETH_P_8021Q, &p).to_vec()
     };
-    let to_blue = packet::ipv4_packet(&Ipv4::new(RED, BLUE), &udp(1000, 2000, b"tagged"));
+    let to_blue = packet::ipv4_packet(&Ipv4::new(RED, BLUE), &L4::udp(1000, 2000, b"tagged"));
     let c0 = counters(g.prefix());
     let seen = echo.seen().len();
     red_wire.send(&tagged(gw_mac, &of_the_flow(b"tagged"))).unwrap();

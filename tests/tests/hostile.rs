@@ -152,25 +152,8 @@ impl Net {
     }
 }
 
-fn udp<'a>(sport: u16, dport: u16, payload: &'a [u8]) -> L4<'a> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
-
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4<'static> {
-    L4::Tcp {
-        sport,
-        dport,
-        seq: 1,
-        ack: 0,
-        flags,
-        window: 1024,
-        payload: &[],
-    }
+    L4::tcp(sport, dport, flags, (1, 0), 1024, &[])
 }
 
 /// One kind of hostile traffic: what was sent and what came of it, for the summary.
@@ -293,7 +276,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         "truncated IPv4 header (12 of 20 bytes)",
         &[],
         |n| {
-            let ip = packet::ipv4_packet(&Ipv4::new(LAN, EXT), &udp(7101, mapped, b"x"));
+            let ip = packet::ipv4_packet(&Ipv4::new(LAN, EXT), &L4::udp(7101, mapped, b"x"));
             n.lan.send(&n.lan_raw(&ip[..12])).unwrap();
         },
         |_, a| {
@@ -315,7 +298,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
             &[("drop_malformed", 1)],
             |n| {
                 let l4 = match proto {
-                    packet::PROTO_UDP => udp(7101, mapped, &[]),
+                    packet::PROTO_UDP => L4::udp(7101, mapped, &[]),
                     packet::PROTO_TCP => tcp(7200, mapped, 0x10),
                     _ => L4::echo(true, mapped, 1, &[]),
                 };
@@ -339,7 +322,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         &[("drop_bad_checksum", 1), ("slow_ip_checksum", 1)],
         |n| {
             let (ip, sport, dport) = to_mapped(7101);
-            let mut f = n.lan_frame(&ip, &udp(sport, dport, b"bad ip csum"));
+            let mut f = n.lan_frame(&ip, &L4::udp(sport, dport, b"bad ip csum"));
             f[packet::ETH_HLEN + 10] ^= 0x5a;
             n.lan.send(&f).unwrap();
         },
@@ -355,7 +338,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         &[("in_udp_any", 1)],
         |n| {
             let (ip, sport, dport) = to_mapped(7101);
-            let mut f = n.lan_frame(&ip, &udp(sport, dport, b"bad udp csum"));
+            let mut f = n.lan_frame(&ip, &L4::udp(sport, dport, b"bad udp csum"));
             f[packet::ETH_HLEN + 20 + 6] ^= 0x5a;
             n.lan.send(&f).unwrap();
         },
@@ -387,7 +370,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
             &[],
             |n| {
                 n.red
-                    .send(&n.red_frame(&Ipv4::new(RED, LAN).ttl(ttl), &udp(47101, 7101, b"ttl")))
+                    .send(&n.red_frame(&Ipv4::new(RED, LAN).ttl(ttl), &L4::udp(47101, 7101, b"ttl")))
                     .unwrap();
             },
             |_, a| {
@@ -460,7 +443,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         "overlapping UDP fragments to a mapping",
         &[("in_udp", 1), ("fragments", 1)],
         |n| {
-            let dgram = packet::l4_bytes(LAN, EXT, &udp(7101, mapped, &[0x33; 16]));
+            let dgram = packet::l4_bytes(LAN, EXT, &L4::udp(7101, mapped, &[0x33; 16]));
             let mut ip = Ipv4::new(LAN, EXT).id(902);
             ip.proto = packet::PROTO_UDP;
             let mut first = ip.clone();
@@ -492,7 +475,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         "tiny UDP fragments (header alone first) to a mapping",
         &[("in_udp", 1), ("fragments", 2)],
         |n| {
-            let dgram = packet::l4_bytes(LAN, EXT, &udp(7101, mapped, b"in two pieces..."));
+            let dgram = packet::l4_bytes(LAN, EXT, &L4::udp(7101, mapped, b"in two pieces..."));
             let mut ip = Ipv4::new(LAN, EXT).id(903);
             ip.proto = packet::PROTO_UDP;
             for f in packet::fragments(&ip, &dgram, 8) {
@@ -516,7 +499,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
         &[("drop_unsolicited", 1)],
         |n| {
             let quote = |dport: u16, sport: u16| {
-                packet::ipv4_packet(&Ipv4::new(EXT, LAN), &udp(sport, dport, b"q")).to_vec()
+                packet::ipv4_packet(&Ipv4::new(EXT, LAN), &L4::udp(sport, dport, b"q")).to_vec()
             };
             let unreachable = |q: &[u8]| {
                 n.lan_frame(
@@ -546,10 +529,10 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
             let mut spoofed = Ipv4::new(Ipv4Addr::new(192, 168, 1, 99), EXT);
             spoofed.ttl = 64;
             n.lan
-                .send(&n.lan_frame(&spoofed, &udp(7101, mapped, b"spoof")))
+                .send(&n.lan_frame(&spoofed, &L4::udp(7101, mapped, b"spoof")))
                 .unwrap();
             n.lan
-                .send(&n.lan_frame(&Ipv4::new(LAN, EXT), &udp(7999, mapped, b"spoof")))
+                .send(&n.lan_frame(&Ipv4::new(LAN, EXT), &L4::udp(7999, mapped, b"spoof")))
                 .unwrap();
         },
         |_, a| {
@@ -596,7 +579,7 @@ fn hostile_traffic_is_dropped_or_passed_as_designed(mode: FastPath) {
     // VLAN 100, carrying a datagram of an established flow: were it taken for untagged
     // traffic, it would cross the NAT into the other network.
     let vlan_tagged = |dst: Mac, src: Mac, ip: &Ipv4, sport: u16, dport: u16| {
-        let inner = packet::ipv4_packet(ip, &udp(sport, dport, b"tagged"));
+        let inner = packet::ipv4_packet(ip, &L4::udp(sport, dport, b"tagged"));
         let mut payload = vec![0x00, 100, 0x08, 0x00];
         payload.extend_from_slice(&inner);
         packet::ethernet(dst, src, packet::ETH_P_8021Q, &payload).to_vec()

@@ -51,15 +51,6 @@ fn bed(tag: &str, fast: Option<FastConfig>) -> Option<ProgBed> {
     Some(bed)
 }
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
-
 fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
     tcp_at(sport, dport, flags, 1000, 2000, payload)
 }
@@ -67,15 +58,7 @@ fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
 /// A TCP segment with its sequence and acknowledgement numbers (a RST or FIN must lie in the
 /// receiver's window to change anything).
 fn tcp_at(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
-    L4::Tcp {
-        sport,
-        dport,
-        seq,
-        ack,
-        flags,
-        window: 65535,
-        payload,
-    }
+    L4::tcp(sport, dport, flags, (seq, ack), 65535, payload)
 }
 
 /// The frame a router hands its uplink: `src` -> `dst` carrying `l4`.
@@ -137,17 +120,21 @@ fn udp_is_translated_out_and_back_byte_for_byte() {
         return;
     };
     let data = b"hello through the NAT";
-    let out = run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &udp(40000, 7000, data)));
+    let out = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &L4::udp(40000, 7000, data)),
+    );
     assert_eq!(out.code, NEXT);
     // The free source port is kept; only the source address changes.
-    assert_frame(&out, &frame(EXT, LAN, &udp(40000, 7000, data)));
+    assert_frame(&out, &frame(EXT, LAN, &L4::udp(40000, 7000, data)));
     let back = run(
         &bed,
         PROG_NAT_INGRESS,
-        &frame(LAN, EXT, &udp(7000, 40000, b"reply")),
+        &frame(LAN, EXT, &L4::udp(7000, 40000, b"reply")),
     );
     assert_eq!(back.code, NEXT);
-    assert_frame(&back, &frame(LAN, RED, &udp(7000, 40000, b"reply")));
+    assert_frame(&back, &frame(LAN, RED, &L4::udp(7000, 40000, b"reply")));
     let c = counters(&bed);
     assert_eq!((c["out_udp"], c["in_udp"], c["new_flows"]), (1, 1, 1), "{c:?}");
 }
@@ -178,16 +165,28 @@ fn a_taken_port_is_replaced_and_checksums_follow() {
         return;
     };
     // red and blue use the same source port: the second gets another external port.
-    run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &udp(40002, 7000, b"a")));
-    let out = run(&bed, PROG_NAT_EGRESS, &frame(BLUE, LAN, &udp(40002, 7000, b"b")));
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &L4::udp(40002, 7000, b"a")),
+    );
+    let out = run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(BLUE, LAN, &L4::udp(40002, 7000, b"b")),
+    );
     let (_, _, ip) = parse_frame(&out.frame).unwrap();
     let (sport, dport) = ip.ports().unwrap();
     assert_ne!(sport, 40002);
     assert_eq!(dport, 7000);
-    assert_frame(&out, &frame(EXT, LAN, &udp(sport, 7000, b"b")));
+    assert_frame(&out, &frame(EXT, LAN, &L4::udp(sport, 7000, b"b")));
     // The reply to that port reaches blue, not red.
-    let back = run(&bed, PROG_NAT_INGRESS, &frame(LAN, EXT, &udp(7000, sport, b"c")));
-    assert_frame(&back, &frame(LAN, BLUE, &udp(7000, 40002, b"c")));
+    let back = run(
+        &bed,
+        PROG_NAT_INGRESS,
+        &frame(LAN, EXT, &L4::udp(7000, sport, b"c")),
+    );
+    assert_frame(&back, &frame(LAN, BLUE, &L4::udp(7000, 40002, b"c")));
 
     // TCP: a SYN each, then the answer to blue's.
     use netns_common::nat::{TCP_ACK as ACK, TCP_SYN as SYN};
@@ -350,7 +349,7 @@ fn ip_options_are_kept_and_the_header_checksum_follows() {
     let mut ip = Ipv4::new(RED, LAN);
     // Record route with room for two addresses, then end of list (IHL 8).
     ip.options = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0];
-    let l4 = udp(40010, 7000, b"options");
+    let l4 = L4::udp(40010, 7000, b"options");
     let out = run(&bed, PROG_NAT_EGRESS, &packet::frame(MAC_B, MAC_A, &ip, &l4));
     assert_eq!(out.code, NEXT);
     let mut want = ip.clone();
@@ -378,12 +377,20 @@ fn unsolicited_inbound_is_dropped_and_counted() {
     };
     // red talked to lan:7000; lan:7001 answering from another port is refused
     // (address-and-port-dependent filtering).
-    run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &udp(40020, 7000, b"a")));
-    let out = run(&bed, PROG_NAT_INGRESS, &frame(LAN, EXT, &udp(7001, 40020, b"b")));
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &L4::udp(40020, 7000, b"a")),
+    );
+    let out = run(
+        &bed,
+        PROG_NAT_INGRESS,
+        &frame(LAN, EXT, &L4::udp(7001, 40020, b"b")),
+    );
     assert_eq!(out.code, SHOT);
     assert_eq!(counters(&bed)["drop_unsolicited"], 1);
     // A port nobody owns is the router's own business: passed untouched.
-    let f = frame(LAN, EXT, &udp(7000, 40999, b"c"));
+    let f = frame(LAN, EXT, &L4::udp(7000, 40999, b"c"));
     let out = run(&bed, PROG_NAT_INGRESS, &f);
     assert_eq!((out.code, &out.frame), (NEXT, &f));
     assert_eq!(counters(&bed)["in_unmapped"], 1);
@@ -414,18 +421,18 @@ fn icmp_errors_are_translated_with_their_quote_at_every_length() {
     run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(BLUE, LAN, &udp(40030, 7000, b"blue's")),
+        &frame(BLUE, LAN, &L4::udp(40030, 7000, b"blue's")),
     );
     let out = run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(RED, LAN, &udp(40030, 7000, b"0123456789")),
+        &frame(RED, LAN, &L4::udp(40030, 7000, b"0123456789")),
     );
     let ext_port = parse_frame(&out.frame).unwrap().2.ports().unwrap().0;
     assert_ne!(ext_port, 40030, "red's port was not rewritten");
-    assert_frame(&out, &frame(EXT, LAN, &udp(ext_port, 7000, b"0123456789")));
-    let sent = packet::ipv4_packet(&Ipv4::new(EXT, LAN), &udp(ext_port, 7000, b"0123456789"));
-    let seen = packet::ipv4_packet(&Ipv4::new(RED, LAN), &udp(40030, 7000, b"0123456789"));
+    assert_frame(&out, &frame(EXT, LAN, &L4::udp(ext_port, 7000, b"0123456789")));
+    let sent = packet::ipv4_packet(&Ipv4::new(EXT, LAN), &L4::udp(ext_port, 7000, b"0123456789"));
+    let seen = packet::ipv4_packet(&Ipv4::new(RED, LAN), &L4::udp(40030, 7000, b"0123456789"));
     for len in 0..=sent.len() {
         let out = run(&bed, PROG_NAT_INGRESS, &port_unreachable(&sent[..len]));
         if len < 20 + 4 {
@@ -475,7 +482,7 @@ fn fragments_follow_their_first_and_one_before_it_is_held() {
     };
     // Test runs' frames are on the bed's loopback: held fragments are sent again there.
     netns_tests::sh_in(bed.namespace(), "ip", &["link", "set", "lo", "up"]);
-    let data = packet::l4_bytes(RED, LAN, &udp(40040, 7000, &[7u8; 100]));
+    let data = packet::l4_bytes(RED, LAN, &L4::udp(40040, 7000, &[7u8; 100]));
     let mut ip = Ipv4::new(RED, LAN).id(0x1234);
     ip.proto = packet::PROTO_UDP;
     let frags = packet::fragments(&ip, &data, 48);
@@ -491,7 +498,7 @@ fn fragments_follow_their_first_and_one_before_it_is_held() {
     let want = packet::fragments(&out_ip, &data, 48);
     // The first fragment's UDP checksum covers the whole datagram: rewrite it as the NAT
     // must (incrementally), by building the datagram from the external address.
-    let ext_data = packet::l4_bytes(EXT, LAN, &udp(40040, 7000, &[7u8; 100]));
+    let ext_data = packet::l4_bytes(EXT, LAN, &L4::udp(40040, 7000, &[7u8; 100]));
     let want_first = packet::fragments(&out_ip, &ext_data, 48).remove(0);
     for (i, f) in frags.iter().enumerate() {
         let out = run(
@@ -510,7 +517,7 @@ fn fragments_follow_their_first_and_one_before_it_is_held() {
     }
     // Inbound, one before its first goes on to the router (in case the datagram is its
     // own) and is held too.
-    let reply = packet::l4_bytes(LAN, EXT, &udp(7000, 40040, &[8u8; 100]));
+    let reply = packet::l4_bytes(LAN, EXT, &L4::udp(7000, 40040, &[8u8; 100]));
     let mut rip = Ipv4::new(LAN, EXT).id(0x4321);
     rip.proto = packet::PROTO_UDP;
     let rfrags = packet::fragments(&rip, &reply, 48);
@@ -540,9 +547,9 @@ fn hostile_frames_never_pass_half_translated() {
     run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(BLUE, LAN, &udp(40050, 7000, b"blue's")),
+        &frame(BLUE, LAN, &L4::udp(40050, 7000, b"blue's")),
     );
-    let good = frame(RED, LAN, &udp(40050, 7000, b"0123456789abcdef"));
+    let good = frame(RED, LAN, &L4::udp(40050, 7000, b"0123456789abcdef"));
     // The external port red's UDP port `p` is mapped to, as the NAT's table has it.
     let ext_port_of = |p: u16| {
         bed.bindings()
@@ -637,17 +644,17 @@ fn the_xdp_fast_path_passes_what_it_cannot_take_untouched() {
     run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(RED, LAN, &udp(40060, 7000, b"first")),
+        &frame(RED, LAN, &L4::udp(40060, 7000, b"first")),
     );
     // Inbound: the FIB has no route to red; the kernel decides what becomes of it.
     let c0 = counters(&bed);
-    let reply = frame(LAN, EXT, &udp(7000, 40060, b"reply"));
+    let reply = frame(LAN, EXT, &L4::udp(7000, 40060, b"reply"));
     let out = run(&bed, PROG_XDP_FAST_IN, &reply);
     assert_eq!((out.code, &out.frame), (XDP_PASS, &reply));
     let c1 = counters(&bed);
     assert_eq!(c1["slow_policy"] - c0["slow_policy"], 1, "{c1:?}");
     // Outbound, no route: the same.
-    let next = frame(RED, LAN, &udp(40060, 7000, b"second"));
+    let next = frame(RED, LAN, &L4::udp(40060, 7000, b"second"));
     let out = run(&bed, PROG_XDP_FAST_OUT, &next);
     assert_eq!((out.code, &out.frame), (XDP_PASS, &next));
     let c2 = counters(&bed);
@@ -670,7 +677,11 @@ fn a_flood_from_outside_creates_no_state() {
     let Some(bed) = bed("pflood", None) else {
         return;
     };
-    run(&bed, PROG_NAT_EGRESS, &frame(RED, LAN, &udp(40070, 7000, b"a")));
+    run(
+        &bed,
+        PROG_NAT_EGRESS,
+        &frame(RED, LAN, &L4::udp(40070, 7000, b"a")),
+    );
     let (flows, bindings) = (bed.flows().unwrap(), bed.bindings().unwrap());
     let c0 = counters(&bed);
     // Ports all over the external address, from a remote red never talked to and from the
@@ -685,7 +696,7 @@ fn a_flood_from_outside_creates_no_state() {
         let f = if port % 3 == 0 {
             frame(from, EXT, &tcp(33000, port, 0x02, b""))
         } else {
-            frame(from, EXT, &udp(7001, port, b"x"))
+            frame(from, EXT, &L4::udp(7001, port, b"x"))
         };
         let out = run(&bed, PROG_NAT_INGRESS, &f);
         // (Port 80, the forward's, is not among them: 80 is not 1 + 7k.)
@@ -840,9 +851,9 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     let first = run(
         &bed,
         PROG_NAT_EGRESS,
-        &frame(RED, LAN, &udp(45000, 7000, b"first")),
+        &frame(RED, LAN, &L4::udp(45000, 7000, b"first")),
     );
-    assert_frame(&first, &frame(EXT, LAN, &udp(45000, 7000, b"first")));
+    assert_frame(&first, &frame(EXT, LAN, &L4::udp(45000, 7000, b"first")));
     if xdp {
         // With the uplink not in the DEVMAP, the redirect is refused before anything is
         // written: the slow path gets the frame untouched, counted.
@@ -850,7 +861,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
             GW_MAC,
             MAC_A,
             &Ipv4::new(RED, LAN),
-            &udp(45000, 7000, b"no devmap"),
+            &L4::udp(45000, 7000, b"no devmap"),
         )
         .to_vec();
         let o = bed.run_on(PROG_XDP_FAST_OUT, &f, Some(port0.index)).unwrap();
@@ -864,7 +875,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
             GW_MAC,
             MAC_A,
             &Ipv4::new(RED, LAN).ttl(ttl),
-            &udp(45000, 7000, payload),
+            &L4::udp(45000, 7000, payload),
         )
         .to_vec()
     };
@@ -876,7 +887,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         LAN_MAC,
         up0.mac,
         &Ipv4::new(EXT, LAN).ttl(63),
-        &udp(45000, 7000, b"fast out"),
+        &L4::udp(45000, 7000, b"fast out"),
     );
     assert_frame(&out, &want);
 
@@ -884,7 +895,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         up0.mac,
         LAN_MAC,
         &Ipv4::new(LAN, EXT),
-        &udp(7000, 45000, b"fast in"),
+        &L4::udp(7000, 45000, b"fast in"),
     )
     .to_vec();
     let back = bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap();
@@ -893,7 +904,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         MAC_A,
         port0.mac,
         &Ipv4::new(LAN, RED).ttl(63),
-        &udp(7000, 45000, b"fast in"),
+        &L4::udp(7000, 45000, b"fast in"),
     );
     assert_frame(&back, &want);
     let c = counters(&bed);
@@ -1053,13 +1064,13 @@ fn a_redirect_to_a_vanished_port_is_counted_and_left_to_the_slow_path() {
         run(
             &bed,
             PROG_NAT_EGRESS,
-            &frame(RED, LAN, &udp(45100, 7000, b"first")),
+            &frame(RED, LAN, &L4::udp(45100, 7000, b"first")),
         );
         let from_lan = packet::frame(
             up0.mac,
             [2, 0, 0, 0, 0, 3],
             &Ipv4::new(LAN, EXT),
-            &udp(7000, 45100, b"in"),
+            &L4::udp(7000, 45100, b"in"),
         )
         .to_vec();
         let (prog, pass) = if xdp {

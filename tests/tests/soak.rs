@@ -263,15 +263,7 @@ fn hostile(g: &LabGuard, deadline: Instant, h: &Hostile, uplink: &AtomicU32, gat
         x ^= x << 5;
         x
     };
-    let seg = |sport: u16, dport: u16, flags: u8, seq: u32| L4::Tcp {
-        sport,
-        dport,
-        seq,
-        ack: 0,
-        flags,
-        window: 8192,
-        payload: &[],
-    };
+    let seg = |sport: u16, dport: u16, flags: u8, seq: u32| L4::tcp(sport, dport, flags, (seq, 0), 8192, &[]);
     while Instant::now() < deadline {
         // Paused with the clients while the address changes: a bare ACK sent to an address
         // the NAT does not (or does not yet) own goes to the router's stack uncounted, and

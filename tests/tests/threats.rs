@@ -105,15 +105,7 @@ impl Outside {
 }
 
 fn tcp_seg(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> L4<'static> {
-    L4::Tcp {
-        sport,
-        dport,
-        seq,
-        ack,
-        flags,
-        window: 8192,
-        payload: &[],
-    }
+    L4::tcp(sport, dport, flags, (seq, ack), 8192, &[])
 }
 
 /// Item 1: a host on the uplink's network that routes the internal prefix via the router
@@ -201,11 +193,11 @@ fn spoofed_sources_make_no_state(mode: FastPath) {
     let far = Ipv4Addr::new(192, 168, 1, 99);
     // An internal source to an outside address: routed back out, it would make red a mapping.
     for i in 0..4u16 {
-        out.send(&Ipv4::new(RED, far), &udp_l4(41000 + i, 53, b"spoof"));
+        out.send(&Ipv4::new(RED, far), &L4::udp(41000 + i, 53, b"spoof"));
     }
     // An internal source to the external address; the external address as source.
-    out.send(&Ipv4::new(RED, EXT), &udp_l4(41000, 41000, b"spoof"));
-    out.send(&Ipv4::new(EXT, EXT), &udp_l4(41000, 41000, b"spoof"));
+    out.send(&Ipv4::new(RED, EXT), &L4::udp(41000, 41000, b"spoof"));
+    out.send(&Ipv4::new(EXT, EXT), &L4::udp(41000, 41000, b"spoof"));
     out.send(&Ipv4::new(EXT, far), &tcp_seg(41000, 80, SYN, 1, 0));
     std::thread::sleep(SETTLE);
     let after = nat_counters(g.prefix());
@@ -221,15 +213,6 @@ fn spoofed_sources_make_no_state(mode: FastPath) {
     assert_eq!(leaked, 0, "a spoofed packet left again");
 }
 netns_tests::modes!(spoofed_sources_make_no_state);
-
-fn udp_l4(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
 
 /// A raw IPv4 socket of protocol `proto` in `ns` (the kernel builds the IPv4 header).
 fn raw_socket(ns: &str, proto: i32) -> OwnedFd {
@@ -340,7 +323,7 @@ fn protocols_without_ports_never_leave_with_an_internal_address() {
     // An ICMP error from red about a datagram nobody mapped (a port unreachable for lan's
     // 5555 -> red 9999), and an ICMP timestamp request: neither leaves.
     let red_icmp = raw_socket(&red, libc::IPPROTO_ICMP);
-    let quoted = packet::ipv4_packet(&Ipv4::new(LAN, RED), &udp_l4(5555, 9999, b"q"));
+    let quoted = packet::ipv4_packet(&Ipv4::new(LAN, RED), &L4::udp(5555, 9999, b"q"));
     let err = packet::l4_bytes(
         RED,
         LAN,
@@ -822,7 +805,7 @@ fn a_host_claiming_anothers_address_steers_nothing(mode: FastPath) {
     let before = nat_counters(g.prefix());
     // Blue's claims: red's flow, from blue. Their echoes are red's flow's too.
     for _ in 0..10 {
-        let f = packet::frame(gw, blue_mac, &Ipv4::new(RED, LAN), &udp_l4(port, 7002, b"claim"));
+        let f = packet::frame(gw, blue_mac, &Ipv4::new(RED, LAN), &L4::udp(port, 7002, b"claim"));
         wire.send(&f).unwrap();
     }
     std::thread::sleep(SETTLE);
@@ -989,7 +972,7 @@ fn the_routers_policy_binds_the_fast_path(mode: FastPath) {
         for i in 0..3 {
             out.send(
                 &Ipv4::new(LAN, EXT),
-                &udp_l4(7003, ext_port, format!("{what} {i}").as_bytes()),
+                &L4::udp(7003, ext_port, format!("{what} {i}").as_bytes()),
             );
         }
         assert!(
@@ -1184,7 +1167,7 @@ fn reordered_fragments_cross_both_ways(mode: FastPath) {
         ip
     };
 
-    let out = packet::l4_bytes(RED, LAN, &udp_l4(41500, 7007, &payload));
+    let out = packet::l4_bytes(RED, LAN, &L4::udp(41500, 7007, &payload));
     for f in reversed_fragments(&udp_ip(RED, LAN, 0x2222), &out, 1000, gw, red_mac) {
         red_wire.send(&f).unwrap();
     }
@@ -1197,7 +1180,7 @@ fn reordered_fragments_cross_both_ways(mode: FastPath) {
     assert_eq!(*from.ip(), EXT, "translated");
 
     let back: Vec<u8> = payload.iter().rev().copied().collect();
-    let inb = packet::l4_bytes(LAN, EXT, &udp_l4(7007, from.port(), &back));
+    let inb = packet::l4_bytes(LAN, EXT, &L4::udp(7007, from.port(), &back));
     let outside = Outside::of(&g);
     for f in reversed_fragments(
         &udp_ip(LAN, EXT, 0x3333),

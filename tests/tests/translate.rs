@@ -30,7 +30,7 @@ use netns_common::{
     packet::Action,
     translate::{self, Drop, Tables},
 };
-use netns_testkit::packet::{self, Ipv4, L4, Mac, parse_frame};
+use netns_testkit::packet::{self, Ipv4, L4, Mac, assert_same, parse_frame};
 use netns_user::{config::LabConfig, nat::ebpf as nat_ebpf};
 use proptest::prelude::*;
 
@@ -108,15 +108,6 @@ fn frame(src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> {
     packet::frame(MAC_B, MAC_A, &Ipv4::new(src, dst), l4).to_vec()
 }
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4<'_> {
-    L4::Udp {
-        sport,
-        dport,
-        payload,
-        zero_checksum: false,
-    }
-}
-
 fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
     tcp_at(sport, dport, flags, 7, 9, payload)
 }
@@ -124,38 +115,7 @@ fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4<'_> {
 /// A TCP segment with its sequence and acknowledgement numbers (a RST or FIN must lie in the
 /// receiver's window to change anything).
 fn tcp_at(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> L4<'_> {
-    L4::Tcp {
-        sport,
-        dport,
-        seq,
-        ack,
-        flags,
-        window: 512,
-        payload,
-    }
-}
-
-/// Asserts `got` is `want`, where a checksum may differ only as 0x0000 against 0xffff (the
-/// two forms of zero in one's complement: incremental updates and full computation may
-/// pick either, and receivers accept both).
-fn assert_same(got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let mut i = 0;
-    while i < got.len() {
-        if got[i] != want[i] {
-            let at = i & !1;
-            let pair = |b: &[u8]| [b[at], b.get(at + 1).copied().unwrap_or(0)];
-            let (g, w) = (pair(got), pair(want));
-            let zeros = [[0, 0], [0xff, 0xff]];
-            assert!(
-                zeros.contains(&g) && zeros.contains(&w),
-                "frames differ at byte {i}:\n got  {got:02x?}\n want {want:02x?}"
-            );
-            i = at + 2;
-        } else {
-            i += 1;
-        }
-    }
+    L4::tcp(sport, dport, flags, (seq, ack), 512, payload)
 }
 
 /// The protocols of the round trips: (protocol, zero UDP checksum).
@@ -294,7 +254,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(tail in prop::collection::vec(any::<u8>(), 0..120), ihl in 0u8..16) {
         let t = nat(3);
-        let mut f = frame(Ipv4Addr::new(192, 168, 15, 1), LAN, &udp(1, 2, &[]));
+        let mut f = frame(Ipv4Addr::new(192, 168, 15, 1), LAN, &L4::udp(1, 2, &[]));
         f.truncate(packet::ETH_HLEN);
         f.push(0x40 | ihl);
         f.extend_from_slice(&tail);
@@ -312,11 +272,11 @@ proptest! {
 fn bad_header_checksums_are_dropped_before_any_state() {
     let t = nat(4);
     let red = Ipv4Addr::new(192, 168, 15, 1);
-    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q")));
+    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(5000, 53, b"q")));
     let (_, _, ip) = parse_frame(&out).unwrap();
     let (ext_port, _) = ip.ports().unwrap();
     let before = t.flows();
-    let mut reply = frame(LAN, EXT, &udp(53, ext_port, b"a"));
+    let mut reply = frame(LAN, EXT, &L4::udp(53, ext_port, b"a"));
     reply[packet::ETH_HLEN + 10] ^= 0x40;
     assert_eq!(
         run(&t, Step::Ingress, &reply),
@@ -326,12 +286,12 @@ fn bad_header_checksums_are_dropped_before_any_state() {
     // With options too.
     let mut opts = Ipv4::new(LAN, EXT);
     opts.options = vec![1, 1, 1, 0];
-    let mut f = packet::frame(MAC_B, MAC_A, &opts, &udp(53, ext_port, b"a")).to_vec();
+    let mut f = packet::frame(MAC_B, MAC_A, &opts, &L4::udp(53, ext_port, b"a")).to_vec();
     assert_eq!(run(&t, Step::Ingress, &f).0, Ok(Action::Pass));
     f[packet::ETH_HLEN + 21] ^= 1;
     assert_eq!(run(&t, Step::Ingress, &f).0, Err(Drop::BadChecksum));
     // Leaving, the kernel has checked it already: translated like any (still failing).
-    let mut leaving = frame(red, LAN, &udp(5000, 53, b"q"));
+    let mut leaving = frame(red, LAN, &L4::udp(5000, 53, b"q"));
     leaving[packet::ETH_HLEN + 10] ^= 0x40;
     assert_eq!(run(&t, Step::Egress, &leaving).0, Ok(Action::Pass));
     let mut hp = frame(red, EXT, &tcp(4000, 80, TCP_SYN, b""));
@@ -416,13 +376,13 @@ fn an_exhausted_range_costs_no_other_protocol_or_established_flow() {
         c.low_ports = PortRange::new(20000, 20015);
     });
     let red = Ipv4Addr::new(192, 168, 15, 1);
-    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q")));
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(5000, 53, b"q")));
     assert_eq!(v, Ok(Action::Pass));
     let kept = parse_frame(&got).unwrap().2.ports().unwrap().0;
     let mut refused = 0;
     for i in 0..40u16 {
         let host = Ipv4Addr::new(192, 168, 15, 10 + i as u8);
-        match run(&t, Step::Egress, &frame(host, LAN, &udp(6000 + i, 53, b"x"))).0 {
+        match run(&t, Step::Egress, &frame(host, LAN, &L4::udp(6000 + i, 53, b"x"))).0 {
             Ok(Action::Pass) => {}
             Err(Drop::NoPort) => refused += 1,
             other => panic!("datagram {i}: {other:?}"),
@@ -441,11 +401,11 @@ fn an_exhausted_range_costs_no_other_protocol_or_established_flow() {
     );
     assert_eq!(v, Ok(Action::Pass), "a new ping");
     // The established flow, both ways.
-    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"again")));
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(5000, 53, b"again")));
     assert_eq!(v, Ok(Action::Pass));
-    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, kept, b"answer")));
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &L4::udp(53, kept, b"answer")));
     assert_eq!(v, Ok(Action::Pass));
-    assert_same(&got, &frame(LAN, red, &udp(53, 5000, b"answer")));
+    assert_same(&got, &frame(LAN, red, &L4::udp(53, 5000, b"answer")));
 }
 
 /// A small port range and small tables: a flood of new flows from inside and of
@@ -468,7 +428,7 @@ fn exhaustion_drops_the_excess_and_recovers() {
     });
     let red = Ipv4Addr::new(192, 168, 15, 1);
     // An established flow first.
-    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q")));
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(5000, 53, b"q")));
     assert_eq!(v, Ok(Action::Pass));
     let (_, _, ip) = parse_frame(&got).unwrap();
     let (kept_port, _) = ip.ports().unwrap();
@@ -477,7 +437,7 @@ fn exhaustion_drops_the_excess_and_recovers() {
     let mut refused = 0;
     for i in 0..200u16 {
         let host = Ipv4Addr::new(192, 168, 15, 10 + (i % 100) as u8);
-        match run(&t, Step::Egress, &frame(host, LAN, &udp(6000 + i, 53, b"x"))).0 {
+        match run(&t, Step::Egress, &frame(host, LAN, &L4::udp(6000 + i, 53, b"x"))).0 {
             Ok(Action::Pass) => {}
             Err(Drop::NoPort) => refused += 1,
             other => panic!("flood packet {i}: {other:?}"),
@@ -490,7 +450,7 @@ fn exhaustion_drops_the_excess_and_recovers() {
         match run(
             &t,
             Step::Egress,
-            &frame(red, Ipv4Addr::new(192, 168, 1, 100 + i), &udp(5000, 53, b"y")),
+            &frame(red, Ipv4Addr::new(192, 168, 1, 100 + i), &L4::udp(5000, 53, b"y")),
         )
         .0
         {
@@ -514,7 +474,7 @@ fn exhaustion_drops_the_excess_and_recovers() {
         match run(
             &t,
             Step::Ingress,
-            &frame(Ipv4Addr::new(10, 9, 8, 7), EXT, &udp(1234, p, b"z")),
+            &frame(Ipv4Addr::new(10, 9, 8, 7), EXT, &L4::udp(1234, p, b"z")),
         )
         .0
         {
@@ -528,12 +488,12 @@ fn exhaustion_drops_the_excess_and_recovers() {
     assert_eq!(t.counter(NatCounter::InUnmapped), 24);
     // The established flow is unaffected, both ways.
     assert_eq!(
-        run(&t, Step::Egress, &frame(red, LAN, &udp(5000, 53, b"q"))).0,
+        run(&t, Step::Egress, &frame(red, LAN, &L4::udp(5000, 53, b"q"))).0,
         Ok(Action::Pass)
     );
-    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, kept_port, b"a")));
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &L4::udp(53, kept_port, b"a")));
     assert_eq!(v, Ok(Action::Pass));
-    assert_same(&got, &frame(LAN, red, &udp(53, 5000, b"a")));
+    assert_same(&got, &frame(LAN, red, &L4::udp(53, 5000, b"a")));
     check_tables(&t);
 
     // After expiry (bindings are held a quarter timeout longer) and a sweep, capacity is
@@ -542,7 +502,7 @@ fn exhaustion_drops_the_excess_and_recovers() {
     t.sweep();
     let late = Ipv4Addr::new(192, 168, 15, 250);
     assert_eq!(
-        run(&t, Step::Egress, &frame(late, LAN, &udp(7000, 53, b"n"))).0,
+        run(&t, Step::Egress, &frame(late, LAN, &L4::udp(7000, 53, b"n"))).0,
         Ok(Action::Pass)
     );
     t.advance(40 * SEC);
@@ -579,7 +539,7 @@ fn an_expired_mapping_goes_to_one_side_only() {
     );
     let (a, b) = (Ipv4Addr::new(192, 168, 15, 1), Ipv4Addr::new(192, 168, 15, 2));
     let out_port = |host, remote| {
-        let (v, got) = run(&t, Step::Egress, &frame(host, remote, &udp(5000, 53, b"q")));
+        let (v, got) = run(&t, Step::Egress, &frame(host, remote, &L4::udp(5000, 53, b"q")));
         v.map(|_| parse_frame(&got).unwrap().2.ports().unwrap().0)
     };
     assert_eq!(out_port(a, LAN), Ok(30000));
@@ -746,19 +706,19 @@ fn hostile_packets_are_refused_before_any_state() {
     let stranger = Ipv4Addr::new(10, 1, 2, 3);
     // To an internal address from outside; from an internal source or the external address.
     assert_eq!(
-        run(&t, Step::Ingress, &frame(stranger, red, &udp(1, 2, b"x"))).0,
+        run(&t, Step::Ingress, &frame(stranger, red, &L4::udp(1, 2, b"x"))).0,
         Err(Drop::Inbound)
     );
     assert_eq!(
-        run(&t, Step::Ingress, &frame(red, EXT, &udp(1, 2, b"x"))).0,
+        run(&t, Step::Ingress, &frame(red, EXT, &L4::udp(1, 2, b"x"))).0,
         Err(Drop::Spoofed)
     );
     assert_eq!(
-        run(&t, Step::Ingress, &frame(EXT, EXT, &udp(1, 2, b"x"))).0,
+        run(&t, Step::Ingress, &frame(EXT, EXT, &L4::udp(1, 2, b"x"))).0,
         Err(Drop::Spoofed)
     );
     // An internal source leaving by the interface it came in by (routed back out).
-    let f = Frame::new(frame(red, LAN, &udp(40000, 53, b"x")));
+    let f = Frame::new(frame(red, LAN, &L4::udp(40000, 53, b"x")));
     let (f_in, f_out) = (7, 7);
     let mut f = f;
     f.ifindex = f_out;
@@ -842,11 +802,15 @@ fn an_icmp_error_from_another_internal_host_leaves_from_the_external_address() {
     let red = Ipv4Addr::new(192, 168, 15, 1);
     let hop = Ipv4Addr::new(192, 168, 15, 7);
     let t = nat_with(Sizes::default(), 23, ranges_without(40000));
-    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"query")));
+    let (_, out) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40000, 53, b"query")));
     let ext_port = parse_frame(&out).unwrap().2.ports().unwrap().0;
     assert_ne!(ext_port, 40000);
     // The answer, let in towards red, meets a dead end at the hop, which reports it.
-    let (v, _) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, ext_port, b"answer")));
+    let (v, _) = run(
+        &t,
+        Step::Ingress,
+        &frame(LAN, EXT, &L4::udp(53, ext_port, b"answer")),
+    );
     assert_eq!(v, Ok(Action::Pass));
     let error = |src: Ipv4Addr, quote: &[u8]| {
         frame(
@@ -860,8 +824,8 @@ fn an_icmp_error_from_another_internal_host_leaves_from_the_external_address() {
             },
         )
     };
-    let quote_in = packet::ipv4_packet(&Ipv4::new(LAN, red), &udp(53, 40000, b"answer"));
-    let quote_out = packet::ipv4_packet(&Ipv4::new(LAN, EXT), &udp(53, ext_port, b"answer"));
+    let quote_in = packet::ipv4_packet(&Ipv4::new(LAN, red), &L4::udp(53, 40000, b"answer"));
+    let quote_out = packet::ipv4_packet(&Ipv4::new(LAN, EXT), &L4::udp(53, ext_port, b"answer"));
     let (v, got) = run(&t, Step::Egress, &error(hop, &quote_in));
     assert_eq!(v, Ok(Action::Pass));
     assert_same(&got, &error(EXT, &quote_out));
@@ -878,15 +842,15 @@ fn an_icmp_error_from_another_internal_host_leaves_from_the_external_address() {
 fn a_flow_never_outlives_its_address() {
     let mut t = nat(23);
     let red = Ipv4Addr::new(192, 168, 15, 1);
-    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"a")));
+    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40000, 53, b"a")));
     assert_eq!(parse_frame(&got).unwrap().2.header.src, EXT);
     let new = Ipv4Addr::new(192, 168, 1, 4);
     t.cfg.as_mut().unwrap().ext_addr = addr_to_wire(new);
-    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"b")));
+    let (v, got) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40000, 53, b"b")));
     assert_eq!(v, Ok(Action::Pass));
     assert_eq!(parse_frame(&got).unwrap().2.header.src, new);
     // A reply to the old address is no longer the NAT's.
-    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &udp(53, 40000, b"c")));
+    let (v, got) = run(&t, Step::Ingress, &frame(LAN, EXT, &L4::udp(53, 40000, b"c")));
     assert_eq!(
         (v, parse_frame(&got).unwrap().2.header.dst),
         (Ok(Action::Pass), EXT)
@@ -921,7 +885,11 @@ fn a_full_table_evicts_unconfirmed_inbound_flows_only() {
     );
     let red = Ipv4Addr::new(192, 168, 15, 1);
     for i in 0..4u16 {
-        let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000 + i, 53, b"out")));
+        let (v, _) = run(
+            &t,
+            Step::Egress,
+            &frame(red, LAN, &L4::udp(40000 + i, 53, b"out")),
+        );
         assert_eq!(v, Ok(Action::Pass));
     }
     // Twenty SYNs to the forward from twenty sources: four places, evicted in turn.
@@ -934,7 +902,7 @@ fn a_full_table_evicts_unconfirmed_inbound_flows_only() {
         .count();
     assert_eq!(outbound, 4, "red's flows stay");
     // A new outbound flow finds room too.
-    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40010, 53, b"out")));
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40010, 53, b"out")));
     assert_eq!(v, Ok(Action::Pass));
     check_tables(&t);
 }
@@ -957,7 +925,7 @@ fn a_new_flow_evicts_again_when_another_cpu_takes_its_room() {
     // Twice the other CPU takes the room made.
     t.rivals.set(2);
     let red = Ipv4Addr::new(192, 168, 15, 1);
-    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"out")));
+    let (v, _) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40000, 53, b"out")));
     assert_eq!(v, Ok(Action::Pass));
     assert_eq!(t.rivals.get(), 0);
     assert_eq!(t.counter(NatCounter::EvictedUnconfirmed), 3);
@@ -981,7 +949,7 @@ fn the_port_search_skips_the_routers_own_ports() {
         WireAddr::UNSPECIFIED,
         WirePort::ZERO,
     ));
-    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &udp(40000, 53, b"x")));
+    let (_, got) = run(&t, Step::Egress, &frame(red, LAN, &L4::udp(40000, 53, b"x")));
     let port = parse_frame(&got).unwrap().2.ports().unwrap().0;
     assert_ne!(port, 40000, "the router's port was given to red");
     // A socket bound later on red's external port, for a remote red never talked to.
@@ -995,7 +963,7 @@ fn the_port_search_skips_the_routers_own_ports() {
     let (v, got) = run(
         &t,
         Step::Ingress,
-        &frame(Ipv4Addr::new(192, 168, 1, 9), EXT, &udp(7, port, b"y")),
+        &frame(Ipv4Addr::new(192, 168, 1, 9), EXT, &L4::udp(7, port, b"y")),
     );
     assert_eq!(v, Ok(Action::Pass));
     assert_eq!(parse_frame(&got).unwrap().2.header.dst, EXT, "left to the router");
@@ -1034,7 +1002,7 @@ fn reordered_fragments_are_held_then_sent_again_translated() {
     let t = nat(27);
     let red = Ipv4Addr::new(192, 168, 15, 1);
     let payload = [5u8; 96];
-    let dgram = |src, dst, sport, dport| packet::l4_bytes(src, dst, &udp(sport, dport, &payload));
+    let dgram = |src, dst, sport, dport| packet::l4_bytes(src, dst, &L4::udp(sport, dport, &payload));
     let ip = |src, dst, id| {
         let mut ip = Ipv4::new(src, dst).id(id);
         ip.proto = PROTO_UDP;
@@ -1174,7 +1142,7 @@ fn corpus(t: &MemTables) -> Vec<(Step, Vec<u8>)> {
     // Fragments both ways, IP options, the forward, hairpinning.
     let mut ip = Ipv4::new(red, LAN).id(77);
     ip.proto = PROTO_UDP;
-    let data = packet::l4_bytes(red, LAN, &udp(3333, 53, &[1u8; 64]));
+    let data = packet::l4_bytes(red, LAN, &L4::udp(3333, 53, &[1u8; 64]));
     for fr in packet::fragments(&ip, &data, 32) {
         out.push((
             Step::Egress,
@@ -1185,7 +1153,7 @@ fn corpus(t: &MemTables) -> Vec<(Step, Vec<u8>)> {
     opts.options = vec![1, 1, 1, 0];
     out.push((
         Step::Egress,
-        packet::frame(MAC_B, MAC_A, &opts, &udp(3333, 53, b"o")).to_vec(),
+        packet::frame(MAC_B, MAC_A, &opts, &L4::udp(3333, 53, b"o")).to_vec(),
     ));
     out.push((Step::Ingress, frame(LAN, EXT, &tcp(5555, 80, TCP_SYN, b""))));
     out.push((Step::Hairpin, frame(red, EXT, &tcp(4444, 80, TCP_SYN, b"h"))));
