@@ -34,7 +34,7 @@ use serde_json::json;
 use netns_common::fwd::NextHop;
 
 use netns_user::{
-    bpf,
+    bpf::{self, ProgramRuns},
     config::{FastPath, LabConfig},
     lab::{self, Lab},
     nat::NatKind,
@@ -1025,16 +1025,12 @@ fn window(
         drop(stats);
         let pkts = s1.saturating_sub(s0).max(1) as f64;
         let mut total_ns = 0u64;
-        for b in &p1 {
-            let Some(a) = p0.iter().find(|a| a.id == b.id && a.label == b.label) else {
-                continue;
-            };
-            let (dt, dn) = (b.run_time_ns - a.run_time_ns, b.run_count - a.run_count);
+        for (label, dt, dn) in program_runs(&p0, &p1) {
             total_ns += dt;
             // A program that ran only a handful of times (the reverse direction of a one-way
             // load) reports cold-cache outliers, not a cost per packet: leave it out.
             if dn as f64 >= (pkts / 100.0).max(100.0) {
-                run.bpf_ns_per_run.push((b.label.clone(), dt as f64 / dn as f64));
+                run.bpf_ns_per_run.push((label, dt as f64 / dn as f64));
             }
         }
         if !p1.is_empty() {
@@ -1236,9 +1232,66 @@ pub fn results_dir(root: &std::path::Path, started_unix: u64) -> PathBuf {
     ))
 }
 
+/// What each program ran between two readings of the attached programs: (label, run time,
+/// runs). A program's statistics are its own, however many interfaces it is attached to, so
+/// a program attached twice (`nat_fast_out` on each bridge port) is one entry, labelled with
+/// every attachment (`name@a:hook+b:hook`), and its run time is counted once.
+fn program_runs(before: &[ProgramRuns], after: &[ProgramRuns]) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(u32, String, u64, u64)> = Vec::new();
+    for b in after {
+        let Some(a) = before.iter().find(|a| a.id == b.id && a.label == b.label) else {
+            continue;
+        };
+        if let Some(seen) = out.iter_mut().find(|o| o.0 == b.id) {
+            // Another attachment of a program already counted: only its name.
+            let place = b.label.split_once('@').map_or(b.label.as_str(), |(_, p)| p);
+            seen.1 = format!("{}+{place}", seen.1);
+            continue;
+        }
+        out.push((
+            b.id,
+            b.label.clone(),
+            b.run_time_ns.saturating_sub(a.run_time_ns),
+            b.run_count.saturating_sub(a.run_count),
+        ));
+    }
+    out.into_iter().map(|(_, l, t, n)| (l, t, n)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_attached_twice_is_counted_once() {
+        let at = |label: &str, id, t, n| ProgramRuns {
+            label: label.into(),
+            id,
+            run_time_ns: t,
+            run_count: n,
+        };
+        let before = [
+            at("nat_fast_out@veth-red-br:tcx-ingress", 7, 1_000, 10),
+            at("nat_fast_out@veth-blue-br:tcx-ingress", 7, 1_000, 10),
+            at("uplink_count_egress@uplink:tcx-egress", 9, 50, 5),
+        ];
+        let after = [
+            at("nat_fast_out@veth-red-br:tcx-ingress", 7, 8_000, 20),
+            at("nat_fast_out@veth-blue-br:tcx-ingress", 7, 8_000, 20),
+            at("uplink_count_egress@uplink:tcx-egress", 9, 150, 15),
+        ];
+        assert_eq!(
+            program_runs(&before, &after),
+            vec![
+                (
+                    "nat_fast_out@veth-red-br:tcx-ingress+veth-blue-br:tcx-ingress".to_string(),
+                    7_000,
+                    10
+                ),
+                ("uplink_count_egress@uplink:tcx-egress".to_string(), 100, 10),
+            ]
+        );
+    }
 
     #[test]
     fn medians_and_percentiles() {
