@@ -47,6 +47,16 @@ fn cpus() -> usize {
 }
 
 /// The BPF program each backend's run-time figures must name.
+/// Whether run-time label `label` (`name@place`, or `name@place+place` for a program attached
+/// to several interfaces) is program `want` (`name@place`, the place possibly cut short) at
+/// one of its attachments.
+fn runs_at(label: &str, want: &str) -> bool {
+    let (Some((name, places)), Some((wname, wplace))) = (label.split_once('@'), want.split_once('@')) else {
+        return false;
+    };
+    name == wname && places.split('+').any(|p| p.starts_with(wplace))
+}
+
 const PROGRAM_OF: [(&str, &str); 7] = [
     ("ebpf", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-traced", "nat_fast_out@veth-red-br:tcx-ingress"),
@@ -203,7 +213,7 @@ fn quick_bench_writes_every_backend_and_workload() {
                         && x["metric"] == "bpf_ns_per_run"
                         && x["params"]["program"]
                             .as_str()
-                            .is_some_and(|p| p.starts_with(program))
+                            .is_some_and(|p| runs_at(p, program))
                 })
                 .collect();
             assert!(!runs.is_empty(), "{b} {w}: no run time of {program}");
