@@ -12,7 +12,7 @@
 //! no BTF for their values, which bpf_timer requires; user space also follows the uplink's
 //! address, which a program cannot read.
 
-use std::{net::Ipv4Addr, sync::Mutex};
+use std::net::Ipv4Addr;
 
 use netns_common::{
     fwd::{
@@ -31,7 +31,8 @@ use crate::{
     config::{FastPath, Filtering, Inbound, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
-        firewall, netlink,
+        firewall,
+        netlink::{self, LinkBrief},
     },
 };
 
@@ -137,22 +138,22 @@ pub(crate) fn fast_mode(wanted: FastPath) -> u32 {
     }
 }
 
-/// Keeps the fast path off while the router's namespace filters what it forwards (packets
-/// the fast path redirects would skip that filter), and in mode `wanted` otherwise: what
-/// holds it off, if anything, and whether this call changed the mode. A read-modify-write
-/// of FAST_CONFIG, as `sync_ports` does: the agent, their one caller on a running NAT, runs
-/// both on its one `NatMaps` under a lock, so neither writes back what the other changed.
-pub fn hold_fast_path(
-    maps: &Mutex<NatMaps>,
-    router_ns: &str,
-    wanted: FastPath,
-) -> Result<(Option<String>, bool), NatError> {
+/// What would hold the fast path off in the router's namespace: a filter on its forward
+/// hook (packets the fast path redirects would skip it). Two short commands: callers run it
+/// before they take the agent's lock on the maps, so other changes need not wait.
+pub fn forward_filter(router_ns: &str) -> Result<Option<String>, NatError> {
+    Ok(firewall::forward_filter(router_ns)?)
+}
+
+/// Keeps the fast path off while `why` (from [`forward_filter`]) says something filters what
+/// the router forwards, and in mode `wanted` otherwise. Returns whether this call changed the
+/// mode. A read-modify-write of FAST_CONFIG, as `sync_ports` does: the agent, their one
+/// caller on a running NAT, runs both on its one `NatMaps` under a lock, so neither writes
+/// back what the other changed.
+pub fn hold_fast_path(maps: &mut NatMaps, why: Option<&str>, wanted: FastPath) -> Result<bool, NatError> {
     if wanted == FastPath::Off {
-        return Ok((None, false));
+        return Ok(false);
     }
-    // The filter check (two short commands) before the lock: other changes need not wait.
-    let why = firewall::forward_filter(router_ns)?;
-    let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
     let mut fc = maps.fast_config()?;
     let mode = if why.is_some() {
         FAST_OFF
@@ -164,7 +165,7 @@ pub fn hold_fast_path(
         fc.mode = mode;
         maps.set_fast_config(fc)?;
     }
-    Ok((why, changed))
+    Ok(changed)
 }
 
 /// How often the fast path lets a host's frame through a bridge that forgets a MAC after
@@ -174,12 +175,17 @@ fn bridge_refresh_ns(ageing_cs: Option<u32>) -> u64 {
     ageing_cs.map_or(0, |cs| u64::from(cs) * 10_000_000 / 2)
 }
 
-/// Writes the router's interfaces as the kernel has them now (bridge, up and carrier) into
-/// the fast path's port table, and the bridge's MAC and ageing time into its configuration: at
-/// load, and from the agent on every link change. A port the kernel brings down, moves out
-/// of the bridge or deletes stops getting fast-path packets.
-pub fn sync_ports(maps: &mut NatMaps, router_ns: &str) -> Result<(), NatError> {
-    let links = netlink::in_ns(router_ns, |r| async move { r.links().await })?;
+/// The router's interfaces as the kernel has them now, for [`sync_ports`] (a netlink query:
+/// callers run it before they take the agent's lock on the maps).
+pub fn router_links(router_ns: &str) -> Result<Vec<LinkBrief>, NatError> {
+    Ok(netlink::in_ns(router_ns, |r| async move { r.links().await })?)
+}
+
+/// Writes the router's interfaces `links` (bridge, up and carrier) into the fast path's port
+/// table, and the bridge's MAC and ageing time into its configuration: at load, and from
+/// the agent on every link change. A port the kernel brings down, moves out of the bridge or
+/// deletes stops getting fast-path packets.
+pub fn sync_ports(maps: &mut NatMaps, links: &[LinkBrief]) -> Result<(), NatError> {
     let ports = maps.ports();
     let stale: Vec<u32> = ports
         .keys()
@@ -189,7 +195,7 @@ pub fn sync_ports(maps: &mut NatMaps, router_ns: &str) -> Result<(), NatError> {
     for k in stale {
         let _ = ports.remove(&k);
     }
-    for l in &links {
+    for l in links {
         let state = PortState {
             master: l.master,
             flags: if l.up { PORT_UP } else { 0 }
@@ -304,7 +310,7 @@ impl NatBackend for EbpfNat {
             log_level: t.nat.ebpf.log_level as u8,
         };
         bpf::attach_nat(&t.router_ns, &t.nat.uplink, &t.internal_ifaces, t.prefix, &load)?;
-        sync_ports(&mut NatMaps::open(t.prefix)?, &t.router_ns)
+        sync_ports(&mut NatMaps::open(t.prefix)?, &router_links(&t.router_ns)?)
     }
 
     fn live_entries(&self, t: &NatTarget) -> Result<usize, NatError> {

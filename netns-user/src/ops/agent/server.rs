@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     bpf::{self, NatMaps},
-    config::{self, LabConfig},
+    config::{self, FastPath, LabConfig},
     ops::{conntrack, forwards, reconfig, sweeper},
     sys::netns,
 };
@@ -75,7 +75,9 @@ impl Shared {
     /// the router namespace).
     fn follow_router(&self) {
         self.follow_address();
-        if let Err(e) = crate::nat::ebpf::sync_ports(&mut self.maps(), &self.router_ns) {
+        let synced = crate::nat::ebpf::router_links(&self.router_ns)
+            .and_then(|links| crate::nat::ebpf::sync_ports(&mut self.maps(), &links));
+        if let Err(e) = synced {
             self.note_error("following the router's links", e);
         }
     }
@@ -406,7 +408,13 @@ async fn firewall_loop(shared: Arc<Shared>) {
         let Some(wanted) = wanted else { return };
         let s = shared.clone();
         let held = tokio::task::spawn_blocking(move || {
-            crate::nat::ebpf::hold_fast_path(&s.maps, &s.router_ns, wanted)
+            if wanted == FastPath::Off {
+                return Ok((None, false));
+            }
+            // The filter check before the maps' lock: other changes need not wait for it.
+            let why = crate::nat::ebpf::forward_filter(&s.router_ns)?;
+            crate::nat::ebpf::hold_fast_path(&mut s.maps(), why.as_deref(), wanted)
+                .map(|changed| (why, changed))
         })
         .await;
         match held {
