@@ -12,7 +12,7 @@
 
 use crate::wire::{WireAddr, WirePort};
 use crate::{
-    counters::NatCounter,
+    counters::{Direction, NatCounter},
     fwd::{
         FAST_XDP, FastConfig, FdbEntry, IpFacts, MacKey, NextHop, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
         PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict, partial_checksum,
@@ -77,8 +77,8 @@ pub trait FastTables: Tables {
     /// Runs `f` on the entry of `mac` in place (plain stores: a lost one is a second's age).
     fn with_fdb<R>(&self, mac: &MacKey, f: impl FnOnce(&mut FdbEntry) -> R) -> Option<R>;
     fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry);
-    /// Counts a packet of `bytes` in the uplink's counters: egress when outbound.
-    fn count_uplink(&self, outbound: bool, bytes: u64);
+    /// Counts a packet of `bytes` in the uplink's counters of direction `dir`.
+    fn count_uplink(&self, dir: Direction, bytes: u64);
 }
 
 /// The fast path's configuration, when it is on at this hook.
@@ -253,7 +253,12 @@ fn write_macs_and_count<P: Forwarding, T: FastTables>(
     // XDP runs before the uplink's TC ingress and sends past its TC egress; at TC only a
     // redirect into the uplink's peer skips its egress.
     if P::MODE == FAST_XDP || (outbound && peer) {
-        t.count_uplink(outbound, u64::from(ctx.len()));
+        let dir = if outbound {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        t.count_uplink(dir, u64::from(ctx.len()));
     }
     Ok(Action::Redirect)
 }

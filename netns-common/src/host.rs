@@ -514,12 +514,7 @@ impl FastTables for MemTables {
         self.fdb.borrow_mut().insert(*mac, *e);
     }
 
-    fn count_uplink(&self, outbound: bool, bytes: u64) {
-        let dir = if outbound {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
+    fn count_uplink(&self, dir: Direction, bytes: u64) {
         let (packets, octets) = dir.counters();
         let mut c = self.uplink.borrow_mut();
         c[packets as usize] += 1;

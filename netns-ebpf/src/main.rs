@@ -28,7 +28,7 @@ use aya_log_ebpf::{
     warn,
 };
 use netns_common::{
-    counters::{Counter, Direction},
+    counters::Direction,
     fast::{self, Forwarding},
     nat::HELD_BYTES,
     packet::Packet,
@@ -39,7 +39,7 @@ use netns_common::{
 };
 
 use crate::{
-    maps::{Maps, UPLINK_COUNTERS, bump, count},
+    maps::{Maps, count},
     packet::{Action, Context, NEXT},
     tc::Tc,
     xdp::Xdp,
@@ -58,9 +58,7 @@ pub fn uplink_count_egress(ctx: TcContext) -> i32 {
 /// Adds one packet and its length to the direction's counters, then lets the packet go on
 /// (`NEXT`, so programs after this one on the same TCX hook still run).
 fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
-    let (packets, bytes): (Counter, Counter) = dir.counters();
-    bump(&UPLINK_COUNTERS, packets as u32, 1);
-    bump(&UPLINK_COUNTERS, bytes as u32, u64::from(ctx.len()));
+    maps::count_uplink(dir, u64::from(ctx.len()));
     NEXT
 }
 

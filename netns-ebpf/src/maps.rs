@@ -177,12 +177,20 @@ pub fn tracing() -> bool {
 }
 
 #[inline(always)]
-pub fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
+fn bump(map: &PerCpuArray<u64>, index: u32, by: u64) {
     if let Some(slot) = map.get_ptr_mut(index) {
         // Safety: the pointer comes from a successful per-CPU array lookup, so it is valid
         // and only this CPU touches it while the program runs.
         unsafe { *slot += by };
     }
+}
+
+/// Adds one packet of `bytes` to the uplink's counters of direction `dir`.
+#[inline(always)]
+pub fn count_uplink(dir: Direction, bytes: u64) {
+    let (packets, octets) = dir.counters();
+    bump(&UPLINK_COUNTERS, packets as u32, 1);
+    bump(&UPLINK_COUNTERS, octets as u32, bytes);
 }
 
 #[inline(always)]
@@ -598,13 +606,7 @@ impl FastTables for Maps {
     }
 
     #[inline(always)]
-    fn count_uplink(&self, outbound: bool, bytes: u64) {
-        let (packets, octets) = if outbound {
-            Direction::Egress.counters()
-        } else {
-            Direction::Ingress.counters()
-        };
-        bump(&UPLINK_COUNTERS, packets as u32, 1);
-        bump(&UPLINK_COUNTERS, octets as u32, bytes);
+    fn count_uplink(&self, dir: Direction, bytes: u64) {
+        count_uplink(dir, bytes);
     }
 }
