@@ -23,7 +23,6 @@ pub enum StoreError<E> {
 /// A store of mapping entries.
 pub trait BindingStore {
     type Error;
-    fn get(&self, key: &BindingKey) -> Result<Option<Binding>, Self::Error>;
     /// Inserts `b` at `key` only if the key has no entry.
     fn insert_new(&mut self, key: &BindingKey, b: &Binding) -> Result<(), StoreError<Self::Error>>;
     /// Removes the entry at `key` (none: nothing to do).
@@ -34,10 +33,6 @@ pub trait BindingStore {
 /// place).
 impl<T: Tables + ?Sized> BindingStore for &T {
     type Error = core::convert::Infallible;
-
-    fn get(&self, key: &BindingKey) -> Result<Option<Binding>, Self::Error> {
-        Ok(self.binding(key))
-    }
 
     fn insert_new(&mut self, key: &BindingKey, b: &Binding) -> Result<(), StoreError<Self::Error>> {
         self.insert_binding(key, b).map_err(|e| match e {

@@ -134,23 +134,26 @@ impl NatMaps {
     /// tables are empty: nothing is refused).
     pub fn install_forwards(&mut self, ext: WireAddr, forwards: &[StaticBinding]) -> Result<()> {
         for f in forwards {
-            pair::insert_static(self, f, ext).map_err(|e| self.pair_error(e))?;
+            pair::insert_static(self, f, ext).map_err(Self::pair_error)?;
         }
         Ok(())
     }
 
-    /// A refused pair as this map's error.
-    pub fn pair_error(&self, e: PairError<EbpfError>) -> EbpfError {
-        let (PairError::External(e) | PairError::Internal(e)) = e;
-        let errno = match e {
-            StoreError::Other(e) => return e,
-            StoreError::Exists => libc::EEXIST,
-            StoreError::Full => libc::E2BIG,
+    /// A refused pair as an error of the mapping table.
+    pub fn pair_error(e: PairError<EbpfError>) -> EbpfError {
+        let (side, e) = match e {
+            PairError::External(e) => ("external", e),
+            PairError::Internal(e) => ("internal", e),
         };
-        self.err(MAP_NAT_BINDINGS)(MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_update_elem",
-            io_error: std::io::Error::from_raw_os_error(errno),
-        }))
+        let why = match e {
+            StoreError::Other(e) => return e,
+            StoreError::Exists => "is there already",
+            StoreError::Full => "finds the table full",
+        };
+        EbpfError::MapSet {
+            name: MAP_NAT_BINDINGS,
+            detail: format!("a port forward's {side} entry {why}"),
+        }
     }
 
     /// Stamps the maps with the layout of the build that made them (read back by
@@ -205,10 +208,6 @@ impl NatMaps {
 /// (`netns_common::translate::pair`).
 impl BindingStore for NatMaps {
     type Error = EbpfError;
-
-    fn get(&self, key: &BindingKey) -> Result<Option<Binding>> {
-        self.binding(key)
-    }
 
     fn insert_new(&mut self, key: &BindingKey, b: &Binding) -> Result<(), StoreError<EbpfError>> {
         match self.bindings.insert(*key, *b, BPF_NOEXIST) {

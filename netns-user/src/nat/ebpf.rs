@@ -28,7 +28,7 @@ use netns_common::{
 use super::{NatBackend, NatError, NatTarget};
 use crate::{
     bpf::{self, NatLoad, NatMaps, StaticBinding},
-    config::{FastPath, Filtering, Inbound, NatSpec, Unsupported},
+    config::{FastPath, Filtering, ForwardSpec, Inbound, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
         firewall,
@@ -84,15 +84,17 @@ pub fn nat_config(nat: &NatSpec, ext: Ipv4Addr) -> NatConfig {
 
 /// The port forwards as static bindings.
 pub fn static_bindings(nat: &NatSpec) -> Vec<StaticBinding> {
-    nat.forwards
-        .iter()
-        .map(|f| StaticBinding {
-            proto: f.protocol.number(),
-            ext_port: port_to_wire(f.port),
-            int_addr: addr_to_wire(*f.to.ip()),
-            int_port: port_to_wire(f.to.port()),
-        })
-        .collect()
+    nat.forwards.iter().map(static_binding).collect()
+}
+
+/// Port forward `f` as a static binding.
+pub fn static_binding(f: &ForwardSpec) -> StaticBinding {
+    StaticBinding {
+        proto: f.protocol.number(),
+        ext_port: port_to_wire(f.port),
+        int_addr: addr_to_wire(*f.to.ip()),
+        int_port: port_to_wire(f.to.port()),
+    }
 }
 
 /// The fast path's ports and configuration, if it is on: the uplink's ifindex and the MAC of

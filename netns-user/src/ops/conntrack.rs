@@ -70,15 +70,18 @@ pub fn live_flows(prefix: &str) -> Result<Vec<FlowEntry>, NatError> {
 /// The live flows `filter` selects, sorted.
 pub fn live_flows_where(prefix: &str, filter: &EntryFilter) -> Result<Vec<FlowEntry>, NatError> {
     let flows = NatMaps::open(prefix)?.flows()?;
-    let now = monotonic_ns();
-    let mut out = Vec::new();
-    for (k, f) in flows {
-        if f.expires_ns > now && filter.flow(&k, &f) {
-            out.push(flow_entry(&k, &f, now));
-        }
-    }
+    Ok(flows_in(&flows, filter, monotonic_ns()))
+}
+
+/// The flows among `flows` that are live at `now` and that `filter` selects, sorted.
+fn flows_in(flows: &[(FlowKey, Flow)], filter: &EntryFilter, now: u64) -> Vec<FlowEntry> {
+    let mut out: Vec<FlowEntry> = flows
+        .iter()
+        .filter(|(k, f)| f.expires_ns > now && filter.flow(k, f))
+        .map(|(k, f)| flow_entry(k, f, now))
+        .collect();
     out.sort_by(|a, b| (a.protocol, &a.internal, &a.remote).cmp(&(b.protocol, &b.internal, &b.remote)));
-    Ok(out)
+    out
 }
 
 fn flow_entry(k: &FlowKey, f: &Flow, now: u64) -> FlowEntry {
@@ -284,10 +287,13 @@ pub struct NatStats {
 }
 
 pub fn stats(prefix: &str) -> Result<NatStats, NatError> {
+    let maps = NatMaps::open(prefix)?;
+    let (flows, bindings) = maps.tables()?;
+    let (all, now) = (EntryFilter::default(), monotonic_ns());
     Ok(NatStats {
-        counters: NatMaps::open(prefix)?.counters()?.into_iter().collect(),
-        flows: live_flows(prefix)?.len(),
-        mappings: mappings(prefix)?.len(),
+        counters: maps.counters()?.into_iter().collect(),
+        flows: flows_in(&flows, &all, now).len(),
+        mappings: mappings_in(&bindings, &all, now).len(),
         uplink: bpf::read_uplink_counters(prefix)?,
     })
 }

@@ -4,15 +4,18 @@ use std::net::Ipv4Addr;
 
 use netns_common::{
     filter::Selector,
-    nat::{BindingKey, addr_to_wire, port_to_wire},
+    nat::{BindingKey, port_to_wire},
     translate::pair::{self, PairError, StoreError},
 };
 
 use super::conntrack::endpoint;
 use crate::{
-    bpf::{NatMaps, StaticBinding, maintain},
+    bpf::{NatMaps, maintain},
     config::{self, ConfigError, ForwardSpec, L4Proto, LabConfig},
-    nat::{NatError, ebpf::monotonic_ns},
+    nat::{
+        NatError,
+        ebpf::{monotonic_ns, static_binding},
+    },
 };
 
 /// Why a port forward cannot be added or removed live.
@@ -60,12 +63,7 @@ fn nat_err(e: impl Into<NatError>) -> ForwardError {
 /// than taken; nothing else changes, so every flow goes on as it was.
 pub fn add_forward(maps: &mut NatMaps, prefix: &str, f: &ForwardSpec) -> Result<(), ForwardError> {
     let ext = maps.config().map_err(nat_err)?.ext_addr;
-    let sb = StaticBinding {
-        proto: f.protocol.number(),
-        ext_port: port_to_wire(f.port),
-        int_addr: addr_to_wire(*f.to.ip()),
-        int_port: port_to_wire(f.to.port()),
-    };
+    let sb = static_binding(f);
     let [(ekey, _), (ikey, _)] = sb.entries(ext);
     let now = monotonic_ns();
     if let Some(old) = maps.binding(&ekey).map_err(nat_err)? {
@@ -112,7 +110,7 @@ pub fn add_forward(maps: &mut NatMaps, prefix: &str, f: &ForwardSpec) -> Result<
                 port: f.port,
             }
         }
-        e => nat_err(maps.pair_error(e)),
+        e => nat_err(NatMaps::pair_error(e)),
     })
 }
 
