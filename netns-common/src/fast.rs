@@ -56,8 +56,8 @@ pub trait Forwarding: Packet {
     /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
     const SEES_OFFLOAD: bool;
     /// The kernel's FIB lookup: its `BPF_FIB_LKUP_RET_*` answer and, on success, the next
-    /// hop in `hop`.
-    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64;
+    /// hop (returned whole rather than filled in, so that nothing is zeroed first).
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop);
     /// Whether the packet fits the MTU of `ifindex`: 0 if it does, [`ENODEV`] if there is no
     /// such interface (any longer), anything else if it does not.
     fn check_mtu(&self, ifindex: u32) -> i64;
@@ -79,6 +79,13 @@ pub trait FastTables: Tables {
     fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry);
     /// Counts a packet of `bytes` in the uplink's counters of direction `dir`.
     fn count_uplink(&self, dir: Direction, bytes: u64);
+    /// The time as the fast path takes it: the clock of [`Tables::now`] at a tick's
+    /// resolution, which is cheaper to read (no clock source read). Expiries are seconds
+    /// long, and a flow's creation time, which tells reused elements apart, is only ever
+    /// taken from `now`.
+    fn now_coarse(&self) -> u64 {
+        self.now()
+    }
 }
 
 /// The fast path's configuration, when it is on at this hook.
@@ -288,7 +295,7 @@ pub fn outbound<P: Forwarding, T: FastTables>(ctx: &P, t: &T) -> Res<Action> {
         return Ok(Action::Pass);
     }
     let macs = h.macs;
-    let now = t.now();
+    let now = t.now_coarse();
     let bridge_due = learn(ctx, t, &macs[1], fc, now);
     // Only frames the router routes: to its MAC, and neither to another internal host nor
     // to its own external address (hairpinning is the bridge-side program's).
@@ -407,8 +414,8 @@ fn outbound_flow<P: Forwarding, T: FastTables>(
         proto: ip.proto,
         tot_len: u16::from_be(ip.tot_len),
     };
-    let mut hop = NextHop::default();
-    if let Err(why) = fib_verdict(ctx.fib_lookup(&q, &mut hop)) {
+    let (rc, hop) = ctx.fib_lookup(&q);
+    if let Err(why) = fib_verdict(rc) {
         return Ok(or_slow(t, Err(why)));
     }
     if hop.ifindex != fc.uplink_ifindex {
@@ -466,7 +473,7 @@ fn inbound_fast<P: Forwarding, T: FastTables>(
     let Some(b) = t.binding(&BindingKey::external(ip.proto, ip.dst, p[1])) else {
         return Ok(or_slow(t, Err(Slow::NoFlow)));
     };
-    let now = t.now();
+    let now = t.now_coarse();
     let key = FlowKey::new(ip.proto, b.int_addr, b.int_port, ip.src, p[0]);
     let int = (b.int_addr, b.int_port);
     let done = t.with_flow(
@@ -513,8 +520,8 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         proto: ip.proto,
         tot_len: u16::from_be(ip.tot_len),
     };
-    let mut hop = NextHop::default();
-    if let Err(why) = fib_verdict(ctx.fib_lookup(&q, &mut hop)) {
+    let (rc, hop) = ctx.fib_lookup(&q);
+    if let Err(why) = fib_verdict(rc) {
         return Ok(or_slow(t, Err(why)));
     }
     let port = match port_for(t, hop.ifindex, &hop.dst_mac, now) {

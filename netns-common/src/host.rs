@@ -598,16 +598,12 @@ impl<const MODE: u32> Forwarding for AtHook<MODE> {
     const MODE: u32 = MODE;
     const SEES_OFFLOAD: bool = MODE != FAST_XDP;
 
-    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64 {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
         self.queries.borrow_mut().push(*q);
         match self.routes.iter().find(|r| r.dst == q.dst) {
-            Some(r) => {
-                if r.answer == 0 {
-                    *hop = r.hop;
-                }
-                r.answer
-            }
-            None => FIB_NOT_FWDED,
+            Some(r) if r.answer == 0 => (0, r.hop),
+            Some(r) => (r.answer, NextHop::default()),
+            None => (FIB_NOT_FWDED, NextHop::default()),
         }
     }
 

@@ -223,7 +223,10 @@ pub const FLOW_CONFIRMED: u8 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as a byte and a halfword, not `[u8; 3]`: the eBPF target zeroes an array
+    /// with a call to a byte loop (the layout is the same).
+    pub _pad: u8,
+    pub _pad2: u16,
     pub int_addr: WireAddr,
     pub rem_addr: WireAddr,
     pub int_port: WirePort,
@@ -241,7 +244,8 @@ impl FlowKey {
     ) -> Self {
         Self {
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             int_addr,
             rem_addr,
             int_port,

@@ -41,7 +41,7 @@ use netns_common::{
 use crate::{
     maps::{Maps, count},
     packet::{Action, Context, NEXT},
-    tc::Tc,
+    tc::{Tc, TcDirect},
     xdp::Xdp,
 };
 
@@ -406,7 +406,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     tc_verdict(traced_tc(&Tc(ctx), HOOK_INGRESS, |p| {
-        fast_in(p).and_then(|a| match a {
+        fast_in(&TcDirect::new(TcContext::new(skb(p)))).and_then(|a| match a {
             Action::Pass => {
                 maps::clear_release();
                 let r = run_steps(
@@ -478,7 +478,7 @@ fn fast_in<P: Forwarding + Context>(p: &P) -> Res<Action> {
 
 #[classifier]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
-    tc_verdict(traced(&Tc(ctx), HOOK_FAST_OUT_TC, fast_out))
+    tc_verdict(traced(&TcDirect::new(ctx), HOOK_FAST_OUT_TC, fast_out))
 }
 
 #[xdp]

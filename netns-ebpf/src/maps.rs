@@ -9,8 +9,8 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
     cty::c_void,
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release,
-        bpf_skc_lookup_tcp,
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_sk_lookup_udp,
+        bpf_sk_release, bpf_skc_lookup_tcp,
     },
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -608,5 +608,11 @@ impl FastTables for Maps {
     #[inline(always)]
     fn count_uplink(&self, dir: Direction, bytes: u64) {
         count_uplink(dir, bytes);
+    }
+
+    #[inline(always)]
+    fn now_coarse(&self) -> u64 {
+        // Safety: a helper without arguments or side effects.
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 }

@@ -2,7 +2,8 @@
 //! also run on the host) and `netns_common::fast`'s `Forwarding` (what only the kernel
 //! offers: FIB lookup, MTU check, redirect). Implemented for TC (`tc.rs`, the skb helpers)
 //! and XDP (`xdp.rs`, direct access and RFC 1624 arithmetic), the way Cilium's `ctx/xdp.h`
-//! emulates the skb helpers. No step is written twice for the two hooks.
+//! emulates the skb helpers. No step is written twice for the two hooks. The fast path at
+//! TC uses direct access too (`tc::TcDirect`): the accesses below serve both.
 
 use aya_ebpf::{
     EbpfContext,
@@ -20,13 +21,63 @@ pub trait Context {
     fn context(&self) -> &Self::Ctx;
 }
 
+/// The address of `size` bytes at `off` of the packet at `data`..`data_end`, if it holds
+/// them (the check the verifier needs before a direct access).
+#[inline(always)]
+fn at(data: usize, data_end: usize, off: usize, size: usize) -> Result<usize, Fail> {
+    let p = data + off;
+    if p + size > data_end {
+        return Err(OOB);
+    }
+    Ok(p)
+}
+
+/// Direct access to a packet's bytes: the same load, store and IPv4 checksum update at
+/// XDP and at TC (where the packet's head is made linear first).
+pub trait Direct {
+    /// The packet's first byte and the end of its directly accessible part.
+    fn span(&self) -> (usize, usize);
+
+    #[inline(always)]
+    fn load_direct<T: Copy>(&self, off: usize) -> Result<T, Fail> {
+        let (data, end) = self.span();
+        let p = at(data, end, off, core::mem::size_of::<T>())?;
+        // Safety: `at` checked that the packet holds a T at p.
+        Ok(unsafe { (p as *const T).read_unaligned() })
+    }
+
+    #[inline(always)]
+    fn store_direct<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
+        let (data, end) = self.span();
+        let p = at(data, end, off, core::mem::size_of::<T>())?;
+        // Safety: as in `load_direct`.
+        unsafe { (p as *mut T).write_unaligned(*v) };
+        Ok(())
+    }
+
+    /// RFC 1624 in the program: the IPv4 header's checksum is never offloaded.
+    #[inline(always)]
+    fn l3_csum_replace_direct(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
+        let c: u16 = self.load_direct(off)?;
+        self.store_direct(off, &csum_updated(c, from, to, size))
+    }
+}
+
 /// The kernel's FIB lookup for `q` from the program given `ctx`; `tot_len` is the IPv4
 /// length it checks against the MTU (0: the kernel checks the skb itself). Returns the
-/// helper's answer; on success the next hop is in `hop`.
+/// helper's answer and, on success, the next hop.
 #[inline(always)]
-pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16, hop: &mut NextHop) -> i64 {
-    // Safety: a zeroed plain-data struct.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16) -> (i64, NextHop) {
+    // Zeroed word by word: `mem::zeroed` becomes a call to a byte-at-a-time memset here.
+    let mut words = [0u64; 8];
+    for w in &mut words {
+        // Safety: a local, aligned u64.
+        unsafe { core::ptr::write_volatile(w, 0) };
+    }
+    const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+    // Safety: 64 zeroed bytes, aligned for u64 (more than the block needs), are a valid
+    // parameter block (plain integers), used in place.
+    let fib: &mut FibParams = unsafe { &mut *words.as_mut_ptr().cast::<FibParams>() };
     fib.family = AF_INET;
     fib.l4_protocol = q.proto;
     fib.sport = q.sport.0;
@@ -39,15 +90,17 @@ pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16, hop: &mut
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
-    hop.ifindex = fib.ifindex;
-    hop.src_mac = fib.smac;
-    hop.dst_mac = fib.dmac;
-    rc
+    let hop = NextHop {
+        ifindex: fib.ifindex,
+        src_mac: fib.smac,
+        dst_mac: fib.dmac,
+    };
+    (rc, hop)
 }
 
 /// `bpf_check_mtu` of the packet against interface `ifindex` with `flags`: 0 if it fits,

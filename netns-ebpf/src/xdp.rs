@@ -14,42 +14,33 @@ use netns_common::{
 
 use crate::{
     maps::NAT_DEVMAP,
-    packet::{self, Context, Fail, OOB, Packet, csum_updated, l4_csum_updated},
+    packet::{self, Context, Direct, Fail, Packet, l4_csum_updated},
 };
 
 /// A packet in XDP (the shared traits are foreign to `XdpContext`).
 pub struct Xdp(pub XdpContext);
 
-/// The address of `size` bytes at `off`, if the frame holds them.
-#[inline(always)]
-fn at(ctx: &XdpContext, off: usize, size: usize) -> Result<usize, Fail> {
-    let p = ctx.data() + off;
-    if p + size > ctx.data_end() {
-        return Err(OOB);
+impl Direct for Xdp {
+    #[inline(always)]
+    fn span(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
-    Ok(p)
 }
 
 impl Packet for Xdp {
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Result<T, Fail> {
-        let p = at(&self.0, off, core::mem::size_of::<T>())?;
-        // Safety: `at` checked that the frame holds a T at p.
-        Ok(unsafe { (p as *const T).read_unaligned() })
+        self.load_direct(off)
     }
 
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), Fail> {
-        let p = at(&self.0, off, core::mem::size_of::<T>())?;
-        // Safety: as in `load`.
-        unsafe { (p as *mut T).write_unaligned(*v) };
-        Ok(())
+        self.store_direct(off, v)
     }
 
     #[inline(always)]
     fn l3_csum_replace(&self, off: usize, from: u64, to: u64, size: u64) -> Result<(), Fail> {
-        let c: u16 = self.load(off)?;
-        self.store(off, &csum_updated(c, from, to, size))
+        self.l3_csum_replace_direct(off, from, to, size)
     }
 
     #[inline(always)]
@@ -90,9 +81,9 @@ impl Forwarding for Xdp {
     const SEES_OFFLOAD: bool = false;
 
     #[inline(always)]
-    fn fib_lookup(&self, q: &FibQuery, hop: &mut NextHop) -> i64 {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
         // XDP has no skb to check: the lookup checks the IPv4 length against the MTU.
-        packet::fib_lookup(&self.0, q, q.tot_len, hop)
+        packet::fib_lookup(&self.0, q, q.tot_len)
     }
 
     #[inline(always)]
