@@ -14,10 +14,11 @@ use crate::wire::{WireAddr, WirePort};
 use crate::{
     counters::{Direction, NatCounter},
     fwd::{
-        FAST_XDP, FastConfig, FdbEntry, IpFacts, MacKey, NextHop, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
-        PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict, partial_checksum,
+        FAST_XDP, FastConfig, FdbEntry, HopCache, IpFacts, MacKey, NextHop, PEER_PORTS, PEER_UPLINK,
+        PORT_BRIDGE, PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict,
+        partial_checksum,
     },
-    nat::{BindingKey, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
+    nat::{BindingKey, DIR_IN, DIR_OUT, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
     packet::{Action, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, TcpHead, UDP_CSUM, ip_header_ok},
     tcp::{Segment, WSCALE_NONE},
     translate::{self as nat, Res, Tables},
@@ -56,8 +57,13 @@ pub trait Forwarding: Packet {
     /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
     const SEES_OFFLOAD: bool;
     /// The kernel's FIB lookup: its `BPF_FIB_LKUP_RET_*` answer and, on success, the next
-    /// hop (returned whole rather than filled in, so that nothing is zeroed first).
-    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop);
+    /// hop (returned whole rather than filled in, so that nothing is zeroed first) and the
+    /// egress interface's MTU where the hook's lookup gives it (0 where not: XDP, whose
+    /// next hops are then not cached).
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16);
+    /// Whether the packet may leave by an interface of MTU `mtu`, as the lookup would have
+    /// said: the check a cached next hop makes instead.
+    fn fits(&self, mtu: u16) -> bool;
     /// Whether the packet fits the MTU of `ifindex`: 0 if it does, [`ENODEV`] if there is no
     /// such interface (any longer), anything else if it does not.
     fn check_mtu(&self, ifindex: u32) -> i64;
@@ -229,6 +235,36 @@ fn decrement_ttl_in_place<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
     let c = check.to_ne_bytes();
     let word: [u8; 4] = [ttl, ip.proto, c[0], c[1]];
     ctx.store(IP_TTL_OFF, &word).map_err(nat::malformed)
+}
+
+/// The next hop of `q`: the flow's cached one while it holds (checked against the egress
+/// MTU as the lookup would), else the kernel's FIB lookup, whose answer is returned for
+/// [`keep_hop`] to cache once the flow is known to be this packet's.
+#[inline(always)]
+fn next_hop<P: Forwarding>(
+    ctx: &P,
+    fc: &FastConfig,
+    cache: &HopCache,
+    q: &FibQuery,
+    now: u64,
+) -> Result<(NextHop, Option<u16>), Slow> {
+    if let Some((hop, mtu)) = cache.get(fc.hop_gen, now) {
+        if !ctx.fits(mtu) {
+            return Err(Slow::Mtu);
+        }
+        return Ok((hop, None));
+    }
+    let (rc, hop, mtu) = ctx.fib_lookup(q);
+    fib_verdict(rc)?;
+    Ok((hop, (mtu != 0).then_some(mtu)))
+}
+
+/// Caches a next hop [`next_hop`] looked up (`fresh`: its MTU) in the flow.
+#[inline(always)]
+fn keep_hop(fc: &FastConfig, cache: &mut HopCache, hop: &NextHop, fresh: Option<u16>, now: u64) {
+    if let Some(mtu) = fresh {
+        cache.put(fc.hop_gen, now, hop, mtu);
+    }
 }
 
 /// Sets up the redirect to `ifindex` (to its peer's ingress with `peer`) before anything
@@ -414,10 +450,10 @@ fn outbound_flow<P: Forwarding, T: FastTables>(
         proto: ip.proto,
         tot_len: u16::from_be(ip.tot_len),
     };
-    let (rc, hop) = ctx.fib_lookup(&q);
-    if let Err(why) = fib_verdict(rc) {
-        return Ok(or_slow(t, Err(why)));
-    }
+    let (hop, fresh) = match next_hop(ctx, fc, &f.hops[DIR_OUT], &q, now) {
+        Ok(h) => h,
+        Err(why) => return Ok(or_slow(t, Err(why))),
+    };
     if hop.ifindex != fc.uplink_ifindex {
         return Ok(or_slow(t, Err(Slow::Policy)));
     }
@@ -434,6 +470,7 @@ fn outbound_flow<P: Forwarding, T: FastTables>(
     if !nat::touch(t, cfg, key, f, true, seg, u64::from(ctx.len()), now)? {
         return Ok(or_slow(t, Err(Slow::NoFlow)));
     }
+    keep_hop(fc, &mut f.hops[DIR_OUT], &hop, fresh, now);
     nat::rewrite(ctx, ip.proto, L4, true, (ip.src, ext_addr), (p[0], ext_port))?;
     decrement_ttl_in_place(ctx, ip)?;
     write_macs_and_count(ctx, t, &hop, peer, true)
@@ -520,10 +557,10 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         proto: ip.proto,
         tot_len: u16::from_be(ip.tot_len),
     };
-    let (rc, hop) = ctx.fib_lookup(&q);
-    if let Err(why) = fib_verdict(rc) {
-        return Ok(or_slow(t, Err(why)));
-    }
+    let (hop, fresh) = match next_hop(ctx, fc, &f.hops[DIR_IN], &q, now) {
+        Ok(h) => h,
+        Err(why) => return Ok(or_slow(t, Err(why))),
+    };
     let port = match port_for(t, hop.ifindex, &hop.dst_mac, now) {
         Ok(port) => port,
         Err(why) => return Ok(or_slow(t, Err(why))),
@@ -542,6 +579,7 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
     if !nat::touch(t, cfg, key, f, false, seg, u64::from(ctx.len()), now)? {
         return Ok(or_slow(t, Err(Slow::NoFlow)));
     }
+    keep_hop(fc, &mut f.hops[DIR_IN], &hop, fresh, now);
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, int.0), (p[1], int.1))?;
     decrement_ttl_in_place(ctx, ip)?;
     write_macs_and_count(ctx, t, &hop, peer, false)

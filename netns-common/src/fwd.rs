@@ -13,6 +13,67 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
 }
 
+/// A flow's copy of its next hop in one direction, so that its packets skip the FIB
+/// lookup: valid while the fast path's configuration has the generation it was taken in
+/// (the agent moves it on at every route, rule, neighbour, link, address or forwarding
+/// change the router's namespace announces) and for at most [`HOP_MAX_EPOCHS`] epochs of
+/// about a second after, whatever was missed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopCache {
+    /// The generation plus one (0: nothing cached). Written last, read first and last, so a
+    /// reader never takes half of one next hop and half of another.
+    pub tag: u32,
+    /// When it was taken, in epochs of 2^30 ns.
+    pub epoch: u32,
+    pub hop: NextHop,
+    /// The egress interface's MTU, which the cached path checks instead of the lookup.
+    pub mtu: u16,
+    pub _pad: u16,
+}
+
+/// What the kernel's forwarding check (`is_skb_forwardable`) allows past the MTU: the
+/// link-layer header and a VLAN tag.
+pub const FORWARDABLE_SLACK: u32 = 14 + 4;
+
+/// How many epochs (2^30 ns, about a second) a cached next hop may be used after the one it
+/// was taken in: so at most about two seconds.
+pub const HOP_MAX_EPOCHS: u32 = 1;
+
+impl HopCache {
+    #[inline(always)]
+    const fn epoch(now: u64) -> u32 {
+        (now >> 30) as u32
+    }
+
+    /// The cached next hop and its MTU if it is still good in generation `gen` at `now`.
+    #[inline(always)]
+    pub fn get(&self, generation: u32, now: u64) -> Option<(NextHop, u16)> {
+        let want = generation.wrapping_add(1);
+        // Safety: reads of a field of a live reference.
+        let tag = unsafe { core::ptr::read_volatile(&self.tag) };
+        if tag != want || want == 0 || Self::epoch(now).wrapping_sub(self.epoch) > HOP_MAX_EPOCHS {
+            return None;
+        }
+        let got = (self.hop, self.mtu);
+        // Safety: as above. Another CPU rewriting it meanwhile zeroed the tag first.
+        let again = unsafe { core::ptr::read_volatile(&self.tag) };
+        (again == tag).then_some(got)
+    }
+
+    /// Caches `hop` (egress MTU `mtu`), looked up in generation `gen` at `now`.
+    #[inline(always)]
+    pub fn put(&mut self, generation: u32, now: u64, hop: &NextHop, mtu: u16) {
+        // Safety: writes of fields of a live mutable reference.
+        unsafe { core::ptr::write_volatile(&mut self.tag, 0) };
+        self.epoch = Self::epoch(now);
+        self.hop = *hop;
+        self.mtu = mtu;
+        // Safety: as above.
+        unsafe { core::ptr::write_volatile(&mut self.tag, generation.wrapping_add(1)) };
+    }
+}
+
 /// Fast path off: every packet takes the router's stack.
 pub const FAST_OFF: u32 = 0;
 /// Fast path at TC: established flows are redirected at TCX ingress.
@@ -40,7 +101,9 @@ pub struct FastConfig {
     /// The bridge whose MAC `gateway_mac` is (kept in step when it changes: a bridge
     /// without a MAC of its own takes its ports' lowest).
     pub bridge_ifindex: u32,
-    pub _pad: u32,
+    /// The next-hop generation: every write of this configuration moves it on, and so
+    /// does the agent at every routing change (see [`HopCache`]).
+    pub hop_gen: u32,
 }
 
 /// The uplink is a veth: at TC, outbound packets go straight into its peer's ingress
@@ -238,6 +301,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<MacKey>(), 6 + 2);
         assert_eq!(core::mem::size_of::<FdbEntry>(), 4 + 4 + 8 + 8);
         assert_eq!(core::mem::size_of::<PortState>(), 4 + 4);
+        assert_eq!(core::mem::size_of::<HopCache>(), 4 + 4 + 16 + 2 + 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 use crate::{
     counters::{Counter, Direction, NatCounter},
     fast::{FastTables, FibQuery, Forwarding},
-    fwd::{FAST_XDP, FastConfig, FdbEntry, MacKey, NextHop, PortState},
+    fwd::{FAST_XDP, FORWARDABLE_SLACK, FastConfig, FdbEntry, MacKey, NextHop, PortState},
     nat::MAX_PORT_TRIES,
     nat::{
         Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, HELD_BYTES, HeldFrag, HeldKey, NatConfig,
@@ -523,13 +523,17 @@ impl FastTables for MemTables {
 }
 
 /// A route of [`AtHook`]'s FIB: packets to `dst` (wire order) get `answer` and, when it is
-/// success, `hop`.
+/// success, `hop` and (at TC) the egress MTU `mtu` (0: 1500).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Route {
     pub dst: WireAddr,
     pub answer: i64,
     pub hop: NextHop,
+    pub mtu: u16,
 }
+
+/// What [`Route::mtu`] 0 stands for.
+const DEFAULT_MTU: u16 = 1500;
 
 /// A frame at a fast-path hook of mode `MODE` ([`crate::fwd::FAST_TC`] or [`FAST_XDP`]), with
 /// the kernel's forwarding as tables the caller fills: the FIB by destination (no route:
@@ -598,13 +602,19 @@ impl<const MODE: u32> Forwarding for AtHook<MODE> {
     const MODE: u32 = MODE;
     const SEES_OFFLOAD: bool = MODE != FAST_XDP;
 
-    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         self.queries.borrow_mut().push(*q);
         match self.routes.iter().find(|r| r.dst == q.dst) {
-            Some(r) if r.answer == 0 => (0, r.hop),
-            Some(r) => (r.answer, NextHop::default()),
-            None => (FIB_NOT_FWDED, NextHop::default()),
+            // As the kernel: the MTU comes with the answer at TC only.
+            Some(r) if r.answer == 0 && MODE == FAST_XDP => (0, r.hop, 0),
+            Some(r) if r.answer == 0 => (0, r.hop, if r.mtu == 0 { DEFAULT_MTU } else { r.mtu }),
+            Some(r) => (r.answer, NextHop::default(), 0),
+            None => (FIB_NOT_FWDED, NextHop::default(), 0),
         }
+    }
+
+    fn fits(&self, mtu: u16) -> bool {
+        self.frame.len() <= u32::from(mtu) + FORWARDABLE_SLACK
     }
 
     fn check_mtu(&self, ifindex: u32) -> i64 {

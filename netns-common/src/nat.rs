@@ -294,6 +294,8 @@ pub struct Flow {
     pub tcp_seen: u8,
     /// [`FLOW_CONFIRMED`].
     pub flags: u8,
+    /// The fast path's next hop per direction ([`DIR_OUT`], [`DIR_IN`]).
+    pub hops: [crate::fwd::HopCache; 2],
 }
 
 impl Flow {
@@ -755,7 +757,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
         assert_eq!(
             core::mem::size_of::<Flow>(),
-            4 + 2 + 1 + 1 + 8 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1
+            4 + 2 + 1 + 1 + 8 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1 + 2 * (4 + 4 + 16 + 2 + 2)
         );
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
         assert_eq!(core::mem::size_of::<FragPorts>(), 2 + 2 + 4 + 8);

@@ -10,6 +10,7 @@ use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     helpers::{bpf_check_mtu, bpf_fib_lookup},
 };
+pub use netns_common::fwd::FORWARDABLE_SLACK;
 pub use netns_common::packet::*;
 use netns_common::{fast::FibQuery, fwd::NextHop};
 
@@ -65,9 +66,9 @@ pub trait Direct {
 
 /// The kernel's FIB lookup for `q` from the program given `ctx`; `tot_len` is the IPv4
 /// length it checks against the MTU (0: the kernel checks the skb itself). Returns the
-/// helper's answer and, on success, the next hop.
+/// helper's answer and, on success, the next hop and, without `tot_len`, the egress MTU.
 #[inline(always)]
-pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16) -> (i64, NextHop) {
+pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16) -> (i64, NextHop, u16) {
     // Zeroed word by word: `mem::zeroed` becomes a call to a byte-at-a-time memset here.
     let mut words = [0u64; 8];
     for w in &mut words {
@@ -100,7 +101,14 @@ pub fn fib_lookup<C: EbpfContext>(ctx: &C, q: &FibQuery, tot_len: u16) -> (i64, 
         src_mac: fib.smac,
         dst_mac: fib.dmac,
     };
-    (rc, hop)
+    // Asked without a length (an skb's lookup), a successful one tells the egress MTU.
+    // Safety: a field of the union the kernel wrote (plain integers either way).
+    let mtu = if tot_len == 0 && rc == 0 {
+        unsafe { fib.__bindgen_anon_1.mtu_result }
+    } else {
+        0
+    };
+    (rc, hop, mtu)
 }
 
 /// `bpf_check_mtu` of the packet against interface `ifindex` with `flags`: 0 if it fits,

@@ -102,9 +102,17 @@ impl Forwarding for Tc {
     const SEES_OFFLOAD: bool = true;
 
     #[inline(always)]
-    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         // The kernel checks the skb itself (each segment, if GSO) against the MTU.
         packet::fib_lookup(&self.0, q, 0)
+    }
+
+    #[inline(always)]
+    fn fits(&self, mtu: u16) -> bool {
+        // As the kernel's is_skb_forwardable: a GSO packet is segmented to fit later.
+        // Safety: reading a field of the skb the program was given.
+        let gso = unsafe { (*self.0.skb.skb).gso_size } != 0;
+        gso || self.len() <= u32::from(mtu) + packet::FORWARDABLE_SLACK
     }
 
     #[inline(always)]
@@ -213,8 +221,13 @@ impl Forwarding for TcDirect {
     const SEES_OFFLOAD: bool = true;
 
     #[inline(always)]
-    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         self.0.fib_lookup(q)
+    }
+
+    #[inline(always)]
+    fn fits(&self, mtu: u16) -> bool {
+        self.0.fits(mtu)
     }
 
     #[inline(always)]

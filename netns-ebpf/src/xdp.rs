@@ -81,9 +81,15 @@ impl Forwarding for Xdp {
     const SEES_OFFLOAD: bool = false;
 
     #[inline(always)]
-    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop) {
+    fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         // XDP has no skb to check: the lookup checks the IPv4 length against the MTU.
         packet::fib_lookup(&self.0, q, q.tot_len)
+    }
+
+    #[inline(always)]
+    fn fits(&self, mtu: u16) -> bool {
+        // Never asked: the lookup gives XDP no MTU, so nothing is cached.
+        self.len() <= u32::from(mtu) + packet::FORWARDABLE_SLACK
     }
 
     #[inline(always)]

@@ -108,6 +108,12 @@ impl ProgBed {
         self.maps().set_fast_config(fast)
     }
 
+    /// Has the fast path look its next hops up again, as a lab's agent does when the
+    /// router's routing changes (here nothing announces it).
+    pub fn renew_next_hops(&mut self) -> Result<()> {
+        self.maps().renew_next_hops()
+    }
+
     /// Sets what the fast path knows of interface `ifindex` (as `sync_ports` writes it for
     /// a lab).
     pub fn set_port(&mut self, ifindex: u32, state: PortState) -> Result<()> {

@@ -66,7 +66,7 @@ fn router(mode: u32, refresh_ns: u64, adjust: impl FnOnce(&mut NatConfig)) -> Me
         flags: PEER_UPLINK | PEER_PORTS,
         bridge_refresh_ns: refresh_ns,
         bridge_ifindex: BRIDGE,
-        _pad: 0,
+        hop_gen: 0,
     });
     let mut ports = t.ports.borrow_mut();
     ports.insert(
@@ -112,6 +112,7 @@ fn routes(remote: Ipv4Addr, host: Ipv4Addr) -> Vec<Route> {
                 src_mac: UP_MAC,
                 dst_mac: NEXT_MAC,
             },
+            mtu: 0,
         },
         Route {
             dst: wire(host),
@@ -121,6 +122,7 @@ fn routes(remote: Ipv4Addr, host: Ipv4Addr) -> Vec<Route> {
                 src_mac: GW_MAC,
                 dst_mac: HOST_MAC,
             },
+            mtu: 0,
         },
     ]
 }
@@ -757,4 +759,71 @@ proptest! {
         let want = packet::frame(NEXT_MAC, UP_MAC, &Ipv4::new(EXT, LAN).ttl(ttl - 1).id(id), &l4_for(proto, zero, ext, rport, &payload));
         assert_same(&got, &want);
     }
+}
+
+/// Sends an outbound UDP packet of blue:5000 -> lan:7000 through the fast path at hook `M`
+/// with the router's routes changed by `reroute`; returns the hook as it left it.
+fn send_out<const M: u32>(t: &MemTables, payload: &[u8], reroute: impl FnOnce(&mut Vec<Route>)) -> AtHook<M> {
+    let mut out = from_inside::<M>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, payload), PORT_A, LAN);
+    reroute(&mut out.routes);
+    fast::outbound(&out, t).expect("no drop");
+    out
+}
+
+#[test]
+fn a_flow_keeps_its_next_hop_until_the_routing_changes_or_two_seconds_pass() {
+    let mut t = router(FAST_TC, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    let first = send_out::<FAST_TC>(&t, b"one", |_| {});
+    assert_eq!(
+        first.queries.borrow().len(),
+        1,
+        "the first packet looks its next hop up"
+    );
+    // The route changes, unannounced: the flow keeps its next hop (no lookup at all).
+    let moved: Mac = [2, 0, 0, 0, 0, 0x33];
+    let reroute = |r: &mut Vec<Route>| r[0].hop.dst_mac = moved;
+    let cached = send_out::<FAST_TC>(&t, b"two", reroute);
+    assert!(
+        cached.queries.borrow().is_empty(),
+        "a cached next hop is not looked up"
+    );
+    assert_eq!(cached.frame.bytes()[..6], NEXT_MAC);
+    // Announced (the agent moves the generation on): the next packet looks it up again.
+    t.fast.as_mut().expect("fast path on").hop_gen += 1;
+    let renewed = send_out::<FAST_TC>(&t, b"three", reroute);
+    assert_eq!(renewed.queries.borrow().len(), 1);
+    assert_eq!(renewed.frame.bytes()[..6], moved);
+    // Unannounced again: good for two seconds at most, whatever was missed.
+    let back = |r: &mut Vec<Route>| r[0].hop.dst_mac = NEXT_MAC;
+    assert!(send_out::<FAST_TC>(&t, b"four", back).queries.borrow().is_empty());
+    t.advance(2_200_000_000);
+    let aged = send_out::<FAST_TC>(&t, b"five", back);
+    assert_eq!(aged.queries.borrow().len(), 1);
+    assert_eq!(aged.frame.bytes()[..6], NEXT_MAC);
+    assert_eq!(t.counter(NatCounter::FastOutTc), 5);
+}
+
+#[test]
+fn a_cached_next_hop_still_sends_packets_over_its_mtu_to_the_slow_path() {
+    let t = router(FAST_TC, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    let small_mtu = |r: &mut Vec<Route>| r[0].mtu = 100;
+    send_out::<FAST_TC>(&t, b"fits", small_mtu);
+    let big = send_out::<FAST_TC>(&t, &[7u8; 200], small_mtu);
+    assert!(big.queries.borrow().is_empty(), "the cached next hop answered");
+    assert_eq!(big.redirected.get(), None);
+    assert_eq!(t.counter(NatCounter::SlowMtu), 1);
+    assert_eq!(t.counter(NatCounter::FastOutTc), 1);
+}
+
+#[test]
+fn xdp_looks_every_next_hop_up_since_its_lookup_tells_no_mtu() {
+    let t = router(FAST_XDP, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    for payload in [b"one", b"two"] {
+        let out = send_out::<FAST_XDP>(&t, payload, |_| {});
+        assert_eq!(out.queries.borrow().len(), 1);
+    }
+    assert_eq!(t.counter(NatCounter::FastOutXdp), 2);
 }

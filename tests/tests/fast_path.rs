@@ -12,10 +12,11 @@ use std::{
 use netns_common::fwd::partial_checksum;
 use netns_testkit::packet::{self, Ipv4, L4};
 use netns_tests::{
-    LabGuard, UdpEcho, counter_moved as delta, in_ns, nat_counters as counters, privileged, wait_for,
+    LabGuard, UdpEcho, counter_moved as delta, in_ns, nat_counters as counters, privileged, sh_in, wait_for,
     wire::{Wire, mac_of, no_ipv4},
 };
 use netns_user::{
+    bpf::NatMaps,
     config::{FastPath, LabConfig},
     nat::NatKind,
     probe,
@@ -122,6 +123,56 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     assert_eq!((f2.packets_out, f2.packets_in), (55, 55), "{f2:?}");
 }
 netns_tests::modes!(established_udp_takes_the_fast_path_both_ways);
+
+/// The fast path's next-hop generation of the lab (see `HopCache`).
+fn hop_gen(g: &LabGuard) -> u32 {
+    NatMaps::open(g.prefix()).unwrap().fast_config().unwrap().hop_gen
+}
+
+/// Routes the router to lan the way `how` says ("add" or "del" a blackhole route), then
+/// waits for the agent to have moved the next-hop generation on.
+fn blackhole_lan(g: &LabGuard, how: &str) {
+    let before = hop_gen(g);
+    sh_in(
+        &g.lab.ns("host"),
+        "ip",
+        &["route", how, "blackhole", "192.168.1.3/32"],
+    );
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || hop_gen(g) != before,
+        || "the agent did not renew the next hops after a route change".into(),
+    );
+}
+
+/// TC caches each flow's next hop (XDP does not): a route change on the router reaches the
+/// flows at once, not when the cache ages out.
+#[test]
+fn a_route_change_reaches_established_flows_at_once() {
+    if !privileged("fast_reroute") {
+        return;
+    }
+    let g = lab("fprr", FastPath::Tc);
+    let _echo = UdpEcho::start(&g.lab.ns("lan"), &[7100]);
+    assert_eq!(udp_exchange(&g, 20, None), 20);
+    // Let the neighbour events of the first exchange pass.
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = counters(g.prefix());
+    blackhole_lan(&g, "add");
+    assert_eq!(
+        udp_exchange(&g, 3, None),
+        0,
+        "a blackholed destination was still reached"
+    );
+    let c1 = counters(g.prefix());
+    assert_eq!(delta(&c0, &c1, "fast_out_tc"), 0, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "slow_policy"), 3, "{c1:?}");
+    blackhole_lan(&g, "del");
+    assert_eq!(udp_exchange(&g, 5, None), 5);
+    let c2 = counters(g.prefix());
+    assert_eq!(delta(&c1, &c2, "fast_out_tc"), 5, "{c2:?}");
+}
 
 fn ttl_one_takes_the_slow_path_and_goes_no_further(mode: FastPath) {
     if !privileged("fast_ttl") {

@@ -636,7 +636,7 @@ fn the_xdp_fast_path_passes_what_it_cannot_take_untouched() {
         flags: 0,
         bridge_refresh_ns: 0,
         bridge_ifindex: 0,
-        _pad: 0,
+        hop_gen: 0,
     };
     let Some(bed) = bed("pxdp", Some(fast)) else {
         return;
@@ -827,7 +827,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         flags: 0,
         bridge_refresh_ns: 0,
         bridge_ifindex: 0,
-        _pad: 0,
+        hop_gen: 0,
     })
     .unwrap();
     for l in [&port0, &up0] {
@@ -925,13 +925,16 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     assert_eq!((o.code, &o.frame), (pass, &f));
     // The router's policy is the kernel's to apply: a rule refusing what comes from port0,
     // forwarding off on the uplink, port0 down: each sends the packet to the slow path,
-    // untouched.
+    // untouched. (Each change announced to the fast path as a lab's agent does: the flows
+    // have their next hops cached.)
     ip(&["rule", "add", "iif", "port0", "prohibit", "pref", "10"]);
+    bed.renew_next_hops().unwrap();
     let f = from_red(64, b"prohibited");
     let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
     assert_eq!((o.code, &o.frame), (pass, &f));
     ip(&["rule", "del", "pref", "10"]);
     netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.conf.up0.forwarding=0"]);
+    bed.renew_next_hops().unwrap();
     // (Inbound at TC, the slow path is the same program: it translates and passes.)
     let slow_in = |o: Outcome| {
         assert_eq!(o.code, pass);
@@ -941,6 +944,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     };
     slow_in(bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap());
     netns_tests::sh_in(&ns, "sysctl", &["-qw", "net.ipv4.conf.up0.forwarding=1"]);
+    bed.renew_next_hops().unwrap();
     bed.set_port(port0.index, PortState { master: 0, flags: 0 })
         .unwrap();
     slow_in(bed.run_on(in_prog, &from_lan, Some(up0.index)).unwrap());
@@ -955,6 +959,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
     assert_eq!(counters(&bed)["slow_policy"], 3);
     // No neighbour for the next hop: the slow path (the kernel resolves it), untouched.
     ip(&["neigh", "del", "192.168.1.3", "dev", "up0"]);
+    bed.renew_next_hops().unwrap();
     let f = from_red(64, b"no neighbour");
     let o = bed.run_on(out_prog, &f, Some(port0.index)).unwrap();
     assert_eq!((o.code, &o.frame), (pass, &f));
@@ -1023,7 +1028,7 @@ fn a_redirect_to_a_vanished_port_is_counted_and_left_to_the_slow_path() {
             flags: 0,
             bridge_refresh_ns: 0,
             bridge_ifindex: br0.index,
-            _pad: 0,
+            hop_gen: 0,
         })
         .unwrap();
         bed.set_port(

@@ -86,9 +86,18 @@ impl NatMaps {
         self.fast.get(&0, 0).map_err(self.err(MAP_FAST_CONFIG))
     }
 
+    /// Writes the fast path's configuration with the next-hop generation moved on, so
+    /// that no flow's cached next hop outlives a change of it.
     pub fn set_fast_config(&mut self, fc: FastConfig) -> Result<()> {
+        let hop_gen = self.fast_config()?.hop_gen.wrapping_add(1);
         let err = self.err(MAP_FAST_CONFIG);
-        self.fast.set(0, fc, 0).map_err(err)
+        self.fast.set(0, FastConfig { hop_gen, ..fc }, 0).map_err(err)
+    }
+
+    /// Moves the next-hop generation on: every flow's cached next hop is looked up again.
+    pub fn renew_next_hops(&mut self) -> Result<()> {
+        let fc = self.fast_config()?;
+        self.set_fast_config(fc)
     }
 
     /// The flows as stored now, expired ones included (an entry removed while the table is

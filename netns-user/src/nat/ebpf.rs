@@ -126,7 +126,7 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
             flags: peer_flags(t),
             bridge_refresh_ns: bridge_refresh_ns(gw.bridge_ageing_cs),
             bridge_ifindex: gw.index,
-            _pad: 0,
+            hop_gen: 0,
         },
     )))
 }

@@ -12,7 +12,7 @@ use std::{
 
 use netns_common::filter::EntryFilter;
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK, RTMGRP_NEIGH},
     sys::{SocketAddr, protocols::NETLINK_ROUTE},
 };
 use tokio::{
@@ -165,17 +165,30 @@ impl Shared {
     }
 }
 
-/// A netlink socket in the router namespace that hears of every IPv4 address change and
-/// every link change (up, down, into or out of a bridge, gone) there.
-fn router_events(router_ns: &str) -> Result<rtnetlink::sys::Socket, String> {
-    netns::run_in(router_ns, || -> std::io::Result<rtnetlink::sys::Socket> {
+/// What the agent hears of the router namespace: every IPv4 address change and every link
+/// change (up, down, into or out of a bridge, gone), which it follows.
+const ROUTER_GROUPS: u32 = RTMGRP_IPV4_IFADDR | RTMGRP_LINK;
+/// `RTNLGRP_IPV4_NETCONF` (forwarding turned on or off) as a group bit.
+const RTMGRP_IPV4_NETCONF: u32 = 1 << (24 - 1);
+/// Everything that can change where the router forwards a packet: those, and routes,
+/// rules, neighbours and forwarding settings. Each moves the next-hop generation on, so the
+/// fast path's cached next hops are looked up again.
+const NEXT_HOP_GROUPS: u32 =
+    ROUTER_GROUPS | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_NEIGH | RTMGRP_IPV4_NETCONF;
+
+/// A netlink socket in the router namespace that hears of the changes of `groups` there.
+fn router_events(router_ns: &str, groups: u32) -> Result<AsyncFd<rtnetlink::sys::Socket>, String> {
+    let s = netns::run_in(router_ns, || -> std::io::Result<rtnetlink::sys::Socket> {
         let mut s = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
-        s.bind(&SocketAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_LINK))?;
+        s.bind(&SocketAddr::new(0, groups))?;
         s.set_non_blocking(true)?;
         Ok(s)
     })
     .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // Safety: the socket owns its descriptor, which stays open and the same until the
+    // AsyncFd (its owner from here on) is dropped.
+    unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }.map_err(|e| e.to_string())
 }
 
 /// Runs the agent of lab `prefix` until it is signalled (SIGINT, SIGTERM: a clean end; a
@@ -220,11 +233,10 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
         .map_err(|_| fail("another agent runs for this lab".into()))?;
     rt.block_on(async move {
         let sock = socket_path(prefix);
-        let events = router_events(&router_ns).map_err(|e| fail(format!("router events: {e}")))?;
-        // Safety: the socket owns its descriptor, which stays open and the same until the
-        // AsyncFd (its owner from here on) is dropped.
-        let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| fail(e.to_string()))?;
+        let events =
+            router_events(&router_ns, ROUTER_GROUPS).map_err(|e| fail(format!("router events: {e}")))?;
+        let hop_events =
+            router_events(&router_ns, NEXT_HOP_GROUPS).map_err(|e| fail(format!("router events: {e}")))?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
 
@@ -233,7 +245,15 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || s.follow_router()).await;
         }
-        tokio::spawn(follow_events(shared.clone(), events));
+        tokio::spawn(follow_events(shared.clone(), events, |s| {
+            s.health.lock().expect("not poisoned").router_events += 1;
+            s.follow_router();
+        }));
+        tokio::spawn(follow_events(shared.clone(), hop_events, |s| {
+            if let Err(e) = s.maps().renew_next_hops() {
+                s.note_error("renewing the fast path's next hops", e);
+            }
+        }));
         let level = nat.ebpf.log_level;
         if level != crate::config::LogLevel::Off {
             match aya_log::EbpfLogger::init_from_id_with_logger(
@@ -347,8 +367,8 @@ async fn serve_requests(shared: Arc<Shared>, conn: tokio::net::UnixStream) {
     }
 }
 
-/// Re-reads the uplink's address and the router's links whenever they change.
-async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Socket>) {
+/// Runs `follow` (off the event loop) after every batch of events `events` hears.
+async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Socket>, follow: fn(&Shared)) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let Ok(mut ready) = events.readable().await else {
@@ -384,9 +404,8 @@ async fn follow_events(shared: Arc<Shared>, events: AsyncFd<rtnetlink::sys::Sock
             }
         }
         if heard {
-            shared.health.lock().expect("not poisoned").router_events += 1;
             let s = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || s.follow_router()).await;
+            let _ = tokio::task::spawn_blocking(move || follow(&s)).await;
         }
     }
 }
