@@ -274,7 +274,6 @@ pub struct Flow {
     pub state: u8,
     pub origin: u8,
     pub created_ns: u64,
-    pub last_seen_ns: u64,
     pub expires_ns: u64,
     /// The binding's expiry as this flow last pushed it: the binding is only written when
     /// the flow's expiry passes it, not on every packet.
@@ -527,13 +526,12 @@ pub struct NatConfig {
 impl NatConfig {
     /// Whether `addr` is in one of the internal prefixes.
     pub fn is_internal(&self, addr: WireAddr) -> bool {
+        // Only the prefixes in use (bounded for the verifier by the array's size).
         let mut i = 0;
-        while i < MAX_INTERNAL {
-            if (i as u32) < self.n_internal {
-                let p = self.internal[i];
-                if addr.0 & p.mask.0 == p.addr.0 & p.mask.0 {
-                    return true;
-                }
+        while i < MAX_INTERNAL && (i as u32) < self.n_internal {
+            let p = self.internal[i];
+            if addr.0 & p.mask.0 == p.addr.0 & p.mask.0 {
+                return true;
             }
             i += 1;
         }
@@ -757,7 +755,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
         assert_eq!(
             core::mem::size_of::<Flow>(),
-            4 + 2 + 1 + 1 + 8 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1 + 2 * (4 + 4 + 16 + 2 + 2)
+            4 + 2 + 1 + 1 + 7 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1 + 2 * (4 + 4 + 16 + 2 + 2)
         );
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
         assert_eq!(core::mem::size_of::<FragPorts>(), 2 + 2 + 4 + 8);

@@ -66,9 +66,14 @@ fn count_uplink(ctx: &TcContext, dir: Direction) -> i32 {
 /// logged at the level set at load.
 #[inline(always)]
 fn traced<P: Packet>(p: &P, hook: u8, step: impl FnOnce(&P) -> Res<Action>) -> Res<Action> {
-    trace::begin(p);
+    let on = maps::tracing();
+    if on {
+        trace::begin(p);
+    }
     let r = step(p);
-    trace::end(p, hook, &r);
+    if on {
+        trace::end(p, hook, &r);
+    }
     if let Err(d) = r {
         log_drop(p, hook, d);
     }
@@ -85,7 +90,7 @@ fn traced_tc(p: &Tc, hook: u8, step: impl FnOnce(&Tc) -> Res<Action>) -> Res<Act
     }
     let r = step(p);
     if on || (r.is_err() && level_enabled(Level::Debug)) {
-        nat_trace_end(skb(p), u32::from(hook), Drop::encode(r));
+        nat_trace_end(skb(p), u32::from(hook), Drop::encode(r), u32::from(on));
     }
     r
 }
@@ -99,10 +104,12 @@ pub extern "C" fn nat_trace_begin(skb: *mut __sk_buff) -> i32 {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn nat_trace_end(skb: *mut __sk_buff, hook: u32, outcome: i32) -> i32 {
+pub extern "C" fn nat_trace_end(skb: *mut __sk_buff, hook: u32, outcome: i32, traced: u32) -> i32 {
     let p = Tc(TcContext::new(skb));
     let r = Drop::decode(outcome);
-    trace::end(&p, hook as u8, &r);
+    if traced != 0 {
+        trace::end(&p, hook as u8, &r);
+    }
     if let Err(d) = r {
         log_drop(&p, hook as u8, d);
     }

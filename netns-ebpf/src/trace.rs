@@ -16,19 +16,17 @@ use netns_common::{
 };
 
 use crate::{
-    maps::{NAT_TRACE, NAT_TRACE_SCRATCH, count, tracing},
+    maps::{NAT_TRACE, NAT_TRACE_SCRATCH, count},
     packet::Action,
 };
 
 /// A slot older than this belongs to an earlier packet.
 const STALE_NS: u64 = 1_000_000;
 
-/// Before a step: remembers the packet's tuple if anyone traces.
+/// Before a step, while anyone traces ([`tracing`], which the caller reads once for both
+/// calls): remembers the packet's tuple.
 #[inline(always)]
 pub fn begin<P: Packet>(p: &P) {
-    if !tracing() {
-        return;
-    }
     if let Some(slot) = NAT_TRACE_SCRATCH.get_ptr_mut(0) {
         // Safety: a per-CPU slot from a successful lookup; only this CPU's program, which
         // nothing on this CPU interrupts, uses it.
@@ -39,12 +37,10 @@ pub fn begin<P: Packet>(p: &P) {
     }
 }
 
-/// After a step with outcome `r` at `hook`: writes the event if it is one.
+/// After a step with outcome `r` at `hook`, while anyone traces: writes the event if it is
+/// one.
 #[inline(always)]
 pub fn end<P: Packet>(p: &P, hook: u8, r: &Res<Action>) {
-    if !tracing() {
-        return;
-    }
     let Some(slot) = NAT_TRACE_SCRATCH.get_ptr_mut(0) else {
         return;
     };

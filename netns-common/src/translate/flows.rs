@@ -117,7 +117,6 @@ fn account<T: Tables>(
             bindings::update_binding_open_flows(t, &bkey, was, is, now + cfg.timeouts.tcp_transitory_ns);
         }
     }
-    f.last_seen_ns = now;
     if outbound {
         T::add(&mut f.packets_out, 1);
         T::add(&mut f.bytes_out, len);
