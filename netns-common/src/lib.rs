@@ -14,6 +14,7 @@ pub mod fwd;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
 pub mod layout;
+pub mod memory;
 pub mod names;
 pub mod nat;
 pub mod net;

@@ -286,3 +286,22 @@ fn conntrack_of_a_kernel_nat_lab_points_to_the_kernel() {
     );
     assert_gone(&p);
 }
+
+/// On veth ports the XDP fast path costs bulk TCP its GSO: `up` says so when it is chosen,
+/// and only then.
+#[test]
+fn up_with_the_xdp_fast_path_says_what_it_costs_on_veths() {
+    if !privileged("cli_xdp_note") {
+        return;
+    }
+    for (fast, noted) in [("xdp", true), ("tc", false)] {
+        let p = prefix(&format!("xn{}", &fast[..1]));
+        let out = run(&["up", "--prefix", &p, "--fast-path", fast]);
+        let said = text(&out.stdout);
+        let down = run(&["down", "--prefix", &p]);
+        assert!(out.status.success(), "up: {}", text(&out.stderr));
+        assert!(down.status.success(), "down: {}", text(&down.stderr));
+        assert_gone(&p);
+        assert_eq!(said.contains("bulk TCP"), noted, "--fast-path {fast}: {said}");
+    }
+}

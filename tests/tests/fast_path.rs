@@ -79,6 +79,7 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     // status says the mode and lists what the kernel has attached, on every bridge port.
     let rules = g.lab.status().unwrap().nat_rules.expect("eBPF NAT rules");
     assert!(rules.contains(&format!("fast path: {}", mode.name())), "{rules}");
+    assert!(rules.contains("MiB when full"), "{rules}");
     for port in ["veth-red-br", "veth-blue-br"] {
         let attached = match mode {
             FastPath::Xdp => format!("xdp_fast_out@{port}:xdp"),

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use netns_user::{
+    config::FastPath,
     lab::{Lab, LabStatus},
+    nat::NatKind,
     ops::conntrack::{FlowEntry, MappingEntry},
     probe::Check,
 };
@@ -15,6 +17,20 @@ pub(super) fn print_summary(lab: &Lab) {
     println!("  namespaces: {}", lab.state.namespaces.join(", "));
     if let Some(addr) = lab.config.uplink_address() {
         println!("  router uplink address: {addr}");
+    }
+    let xdp = lab
+        .config
+        .nat
+        .as_ref()
+        .is_some_and(|n| n.ebpf.fast_path == FastPath::Xdp);
+    if lab.state.nat == NatKind::Ebpf && xdp {
+        // A lab's ports are veths: see docs/fast-path.md for the measurement.
+        println!(
+            "  note: fast path xdp on veth ports: bulk TCP through the router is several times \
+             slower than with --fast-path tc (an XDP program on a veth turns its peer's software \
+             GSO off, so senders segment at the MTU); small packets gain little. tc is the \
+             default for that reason."
+        );
     }
     let first = lab
         .config

@@ -18,6 +18,7 @@ use netns_common::{
     fwd::{
         FAST_OFF, FAST_TC, FAST_XDP, FastConfig, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE, PORT_UP, PortState,
     },
+    memory,
     nat::{
         FLAG_DROP_UNSUPPORTED, FLAG_ENDPOINT_INDEPENDENT_FILTERING, FLAG_INBOUND_ROUTE, MAX_INTERNAL,
         NatConfig, PortRange, Prefix, SIDE_EXTERNAL, Timeouts, WireAddr, addr_from_wire, addr_to_wire,
@@ -28,7 +29,7 @@ use netns_common::{
 use super::{NatBackend, NatError, NatTarget};
 use crate::{
     bpf::{self, NatLoad, NatMaps, StaticBinding},
-    config::{FastPath, Filtering, ForwardSpec, Inbound, NatSpec, Unsupported},
+    config::{EbpfNatSpec, FastPath, Filtering, ForwardSpec, Inbound, NatSpec, Unsupported},
     sys::{
         ethtool::{self, Offload},
         firewall,
@@ -326,6 +327,7 @@ impl NatBackend for EbpfNat {
         let cfg = maps.config()?;
         let now = monotonic_ns();
         let (flows, bindings) = maps.tables()?;
+        let memory = table_memory(&t.nat.ebpf, flows.len() as u64, bindings.len() as u64);
         let flows = flows.iter().filter(|(_, f)| f.expires_ns > now).count();
         let mappings = bindings
             .iter()
@@ -341,6 +343,7 @@ impl NatBackend for EbpfNat {
             "eBPF NAT: nat_egress + nat_ingress (TCX) on {}, nat_hairpin on {}\n\
              fast path: {}\n\
              external address {}, {} live flows, {} mappings, filtering {}\n\
+             {}\n\
              maps and links pinned in {}\n\
              attached: {}\n",
             t.nat.uplink,
@@ -373,6 +376,7 @@ impl NatBackend for EbpfNat {
             } else {
                 "address-and-port-dependent"
             },
+            memory,
             bpf::pin_dir(t.prefix).display(),
             attached.join(", ")
         ))
@@ -391,6 +395,27 @@ mod tests {
     use super::*;
     use crate::config::LabConfig;
     use netns_common::nat::PROTO_TCP;
+
+    #[test]
+    fn status_shows_the_tables_in_mib_now_and_when_full() {
+        let spec = EbpfNatSpec {
+            flows: 1 << 16,
+            bindings: 1 << 17,
+            ..EbpfNatSpec::default()
+        };
+        let full = (1u64 << 16) * (memory::FLOW_BYTES + 16) + (1u64 << 17) * (memory::BINDING_BYTES + 16);
+        let empty = (1u64 << 16) * 16 + (1u64 << 17) * 16;
+        let line = table_memory(&spec, 0, 0);
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+        assert!(line.contains(&format!("{} now", mib(empty))), "{line}");
+        assert!(line.contains(&format!("{} when full", mib(full))), "{line}");
+        let some = table_memory(&spec, 1000, 0);
+        assert!(
+            some.contains(&format!("{} now", mib(empty + 1000 * memory::FLOW_BYTES))),
+            "{some}"
+        );
+        assert!(line.contains(&format!("takes {} B", memory::connection_bytes(1 << 16, 1 << 17))));
+    }
 
     #[test]
     fn config_of_the_reference_lab() {
@@ -415,4 +440,26 @@ mod tests {
             }]
         );
     }
+}
+
+/// What the NAT's tables take in the kernel's memory, now (`flows` and `binding_entries`
+/// stored, expired ones included until swept) and when full, as `status` shows it.
+pub fn table_memory(spec: &EbpfNatSpec, flows: u64, binding_entries: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let now = memory::table_bytes(memory::FLOW_BYTES, flows, spec.flows)
+        + memory::table_bytes(memory::BINDING_BYTES, binding_entries, spec.bindings);
+    let full = memory::table_bytes(memory::FLOW_BYTES, u64::from(spec.flows), spec.flows)
+        + memory::table_bytes(memory::BINDING_BYTES, u64::from(spec.bindings), spec.bindings);
+    format!(
+        "tables: {:.1} MiB now, {:.1} MiB when full ({} flows, {} binding entries); a connection \
+         with a mapping of its own takes {} B (its flow {} B, each side of the mapping {} B, \
+         with their buckets)",
+        now as f64 / MIB,
+        full as f64 / MIB,
+        spec.flows,
+        spec.bindings,
+        memory::connection_bytes(spec.flows, spec.bindings),
+        memory::FLOW_BYTES,
+        memory::BINDING_BYTES,
+    )
 }
