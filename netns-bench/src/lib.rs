@@ -222,8 +222,10 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// The window after each packet measurement in which BPF run-time statistics are on.
     pub stats_window: Duration,
-    /// Concurrent flows of the many-flows workload.
-    pub many_flows: u32,
+    /// Concurrent flows of the many-flows workload, each a point. Points above
+    /// [`LARGE_FLOWS`] run with the project's generator and one thread only (each takes a
+    /// long warm-up: every flow is created through the slow path first).
+    pub many_flows: Vec<u32>,
     /// Generator threads (one per CPU, pinned) of the packet workloads, each a point.
     pub gen_threads: Vec<usize>,
     pub generators: Vec<Generator>,
@@ -249,7 +251,7 @@ impl BenchOptions {
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             stats_window: Duration::from_secs(1),
-            many_flows: 65_000,
+            many_flows: vec![65_000, 1_000_000],
             gen_threads: threads,
             generators: vec![Generator::NetnsNat, Generator::Trafgen],
             conn_clients: vec![ConnClient::NetnsNat, ConnClient::Wrk],
@@ -267,6 +269,7 @@ impl BenchOptions {
             stats_window: Duration::from_millis(300),
             generators: vec![Generator::NetnsNat],
             conn_clients: vec![ConnClient::NetnsNat],
+            many_flows: vec![65_000],
             ..Self::full()
         }
     }
@@ -297,6 +300,16 @@ pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
     pub memory_gib: f64,
+    /// The most connections the kernel's NATs track (the machine's `nf_conntrack_max`; a
+    /// lab namespace cannot raise it).
+    pub nf_conntrack_max: Option<u64>,
+    /// What one tracked connection takes: the kernel's conntrack entry (its slab object;
+    /// extensions and hash bucket come on top) and the eBPF NAT's (its flow and both sides
+    /// of a mapping of its own, with their share of the buckets, at the lab's default
+    /// table sizes).
+    pub nf_conntrack_entry_bytes: Option<u64>,
+    pub ebpf_connection_bytes: u64,
+    pub ebpf_flow_bytes: u64,
 }
 
 /// A point that failed once and was measured again.
@@ -514,15 +527,19 @@ impl Drop for Tracer {
 }
 
 impl BenchLab {
-    /// The lab of `backend` (None: the generator alone, on a lab without NAT).
-    fn up(backend: Option<Backend>) -> Result<BenchLab> {
+    /// The lab of `backend` (None: the generator alone, on a lab without NAT), its eBPF
+    /// flow table large enough for `flows` flows. (The kernel's conntrack keeps the
+    /// machine's `nf_conntrack_max`, which a namespace cannot raise.)
+    fn up(backend: Option<Backend>, flows: u32) -> Result<BenchLab> {
         let nat = backend.map_or(NatKind::None, Backend::nat);
         let prefix = format!("nnb{}-", std::process::id());
         let mut cfg = LabConfig::reference();
-        if let Some(mode) = backend.and_then(Backend::fast_path)
-            && let Some(n) = cfg.nat.as_mut()
-        {
-            n.ebpf.fast_path = mode;
+        if let Some(n) = cfg.nat.as_mut() {
+            if let Some(mode) = backend.and_then(Backend::fast_path) {
+                n.ebpf.fast_path = mode;
+            }
+            // Twice the flows, so that the hash table stays sparse.
+            n.ebpf.flows = n.ebpf.flows.max(flows.saturating_mul(2).next_power_of_two());
         }
         let lab = Lab::up(&cfg, &prefix, nat, &mut |_| {})?;
         // From here on, the guard takes the lab down if anything fails.
@@ -603,7 +620,7 @@ fn stop_on_signals() {
 }
 
 /// One measurement point: a workload with its parameters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Point {
     Packets {
         flows: u32,
@@ -640,23 +657,43 @@ impl Point {
     }
 }
 
+/// Flow counts above this are measured with one generator, one thread (see
+/// [`BenchOptions::many_flows`]).
+pub const LARGE_FLOWS: u32 = 100_000;
+
+/// New flows per second the warm-up of a many-flows point allows for (the eBPF NAT's slow
+/// path and the kernel's conntrack both create them faster on this machine's kind).
+const WARMUP_FLOWS_PER_S: u32 = 50_000;
+
+/// The warm-up before a packet point with `flows` flows: long enough for the NAT to have
+/// seen every flow.
+fn warmup(opts: &BenchOptions, flows: u32) -> Duration {
+    opts.warmup.max(Duration::from_secs_f64(
+        f64::from(flows) / f64::from(WARMUP_FLOWS_PER_S),
+    ))
+}
+
 /// The points of workload `w`.
 fn points(opts: &BenchOptions, w: Workload) -> Vec<Point> {
     let packets = |flows: u32| {
         opts.generators
             .iter()
-            .flat_map(|&generator| {
-                opts.gen_threads.iter().map(move |&threads| Point::Packets {
-                    flows,
-                    threads,
-                    generator,
-                })
+            .filter(move |&&g| flows <= LARGE_FLOWS || g == Generator::NetnsNat)
+            .flat_map(move |&generator| {
+                opts.gen_threads
+                    .iter()
+                    .filter(move |&&t| flows <= LARGE_FLOWS || t == 1)
+                    .map(move |&threads| Point::Packets {
+                        flows,
+                        threads,
+                        generator,
+                    })
             })
             .collect::<Vec<_>>()
     };
     match w {
         Workload::SmallPacket => packets(1),
-        Workload::ManyFlows => packets(opts.many_flows),
+        Workload::ManyFlows => opts.many_flows.iter().flat_map(|&f| packets(f)).collect(),
         Workload::TcpThroughput => ["snat", "dnat"]
             .iter()
             .flat_map(|&path| [1, 4].map(|streams| Point::Tcp { path, streams }))
@@ -821,7 +858,25 @@ fn machine() -> Machine {
             .trim()
             .to_owned(),
         memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        nf_conntrack_max: std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        nf_conntrack_entry_bytes: slab_object_bytes("nf_conntrack"),
+        ebpf_connection_bytes: {
+            let d = netns_user::config::EbpfNatSpec::default();
+            netns_common::memory::connection_bytes(d.flows, d.bindings)
+        },
+        ebpf_flow_bytes: netns_common::memory::FLOW_BYTES,
     }
+}
+
+/// The object size of slab cache `name` (`/proc/slabinfo`, read only).
+fn slab_object_bytes(name: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    info.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
 }
 
 /// One point for one backend (None: the generator alone), on a lab of its own.
@@ -832,7 +887,11 @@ fn measure(
     backend: Option<Backend>,
     rec: &mut Recorder,
 ) -> Result<()> {
-    let bl = BenchLab::up(backend)?;
+    let flows = match point {
+        Point::Packets { flows, .. } => flows,
+        _ => 1,
+    };
+    let bl = BenchLab::up(backend, flows)?;
     let name = backend_name(backend);
     let params = point.params(opts);
     let mut put =
@@ -928,7 +987,7 @@ fn packets(
         src: p.red_ip,
         dst: p.lan_ip,
     };
-    let max = opts.warmup + opts.duration + opts.stats_window + Duration::from_secs(2);
+    let max = warmup(opts, flows) + opts.duration + opts.stats_window + Duration::from_secs(2);
     let sending = match generator {
         Generator::NetnsNat => Sending::Own(txring::start(
             &p.red,
@@ -954,7 +1013,7 @@ fn packets(
             Sending::Trafgen(t, path)
         }
     };
-    let measured = window(opts, bl, &sink, &sending);
+    let measured = window(opts, bl, &sink, &sending, warmup(opts, flows));
     let restarts = match sending {
         Sending::Own(r) => r.stop().context("generator").map(|_| None),
         Sending::Trafgen(t, path) => {
@@ -977,6 +1036,7 @@ fn window(
     bl: &BenchLab,
     sink: &ebpf::Sink,
     sending: &Sending,
+    warmup: Duration,
 ) -> Result<(PacketRun, Option<(u64, f64)>)> {
     // trafgen only reports its total when it ends (and not at all when it had to be
     // restarted): count what red's veth took in the window instead.
@@ -991,7 +1051,7 @@ fn window(
         };
         n.map(|n| (n, Instant::now()))
     };
-    std::thread::sleep(opts.warmup);
+    std::thread::sleep(warmup);
     let s0 = sent_now();
     let (d0, _) = sink.counts()?;
     let (cpu0, t0) = (load::cpu_busy_ns(), Instant::now());
@@ -1357,6 +1417,31 @@ mod tests {
                 .keys()
                 .any(|k| k.0 == GENERATOR && k.2 == "router_ns_per_pkt")
         );
+    }
+
+    #[test]
+    fn a_large_flow_count_is_one_point_warmed_up_for_its_flows() {
+        let mut o = BenchOptions::full();
+        o.gen_threads = vec![1, 2];
+        o.many_flows = vec![65_000, 1_000_000];
+        let pts = points(&o, Workload::ManyFlows);
+        let at = |n: u32| {
+            pts.iter()
+                .filter(|p| matches!(p, Point::Packets { flows, .. } if *flows == n))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(65_000).len(), 4, "both generators, both thread counts");
+        assert_eq!(
+            at(1_000_000),
+            [Point::Packets {
+                flows: 1_000_000,
+                threads: 1,
+                generator: Generator::NetnsNat,
+            }]
+        );
+        assert_eq!(warmup(&o, 1_000_000), Duration::from_secs(20));
+        assert_eq!(warmup(&o, 1), o.warmup);
     }
 
     #[test]

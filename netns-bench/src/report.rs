@@ -100,14 +100,18 @@ fn headline_row<'a>(
     })
 }
 
-/// The headline table (markdown): per backend, the delivered rate with 1 flow and with many,
+/// The headline table (markdown): per backend, the delivered rate with 1 flow and with each
+/// count of many (and that against its own 1-flow rate: how its cost grows with the flows),
 /// the router's CPU per packet, the ratios to iptables and the share of each ceiling.
 pub fn headline(results: &Results) -> String {
-    let many = results
+    let mut many: Vec<u64> = results
         .rows
         .iter()
-        .find(|r| r.workload == "many-flows")
-        .and_then(|r| r.params["flows"].as_u64());
+        .filter(|r| r.workload == "many-flows")
+        .filter_map(|r| r.params["flows"].as_u64())
+        .collect();
+    many.sort_unstable();
+    many.dedup();
     let mut backends: Vec<&str> = results.rows.iter().map(|r| r.backend.as_str()).collect();
     backends.sort_by_key(|b| order(b));
     backends.dedup();
@@ -115,15 +119,20 @@ pub fn headline(results: &Results) -> String {
         return String::new();
     }
     let mut md = String::new();
-    let many_label = many
-        .map(|m| format!("{m} flows"))
-        .unwrap_or_else(|| "many flows".into());
+    let many_cols: String = many
+        .iter()
+        .map(|m| format!(" {m} flows: delivered (x 1 flow) |"))
+        .collect();
     let _ = writeln!(
         md,
-        "| backend | 1 flow: delivered | {many_label}: delivered | router ns/packet (1 flow) | \
+        "| backend | 1 flow: delivered |{many_cols} router ns/packet (1 flow) | \
          x iptables: rate | x iptables: router ns | of TC ceiling | of XDP ceiling |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|{}---|---|---|---|---|---|",
+        "---|".repeat(many.len())
+    );
     let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
     let pct = |x: Option<f64>| {
         x.map(|x| format!("{:.0} %", 100.0 * x))
@@ -132,14 +141,20 @@ pub fn headline(results: &Results) -> String {
     for b in backends {
         let one = headline_row(results, b, "small-packet", "delivered_pps", Some(1));
         let Some(one) = one else { continue };
-        let lots = headline_row(results, b, "many-flows", "delivered_pps", many);
+        let lots: String = many
+            .iter()
+            .map(
+                |&m| match headline_row(results, b, "many-flows", "delivered_pps", Some(m)) {
+                    Some(r) => format!(" {} ({:.2}) |", fmt_value(r.median, "pps"), r.median / one.median),
+                    None => " - |".into(),
+                },
+            )
+            .collect();
         let router = headline_row(results, b, "small-packet", "router_ns_per_pkt", Some(1));
         let _ = writeln!(
             md,
-            "| {b} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {b} | {} |{lots} {} | {} | {} | {} | {} |",
             fmt_value(one.median, "pps"),
-            lots.map(|r| fmt_value(r.median, "pps"))
-                .unwrap_or_else(|| "-".into()),
             router
                 .map(|r| format!("{:.0}", r.median))
                 .unwrap_or_else(|| "-".into()),
@@ -199,8 +214,22 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "- {} round(s) of {} s per point; in each round every backend in turn; ratio = median over rounds of (backend / iptables) in the same round\n",
+        "- {} round(s) of {} s per point; in each round every backend in turn; ratio = median over rounds of (backend / iptables) in the same round",
         results.rounds, results.duration_s
+    );
+    let m = &results.machine;
+    let known = |v: Option<u64>| v.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+    let _ = writeln!(
+        md,
+        "- memory per tracked connection: eBPF NAT {} B (its flow {} B, and both sides of a mapping of its own, with the tables' buckets); the kernel's conntrack entry {} B (slab object; its extensions and hash bucket come on top)",
+        m.ebpf_connection_bytes,
+        m.ebpf_flow_bytes,
+        known(m.nf_conntrack_entry_bytes)
+    );
+    let _ = writeln!(
+        md,
+        "- the kernel's NATs track at most {} connections (the machine's nf_conntrack_max, which a lab namespace cannot raise): many-flows points above it are theirs to drop or leave untracked\n",
+        known(m.nf_conntrack_max)
     );
     if !results.retries.is_empty() {
         let _ = writeln!(md, "- points measured twice after a failure:");

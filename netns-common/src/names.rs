@@ -67,7 +67,7 @@ pub const MAP_SINK_COUNTERS: &str = "SINK_COUNTERS";
 pub const SINK_PORT: u16 = 9;
 /// The sink counts destination ports SINK_PORT .. SINK_PORT + SINK_PORTS (flows beyond the
 /// source ports' range use the next destination port).
-pub const SINK_PORTS: u16 = 16;
+pub const SINK_PORTS: u16 = 32;
 
 /// The benchmark's bare-redirect ceilings (no NAT): TC ingress and XDP on a bridge port.
 pub const PROG_CEILING_TC: &str = "ceiling_tc_redirect";
