@@ -13,7 +13,7 @@ use netns_bench as bench;
 /// measurement point is taken for each backend in turn, round after round; results go to
 /// bench-results/<time>/ (results.json, report.md, SVG charts). Creates and removes its own
 /// labs (needs root); all traffic stays inside them and every load stops by itself. The full
-/// run takes about 40 minutes (--quick: about 2).
+/// run takes about an hour (--quick: about 2).
 #[derive(clap::Parser)]
 #[command(name = "netns-nat-bench", version)]
 struct Args {

@@ -95,7 +95,7 @@ enum Command {
     /// connection rate and latency, against the bare-redirect ceilings of the path. Every
     /// measurement point is taken for each backend in turn, round after round; results go
     /// to bench-results/<time>/ (results.json, report.md, SVG charts). Creates and removes
-    /// its own labs; the full run takes about 40 minutes (--quick: about 2).
+    /// its own labs; the full run takes about an hour (--quick: about 2).
     ///
     /// The benchmark is a program of its own, netns-nat-bench, beside this one (built by
     /// `cargo xtask build` and `cargo xtask bench`); `netns-nat bench --help` shows its
