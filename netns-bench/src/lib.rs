@@ -929,10 +929,18 @@ fn measure(
         }
         Point::Conn { client } => {
             let b = backend.context("the generator has no TCP workload")?;
-            let (rate, failed, left) = conn_rate(opts, &bl, b, client)?;
-            put("conns_per_s", "conn/s", rate);
-            put("failed", "conns", failed as f64);
-            put("conntrack_entries", "entries", left as f64);
+            let r = conn_rate(opts, &bl, b, client)?;
+            put("conns_per_s", "conn/s", r.rate);
+            put("failed", "conns", r.failed as f64);
+            put("conntrack_entries", "entries", r.left as f64);
+            if let Some(ns) = r.bpf_ns_per_conn {
+                put("bpf_ns_per_conn", "ns/conn", ns);
+            }
+            for (label, ns) in r.bpf_ns_per_run {
+                let mut p = params.clone();
+                p["program"] = json!(label);
+                rec.put(name, w, "bpf_ns_per_run", "ns/run", &p, ns);
+            }
         }
         Point::Latency => {
             let lat = latency(opts, &bl.parts)?;
@@ -1157,12 +1165,21 @@ fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: Backend, path: &str, stream
 
 /// Short HTTP connections from red to a server on lan for the run's duration. Returns
 /// connections per second, connections failed, and the conntrack entries left.
-fn conn_rate(
-    opts: &BenchOptions,
-    bl: &BenchLab,
-    b: Backend,
-    client: ConnClient,
-) -> Result<(f64, u64, usize)> {
+/// What a connection-rate point measured.
+struct ConnRun {
+    rate: f64,
+    failed: u64,
+    /// Entries the NAT still held after the run.
+    left: usize,
+    /// With the project's client: each program's run time per run, and the router's
+    /// programs' run time per connection, from a separate window with run-time statistics
+    /// on. (Not per new flow: a client's source port comes round again while the NAT still
+    /// holds the closed connection's flow, which the new one then takes over.)
+    bpf_ns_per_run: Vec<(String, f64)>,
+    bpf_ns_per_conn: Option<f64>,
+}
+
+fn conn_rate(opts: &BenchOptions, bl: &BenchLab, b: Backend, client: ConnClient) -> Result<ConnRun> {
     let p = &bl.parts;
     // Namespace-local: the whole port range for the client.
     netns::run_in(&p.red, || {
@@ -1177,16 +1194,55 @@ fn conn_rate(
             .map(|r| (r.completed as f64 / r.elapsed.as_secs_f64(), r.failed)),
         ConnClient::Wrk => wrk(opts, &p.red, to),
     };
+    // The slow path's cost: a second, shorter run with run-time statistics on (they cost
+    // every program two clock reads per run, so never while the rate is measured).
+    let mut run = ConnRun {
+        rate: 0.0,
+        failed: 0,
+        left: 0,
+        bpf_ns_per_run: Vec::new(),
+        bpf_ns_per_conn: None,
+    };
+    let stats = if client == ConnClient::NetnsNat && !opts.stats_window.is_zero() && measured.is_ok() {
+        Some(conn_stats(opts, bl, to, &mut run))
+    } else {
+        None
+    };
     let _ = server.stop();
-    let (rate, failed) = measured?;
-    if rate == 0.0 {
-        bail!("no connection completed ({failed} failed)");
+    (run.rate, run.failed) = measured?;
+    if let Some(s) = stats {
+        s?;
     }
-    let left = match (b.nat().backend(), bl.lab.nat_target()) {
+    if run.rate == 0.0 {
+        bail!("no connection completed ({} failed)", run.failed);
+    }
+    run.left = match (b.nat().backend(), bl.lab.nat_target()) {
         (Some(backend), Some(t)) => backend.live_entries(&t)?,
         _ => 0,
     };
-    Ok((rate, failed, left))
+    Ok(run)
+}
+
+/// Connections for the statistics window, and what the router's programs spent on them.
+fn conn_stats(opts: &BenchOptions, bl: &BenchLab, to: SocketAddrV4, run: &mut ConnRun) -> Result<()> {
+    let router = &bl.parts.host;
+    let stats = bpf::enable_run_time_stats()?;
+    let p0 = bpf::attached_programs(router)?;
+    let r = conn::client(&bl.parts.red, to, cpus(), 32, opts.stats_window)?;
+    let p1 = bpf::attached_programs(router)?;
+    drop(stats);
+    let r = r?;
+    let mut total_ns = 0u64;
+    for (label, dt, dn) in program_runs(&p0, &p1) {
+        total_ns += dt;
+        if dn >= 100 {
+            run.bpf_ns_per_run.push((label, dt as f64 / dn as f64));
+        }
+    }
+    if !p1.is_empty() && r.completed > 0 {
+        run.bpf_ns_per_conn = Some(total_ns as f64 / r.completed as f64);
+    }
+    Ok(())
 }
 
 /// wrk with `Connection: close` against the same server: (requests per second, errors).

@@ -243,6 +243,22 @@ fn quick_bench_writes_every_backend_and_workload() {
     for x in of("conn-rate", "failed") {
         assert_eq!(num(&x["max"]), 0.0, "failed connections: {x}");
     }
+    // The slow path's cost shows: the eBPF NAT's programs per connection and per run.
+    let per_conn = of("conn-rate", "bpf_ns_per_conn");
+    assert!(per_conn.iter().any(|x| x["backend"] == "ebpf"), "{per_conn:?}");
+    for x in per_conn {
+        assert!(num(&x["median"]) > 0.0, "{x}");
+    }
+    assert!(
+        of("conn-rate", "bpf_ns_per_run")
+            .iter()
+            .any(|x| x["backend"] == "ebpf"
+                && x["params"]["program"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("nat_egress@")),
+        "no slow-path run time in conn-rate"
+    );
     for w in ["small-packet", "many-flows"] {
         for x in of(w, "loss_pct") {
             assert!(
