@@ -484,6 +484,10 @@ fn fast_in<P: Forwarding + Context>(p: &P) -> Res<Action> {
 }
 
 #[classifier]
+#[expect(
+    clippy::redundant_closure,
+    reason = "the closure is forced inline; the function item's call shim is not"
+)]
 pub fn nat_fast_out(ctx: TcContext) -> i32 {
     // A closure forced inline: the function item's call shim is left a call of its own
     // once the step is large, and its frame then adds to the program's.
@@ -496,6 +500,10 @@ pub fn nat_fast_out(ctx: TcContext) -> i32 {
 }
 
 #[xdp]
+#[expect(
+    clippy::redundant_closure,
+    reason = "the closure is forced inline; the function item's call shim is not"
+)]
 pub fn xdp_fast_out(ctx: XdpContext) -> u32 {
     xdp_verdict(traced(
         &Xdp(ctx),

@@ -390,6 +390,28 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the NAT's tables take in the kernel's memory, now (`flows` and `binding_entries`
+/// stored, expired ones included until swept) and when full, as `status` shows it.
+pub fn table_memory(spec: &EbpfNatSpec, flows: u64, binding_entries: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let now = memory::table_bytes(memory::FLOW_BYTES, flows, spec.flows)
+        + memory::table_bytes(memory::BINDING_BYTES, binding_entries, spec.bindings);
+    let full = memory::table_bytes(memory::FLOW_BYTES, u64::from(spec.flows), spec.flows)
+        + memory::table_bytes(memory::BINDING_BYTES, u64::from(spec.bindings), spec.bindings);
+    format!(
+        "tables: {:.1} MiB now, {:.1} MiB when full ({} flows, {} binding entries); a connection \
+         with a mapping of its own takes {} B (its flow {} B, each side of the mapping {} B, \
+         with their buckets)",
+        now as f64 / MIB,
+        full as f64 / MIB,
+        spec.flows,
+        spec.bindings,
+        memory::connection_bytes(spec.flows, spec.bindings),
+        memory::FLOW_BYTES,
+        memory::BINDING_BYTES,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,26 +462,4 @@ mod tests {
             }]
         );
     }
-}
-
-/// What the NAT's tables take in the kernel's memory, now (`flows` and `binding_entries`
-/// stored, expired ones included until swept) and when full, as `status` shows it.
-pub fn table_memory(spec: &EbpfNatSpec, flows: u64, binding_entries: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let now = memory::table_bytes(memory::FLOW_BYTES, flows, spec.flows)
-        + memory::table_bytes(memory::BINDING_BYTES, binding_entries, spec.bindings);
-    let full = memory::table_bytes(memory::FLOW_BYTES, u64::from(spec.flows), spec.flows)
-        + memory::table_bytes(memory::BINDING_BYTES, u64::from(spec.bindings), spec.bindings);
-    format!(
-        "tables: {:.1} MiB now, {:.1} MiB when full ({} flows, {} binding entries); a connection \
-         with a mapping of its own takes {} B (its flow {} B, each side of the mapping {} B, \
-         with their buckets)",
-        now as f64 / MIB,
-        full as f64 / MIB,
-        spec.flows,
-        spec.bindings,
-        memory::connection_bytes(spec.flows, spec.bindings),
-        memory::FLOW_BYTES,
-        memory::BINDING_BYTES,
-    )
 }
