@@ -771,7 +771,7 @@ fn send_out<const M: u32>(t: &MemTables, payload: &[u8], reroute: impl FnOnce(&m
 }
 
 #[test]
-fn a_flow_keeps_its_next_hop_until_the_routing_changes_or_two_seconds_pass() {
+fn a_flow_keeps_its_next_hop_until_the_routing_changes_or_eight_seconds_pass() {
     let mut t = router(FAST_TC, 0, |_| {});
     open_udp(&t, 5000, 7000);
     let first = send_out::<FAST_TC>(&t, b"one", |_| {});
@@ -794,14 +794,18 @@ fn a_flow_keeps_its_next_hop_until_the_routing_changes_or_two_seconds_pass() {
     let renewed = send_out::<FAST_TC>(&t, b"three", reroute);
     assert_eq!(renewed.queries.borrow().len(), 1);
     assert_eq!(renewed.frame.bytes()[..6], moved);
-    // Unannounced again: good for two seconds at most, whatever was missed.
+    // Unannounced again: good for 7.5 to 8.6 seconds, whatever was missed.
     let back = |r: &mut Vec<Route>| r[0].hop.dst_mac = NEXT_MAC;
     assert!(send_out::<FAST_TC>(&t, b"four", back).queries.borrow().is_empty());
-    t.advance(2_200_000_000);
-    let aged = send_out::<FAST_TC>(&t, b"five", back);
+    t.advance(7_000_000_000);
+    let kept = send_out::<FAST_TC>(&t, b"five", back);
+    assert!(kept.queries.borrow().is_empty(), "still cached after 7 s");
+    assert_eq!(kept.frame.bytes()[..6], moved);
+    t.advance(1_700_000_000);
+    let aged = send_out::<FAST_TC>(&t, b"six", back);
     assert_eq!(aged.queries.borrow().len(), 1);
     assert_eq!(aged.frame.bytes()[..6], NEXT_MAC);
-    assert_eq!(t.counter(NatCounter::FastOutTc), 5);
+    assert_eq!(t.counter(NatCounter::FastOutTc), 6);
 }
 
 #[test]
