@@ -237,32 +237,30 @@ fn decrement_ttl_in_place<P: Packet>(ctx: &P, ip: &IpHdr) -> Res<()> {
     ctx.store(IP_TTL_OFF, &word).map_err(nat::malformed)
 }
 
-/// The flow's cached next hop while it holds (checked against the egress MTU as the lookup
-/// would check the packet); None when it must be looked up ([`looked_up`]).
+/// The next hop: the flow's cached one while it holds (checked against the egress MTU as
+/// the lookup would check the packet), else the kernel's FIB lookup of the query `query`
+/// makes (only then: outbound, its interface costs a table lookup of its own), returned
+/// with its MTU for [`keep_hop`] to cache once the flow is known to be this packet's.
 #[inline(always)]
-fn cached_hop<P: Forwarding>(
+fn next_hop<P: Forwarding>(
     ctx: &P,
     fc: &FastConfig,
     cache: &HopCache,
     now: u64,
-) -> Result<Option<NextHop>, Slow> {
+    query: impl FnOnce() -> FibQuery,
+) -> Result<(NextHop, Option<u16>), Slow> {
     match cache.get(fc.hop_gen, now) {
         Some((_, mtu)) if !ctx.fits(mtu) => Err(Slow::Mtu),
-        Some((hop, _)) => Ok(Some(hop)),
-        None => Ok(None),
+        Some((hop, _)) => Ok((hop, None)),
+        None => {
+            let (rc, hop, mtu) = ctx.fib_lookup(&query());
+            fib_verdict(rc)?;
+            Ok((hop, (mtu != 0).then_some(mtu)))
+        }
     }
 }
 
-/// The kernel's FIB lookup of `q`: the next hop and, for [`keep_hop`] to cache once the
-/// flow is known to be this packet's, its MTU where the hook tells it.
-#[inline(always)]
-fn looked_up<P: Forwarding>(ctx: &P, q: &FibQuery) -> Result<(NextHop, Option<u16>), Slow> {
-    let (rc, hop, mtu) = ctx.fib_lookup(q);
-    fib_verdict(rc)?;
-    Ok((hop, (mtu != 0).then_some(mtu)))
-}
-
-/// Caches a next hop [`looked_up`] found (`fresh`: its MTU) in the flow.
+/// Caches a next hop [`next_hop`] looked up (`fresh`: its MTU) in the flow.
 #[inline(always)]
 fn keep_hop(fc: &FastConfig, cache: &mut HopCache, hop: &NextHop, fresh: Option<u16>, now: u64) {
     if let Some(mtu) = fresh {
@@ -446,22 +444,22 @@ fn outbound_flow<P: Forwarding, T: FastTables>(
     let (ext_addr, ext_port) = (f.ext_addr, f.ext_port);
     // As the router routes it: from the port's bridge, through its policy rules and its
     // forwarding setting (a lookup refused by either is the kernel's to handle).
-    // (The query only on a lookup: its interface costs a table lookup of its own.)
-    let found = cached_hop(ctx, fc, &f.hops[DIR_OUT], now).and_then(|cached| match cached {
-        Some(hop) => Ok((hop, None)),
-        None => looked_up(
-            ctx,
-            &FibQuery {
-                ifindex: routed_from(t, ctx.ifindex()),
-                src: ext_addr,
-                dst: ip.dst,
-                sport: ext_port,
-                dport: p[1],
-                proto: ip.proto,
-                tot_len: u16::from_be(ip.tot_len),
-            },
-        ),
-    });
+    let found = next_hop(
+        ctx,
+        fc,
+        &f.hops[DIR_OUT],
+        now,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        || FibQuery {
+            ifindex: routed_from(t, ctx.ifindex()),
+            src: ext_addr,
+            dst: ip.dst,
+            sport: ext_port,
+            dport: p[1],
+            proto: ip.proto,
+            tot_len: u16::from_be(ip.tot_len),
+        },
+    );
     let (hop, fresh) = match found {
         Ok(h) => h,
         Err(why) => return Ok(or_slow(t, Err(why))),
@@ -560,21 +558,22 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
     // The next hop as the router has it: its FIB from the uplink (policy rules, forwarding
     // on) to the internal host, whose MAC its neighbour table knows; then the port that MAC
     // was last seen behind.
-    let found = cached_hop(ctx, fc, &f.hops[DIR_IN], now).and_then(|cached| match cached {
-        Some(hop) => Ok((hop, None)),
-        None => looked_up(
-            ctx,
-            &FibQuery {
-                ifindex: ctx.ifindex(),
-                src: ip.src,
-                dst: int.0,
-                sport: p[0],
-                dport: int.1,
-                proto: ip.proto,
-                tot_len: u16::from_be(ip.tot_len),
-            },
-        ),
-    });
+    let found = next_hop(
+        ctx,
+        fc,
+        &f.hops[DIR_IN],
+        now,
+        #[cfg_attr(target_arch = "bpf", inline(always))]
+        || FibQuery {
+            ifindex: ctx.ifindex(),
+            src: ip.src,
+            dst: int.0,
+            sport: p[0],
+            dport: int.1,
+            proto: ip.proto,
+            tot_len: u16::from_be(ip.tot_len),
+        },
+    );
     let (hop, fresh) = match found {
         Ok(h) => h,
         Err(why) => return Ok(or_slow(t, Err(why))),
