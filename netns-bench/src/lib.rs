@@ -349,6 +349,15 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Each program's run time per run (`bpf_ns_per_run`), its label as `params.program`.
+    fn put_runs(&mut self, backend: &str, w: Workload, params: &serde_json::Value, runs: Vec<(String, f64)>) {
+        for (label, ns) in runs {
+            let mut p = params.clone();
+            p["program"] = json!(label);
+            self.put(backend, w, "bpf_ns_per_run", "ns/run", &p, ns);
+        }
+    }
+
     fn put(
         &mut self,
         backend: &str,
@@ -913,11 +922,7 @@ fn measure(
             if let Some(b) = r.bpf_ns_per_pkt {
                 put("bpf_ns_per_pkt", "ns/pkt", b);
             }
-            for (label, ns) in r.bpf_ns_per_run {
-                let mut p = params.clone();
-                p["program"] = json!(label);
-                rec.put(name, w, "bpf_ns_per_run", "ns/run", &p, ns);
-            }
+            rec.put_runs(name, w, &params, r.bpf_ns_per_run);
         }
         Point::Tcp { path, streams } => {
             let b = backend.context("the generator has no TCP workload")?;
@@ -936,11 +941,7 @@ fn measure(
             if let Some(ns) = r.bpf_ns_per_conn {
                 put("bpf_ns_per_conn", "ns/conn", ns);
             }
-            for (label, ns) in r.bpf_ns_per_run {
-                let mut p = params.clone();
-                p["program"] = json!(label);
-                rec.put(name, w, "bpf_ns_per_run", "ns/run", &p, ns);
-            }
+            rec.put_runs(name, w, &params, r.bpf_ns_per_run);
         }
         Point::Latency => {
             let lat = latency(opts, &bl.parts)?;
@@ -1081,19 +1082,15 @@ fn window(
         generator_restarts: None,
     };
     if !opts.stats_window.is_zero() {
-        // Run-time statistics cost every program two clock reads per run: they are on in
-        // this separate window only, never while packets and CPU are counted.
-        let router = &bl.parts.host;
-        let stats = bpf::enable_run_time_stats()?;
-        let p0 = bpf::attached_programs(router)?;
-        let (s0, _) = sink.counts()?;
-        std::thread::sleep(opts.stats_window);
-        let p1 = bpf::attached_programs(router)?;
-        let (s1, _) = sink.counts()?;
-        drop(stats);
-        let pkts = s1.saturating_sub(s0).max(1) as f64;
+        let (runs, any, sunk) = with_run_time_stats(&bl.parts.host, || -> Result<u64> {
+            let (s0, _) = sink.counts()?;
+            std::thread::sleep(opts.stats_window);
+            let (s1, _) = sink.counts()?;
+            Ok(s1.saturating_sub(s0))
+        })?;
+        let pkts = sunk?.max(1) as f64;
         let mut total_ns = 0u64;
-        for (label, dt, dn) in program_runs(&p0, &p1) {
+        for (label, dt, dn) in runs {
             total_ns += dt;
             // A program that ran only a handful of times (the reverse direction of a one-way
             // load) reports cold-cache outliers, not a cost per packet: leave it out.
@@ -1101,7 +1098,7 @@ fn window(
                 run.bpf_ns_per_run.push((label, dt as f64 / dn as f64));
             }
         }
-        if !p1.is_empty() {
+        if any {
             run.bpf_ns_per_pkt = Some(total_ns as f64 / pkts);
         }
     }
@@ -1225,21 +1222,18 @@ fn conn_rate(opts: &BenchOptions, bl: &BenchLab, b: Backend, client: ConnClient)
 
 /// Connections for the statistics window, and what the router's programs spent on them.
 fn conn_stats(opts: &BenchOptions, bl: &BenchLab, to: SocketAddrV4, run: &mut ConnRun) -> Result<()> {
-    let router = &bl.parts.host;
-    let stats = bpf::enable_run_time_stats()?;
-    let p0 = bpf::attached_programs(router)?;
-    let r = conn::client(&bl.parts.red, to, cpus(), 32, opts.stats_window)?;
-    let p1 = bpf::attached_programs(router)?;
-    drop(stats);
-    let r = r?;
+    let (runs, any, r) = with_run_time_stats(&bl.parts.host, || {
+        conn::client(&bl.parts.red, to, cpus(), 32, opts.stats_window)
+    })?;
+    let r = r??;
     let mut total_ns = 0u64;
-    for (label, dt, dn) in program_runs(&p0, &p1) {
+    for (label, dt, dn) in runs {
         total_ns += dt;
         if dn >= 100 {
             run.bpf_ns_per_run.push((label, dt as f64 / dn as f64));
         }
     }
-    if !p1.is_empty() && r.completed > 0 {
+    if any && r.completed > 0 {
         run.bpf_ns_per_conn = Some(total_ns as f64 / r.completed as f64);
     }
     Ok(())
@@ -1348,11 +1342,27 @@ pub fn results_dir(root: &std::path::Path, started_unix: u64) -> PathBuf {
     ))
 }
 
+/// Per program: (label, run time in ns, runs).
+type ProgramRunTimes = Vec<(String, u64, u64)>;
+
+/// What the router's programs ran while `during` ran, with run-time statistics on only
+/// then (they cost every program two clock reads per run, so never while rates and CPU are
+/// counted): each program's (label, run time, runs), whether any program is attached, and
+/// what `during` returned.
+fn with_run_time_stats<R>(router: &str, during: impl FnOnce() -> R) -> Result<(ProgramRunTimes, bool, R)> {
+    let stats = bpf::enable_run_time_stats()?;
+    let p0 = bpf::attached_programs(router)?;
+    let r = during();
+    let p1 = bpf::attached_programs(router)?;
+    drop(stats);
+    Ok((program_runs(&p0, &p1), !p1.is_empty(), r))
+}
+
 /// What each program ran between two readings of the attached programs: (label, run time,
 /// runs). A program's statistics are its own, however many interfaces it is attached to, so
 /// a program attached twice (`nat_fast_out` on each bridge port) is one entry, labelled with
 /// every attachment (`name@a:hook+b:hook`), and its run time is counted once.
-fn program_runs(before: &[ProgramRuns], after: &[ProgramRuns]) -> Vec<(String, u64, u64)> {
+fn program_runs(before: &[ProgramRuns], after: &[ProgramRuns]) -> ProgramRunTimes {
     let mut out: Vec<(u32, String, u64, u64)> = Vec::new();
     for b in after {
         let Some(a) = before.iter().find(|a| a.id == b.id && a.label == b.label) else {
