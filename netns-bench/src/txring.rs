@@ -4,6 +4,12 @@
 //! generator a 60-byte copy and a share of a system call; the kernel's transmit path (and,
 //! on veth, the whole receive path behind it) is what the CPU spends its time on.
 //!
+//! Each frame goes with a `virtio_net_hdr` (`PACKET_VNET_HDR`) whose `hdr_len` asks the
+//! kernel to copy the frame's first [`LINEAR_BYTES`] into the skb's linear part: without it
+//! the ring leaves everything after the Ethernet header in the ring's pages, and every hop
+//! that reads or writes the IP or L4 header first pulls it (a copy) and, across a namespace,
+//! copies the pages. A socket's small packets, and a driver's, arrive linear; so do these.
+//!
 //! One thread per requested CPU, each pinned, each with its own socket and ring; the flows
 //! are dealt out among the threads. Every thread stops at its deadline whatever happens.
 
@@ -30,6 +36,18 @@ const DATA_OFF: usize = 32;
 const RING_FRAMES: usize = 4096;
 /// Frames handed to the kernel per send(2).
 const BATCH: usize = 512;
+/// `struct virtio_net_hdr` (no GSO, no checksum offload), before each frame.
+const VNET_HDR: usize = 10;
+/// How much of each frame goes into the skb's linear part: a small frame whole, a large
+/// one's headers.
+const LINEAR_BYTES: usize = 128;
+
+/// The `virtio_net_hdr` of a frame of `len` bytes: only `hdr_len` set (little-endian, as
+/// the kernel reads it on this little-endian machine's legacy virtio layout).
+fn vnet_hdr(len: usize) -> [u8; VNET_HDR] {
+    let hdr_len = (len.min(LINEAR_BYTES) as u16).to_le_bytes();
+    [0, 0, hdr_len[0], hdr_len[1], 0, 0, 0, 0, 0, 0]
+}
 
 /// What to send, from where.
 #[derive(Clone, Debug)]
@@ -164,13 +182,15 @@ impl TxRing {
             libc::PACKET_QDISC_BYPASS,
             &1 as &libc::c_int,
         )?;
+        // Before the ring: the kernel refuses it once a ring is set up.
+        setsockopt(&sock, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1 as &libc::c_int)?;
         // A send(2) that waits for its frames' completion must not wait for ever.
         let timeout = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
         };
         setsockopt(&sock, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &timeout)?;
-        let frame_size = (DATA_OFF + max_len).next_power_of_two().max(128);
+        let frame_size = (DATA_OFF + VNET_HDR + max_len).next_power_of_two().max(128);
         let block_size = 1 << 16;
         let req = libc::tpacket_req {
             tp_block_size: block_size as u32,
@@ -256,11 +276,14 @@ impl TxRing {
                     break;
                 }
                 let f = &frames[flow];
+                let vnet = vnet_hdr(f.len());
                 // Safety: the frame slot is ours (status available) and frame_size >=
-                // DATA_OFF + the longest frame, so the copy stays inside the slot.
+                // DATA_OFF + VNET_HDR + the longest frame, so the copies stay inside the slot.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(f.as_ptr(), h.cast::<u8>().add(DATA_OFF), f.len());
-                    (*h).tp_len = f.len() as u32;
+                    let data = h.cast::<u8>().add(DATA_OFF);
+                    std::ptr::copy_nonoverlapping(vnet.as_ptr(), data, VNET_HDR);
+                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.add(VNET_HDR), f.len());
+                    (*h).tp_len = (VNET_HDR + f.len()) as u32;
                     fence(Ordering::Release);
                     std::ptr::write_volatile(&mut (*h).tp_status, libc::TP_STATUS_SEND_REQUEST);
                 }
