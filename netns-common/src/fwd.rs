@@ -157,6 +157,45 @@ impl FdbEntry {
     pub const fn bridge_due(&self, now: u64, refresh_ns: u64) -> bool {
         refresh_ns != 0 && now.saturating_sub(self.bridged_ns) >= refresh_ns
     }
+    /// Until when frames from the address need not look at the entry: its age is written
+    /// every `seen_every_ns` and the bridge is due every `refresh_ns` (never with 0).
+    pub const fn quiet_until(&self, seen_every_ns: u64, refresh_ns: u64) -> u64 {
+        let seen = self.seen_ns.saturating_add(seen_every_ns);
+        if refresh_ns == 0 {
+            return seen;
+        }
+        let bridged = self.bridged_ns.saturating_add(refresh_ns);
+        if bridged < seen { bridged } else { seen }
+    }
+}
+
+/// One CPU's note of the last frame the fast path learned from: its source MAC `mac` was
+/// behind `port` in the FDB with nothing to write there before `until_ns`, as of FDB
+/// generation `fdb_gen` (moved on by every entry added or moved) and fast-path configuration
+/// generation `config_gen`. While all of that holds, a frame from `mac` on `port` needs no
+/// FDB lookup: a busy host costs one a second instead of one a frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnHint {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+    /// 0: no note (ports are never 0).
+    pub port: u32,
+    pub config_gen: u32,
+    pub fdb_gen: u64,
+    pub until_ns: u64,
+}
+
+impl LearnHint {
+    /// Whether a frame from `mac` on `port` at `now` may skip the FDB lookup.
+    #[inline(always)]
+    pub fn covers(&self, mac: &[u8; 6], port: u32, config_gen: u32, fdb_gen: u64, now: u64) -> bool {
+        self.port == port
+            && now < self.until_ns
+            && self.fdb_gen == fdb_gen
+            && self.config_gen == config_gen
+            && self.mac == *mac
+    }
 }
 
 /// One of the router's fast-path ports (and the uplink), as the kernel has it: kept by the

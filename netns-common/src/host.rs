@@ -15,7 +15,7 @@ use std::{
 use crate::{
     counters::{Counter, Direction, NatCounter},
     fast::{FastTables, FibQuery, Forwarding},
-    fwd::{FAST_XDP, FORWARDABLE_SLACK, FastConfig, FdbEntry, MacKey, NextHop, PortState},
+    fwd::{FAST_XDP, FORWARDABLE_SLACK, FastConfig, FdbEntry, LearnHint, MacKey, NextHop, PortState},
     nat::MAX_PORT_TRIES,
     nat::{
         Binding, BindingKey, Flow, FlowKey, FragKey, FragPorts, HELD_BYTES, HeldFrag, HeldKey, NatConfig,
@@ -164,6 +164,12 @@ pub struct MemTables {
     pub ports: RefCell<HashMap<u32, PortState>>,
     /// Where internal MAC addresses were last seen.
     pub fdb: RefCell<HashMap<MacKey, FdbEntry>>,
+    /// FDB lookups so far (tests count them).
+    pub fdb_lookups: Cell<u32>,
+    fdb_gen: Cell<u64>,
+    /// Which CPU's [`LearnHint`] the fast path uses (tests play two CPUs).
+    pub cpu: Cell<usize>,
+    hints: RefCell<[LearnHint; 2]>,
     uplink: RefCell<[u64; Counter::COUNT as usize]>,
 }
 
@@ -189,6 +195,10 @@ impl MemTables {
             fast: None,
             ports: RefCell::default(),
             fdb: RefCell::default(),
+            fdb_lookups: Cell::new(0),
+            fdb_gen: Cell::new(0),
+            cpu: Cell::new(0),
+            hints: RefCell::default(),
             uplink: RefCell::default(),
         }
     }
@@ -507,11 +517,21 @@ impl FastTables for MemTables {
     }
 
     fn with_fdb<R>(&self, mac: &MacKey, f: impl FnOnce(&mut FdbEntry) -> R) -> Option<R> {
+        self.fdb_lookups.set(self.fdb_lookups.get() + 1);
         self.fdb.borrow_mut().get_mut(mac).map(f)
     }
 
     fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry) {
         self.fdb.borrow_mut().insert(*mac, *e);
+        self.fdb_gen.set(self.fdb_gen.get() + 1);
+    }
+
+    fn fdb_generation(&self) -> u64 {
+        self.fdb_gen.get()
+    }
+
+    fn with_learn_hint<R>(&self, f: impl FnOnce(&mut LearnHint) -> R) -> Option<R> {
+        Some(f(&mut self.hints.borrow_mut()[self.cpu.get()]))
     }
 
     fn count_uplink(&self, dir: Direction, bytes: u64) {

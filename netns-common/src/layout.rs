@@ -12,8 +12,9 @@ use crate::{
 };
 
 /// Bumped whenever a pinned key or value changes meaning without changing size (a field
-/// reordered or reinterpreted, a flag bit reused, a counter slot renamed).
-pub const LAYOUT_VERSION: u64 = 2;
+/// reordered or reinterpreted, a flag bit reused, a counter slot renamed) or a pinned map
+/// is added (3: `NAT_FDB_GEN`).
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// The stamp of this build: [`LAYOUT_VERSION`] and the size of every pinned key, value and
 /// counter array.

@@ -37,6 +37,8 @@ pub const MAP_NAT_FLOWS: &str = "NAT_FLOWS";
 pub const MAP_FAST_CONFIG: &str = "FAST_CONFIG";
 /// LRU hash of a MAC address ([`crate::fwd::MacKey`]) to its [`crate::fwd::FdbEntry`].
 pub const MAP_NAT_FDB: &str = "NAT_FDB";
+/// Array of one u64: the FDB generation (see [`crate::fwd::LearnHint`]).
+pub const MAP_NAT_FDB_GEN: &str = "NAT_FDB_GEN";
 /// Hash of a fast-path port's ifindex to its [`crate::fwd::PortState`].
 pub const MAP_NAT_PORTS: &str = "NAT_PORTS";
 /// DEVMAP_HASH of the router's fast-path ports by ifindex (XDP redirects).
@@ -98,6 +100,7 @@ pub const NAT_MAPS: &[&str] = &[
     MAP_NAT_FLOWS,
     MAP_FAST_CONFIG,
     MAP_NAT_FDB,
+    MAP_NAT_FDB_GEN,
     MAP_NAT_PORTS,
     MAP_NAT_DEVMAP,
     MAP_NAT_FRAGS,

@@ -19,7 +19,7 @@ use aya_log_ebpf::info;
 use netns_common::{
     counters::{Counter, Direction, NatCounter},
     fast::FastTables,
-    fwd::{FastConfig, FdbEntry, MacKey, PortState},
+    fwd::{FastConfig, FdbEntry, LearnHint, MacKey, PortState},
     nat::{
         Binding, BindingKey, FLOW_STATE_WORD, Flow, FlowKey, FragKey, FragPorts, HeldFrag, HeldKey,
         MAX_PORT_TRIES, NatConfig, PROTO_TCP, PROTO_UDP, RemoteRate, WireAddr, WirePort,
@@ -61,6 +61,14 @@ pub static FAST_CONFIG: Array<FastConfig> = Array::with_max_entries(1, 0);
 /// forgets the quietest host rather than refusing a new one.
 #[map(name = "NAT_FDB")]
 pub static NAT_FDB: LruHashMap<MacKey, FdbEntry> = LruHashMap::with_max_entries(4096, 0);
+
+/// Moved on by every FDB entry added or moved (see [`netns_common::fwd::LearnHint`]).
+#[map(name = "NAT_FDB_GEN")]
+pub static NAT_FDB_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Each CPU's [`LearnHint`].
+#[map(name = "NAT_LEARN_HINT")]
+pub static NAT_LEARN_HINT: PerCpuArray<LearnHint> = PerCpuArray::with_max_entries(1, 0);
 
 /// The fast-path ports and the uplink, by ifindex: their bridge and whether they are up
 /// (the loader and the agent keep it).
@@ -603,6 +611,24 @@ impl FastTables for Maps {
     #[inline(always)]
     fn insert_fdb(&self, mac: &MacKey, e: &FdbEntry) {
         let _ = NAT_FDB.insert(mac, e, 0);
+        if let Some(g) = NAT_FDB_GEN.get_ptr_mut(0) {
+            // Safety: a valid, aligned u64 of a map; atomic, as other CPUs move it too.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(g, 1) };
+        }
+    }
+
+    #[inline(always)]
+    fn fdb_generation(&self) -> u64 {
+        // Safety: a pointer from a successful lookup of an array element.
+        NAT_FDB_GEN
+            .get_ptr(0)
+            .map_or(0, |g| unsafe { core::ptr::read_volatile(g) })
+    }
+
+    #[inline(always)]
+    fn with_learn_hint<R>(&self, f: impl FnOnce(&mut LearnHint) -> R) -> Option<R> {
+        // Safety: this CPU's element; nothing else runs on this CPU while the program does.
+        NAT_LEARN_HINT.get_ptr_mut(0).map(|h| f(unsafe { &mut *h }))
     }
 
     #[inline(always)]

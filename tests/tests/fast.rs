@@ -690,6 +690,75 @@ fn a_host_is_learned_behind_its_port_and_followed_when_it_moves() {
 }
 
 #[test]
+fn a_busy_host_costs_each_cpu_one_fdb_lookup_a_second() {
+    let t = router(FAST_TC, 0, |_| {});
+    open_udp(&t, 5000, 7000);
+    let send = || {
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+    };
+    let before = t.fdb_lookups.get();
+    for _ in 0..100 {
+        send();
+    }
+    // The first frame finds no entry and adds one; the second finds it and notes it for
+    // the rest.
+    assert_eq!(
+        t.fdb_lookups.get() - before,
+        2,
+        "lookups for 100 frames in a second"
+    );
+    t.advance(SEC);
+    send();
+    send();
+    assert_eq!(t.fdb_lookups.get() - before, 3, "a second later, one more");
+    t.cpu.set(1);
+    send();
+    send();
+    assert_eq!(t.fdb_lookups.get() - before, 4, "another CPU has its own note");
+}
+
+#[test]
+fn a_host_that_moves_away_and_back_within_a_second_is_followed_whatever_the_cpu() {
+    let t = router(FAST_TC, 0, |_| {});
+    let ext = open_udp(&t, 5000, 7000);
+    let send_out = |cpu: usize, port: u32| {
+        t.cpu.set(cpu);
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), port, LAN);
+        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+    };
+    let send_in = || {
+        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
+        assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
+        h.redirected.get().map(|(port, _)| port)
+    };
+    // CPU 0 notes the host behind port A; CPU 1 sees it move to B; back on A, CPU 0's note
+    // is stale and the host is learned again.
+    send_out(0, PORT_A);
+    send_out(0, PORT_A);
+    send_out(1, PORT_B);
+    assert_eq!(send_in(), Some(PORT_B));
+    send_out(0, PORT_A);
+    assert_eq!(send_in(), Some(PORT_A), "the host came back to port A");
+}
+
+#[test]
+fn a_host_that_keeps_sending_stays_in_the_fdb() {
+    let t = router(FAST_TC, 0, |_| {});
+    let ext = open_udp(&t, 5000, 7000);
+    // Frames every half second for well past the FDB's freshness (30 s): each second one
+    // of them writes the entry's age.
+    for _ in 0..100 {
+        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+        t.advance(SEC / 2);
+    }
+    let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
+    assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
+    assert_eq!(h.redirected.get().map(|(port, _)| port), Some(PORT_A));
+}
+
+#[test]
 fn the_bridge_sees_a_new_host_and_then_each_host_again_every_refresh_period() {
     let refresh = 10 * SEC;
     let t = router(FAST_TC, refresh, |_| {});

@@ -12,7 +12,7 @@ use netns_common::{
     fwd::{FastConfig, FdbEntry, MacKey, PortState},
     names::{
         MAP_FAST_CONFIG, MAP_NAT_BINDINGS, MAP_NAT_CONFIG, MAP_NAT_COUNTERS, MAP_NAT_DEVMAP, MAP_NAT_FDB,
-        MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_NAT_PORTS,
+        MAP_NAT_FDB_GEN, MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_NAT_PORTS,
     },
     nat::{Binding, BindingKey, Flow, FlowKey, NatConfig, WireAddr},
     translate::pair::{self, BindingStore, PairError, StoreError},
@@ -189,7 +189,14 @@ impl NatMaps {
     pub fn set_fdb(&self, mac: [u8; 6], entry: FdbEntry) -> Result<()> {
         let mut fdb: HashMap<MapData, MacKey, FdbEntry> = typed(&self.dir, MAP_NAT_FDB)?;
         fdb.insert(MacKey::of(mac), entry, 0)
-            .map_err(self.err(MAP_NAT_FDB))
+            .map_err(self.err(MAP_NAT_FDB))?;
+        // Moves the FDB generation to a value no CPU has noted (the programs add 1; this
+        // adds 2^32, so a racing program's add, lost here, still leaves every note stale).
+        let mut generation: Array<MapData, u64> = typed(&self.dir, MAP_NAT_FDB_GEN)?;
+        let now = generation.get(&0, 0).map_err(self.err(MAP_NAT_FDB_GEN))?;
+        generation
+            .set(0, now.wrapping_add(1 << 32), 0)
+            .map_err(self.err(MAP_NAT_FDB_GEN))
     }
 
     /// The fast path's port table, by ifindex.
