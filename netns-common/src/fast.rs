@@ -56,6 +56,9 @@ pub trait Forwarding: Packet {
     const MODE: u32;
     /// Whether the hook knows a packet's checksum offload state (an skb does; XDP does not).
     const SEES_OFFLOAD: bool;
+    /// Whether the hook can hand a packet to a bridge's own transmit, which forwards it by
+    /// the bridge's FDB (TC can; XDP cannot: a bridge has no XDP transmit).
+    const REACHES_BRIDGES: bool;
     /// The kernel's FIB lookup: its `BPF_FIB_LKUP_RET_*` answer and, on success, the next
     /// hop (returned whole rather than filled in, so that nothing is zeroed first) and the
     /// egress interface's MTU where the hook's lookup gives it (0 where not: XDP, whose
@@ -200,27 +203,40 @@ fn routed_from<T: FastTables>(t: &T, ifindex: u32) -> u32 {
     }
 }
 
-/// The port to hand a packet for internal host MAC `mac`, routed to `via` (a bridge, or a
-/// port of the router's): the port itself, or the bridge port the host was last seen behind,
-/// if that port is up and still the bridge's.
+/// Where to hand a packet for internal host MAC `mac`, routed to `via` (a bridge, or a
+/// port of the router's), and whether that is a port (true: the packet may go straight to
+/// its peer) or the bridge itself: the port itself; the bridge port the host was last seen
+/// behind, if that port is up and still the bridge's; or, where the fast path has not seen
+/// the host lately (a host that only receives sends it nothing) and the hook can, the
+/// bridge's own transmit, which forwards by the bridge's FDB as the slow path would.
 #[inline(always)]
-fn port_for<T: FastTables>(t: &T, via: u32, mac: &[u8; 6], now: u64) -> Result<u32, Slow> {
+fn port_for<P: Forwarding, T: FastTables>(
+    t: &T,
+    via: u32,
+    mac: &[u8; 6],
+    now: u64,
+) -> Result<(u32, bool), Slow> {
     match t.port(via) {
         Some(p) if p.flags & PORT_BRIDGE != 0 => {}
-        Some(p) if p.master == 0 && p.flags & PORT_UP != 0 => return Ok(via),
+        Some(p) if p.master == 0 && p.flags & PORT_UP != 0 => return Ok((via, true)),
         Some(p) if p.master == 0 => return Err(Slow::Policy),
         // A port of a bridge itself, or one the table does not know.
         _ => return Err(Slow::NoNeighbour),
     }
+    let unseen = if P::REACHES_BRIDGES {
+        Ok((via, false))
+    } else {
+        Err(Slow::NoNeighbour)
+    };
     let Some(e) = t.fdb(&MacKey::of(*mac)) else {
-        return Err(Slow::NoNeighbour);
+        return unseen;
     };
     if !e.fresh(now) {
-        return Err(Slow::NoNeighbour);
+        return unseen;
     }
     let port = e.ifindex;
     match t.port(port) {
-        Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok(port),
+        Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok((port, true)),
         // Down, or no longer this bridge's: the bridge would not send it there.
         Some(_) => Err(Slow::Policy),
         None => Err(Slow::NoNeighbour),
@@ -604,8 +620,8 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         Ok(h) => h,
         Err(why) => return Ok(or_slow(t, Err(why))),
     };
-    let port = match port_for(t, hop.ifindex, &hop.dst_mac, now) {
-        Ok(port) => port,
+    let (port, to_port) = match port_for::<P, T>(t, hop.ifindex, &hop.dst_mac, now) {
+        Ok(found) => found,
         Err(why) => return Ok(or_slow(t, Err(why))),
     };
     match ctx.check_mtu(port) {
@@ -614,7 +630,7 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         ENODEV => return Ok(or_slow(t, Err(Slow::Redirect))),
         _ => return Ok(or_slow(t, Err(Slow::Mtu))),
     }
-    let peer = fc.flags & PEER_PORTS != 0;
+    let peer = to_port && fc.flags & PEER_PORTS != 0;
     if let Err(why) = prepare_redirect(ctx, port, peer) {
         return Ok(or_slow(t, Err(why)));
     }

@@ -621,6 +621,7 @@ impl<const MODE: u32> Packet for AtHook<MODE> {
 impl<const MODE: u32> Forwarding for AtHook<MODE> {
     const MODE: u32 = MODE;
     const SEES_OFFLOAD: bool = MODE != FAST_XDP;
+    const REACHES_BRIDGES: bool = MODE != FAST_XDP;
 
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         self.queries.borrow_mut().push(*q);

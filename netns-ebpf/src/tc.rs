@@ -100,6 +100,7 @@ impl Context for Tc {
 impl Forwarding for Tc {
     const MODE: u32 = FAST_TC;
     const SEES_OFFLOAD: bool = true;
+    const REACHES_BRIDGES: bool = true;
 
     #[inline(always)]
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
@@ -219,6 +220,7 @@ impl Context for TcDirect {
 impl Forwarding for TcDirect {
     const MODE: u32 = FAST_TC;
     const SEES_OFFLOAD: bool = true;
+    const REACHES_BRIDGES: bool = true;
 
     #[inline(always)]
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {

@@ -481,20 +481,6 @@ fn cases() -> Vec<Case> {
             setup: |_, _, _, _, k| k.refuse_redirect = true,
         },
         Case {
-            name: "host not seen lately",
-            outbound: false,
-            tcp: false,
-            want: NatCounter::SlowNoNeighbour,
-            setup: |t, _, _, _, _| t.advance(31 * SEC),
-        },
-        Case {
-            name: "host unknown",
-            outbound: false,
-            tcp: false,
-            want: NatCounter::SlowNoNeighbour,
-            setup: |t, _, _, _, _| t.fdb.borrow_mut().clear(),
-        },
-        Case {
             name: "port down",
             outbound: false,
             tcp: false,
@@ -756,6 +742,48 @@ fn a_host_that_keeps_sending_stays_in_the_fdb() {
     let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
     assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
     assert_eq!(h.redirected.get().map(|(port, _)| port), Some(PORT_A));
+}
+
+#[test]
+fn a_host_the_fast_path_has_not_seen_gets_its_packets_through_the_bridge_at_tc_and_the_slow_path_in_xdp() {
+    fn inbound<const M: u32>(
+        forget: impl FnOnce(&MemTables),
+    ) -> (Result<Action, Drop>, Option<(u32, bool)>, u64) {
+        let t = router(M, 0, |c| c.timeouts.udp_ns = 300 * SEC);
+        let ext = open_udp(&t, 5000, 7000);
+        let h: AtHook<M> = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+        forget(&t);
+        let h: AtHook<M> = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
+        let verdict = fast::inbound(&h, &t);
+        if verdict == Ok(Action::Redirect) {
+            // Translated as on any fast-path redirect, addressed to the host.
+            let (dst_mac, _, ip) = packet::parse_frame(&h.frame.bytes()).expect("an IPv4 frame");
+            assert_eq!(dst_mac, HOST_MAC);
+            assert_eq!(ip.header.dst, BLUE);
+            assert!(ip.header_ok && ip.l4_checksum_ok());
+        }
+        (
+            verdict,
+            h.redirected.get(),
+            t.counter(NatCounter::SlowNoNeighbour),
+        )
+    }
+    let unknown = |t: &MemTables| t.fdb.borrow_mut().clear();
+    // Seen 31 s ago: older than the FDB's freshness (the flow's timeout is longer).
+    let stale = |t: &MemTables| t.advance(31 * SEC);
+    for (what, forget) in [("unknown", unknown as fn(&MemTables)), ("not seen lately", stale)] {
+        assert_eq!(
+            inbound::<FAST_TC>(forget),
+            (Ok(Action::Redirect), Some((BRIDGE, false)), 0),
+            "TC, host {what}: to the bridge's own transmit, not a port's peer"
+        );
+        assert_eq!(
+            inbound::<FAST_XDP>(forget),
+            (Ok(Action::Pass), None, 1),
+            "XDP, host {what}: the slow path"
+        );
+    }
 }
 
 #[test]

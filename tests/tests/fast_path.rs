@@ -17,7 +17,7 @@ use netns_tests::{
 };
 use netns_user::{
     bpf::NatMaps,
-    config::{FastPath, LabConfig},
+    config::{FastPath, ForwardSpec, L4Proto, LabConfig},
     nat::NatKind,
     probe,
     sys::ethtool::{self, Offload},
@@ -124,6 +124,57 @@ fn established_udp_takes_the_fast_path_both_ways(mode: FastPath) {
     assert_eq!((f2.packets_out, f2.packets_in), (55, 55), "{f2:?}");
 }
 netns_tests::modes!(established_udp_takes_the_fast_path_both_ways);
+
+/// A host behind a port forward that only receives sends the router nothing, so the fast
+/// path never learns behind which bridge port it sits: at TC its inbound packets still skip
+/// routing, handed to the bridge's own transmit, which knows the port (from the host's ARP
+/// replies) as it would on the slow path. Before, each of them took the slow path.
+#[test]
+fn a_host_that_only_receives_gets_its_inbound_packets_through_the_bridge_on_the_fast_path() {
+    if !privileged("fast_receive_only") {
+        return;
+    }
+    let mut cfg = LabConfig::reference();
+    let nat = cfg.nat.as_mut().expect("the reference lab has NAT");
+    nat.ebpf.fast_path = FastPath::Tc;
+    nat.forwards.push(ForwardSpec {
+        protocol: L4Proto::Udp,
+        port: 7200,
+        to: SocketAddrV4::new(BLUE, 7200),
+    });
+    let g = LabGuard::up_with(&cfg, "frcv", NatKind::Ebpf);
+    let rx = in_ns(&g.lab.ns("blue"), || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7200)).unwrap()
+    });
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let send = |from: usize, n: usize| {
+        in_ns(&g.lab.ns("lan"), || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 42100)).unwrap();
+            for i in from..from + n {
+                s.send_to(format!("to blue {i}").as_bytes(), SocketAddrV4::new(EXT, 7200))
+                    .unwrap();
+            }
+        })
+    };
+    let receive = |from: usize, n: usize| {
+        let mut buf = [0u8; 256];
+        for i in from..from + n {
+            let (len, src) = rx.recv_from(&mut buf).expect("a datagram for blue");
+            assert_eq!(&buf[..len], format!("to blue {i}").as_bytes());
+            assert_eq!(src, std::net::SocketAddr::from((LAN, 42100)));
+        }
+    };
+    // The first datagram makes the flow on the slow path (and the router resolves blue).
+    send(0, 1);
+    receive(0, 1);
+    let c0 = counters(g.prefix());
+    send(1, 30);
+    receive(1, 30);
+    let c1 = counters(g.prefix());
+    assert_eq!(delta(&c0, &c1, "fast_in_tc"), 30, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "slow_no_neighbour"), 0, "{c1:?}");
+    assert_eq!(delta(&c0, &c1, "in_udp"), 0, "{c1:?}");
+}
 
 /// The fast path's next-hop generation of the lab (see `HopCache`).
 fn hop_gen(g: &LabGuard) -> u32 {
