@@ -31,11 +31,11 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 
-use netns_common::fwd::NextHop;
+use netns_common::{fwd::NextHop, names::SINK_PORT};
 
 use netns_user::{
     bpf::{self, ProgramRuns},
-    config::{FastPath, LabConfig},
+    config::{FastPath, ForwardSpec, L4Proto, LabConfig},
     lab::{self, Lab},
     nat::NatKind,
     sys::netlink,
@@ -188,15 +188,19 @@ pub enum Workload {
     ConnRate,
     /// UDP request/response round trips at a low rate.
     Latency,
+    /// 60-byte UDP lan -> the uplink's UDP port forward -> blue at full rate, one flow: the
+    /// inbound fast path (its ceilings redirect from the uplink to blue's bridge port).
+    Inbound,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::SmallPacket,
         Workload::ManyFlows,
         Workload::TcpThroughput,
         Workload::ConnRate,
         Workload::Latency,
+        Workload::Inbound,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -205,6 +209,7 @@ impl Workload {
             Workload::TcpThroughput => "tcp-throughput",
             Workload::ConnRate => "conn-rate",
             Workload::Latency => "latency",
+            Workload::Inbound => "inbound",
         }
     }
 }
@@ -449,30 +454,48 @@ struct Parts {
     /// red's MAC and its gateway's (the bridge's): the load's frames carry them.
     red_mac: [u8; 6],
     gateway_mac: [u8; 6],
+    /// lan0's and the uplink's: the inbound load's frames carry them.
+    lan_mac: [u8; 6],
+    uplink_mac: [u8; 6],
     /// Where the ceilings send the load: the uplink, with lan0's MAC.
     uplink_hop: NextHop,
+    /// Where the inbound ceilings send it: blue's bridge port, with blue's MAC.
+    blue_hop: NextHop,
 }
 
 impl Parts {
     fn of(lab: &Lab) -> Result<Parts> {
         let (red, host, lan) = (lab.ns("red"), lab.ns("host"), lab.ns("lan"));
         let red_mac = netlink::in_ns(&red, |r| async move { r.link("veth-red").await })?.mac;
-        let (gw, uplink) = netlink::in_ns(&host, |r| async move {
-            Ok((r.link("v-net-0").await?, r.link("uplink").await?))
+        let (gw, uplink, blue_port) = netlink::in_ns(&host, |r| async move {
+            Ok((
+                r.link("v-net-0").await?,
+                r.link("uplink").await?,
+                r.link("veth-blue-br").await?,
+            ))
         })?;
         let lan0 = netlink::in_ns(&lan, |r| async move { r.link("lan0").await })?;
+        let blue = lab.ns("blue");
+        let blue_mac = netlink::in_ns(&blue, |r| async move { r.link("veth-blue").await })?.mac;
         Ok(Parts {
-            blue: lab.ns("blue"),
+            blue,
             red_ip: Ipv4Addr::new(192, 168, 15, 1),
             lan_ip: Ipv4Addr::new(192, 168, 1, 3),
             blue_ip: Ipv4Addr::new(192, 168, 15, 2),
             uplink_ip: Ipv4Addr::new(192, 168, 1, 2),
             red_mac,
             gateway_mac: gw.mac,
+            lan_mac: lan0.mac,
+            uplink_mac: uplink.mac,
             uplink_hop: NextHop {
                 ifindex: uplink.index,
                 src_mac: uplink.mac,
                 dst_mac: lan0.mac,
+            },
+            blue_hop: NextHop {
+                ifindex: blue_port.index,
+                src_mac: gw.mac,
+                dst_mac: blue_mac,
             },
             red,
             host,
@@ -537,9 +560,10 @@ impl Drop for Tracer {
 
 impl BenchLab {
     /// The lab of `backend` (None: the generator alone, on a lab without NAT), its eBPF
-    /// flow table large enough for `flows` flows. (The kernel's conntrack keeps the
-    /// machine's `nf_conntrack_max`, which a namespace cannot raise.)
-    fn up(backend: Option<Backend>, flows: u32) -> Result<BenchLab> {
+    /// flow table large enough for `flows` flows; `inbound`: with the inbound load's port
+    /// forward, its ceiling on the uplink. (The kernel's conntrack keeps the machine's
+    /// `nf_conntrack_max`, which a namespace cannot raise.)
+    fn up(backend: Option<Backend>, flows: u32, inbound: bool) -> Result<BenchLab> {
         let nat = backend.map_or(NatKind::None, Backend::nat);
         let prefix = format!("nnb{}-", std::process::id());
         let mut cfg = LabConfig::reference();
@@ -549,6 +573,13 @@ impl BenchLab {
             }
             // Twice the flows, so that the hash table stays sparse.
             n.ebpf.flows = n.ebpf.flows.max(flows.saturating_mul(2).next_power_of_two());
+            if inbound {
+                n.forwards.push(ForwardSpec {
+                    protocol: L4Proto::Udp,
+                    port: SINK_PORT,
+                    to: SocketAddrV4::new(Ipv4Addr::new(192, 168, 15, 2), SINK_PORT),
+                });
+            }
         }
         let lab = Lab::up(&cfg, &prefix, nat, &mut |_| {})?;
         // From here on, the guard takes the lab down if anything fails.
@@ -566,13 +597,13 @@ impl BenchLab {
             })?;
         }
         let parts = Parts::of(lab)?;
+        let (ceiling_at, hop) = if inbound {
+            ("uplink", parts.blue_hop)
+        } else {
+            ("veth-red-br", parts.uplink_hop)
+        };
         let ceiling = match backend.and_then(Backend::ceiling) {
-            Some(hook) => Some(ebpf::attach_ceiling(
-                &parts.host,
-                "veth-red-br",
-                hook,
-                parts.uplink_hop,
-            )?),
+            Some(hook) => Some(ebpf::attach_ceiling(&parts.host, ceiling_at, hook, hop)?),
             None => None,
         };
         let tracer = match backend {
@@ -666,6 +697,10 @@ impl Point {
     }
 }
 
+/// The shortest warm-up of the inbound load: its UDP flow is confirmed (and takes the fast
+/// path) once it has been active for two seconds.
+const INBOUND_WARMUP: Duration = Duration::from_secs(3);
+
 /// Flow counts above this are measured with one generator, one thread (see
 /// [`BenchOptions::many_flows`]).
 pub const LARGE_FLOWS: u32 = 100_000;
@@ -713,6 +748,7 @@ fn points(opts: &BenchOptions, w: Workload) -> Vec<Point> {
             .map(|&client| Point::Conn { client })
             .collect(),
         Workload::Latency => vec![Point::Latency],
+        Workload::Inbound => packets(1),
     }
 }
 
@@ -900,7 +936,8 @@ fn measure(
         Point::Packets { flows, .. } => flows,
         _ => 1,
     };
-    let bl = BenchLab::up(backend, flows)?;
+    let inbound = w == Workload::Inbound;
+    let bl = BenchLab::up(backend, flows, inbound)?;
     let name = backend_name(backend);
     let params = point.params(opts);
     let mut put =
@@ -911,7 +948,7 @@ fn measure(
             threads,
             generator,
         } => {
-            let r = packets(opts, &bl, backend.is_none(), flows, threads, generator)?;
+            let r = packets(opts, &bl, backend, inbound, flows, threads, generator)?;
             put("offered_pps", "pps", r.offered_pps);
             put("delivered_pps", "pps", r.delivered_pps);
             put("loss_pct", "%", r.loss_pct);
@@ -973,35 +1010,57 @@ enum Sending {
     Trafgen(trafgen::Trafgen, PathBuf),
 }
 
-/// 60-byte UDP frames from red to lan at full rate for a warm-up, the measurement window
-/// and the BPF statistics window. `alone`: the sink sits on red's own veth peer.
+/// 60-byte UDP frames at full rate for a warm-up, the measurement window and the BPF
+/// statistics window: from red to lan or, `inbound`, from lan to the uplink's port forward
+/// (to blue itself with no NAT). The generator alone (`backend` None) has its sink on the
+/// sender's own veth peer.
 fn packets(
     opts: &BenchOptions,
     bl: &BenchLab,
-    alone: bool,
+    backend: Option<Backend>,
+    inbound: bool,
     flows: u32,
     threads: usize,
     generator: Generator,
 ) -> Result<PacketRun> {
     let p = &bl.parts;
-    let (sink_ns, sink_dev) = if alone {
-        (p.host.as_str(), "veth-red-br")
-    } else {
-        (p.lan.as_str(), "lan0")
+    let (sink_ns, sink_dev) = match (backend.is_none(), inbound) {
+        (true, false) => (p.host.as_str(), "veth-red-br"),
+        (true, true) => (p.host.as_str(), "uplink"),
+        (false, false) => (p.lan.as_str(), "lan0"),
+        (false, true) => (p.blue.as_str(), "veth-blue"),
     };
     let sink = ebpf::attach_sink(sink_ns, sink_dev)?;
-    let ends = load::Endpoints {
-        src_mac: p.red_mac,
-        dst_mac: p.gateway_mac,
-        src: p.red_ip,
-        dst: p.lan_ip,
+    let (from_ns, from_dev, ends) = if inbound {
+        let plain = backend.is_some_and(|b| b.nat() == NatKind::None);
+        let ends = load::Endpoints {
+            src_mac: p.lan_mac,
+            dst_mac: p.uplink_mac,
+            src: p.lan_ip,
+            dst: if plain { p.blue_ip } else { p.uplink_ip },
+        };
+        (p.lan.as_str(), "lan0", ends)
+    } else {
+        let ends = load::Endpoints {
+            src_mac: p.red_mac,
+            dst_mac: p.gateway_mac,
+            src: p.red_ip,
+            dst: p.lan_ip,
+        };
+        (p.red.as_str(), "veth-red", ends)
     };
-    let max = warmup(opts, flows) + opts.duration + opts.stats_window + Duration::from_secs(2);
+    // An inbound UDP flow takes the fast path once confirmed: two seconds after it began.
+    let warm = if inbound {
+        warmup(opts, flows).max(INBOUND_WARMUP)
+    } else {
+        warmup(opts, flows)
+    };
+    let max = warm + opts.duration + opts.stats_window + Duration::from_secs(2);
     let sending = match generator {
         Generator::NetnsNat => Sending::Own(txring::start(
-            &p.red,
+            from_ns,
             &txring::Plan {
-                ifname: "veth-red".into(),
+                ifname: from_dev.into(),
                 frames: load::frames(&ends, flows),
                 threads,
                 max_duration: max,
@@ -1017,12 +1076,12 @@ fn packets(
             };
             let path = lab::state_dir(bl.lab.prefix()).join("trafgen.cfg");
             std::fs::write(&path, trafgen::config(&spec)).context("writing trafgen's configuration")?;
-            let t = trafgen::start(&p.red, "veth-red", &path, threads, max)
+            let t = trafgen::start(from_ns, from_dev, &path, threads, max)
                 .context("starting trafgen (installed by cargo xtask setup)")?;
             Sending::Trafgen(t, path)
         }
     };
-    let measured = window(opts, bl, &sink, &sending, warmup(opts, flows));
+    let measured = window(opts, bl, (from_ns, from_dev), &sink, &sending, warm);
     let restarts = match sending {
         Sending::Own(r) => r.stop().context("generator").map(|_| None),
         Sending::Trafgen(t, path) => {
@@ -1043,20 +1102,24 @@ fn packets(
 fn window(
     opts: &BenchOptions,
     bl: &BenchLab,
+    (from_ns, from_dev): (&str, &str),
     sink: &ebpf::Sink,
     sending: &Sending,
     warmup: Duration,
 ) -> Result<(PacketRun, Option<(u64, f64)>)> {
     // trafgen only reports its total when it ends (and not at all when it had to be
-    // restarted): count what red's veth took in the window instead.
-    let red = bl.parts.red.clone();
+    // restarted): count what the sender's veth took in the window instead.
+    let (from_ns, from_dev) = (from_ns.to_owned(), from_dev.to_owned());
     // A netlink round trip takes milliseconds: each count carries the time it was read at.
     let sent_now = || {
         let n = match sending {
             Sending::Own(r) => Some(r.sent()),
-            Sending::Trafgen(..) => netlink::in_ns(&red, |r| async move { r.link("veth-red").await })
-                .ok()
-                .map(|l| l.tx_packets + l.tx_dropped),
+            Sending::Trafgen(..) => {
+                let dev = from_dev.clone();
+                netlink::in_ns(&from_ns, |r| async move { r.link(&dev).await })
+                    .ok()
+                    .map(|l| l.tx_packets + l.tx_dropped)
+            }
         };
         n.map(|n| (n, Instant::now()))
     };
