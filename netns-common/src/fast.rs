@@ -208,10 +208,15 @@ fn routed_from<T: FastTables>(t: &T, ifindex: u32) -> u32 {
 /// its peer) or the bridge itself: the port itself; the bridge port the host was last seen
 /// behind, if that port is up and still the bridge's; or, where the fast path has not seen
 /// the host lately (a host that only receives sends it nothing) and the hook can, the
-/// bridge's own transmit, which forwards by the bridge's FDB as the slow path would.
+/// bridge's own transmit, which forwards by the bridge's FDB as the slow path would. The
+/// FDB then notes the host as behind the bridge itself, and every bridge refresh period
+/// one packet takes the slow path: the router uses its neighbour entry, whose probes the
+/// host answers through the bridge, so the bridge keeps knowing the host's port (it would
+/// flood the host's packets to every port once it forgot).
 #[inline(always)]
 fn port_for<P: Forwarding, T: FastTables>(
     t: &T,
+    fc: &FastConfig,
     via: u32,
     mac: &[u8; 6],
     now: u64,
@@ -223,24 +228,38 @@ fn port_for<P: Forwarding, T: FastTables>(
         // A port of a bridge itself, or one the table does not know.
         _ => return Err(Slow::NoNeighbour),
     }
-    let unseen = if P::REACHES_BRIDGES {
-        Ok((via, false))
-    } else {
-        Err(Slow::NoNeighbour)
-    };
-    let Some(e) = t.fdb(&MacKey::of(*mac)) else {
-        return unseen;
-    };
-    if !e.fresh(now) {
-        return unseen;
+    let key = MacKey::of(*mac);
+    let entry = t.fdb(&key);
+    match entry {
+        Some(e) if e.ifindex != via && e.fresh(now) => {
+            let port = e.ifindex;
+            return match t.port(port) {
+                Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok((port, true)),
+                // Down, or no longer this bridge's: the bridge would not send it there.
+                Some(_) => Err(Slow::Policy),
+                None => Err(Slow::NoNeighbour),
+            };
+        }
+        _ if !P::REACHES_BRIDGES => return Err(Slow::NoNeighbour),
+        Some(e) if e.ifindex == via => {
+            if e.bridge_due(now, fc.bridge_refresh_ns) {
+                // Plain stores, as in `learn`: two CPUs may each let one through.
+                t.with_fdb(&key, |e| e.bridged_ns = now);
+                return Err(Slow::BridgeRefresh);
+            }
+        }
+        // Not seen, or not lately: behind the bridge from now on.
+        _ => t.insert_fdb(
+            &key,
+            &FdbEntry {
+                ifindex: via,
+                _pad: 0,
+                seen_ns: now,
+                bridged_ns: now,
+            },
+        ),
     }
-    let port = e.ifindex;
-    match t.port(port) {
-        Some(p) if p.master == via && p.flags & PORT_UP != 0 => Ok((port, true)),
-        // Down, or no longer this bridge's: the bridge would not send it there.
-        Some(_) => Err(Slow::Policy),
-        None => Err(Slow::NoNeighbour),
-    }
+    Ok((via, false))
 }
 
 /// Where the hook cannot see offload state (XDP): whether the L4 checksum is complete, so
@@ -620,7 +639,7 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         Ok(h) => h,
         Err(why) => return Ok(or_slow(t, Err(why))),
     };
-    let (port, to_port) = match port_for::<P, T>(t, hop.ifindex, &hop.dst_mac, now) {
+    let (port, to_port) = match port_for::<P, T>(t, fc, hop.ifindex, &hop.dst_mac, now) {
         Ok(found) => found,
         Err(why) => return Ok(or_slow(t, Err(why))),
     };

@@ -744,46 +744,83 @@ fn a_host_that_keeps_sending_stays_in_the_fdb() {
     assert_eq!(h.redirected.get().map(|(port, _)| port), Some(PORT_A));
 }
 
-#[test]
-fn a_host_the_fast_path_has_not_seen_gets_its_packets_through_the_bridge_at_tc_and_the_slow_path_in_xdp() {
-    fn inbound<const M: u32>(
-        forget: impl FnOnce(&MemTables),
-    ) -> (Result<Action, Drop>, Option<(u32, bool)>, u64) {
-        let t = router(M, 0, |c| c.timeouts.udp_ns = 300 * SEC);
-        let ext = open_udp(&t, 5000, 7000);
-        let h: AtHook<M> = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
-        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
-        forget(&t);
+/// An inbound packet's verdict and where it was redirected (port, to its peer).
+type Inbound = (Result<Action, Drop>, Option<(u32, bool)>);
+
+/// A router whose fast path saw the host behind PORT_A, then `forget` made it forget;
+/// returns the router and a function sending one inbound datagram of the flow: its verdict
+/// and where it was redirected (checking the translation on a redirect).
+fn forgetful<const M: u32>(forget: impl FnOnce(&MemTables)) -> (MemTables, impl Fn(&MemTables) -> Inbound) {
+    let t = router(M, 10 * SEC, |c| c.timeouts.udp_ns = 300 * SEC);
+    let ext = open_udp(&t, 5000, 7000);
+    let h: AtHook<M> = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+    let _ = fast::outbound(&h, &t);
+    assert_eq!(
+        t.fdb.borrow().get(&MacKey::of(HOST_MAC)).map(|e| e.ifindex),
+        Some(PORT_A)
+    );
+    forget(&t);
+    let send_in = move |t: &MemTables| {
         let h: AtHook<M> = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
-        let verdict = fast::inbound(&h, &t);
+        let verdict = fast::inbound(&h, t);
         if verdict == Ok(Action::Redirect) {
-            // Translated as on any fast-path redirect, addressed to the host.
             let (dst_mac, _, ip) = packet::parse_frame(&h.frame.bytes()).expect("an IPv4 frame");
             assert_eq!(dst_mac, HOST_MAC);
             assert_eq!(ip.header.dst, BLUE);
             assert!(ip.header_ok && ip.l4_checksum_ok());
         }
-        (
-            verdict,
-            h.redirected.get(),
-            t.counter(NatCounter::SlowNoNeighbour),
-        )
-    }
+        (verdict, h.redirected.get())
+    };
+    (t, send_in)
+}
+
+#[test]
+fn a_host_the_fast_path_has_not_seen_gets_its_packets_through_the_bridge_at_tc_and_the_slow_path_in_xdp() {
     let unknown = |t: &MemTables| t.fdb.borrow_mut().clear();
     // Seen 31 s ago: older than the FDB's freshness (the flow's timeout is longer).
     let stale = |t: &MemTables| t.advance(31 * SEC);
     for (what, forget) in [("unknown", unknown as fn(&MemTables)), ("not seen lately", stale)] {
+        let (t, send_in) = forgetful::<FAST_TC>(forget);
+        let slow = t.counter(NatCounter::SlowNoNeighbour) + t.counter(NatCounter::SlowBridgeRefresh);
+        for _ in 0..3 {
+            assert_eq!(
+                send_in(&t),
+                (Ok(Action::Redirect), Some((BRIDGE, false))),
+                "TC, host {what}: to the bridge's own transmit, not a port's peer"
+            );
+        }
+        let now = t.counter(NatCounter::SlowNoNeighbour) + t.counter(NatCounter::SlowBridgeRefresh);
+        assert_eq!(now, slow, "TC, host {what}: nothing on the slow path");
+
+        let (t, send_in) = forgetful::<FAST_XDP>(forget);
+        let slow = t.counter(NatCounter::SlowNoNeighbour);
+        assert_eq!(send_in(&t), (Ok(Action::Pass), None), "XDP, host {what}");
         assert_eq!(
-            inbound::<FAST_TC>(forget),
-            (Ok(Action::Redirect), Some((BRIDGE, false)), 0),
-            "TC, host {what}: to the bridge's own transmit, not a port's peer"
-        );
-        assert_eq!(
-            inbound::<FAST_XDP>(forget),
-            (Ok(Action::Pass), None, 1),
-            "XDP, host {what}: the slow path"
+            t.counter(NatCounter::SlowNoNeighbour),
+            slow + 1,
+            "XDP, host {what}"
         );
     }
+}
+
+#[test]
+fn a_host_reached_through_the_bridge_has_one_packet_a_refresh_period_take_the_slow_path() {
+    // The slow path's packet makes the router use (and probe) its neighbour entry, whose
+    // answer the bridge learns the host from: it never forgets the host and floods.
+    let (t, send_in) = forgetful::<FAST_TC>(|t| t.fdb.borrow_mut().clear());
+    let via_bridge = (Ok(Action::Redirect), Some((BRIDGE, false)));
+    assert_eq!(send_in(&t), via_bridge);
+    let refreshes = t.counter(NatCounter::SlowBridgeRefresh);
+    t.advance(10 * SEC - 1);
+    assert_eq!(send_in(&t), via_bridge);
+    t.advance(1);
+    assert_eq!(send_in(&t), (Ok(Action::Pass), None), "a refresh is due");
+    assert_eq!(send_in(&t), via_bridge, "one packet was enough");
+    assert_eq!(t.counter(NatCounter::SlowBridgeRefresh), refreshes + 1);
+    // The host speaks again from its port: straight to it once more.
+    let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+    let _ = fast::outbound(&h, &t);
+    assert_eq!(send_in(&t), (Ok(Action::Redirect), Some((PORT_A, true))));
 }
 
 #[test]
