@@ -188,8 +188,9 @@ pub enum Workload {
     ConnRate,
     /// UDP request/response round trips at a low rate.
     Latency,
-    /// 60-byte UDP lan -> the uplink's UDP port forward -> blue at full rate, one flow: the
-    /// inbound fast path (its ceilings redirect from the uplink to blue's bridge port).
+    /// 60-byte UDP lan -> the uplink's UDP port forward -> blue at full rate, one flow (blue
+    /// answers once, so the fast path knows its port): the inbound fast path (its ceilings
+    /// redirect from the uplink to blue's bridge port).
     Inbound,
 }
 
@@ -1081,6 +1082,13 @@ fn packets(
             Sending::Trafgen(t, path)
         }
     };
+    if inbound && backend.is_some() {
+        // Once the first packets made the flow, blue answers once: a host that talks is
+        // known to the fast path behind its bridge port (the common case), as a server's
+        // replies make it. One that only ever receives is reached through the bridge.
+        std::thread::sleep(Duration::from_millis(500));
+        hello_from_blue(p)?;
+    }
     let measured = window(opts, bl, (from_ns, from_dev), &sink, &sending, warm);
     let restarts = match sending {
         Sending::Own(r) => r.stop().context("generator").map(|_| None),
@@ -1095,6 +1103,17 @@ fn packets(
     run.offered_pps = window_sent.map_or(f64::NAN, |(n, secs)| n as f64 / secs);
     run.loss_pct = (100.0 * (1.0 - run.delivered_pps / run.offered_pps)).max(0.0);
     Ok(run)
+}
+
+/// One datagram from blue's forwarded port back to the inbound load's first flow.
+fn hello_from_blue(p: &Parts) -> Result<()> {
+    let (sport, dport) = load::flow_ports(0);
+    let to = SocketAddrV4::new(p.lan_ip, sport);
+    netns::run_in(&p.blue, || -> std::io::Result<()> {
+        let s = UdpSocket::bind(SocketAddrV4::new(p.blue_ip, dport))?;
+        s.send_to(b"hello", to).map(|_| ())
+    })?
+    .context("blue's answer to the inbound load")
 }
 
 /// The measurement window (delivered packets and CPU time), then the BPF statistics window.
