@@ -39,6 +39,7 @@ fn expected() -> Vec<(&'static str, Vec<&'static str>, usize)> {
         ("tcp-throughput", vec!["gbps"], 4),
         ("conn-rate", vec!["conns_per_s", "failed", "conntrack_entries"], 1),
         ("latency", vec!["p50_us", "p99_us", "p99_9_us"], 1),
+        ("inbound", PACKET_METRICS.to_vec(), threads),
     ]
 }
 
@@ -65,6 +66,17 @@ const PROGRAM_OF: [(&str, &str); 7] = [
     ("ebpf-xdp", "xdp_fast_out@veth-red-br:xdp"),
     ("tc-redirect", "ceiling_tc_redirect@veth-red-br:tcx-ingress"),
     ("xdp-redirect", "ceiling_xdp_redirect@veth-red-br:xdp"),
+];
+
+/// The same for the inbound workload (the load arrives on the uplink).
+const INBOUND_PROGRAM_OF: [(&str, &str); 7] = [
+    ("ebpf", "nat_ingress@uplink:tcx-ingress"),
+    ("ebpf-traced", "nat_ingress@uplink:tcx-ingress"),
+    ("ebpf-off", "nat_ingress@uplink:tcx-ingress"),
+    ("ebpf-tc", "nat_ingress@uplink:tcx-ingress"),
+    ("ebpf-xdp", "xdp_fast_in@uplink:xdp"),
+    ("tc-redirect", "ceiling_tc_redirect@uplink:tcx-ingress"),
+    ("xdp-redirect", "ceiling_xdp_redirect@uplink:xdp"),
 ];
 
 /// One benchmark at a time: each pins its load to every CPU, and a second beside it would
@@ -178,7 +190,7 @@ fn quick_bench_writes_every_backend_and_workload() {
     // The ceilings and the generator alone: every packet metric, nothing else.
     for b in CEILINGS.into_iter().chain(["generator"]) {
         for (w, metrics, params) in expected() {
-            let packets = w == "small-packet" || w == "many-flows";
+            let packets = matches!(w, "small-packet" | "many-flows" | "inbound");
             for m in metrics {
                 let want = match (packets, m) {
                     (false, _) => 0,
@@ -191,7 +203,7 @@ fn quick_bench_writes_every_backend_and_workload() {
     }
     // Traffic went through: every backend and ceiling forwarded the load, at every point.
     for b in BACKENDS.into_iter().chain(CEILINGS).chain(["generator"]) {
-        for w in ["small-packet", "many-flows"] {
+        for w in ["small-packet", "many-flows", "inbound"] {
             for x in rows
                 .iter()
                 .filter(|x| x["backend"] == b && x["workload"] == w && x["metric"] == "delivered_pps")
@@ -201,8 +213,10 @@ fn quick_bench_writes_every_backend_and_workload() {
         }
     }
     // The BPF run time of the programs that did the work, per packet and per program.
-    for (b, program) in PROGRAM_OF {
-        for w in ["small-packet", "many-flows"] {
+    let outbound = PROGRAM_OF.map(|(b, p)| (b, p, ["small-packet", "many-flows"].as_slice()));
+    let inbound = INBOUND_PROGRAM_OF.map(|(b, p)| (b, p, ["inbound"].as_slice()));
+    for (b, program, workloads) in outbound.into_iter().chain(inbound) {
+        for &w in workloads {
             let per_pkt = sets(b, w, "bpf_ns_per_pkt");
             assert!(!per_pkt.is_empty(), "{b} {w}: no bpf_ns_per_pkt");
             let runs: Vec<&Value> = rows
