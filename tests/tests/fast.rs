@@ -656,33 +656,34 @@ fn in_xdp_a_partial_checksum_takes_the_slow_path_and_at_tc_it_does_not() {
     assert_eq!(t.counter(NatCounter::SlowPartialChecksum), 1);
 }
 
+/// One datagram of the UDP flow 5000 -> 7000 from the host on `port`, redirected at TC.
+fn out_from(t: &MemTables, port: u32) {
+    let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), port, LAN);
+    assert_eq!(fast::outbound(&h, t), Ok(Action::Redirect));
+}
+
+/// One answer of that flow to external port `ext`, redirected at TC: the port it went to.
+fn in_to(t: &MemTables, ext: u16) -> Option<u32> {
+    let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
+    assert_eq!(fast::inbound(&h, t), Ok(Action::Redirect));
+    h.redirected.get().map(|(port, _)| port)
+}
+
 #[test]
 fn a_host_is_learned_behind_its_port_and_followed_when_it_moves() {
     let t = router(FAST_TC, 0, |_| {});
     let ext = open_udp(&t, 5000, 7000);
-    let send_out = |port: u32| {
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), port, LAN);
-        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
-    };
-    let send_in = || {
-        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
-        assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
-        h.redirected.get().map(|(port, _)| port)
-    };
-    send_out(PORT_A);
-    assert_eq!(send_in(), Some(PORT_A));
-    send_out(PORT_B);
-    assert_eq!(send_in(), Some(PORT_B), "the host moved to port B");
+    out_from(&t, PORT_A);
+    assert_eq!(in_to(&t, ext), Some(PORT_A));
+    out_from(&t, PORT_B);
+    assert_eq!(in_to(&t, ext), Some(PORT_B), "the host moved to port B");
 }
 
 #[test]
 fn a_busy_host_costs_each_cpu_one_fdb_lookup_a_second() {
     let t = router(FAST_TC, 0, |_| {});
     open_udp(&t, 5000, 7000);
-    let send = || {
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
-        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
-    };
+    let send = || out_from(&t, PORT_A);
     let before = t.fdb_lookups.get();
     for _ in 0..100 {
         send();
@@ -710,14 +711,9 @@ fn a_host_that_moves_away_and_back_within_a_second_is_followed_whatever_the_cpu(
     let ext = open_udp(&t, 5000, 7000);
     let send_out = |cpu: usize, port: u32| {
         t.cpu.set(cpu);
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), port, LAN);
-        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+        out_from(&t, port);
     };
-    let send_in = || {
-        let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
-        assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
-        h.redirected.get().map(|(port, _)| port)
-    };
+    let send_in = || in_to(&t, ext);
     // CPU 0 notes the host behind port A; CPU 1 sees it move to B; back on A, CPU 0's note
     // is stale and the host is learned again.
     send_out(0, PORT_A);
@@ -735,13 +731,10 @@ fn a_host_that_keeps_sending_stays_in_the_fdb() {
     // Frames every half second for well past the FDB's freshness (30 s): each second one
     // of them writes the entry's age.
     for _ in 0..100 {
-        let h: Tc = from_inside(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
-        assert_eq!(fast::outbound(&h, &t), Ok(Action::Redirect));
+        out_from(&t, PORT_A);
         t.advance(SEC / 2);
     }
-    let h: Tc = from_outside(&Ipv4::new(LAN, EXT), &L4::udp(7000, ext, b"y"), BLUE);
-    assert_eq!(fast::inbound(&h, &t), Ok(Action::Redirect));
-    assert_eq!(h.redirected.get().map(|(port, _)| port), Some(PORT_A));
+    assert_eq!(in_to(&t, ext), Some(PORT_A));
 }
 
 /// An inbound packet's verdict and where it was redirected (port, to its peer).
