@@ -59,6 +59,9 @@ pub trait Forwarding: Packet {
     /// Whether the hook can hand a packet to a bridge's own transmit, which forwards it by
     /// the bridge's FDB (TC can; XDP cannot: a bridge has no XDP transmit).
     const REACHES_BRIDGES: bool;
+    /// Whether flows keep their next hops (and inbound ports) at this hook: only where the
+    /// FIB lookup tells the egress MTU, which a cached next hop is checked against (TC).
+    const KEEPS_HOPS: bool;
     /// The kernel's FIB lookup: its `BPF_FIB_LKUP_RET_*` answer and, on success, the next
     /// hop (returned whole rather than filled in, so that nothing is zeroed first) and the
     /// egress interface's MTU where the hook's lookup gives it (0 where not: XDP, whose
@@ -616,9 +619,20 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
     if let Err(why) = flow_ok(f, ip.proto, seg, now) {
         return Ok(or_slow(t, Err(why)));
     }
+    // Read before the port is looked for: an FDB change meanwhile makes the port found stale.
+    let fdb_gen = if P::KEEPS_HOPS {
+        t.fdb_generation() as u32
+    } else {
+        0
+    };
     // The next hop as the router has it: its FIB from the uplink (policy rules, forwarding
     // on) to the internal host, whose MAC its neighbour table knows; then the port that MAC
-    // was last seen behind.
+    // was last seen behind, kept with the next hop while no FDB entry changes.
+    let kept = if P::KEEPS_HOPS {
+        f.hops[DIR_IN].port(fc.hop_gen, fdb_gen, now)
+    } else {
+        0
+    };
     let found = next_hop(
         ctx,
         fc,
@@ -639,9 +653,13 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         Ok(h) => h,
         Err(why) => return Ok(or_slow(t, Err(why))),
     };
-    let (port, to_port) = match port_for::<P, T>(t, fc, hop.ifindex, &hop.dst_mac, now) {
-        Ok(found) => found,
-        Err(why) => return Ok(or_slow(t, Err(why))),
+    let (port, to_port) = if kept != 0 {
+        (kept, true)
+    } else {
+        match port_for::<P, T>(t, fc, hop.ifindex, &hop.dst_mac, now) {
+            Ok(found) => found,
+            Err(why) => return Ok(or_slow(t, Err(why))),
+        }
     };
     match ctx.check_mtu(port) {
         0 => {}
@@ -658,6 +676,10 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
         return Ok(or_slow(t, Err(Slow::NoFlow)));
     }
     keep_hop(fc, &mut f.hops[DIR_IN], &hop, fresh, now);
+    // A port (not the bridge's own transmit, whose refresh needs the FDB) is kept.
+    if P::KEEPS_HOPS && kept == 0 && to_port {
+        f.hops[DIR_IN].keep_port(fc.hop_gen, port, fdb_gen);
+    }
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, int.0), (p[1], int.1))?;
     decrement_ttl_in_place(ctx, ip)?;
     write_macs_and_count(ctx, t, &hop, peer, false)

@@ -17,7 +17,9 @@ pub struct NextHop {
 /// lookup: valid while the fast path's configuration has the generation it was taken in
 /// (the agent moves it on at every route, rule, neighbour, link, address or forwarding
 /// change the router's namespace announces) and for at most [`HOP_MAX_EPOCHS`] epochs of
-/// about a second after, whatever was missed.
+/// about a second after, whatever was missed. Inbound it also keeps the bridge port the
+/// host was found behind, valid while the FDB generation is the one it was found in (a
+/// port's state changing moves the configuration's generation on).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopCache {
@@ -30,6 +32,10 @@ pub struct HopCache {
     /// The egress interface's MTU, which the cached path checks instead of the lookup.
     pub mtu: u16,
     pub _pad: u16,
+    /// Inbound: the bridge port the host was found behind (0: none kept).
+    pub port: u32,
+    /// The FDB generation (its low 32 bits) `port` was found in.
+    pub fdb_gen: u32,
 }
 
 /// What the kernel's forwarding check (`is_skb_forwardable`) allows past the MTU: the
@@ -71,8 +77,42 @@ impl HopCache {
         self.epoch = Self::epoch(now);
         self.hop = *hop;
         self.mtu = mtu;
+        self.port = 0;
         // Safety: as above.
         unsafe { core::ptr::write_volatile(&mut self.tag, generation.wrapping_add(1)) };
+    }
+
+    /// The port kept with the next hop if both still hold in generation `gen` and FDB
+    /// generation `fdb_gen` at `now` (0: none).
+    #[inline(always)]
+    pub fn port(&self, generation: u32, fdb_gen: u32, now: u64) -> u32 {
+        let want = generation.wrapping_add(1);
+        // Safety: reads of a field of a live reference.
+        let tag = unsafe { core::ptr::read_volatile(&self.tag) };
+        if tag != want || want == 0 || Self::epoch(now).wrapping_sub(self.epoch) > HOP_MAX_EPOCHS {
+            return 0;
+        }
+        let port = if self.fdb_gen == fdb_gen { self.port } else { 0 };
+        // Safety: as above.
+        let again = unsafe { core::ptr::read_volatile(&self.tag) };
+        if again == tag { port } else { 0 }
+    }
+
+    /// Keeps `port`, found in FDB generation `fdb_gen`, with the next hop cached in
+    /// generation `gen`; nothing if none is (XDP caches none).
+    #[inline(always)]
+    pub fn keep_port(&mut self, generation: u32, port: u32, fdb_gen: u32) {
+        let want = generation.wrapping_add(1);
+        // Safety: reads and writes of fields of a live mutable reference.
+        if want == 0 || unsafe { core::ptr::read_volatile(&self.tag) } != want {
+            return;
+        }
+        // Safety: as above.
+        unsafe { core::ptr::write_volatile(&mut self.tag, 0) };
+        self.port = port;
+        self.fdb_gen = fdb_gen;
+        // Safety: as above.
+        unsafe { core::ptr::write_volatile(&mut self.tag, want) };
     }
 }
 
@@ -342,7 +382,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<MacKey>(), 6 + 2);
         assert_eq!(core::mem::size_of::<FdbEntry>(), 4 + 4 + 8 + 8);
         assert_eq!(core::mem::size_of::<PortState>(), 4 + 4);
-        assert_eq!(core::mem::size_of::<HopCache>(), 4 + 4 + 16 + 2 + 2);
+        assert_eq!(core::mem::size_of::<HopCache>(), 4 + 4 + 16 + 2 + 2 + 4 + 4);
+        assert_eq!(core::mem::size_of::<LearnHint>(), 6 + 2 + 4 + 4 + 8 + 8);
     }
 
     #[test]

@@ -513,6 +513,7 @@ impl FastTables for MemTables {
     }
 
     fn fdb(&self, mac: &MacKey) -> Option<FdbEntry> {
+        self.fdb_lookups.set(self.fdb_lookups.get() + 1);
         self.fdb.borrow().get(mac).copied()
     }
 
@@ -622,6 +623,7 @@ impl<const MODE: u32> Forwarding for AtHook<MODE> {
     const MODE: u32 = MODE;
     const SEES_OFFLOAD: bool = MODE != FAST_XDP;
     const REACHES_BRIDGES: bool = MODE != FAST_XDP;
+    const KEEPS_HOPS: bool = MODE != FAST_XDP;
 
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
         self.queries.borrow_mut().push(*q);

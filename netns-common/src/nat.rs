@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 1 + 3 + 4 + 4 + 2 + 2);
         assert_eq!(
             core::mem::size_of::<Flow>(),
-            4 + 2 + 1 + 1 + 7 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1 + 2 * (4 + 4 + 16 + 2 + 2)
+            4 + 2 + 1 + 1 + 7 * 8 + 4 * 2 + 4 * 2 + 2 * 2 + 2 + 1 + 1 + 2 * (4 + 4 + 16 + 2 + 2 + 4 + 4)
         );
         assert_eq!(core::mem::size_of::<FragKey>(), 4 + 4 + 2 + 1 + 1);
         assert_eq!(core::mem::size_of::<FragPorts>(), 2 + 2 + 4 + 8);

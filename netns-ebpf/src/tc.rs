@@ -101,6 +101,7 @@ impl Forwarding for Tc {
     const MODE: u32 = FAST_TC;
     const SEES_OFFLOAD: bool = true;
     const REACHES_BRIDGES: bool = true;
+    const KEEPS_HOPS: bool = true;
 
     #[inline(always)]
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {
@@ -221,6 +222,7 @@ impl Forwarding for TcDirect {
     const MODE: u32 = FAST_TC;
     const SEES_OFFLOAD: bool = true;
     const REACHES_BRIDGES: bool = true;
+    const KEEPS_HOPS: bool = true;
 
     #[inline(always)]
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {

@@ -80,6 +80,7 @@ impl Forwarding for Xdp {
     const MODE: u32 = FAST_XDP;
     const SEES_OFFLOAD: bool = false;
     const REACHES_BRIDGES: bool = false;
+    const KEEPS_HOPS: bool = false;
 
     #[inline(always)]
     fn fib_lookup(&self, q: &FibQuery) -> (i64, NextHop, u16) {

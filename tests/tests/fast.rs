@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use netns_common::{
     counters::{Counter, NatCounter},
-    fast::{self, ENODEV},
+    fast::{self, ENODEV, FastTables},
     fwd::{
         FAST_TC, FAST_XDP, FastConfig, FdbEntry, MacKey, NextHop, PEER_PORTS, PEER_UPLINK, PORT_BRIDGE,
         PORT_UP, PortState,
@@ -677,6 +677,37 @@ fn a_host_is_learned_behind_its_port_and_followed_when_it_moves() {
     assert_eq!(in_to(&t, ext), Some(PORT_A));
     out_from(&t, PORT_B);
     assert_eq!(in_to(&t, ext), Some(PORT_B), "the host moved to port B");
+}
+
+#[test]
+fn an_inbound_flow_looks_for_its_host_once_until_an_fdb_entry_changes() {
+    let t = router(FAST_TC, 0, |_| {});
+    let ext = open_udp(&t, 5000, 7000);
+    out_from(&t, PORT_A);
+    let before = t.fdb_lookups.get();
+    for _ in 0..10 {
+        assert_eq!(in_to(&t, ext), Some(PORT_A));
+    }
+    assert_eq!(
+        t.fdb_lookups.get() - before,
+        1,
+        "the port is kept with the next hop"
+    );
+    // Another host appears behind port B: the FDB changed, so the port is looked for again
+    // (once).
+    t.fdb.borrow_mut().clear();
+    let other = FdbEntry {
+        ifindex: PORT_B,
+        _pad: 0,
+        seen_ns: t_now(&t),
+        bridged_ns: t_now(&t),
+    };
+    t.insert_fdb(&MacKey::of([2, 0, 0, 0, 0, 0x99]), &other);
+    out_from(&t, PORT_A);
+    let before = t.fdb_lookups.get();
+    assert_eq!(in_to(&t, ext), Some(PORT_A));
+    assert_eq!(in_to(&t, ext), Some(PORT_A));
+    assert_eq!(t.fdb_lookups.get() - before, 1);
 }
 
 #[test]

@@ -195,6 +195,7 @@ pub fn sync_ports(maps: &mut NatMaps, links: &[LinkBrief]) -> Result<(), NatErro
         .filter_map(|k| k.ok())
         .filter(|k| !links.iter().any(|l| l.index == *k))
         .collect();
+    let mut changed = !stale.is_empty();
     for k in stale {
         let _ = ports.remove(&k);
     }
@@ -211,18 +212,25 @@ pub fn sync_ports(maps: &mut NatMaps, links: &[LinkBrief]) -> Result<(), NatErro
         if ports.get(&l.index, 0).ok() != Some(state) {
             // A full table (more interfaces than it holds) leaves the rest to the slow path.
             let _ = ports.insert(l.index, state, 0);
+            changed = true;
         }
     }
     let mut fc = maps.fast_config()?;
-    if fc.mode != FAST_OFF
-        && let Some(bridge) = links.iter().find(|l| l.index == fc.bridge_ifindex)
-    {
+    if fc.mode == FAST_OFF {
+        return Ok(());
+    }
+    if let Some(bridge) = links.iter().find(|l| l.index == fc.bridge_ifindex) {
         let refresh = bridge_refresh_ns(bridge.bridge_ageing_cs);
         if refresh != fc.bridge_refresh_ns || bridge.mac != fc.gateway_mac {
             fc.bridge_refresh_ns = refresh;
             fc.gateway_mac = bridge.mac;
-            maps.set_fast_config(fc)?;
+            changed = true;
         }
+    }
+    // Written after the ports: the generation it moves on makes flows drop the ports they
+    // kept (see `HopCache`), and they must find the table as it is now.
+    if changed {
+        maps.set_fast_config(fc)?;
     }
     Ok(())
 }
