@@ -586,8 +586,8 @@ pub const MAX_PORT_TRIES: u32 = 64;
 /// users expect it), then ports drawn independently across the range (a hash of the seed
 /// and `i`): consecutive probes would run into the clusters that consecutive probing itself
 /// builds, and fail where independent ones do not (see the test). A range no larger than
-/// the number of tries is walked from a random start instead, so that it is searched
-/// exhaustively.
+/// the number of tries is walked instead, from the internal port when it is in range (else
+/// from a random start), so that it is searched exhaustively.
 pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> Option<u16> {
     let len = range.len();
     if len == 0 {
@@ -597,7 +597,14 @@ pub const fn port_candidate(orig: u16, range: PortRange, seed: u32, i: u32) -> O
         return Some(orig);
     }
     let off = if len <= MAX_PORT_TRIES {
-        (seed % len + i) % len
+        // Walking from the internal port, whose try comes first: from anywhere else, the
+        // tries after it would miss one port of a range exactly as long as the tries.
+        let start = if range.contains(orig) {
+            orig as u32 - range.min as u32
+        } else {
+            seed % len
+        };
+        (start + i) % len
     } else {
         mix32(seed ^ i.wrapping_mul(0x9e37_79b9)) % len
     };
