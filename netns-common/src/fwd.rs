@@ -54,19 +54,25 @@ impl HopCache {
         (now >> 30) as u32
     }
 
-    /// The cached next hop and its MTU if it is still good in generation `gen` at `now`.
+    /// What `read` takes from the cache if it is still good in generation `gen` at `now`.
     #[inline(always)]
-    pub fn get(&self, generation: u32, now: u64) -> Option<(NextHop, u16)> {
+    fn read<R>(&self, generation: u32, now: u64, read: impl FnOnce(&Self) -> R) -> Option<R> {
         let want = generation.wrapping_add(1);
         // Safety: reads of a field of a live reference.
         let tag = unsafe { core::ptr::read_volatile(&self.tag) };
         if tag != want || want == 0 || Self::epoch(now).wrapping_sub(self.epoch) > HOP_MAX_EPOCHS {
             return None;
         }
-        let got = (self.hop, self.mtu);
+        let got = read(self);
         // Safety: as above. Another CPU rewriting it meanwhile zeroed the tag first.
         let again = unsafe { core::ptr::read_volatile(&self.tag) };
         (again == tag).then_some(got)
+    }
+
+    /// The cached next hop and its MTU if it is still good in generation `gen` at `now`.
+    #[inline(always)]
+    pub fn get(&self, generation: u32, now: u64) -> Option<(NextHop, u16)> {
+        self.read(generation, now, |c| (c.hop, c.mtu))
     }
 
     /// Caches `hop` (egress MTU `mtu`), looked up in generation `gen` at `now`.
@@ -86,16 +92,8 @@ impl HopCache {
     /// generation `fdb_gen` at `now` (0: none).
     #[inline(always)]
     pub fn port(&self, generation: u32, fdb_gen: u32, now: u64) -> u32 {
-        let want = generation.wrapping_add(1);
-        // Safety: reads of a field of a live reference.
-        let tag = unsafe { core::ptr::read_volatile(&self.tag) };
-        if tag != want || want == 0 || Self::epoch(now).wrapping_sub(self.epoch) > HOP_MAX_EPOCHS {
-            return 0;
-        }
-        let port = if self.fdb_gen == fdb_gen { self.port } else { 0 };
-        // Safety: as above.
-        let again = unsafe { core::ptr::read_volatile(&self.tag) };
-        if again == tag { port } else { 0 }
+        self.read(generation, now, |c| if c.fdb_gen == fdb_gen { c.port } else { 0 })
+            .unwrap_or(0)
     }
 
     /// Keeps `port`, found in FDB generation `fdb_gen`, with the next hop cached in
