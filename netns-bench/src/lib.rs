@@ -50,6 +50,11 @@ use crate::ebpf::CeilingHook;
 pub enum Backend {
     /// Plain routing, no NAT (lan is given a route back): the kernel path's own cost.
     None,
+    /// Plain routing, no NAT, with the eBPF forwarding at TC (`--nat none --fast-path tc`):
+    /// what the eBPF forwarding alone buys.
+    NoneTc,
+    /// The same in XDP (`--nat none --fast-path xdp`).
+    NoneXdp,
     /// The kernel's NAT through iptables.
     Iptables,
     /// The kernel's NAT through nftables.
@@ -76,8 +81,10 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const ALL: [Backend; 10] = [
+    pub const ALL: [Backend; 12] = [
         Backend::None,
+        Backend::NoneTc,
+        Backend::NoneXdp,
         Backend::Iptables,
         Backend::Nftables,
         Backend::Ebpf,
@@ -92,6 +99,8 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::None => "none",
+            Backend::NoneTc => "none-tc",
+            Backend::NoneXdp => "none-xdp",
             Backend::Iptables => "iptables",
             Backend::Nftables => "nftables",
             Backend::Ebpf => "ebpf",
@@ -112,7 +121,11 @@ impl Backend {
             Backend::Ebpf | Backend::EbpfOff | Backend::EbpfTc | Backend::EbpfXdp | Backend::EbpfTraced => {
                 NatKind::Ebpf
             }
-            Backend::None | Backend::TcRedirect | Backend::XdpRedirect => NatKind::None,
+            Backend::None
+            | Backend::NoneTc
+            | Backend::NoneXdp
+            | Backend::TcRedirect
+            | Backend::XdpRedirect => NatKind::None,
         }
     }
 
@@ -122,6 +135,15 @@ impl Backend {
             Backend::EbpfOff => Some(FastPath::Off),
             Backend::EbpfTc => Some(FastPath::Tc),
             Backend::EbpfXdp => Some(FastPath::Xdp),
+            _ => None,
+        }
+    }
+
+    /// The eBPF forwarding it sets where no NAT runs (None: the kernel forwards).
+    pub fn routed_fast_path(self) -> Option<FastPath> {
+        match self {
+            Backend::NoneTc => Some(FastPath::Tc),
+            Backend::NoneXdp => Some(FastPath::Xdp),
             _ => None,
         }
     }
@@ -571,6 +593,9 @@ impl BenchLab {
         if let Some(n) = cfg.nat.as_mut() {
             if let Some(mode) = backend.and_then(Backend::fast_path) {
                 n.ebpf.fast_path = mode;
+            }
+            if let Some(mode) = backend.and_then(Backend::routed_fast_path) {
+                n.routed_fast_path = mode;
             }
             // Twice the flows, so that the hash table stays sparse.
             n.ebpf.flows = n.ebpf.flows.max(flows.saturating_mul(2).next_power_of_two());
@@ -1196,7 +1221,7 @@ fn window(
 fn tcp_throughput(opts: &BenchOptions, p: &Parts, b: Backend, path: &str, streams: u32) -> Result<f64> {
     let (server_ns, client_ns, port, target) = match path {
         "snat" => (&p.lan, &p.red, 5201u16, p.lan_ip),
-        _ if b == Backend::None => (&p.blue, &p.lan, 80, p.blue_ip),
+        _ if b.nat() == NatKind::None => (&p.blue, &p.lan, 80, p.blue_ip),
         _ => (&p.blue, &p.lan, 80, p.uplink_ip),
     };
     // One-off (-1): the server serves the one client and exits. Readiness is read from the

@@ -20,8 +20,9 @@ struct Args {
     /// One short round of every workload, own generator and client only.
     #[arg(long)]
     quick: bool,
-    /// Backends to compare (comma-separated; tc-redirect and xdp-redirect are the
-    /// ceilings: bare redirects with no NAT, for packet workloads only).
+    /// Backends to compare (comma-separated; none-tc and none-xdp route without NAT
+    /// through the eBPF forwarding; tc-redirect and xdp-redirect are the ceilings: bare
+    /// redirects with no NAT and no routing, for packet workloads only).
     #[arg(long, value_enum, value_delimiter = ',')]
     backends: Option<Vec<bench::Backend>>,
     /// Workloads to run (comma-separated).

@@ -9,9 +9,11 @@ use plotters::prelude::*;
 use crate::{Results, Row};
 
 /// Backends in the order the tables and charts show them.
-const ORDER: [&str; 11] = [
+const ORDER: [&str; 13] = [
     "generator",
     "none",
+    "none-tc",
+    "none-xdp",
     "iptables",
     "nftables",
     "ebpf",

@@ -16,7 +16,7 @@ use crate::{
     fwd::{
         FAST_XDP, FastConfig, FdbEntry, HopCache, IpFacts, LearnHint, MacKey, NextHop, PEER_PORTS,
         PEER_UPLINK, PORT_BRIDGE, PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict,
-        partial_checksum,
+        partial_checksum, routable_ip,
     },
     nat::{BindingKey, DIR_IN, DIR_OUT, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
     packet::{Action, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, TcpHead, UDP_CSUM, ip_header_ok},
@@ -683,4 +683,101 @@ fn inbound_flow<P: Forwarding, T: FastTables>(
     nat::rewrite(ctx, ip.proto, L4, false, (ip.dst, int.0), (p[1], int.1))?;
     decrement_ttl_in_place(ctx, ip)?;
     write_macs_and_count(ctx, t, &hop, peer, false)
+}
+
+/// Ingress of a router port (a bridge port or the uplink) when the router runs no NAT
+/// (`--nat none` with a fast path): a routed packet goes straight to its next hop as the
+/// kernel's FIB has it (route, neighbour, MTU), its TTL decremented; the same next-hop and
+/// port steps as the NAT's fast path, with no state of its own. What the kernel would not
+/// forward this way (a local or broadcast destination, no route, an unresolved neighbour,
+/// a last hop, options, fragments, out the way it came) goes to the kernel unchanged.
+#[inline(always)]
+pub fn routed<P: Forwarding, T: FastTables>(ctx: &P, t: &T) -> Res<Action> {
+    let Some(fc) = config::<P, T>(t) else {
+        return Ok(Action::Pass);
+    };
+    let Some(h) = crate::packet::eth_ipv4(ctx) else {
+        return Ok(Action::Pass);
+    };
+    let arrived = ctx.ifindex();
+    let now = t.now_coarse();
+    // The interface the router routes it from, the MAC a routed frame is sent to there, and
+    // whether the bridge is due to see this host.
+    let (from, router_mac, bridge_due) = if arrived == fc.uplink_ifindex {
+        (arrived, fc.uplink_mac, false)
+    } else {
+        match t.port(arrived) {
+            Some(p) if p.master == fc.bridge_ifindex && p.master != 0 => {
+                (p.master, fc.gateway_mac, learn(ctx, t, &h.macs[1], fc, now))
+            }
+            _ => return Ok(Action::Pass),
+        }
+    };
+    // Another host's frame (bridged), or a broadcast: not routed.
+    if h.macs[0] != router_mac {
+        return Ok(Action::Pass);
+    }
+    let ip = h.ip;
+    match route(ctx, t, fc, &ip, from, now, bridge_due) {
+        Ok((hop, peer, outbound)) => {
+            decrement_ttl_in_place(ctx, &ip)?;
+            write_macs_and_count(ctx, t, &hop, peer, outbound)
+        }
+        Err(why) => Ok(or_slow(t, Err(why))),
+    }
+}
+
+/// The next hop of a routed packet, with the redirect to it set up: the hop, whether the
+/// redirect goes to the port's peer, and whether it leaves by the uplink.
+#[inline(always)]
+fn route<P: Forwarding, T: FastTables>(
+    ctx: &P,
+    t: &T,
+    fc: &FastConfig,
+    ip: &IpHdr,
+    from: u32,
+    now: u64,
+    bridge_due: bool,
+) -> Result<(NextHop, bool, bool), Slow> {
+    routable_ip(&ip_facts(ip))?;
+    if !ip_header_ok(ip) {
+        return Err(Slow::IpChecksum);
+    }
+    // Ports for policy rules that match them (absent, or too short: none).
+    let p: [WirePort; 2] = if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP {
+        ctx.load(L4).unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let (rc, hop, _) = ctx.fib_lookup(&FibQuery {
+        ifindex: from,
+        src: ip.src,
+        dst: ip.dst,
+        sport: p[0],
+        dport: p[1],
+        proto: ip.proto,
+        tot_len: u16::from_be(ip.tot_len),
+    });
+    fib_verdict(rc)?;
+    // Back out the way it came: the kernel owes the sender a redirect.
+    if hop.ifindex == from {
+        return Err(Slow::Policy);
+    }
+    let (port, to_port) = port_for::<P, T>(t, fc, hop.ifindex, &hop.dst_mac, now)?;
+    // A bridge port: the lookup checked the bridge's MTU, not the port's.
+    if port != hop.ifindex {
+        match ctx.check_mtu(port) {
+            0 => {}
+            ENODEV => return Err(Slow::Redirect),
+            _ => return Err(Slow::Mtu),
+        }
+    }
+    if bridge_due {
+        return Err(Slow::BridgeRefresh);
+    }
+    let outbound = port == fc.uplink_ifindex;
+    let peer_flag = if outbound { PEER_UPLINK } else { PEER_PORTS };
+    let peer = to_port && fc.flags & peer_flag != 0;
+    prepare_redirect(ctx, port, peer)?;
+    Ok((hop, peer, outbound))
 }

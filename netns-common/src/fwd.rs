@@ -144,6 +144,10 @@ pub struct FastConfig {
     /// The next-hop generation: every write of this configuration moves it on, and so
     /// does the agent at every routing change (see [`HopCache`]).
     pub hop_gen: u32,
+    /// The uplink's MAC: frames to it arriving on the uplink are routed (plain forwarding,
+    /// `--nat none`, where nothing else tells them from the uplink's other traffic).
+    pub uplink_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The uplink is a veth: at TC, outbound packets go straight into its peer's ingress
@@ -318,8 +322,11 @@ pub struct IpFacts {
     pub proto: u8,
 }
 
-/// Whether a packet may take the fast path, from its IPv4 header alone.
-pub const fn fast_ip(f: &IpFacts) -> Result<(), Slow> {
+/// Whether a packet may be forwarded without the router's stack, from its IPv4 header
+/// alone: no options (the kernel acts on some), not a fragment (a policy rule may match
+/// ports a later fragment does not carry), a TTL left after this hop. Any protocol: plain
+/// forwarding touches nothing past the IPv4 header.
+pub const fn routable_ip(f: &IpFacts) -> Result<(), Slow> {
     if f.ver_ihl != 0x45 {
         return Err(Slow::IpOptions);
     }
@@ -329,6 +336,15 @@ pub const fn fast_ip(f: &IpFacts) -> Result<(), Slow> {
     }
     if f.ttl <= 1 {
         return Err(Slow::Ttl);
+    }
+    Ok(())
+}
+
+/// Whether a packet may take the NAT's fast path, from its IPv4 header alone: routable, and
+/// TCP or UDP (the protocols whose flows it translates).
+pub const fn fast_ip(f: &IpFacts) -> Result<(), Slow> {
+    if let Err(why) = routable_ip(f) {
+        return Err(why);
     }
     if f.proto != crate::nat::PROTO_TCP && f.proto != crate::nat::PROTO_UDP {
         return Err(Slow::Protocol);
@@ -376,7 +392,10 @@ mod tests {
     #[test]
     fn shared_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<NextHop>(), 4 + 6 + 6);
-        assert_eq!(core::mem::size_of::<FastConfig>(), 4 + 4 + 6 + 2 + 8 + 4 + 4);
+        assert_eq!(
+            core::mem::size_of::<FastConfig>(),
+            4 + 4 + 6 + 2 + 8 + 4 + 4 + 6 + 2
+        );
         assert_eq!(core::mem::size_of::<MacKey>(), 6 + 2);
         assert_eq!(core::mem::size_of::<FdbEntry>(), 4 + 4 + 8 + 8);
         assert_eq!(core::mem::size_of::<PortState>(), 4 + 4);
@@ -438,6 +457,21 @@ mod tests {
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 1, PROTO_UDP)), Err(Slow::Ttl));
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 0, PROTO_UDP)), Err(Slow::Ttl));
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 64, PROTO_ICMP)), Err(Slow::Protocol));
+    }
+
+    #[test]
+    fn plain_forwarding_takes_any_protocol_but_not_options_fragments_or_a_last_hop() {
+        for proto in [PROTO_ICMP, PROTO_TCP, PROTO_UDP, 47, 132] {
+            assert_eq!(routable_ip(&ip_facts(0x45, 0x4000, 64, proto)), Ok(()), "{proto}");
+        }
+        assert_eq!(
+            routable_ip(&ip_facts(0x46, 0, 64, PROTO_ICMP)),
+            Err(Slow::IpOptions)
+        );
+        assert_eq!(routable_ip(&ip_facts(0x45, 0x2000, 64, 47)), Err(Slow::Fragment));
+        assert_eq!(routable_ip(&ip_facts(0x45, 0x0010, 64, 47)), Err(Slow::Fragment));
+        assert_eq!(routable_ip(&ip_facts(0x45, 0, 1, PROTO_ICMP)), Err(Slow::Ttl));
+        assert_eq!(routable_ip(&ip_facts(0x45, 0, 2, PROTO_ICMP)), Ok(()));
     }
 
     #[test]

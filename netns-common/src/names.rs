@@ -22,6 +22,10 @@ pub const PROG_NAT_FAST_OUT: &str = "nat_fast_out";
 /// The fast path in XDP: on the bridge ports (outbound) and on the uplink (inbound).
 pub const PROG_XDP_FAST_OUT: &str = "xdp_fast_out";
 pub const PROG_XDP_FAST_IN: &str = "xdp_fast_in";
+/// Plain forwarding (`--nat none` with a fast path): routed packets straight to their next
+/// hop, at TCX ingress or in XDP of the bridge ports and the uplink.
+pub const PROG_ROUTE_FAST: &str = "route_fast";
+pub const PROG_XDP_ROUTE_FAST: &str = "xdp_route_fast";
 /// The tables' maintenance (expiry, removals, address moves): never attached, run with
 /// BPF_PROG_TEST_RUN by the agent and the command line (`translate::maintain`).
 pub const PROG_NAT_MAINTAIN: &str = "nat_maintain";
@@ -89,6 +93,8 @@ pub const NAT_PROGRAMS: &[&str] = &[
     PROG_NAT_FAST_OUT,
     PROG_XDP_FAST_OUT,
     PROG_XDP_FAST_IN,
+    PROG_ROUTE_FAST,
+    PROG_XDP_ROUTE_FAST,
     PROG_NAT_MAINTAIN,
 ];
 

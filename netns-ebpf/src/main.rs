@@ -519,6 +519,21 @@ pub fn xdp_fast_in(ctx: XdpContext) -> u32 {
     xdp_verdict(traced(&Xdp(ctx), HOOK_FAST_IN_XDP, fast_in))
 }
 
+/// Plain forwarding (`--nat none` with the fast path at TC): routed packets straight to
+/// their next hop, the rest to the kernel.
+#[classifier]
+pub fn route_fast(ctx: TcContext) -> i32 {
+    let p = TcDirect::new(ctx);
+    tc_verdict(fast::routed(&p, &Maps::on(p.context())))
+}
+
+/// The same in XDP.
+#[xdp]
+pub fn xdp_route_fast(ctx: XdpContext) -> u32 {
+    let p = Xdp(ctx);
+    xdp_verdict(fast::routed(&p, &Maps::on(p.context())))
+}
+
 /// The tables' maintenance (expiry, removals, address changes): run by the agent and the
 /// command line with BPF_PROG_TEST_RUN, never attached.
 #[classifier]

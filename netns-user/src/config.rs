@@ -295,6 +295,11 @@ pub struct NatSpec {
     /// Settings of the eBPF NAT (the kernel backends use the kernel's own).
     #[serde(default)]
     pub ebpf: EbpfNatSpec,
+    /// Without NAT (`--nat none`): where routed packets skip the router's stack (`tc`,
+    /// `xdp`: an eBPF redirect driven by the kernel's FIB), or `off` (the default: the
+    /// kernel forwards). `up --nat none --fast-path MODE` sets it.
+    #[serde(default = "FastPath::off", skip_serializing_if = "FastPath::is_off")]
+    pub routed_fast_path: FastPath,
 }
 
 /// Where established flows skip the bridge and routing.
@@ -312,6 +317,15 @@ pub enum FastPath {
 }
 
 impl FastPath {
+    /// `Off`, as a serde default.
+    pub fn off() -> FastPath {
+        FastPath::Off
+    }
+
+    pub fn is_off(&self) -> bool {
+        *self == FastPath::Off
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FastPath::Tc => "tc",
@@ -542,6 +556,11 @@ impl LabConfig {
             (
                 "[nat.ebpf] fast_path",
                 old.ebpf.fast_path != new.ebpf.fast_path,
+                REBUILD,
+            ),
+            (
+                "[nat] routed_fast_path",
+                old.routed_fast_path != new.routed_fast_path,
                 REBUILD,
             ),
             (
@@ -821,6 +840,16 @@ impl LabConfig {
 }
 
 impl NatSpec {
+    /// The fast path the lab's eBPF programs run: plain forwarding's where it is on (only
+    /// ever without NAT), else the eBPF NAT's.
+    pub fn dataplane_fast_path(&self) -> FastPath {
+        if self.routed_fast_path.is_off() {
+            self.ebpf.fast_path
+        } else {
+            self.routed_fast_path
+        }
+    }
+
     /// What holds for the NAT wherever it runs: internal prefixes, forwards, eBPF settings.
     fn validate(&self) -> Result<(), ConfigError> {
         let nat = self;

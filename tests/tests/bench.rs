@@ -9,8 +9,10 @@ use std::{collections::HashSet, process::Command, sync::Mutex};
 use netns_tests::{bin, privileged};
 use serde_json::Value;
 
-const BACKENDS: [&str; 8] = [
+const BACKENDS: [&str; 10] = [
     "none",
+    "none-tc",
+    "none-xdp",
     "iptables",
     "nftables",
     "ebpf",
@@ -58,7 +60,9 @@ fn runs_at(label: &str, want: &str) -> bool {
     name == wname && places.split('+').any(|p| p.starts_with(wplace))
 }
 
-const PROGRAM_OF: [(&str, &str); 7] = [
+const PROGRAM_OF: [(&str, &str); 9] = [
+    ("none-tc", "route_fast@veth-red-br:tcx-ingress"),
+    ("none-xdp", "xdp_route_fast@veth-red-br:xdp"),
     ("ebpf", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-traced", "nat_fast_out@veth-red-br:tcx-ingress"),
     ("ebpf-off", "nat_egress@uplink"),
@@ -69,7 +73,9 @@ const PROGRAM_OF: [(&str, &str); 7] = [
 ];
 
 /// The same for the inbound workload (the load arrives on the uplink).
-const INBOUND_PROGRAM_OF: [(&str, &str); 7] = [
+const INBOUND_PROGRAM_OF: [(&str, &str); 9] = [
+    ("none-tc", "route_fast@uplink:tcx-ingress"),
+    ("none-xdp", "xdp_route_fast@uplink:xdp"),
     ("ebpf", "nat_ingress@uplink:tcx-ingress"),
     ("ebpf-traced", "nat_ingress@uplink:tcx-ingress"),
     ("ebpf-off", "nat_ingress@uplink:tcx-ingress"),

@@ -67,6 +67,8 @@ fn router(mode: u32, refresh_ns: u64, adjust: impl FnOnce(&mut NatConfig)) -> Me
         bridge_refresh_ns: refresh_ns,
         bridge_ifindex: BRIDGE,
         hop_gen: 0,
+        uplink_mac: UP_MAC,
+        _pad: [0; 2],
     });
     let mut ports = t.ports.borrow_mut();
     ports.insert(
@@ -988,4 +990,182 @@ fn xdp_looks_every_next_hop_up_since_its_lookup_tells_no_mtu() {
         assert_eq!(out.queries.borrow().len(), 1);
     }
     assert_eq!(t.counter(NatCounter::FastOutXdp), 2);
+}
+
+// Plain forwarding (`--nat none` with a fast path): `fast::routed` on the same router, with
+// no NAT state.
+
+const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
+
+/// Runs one routed packet each way, blue <-> lan, at hook mode `M` with `l4` (lan's port
+/// first when it is the source): each redirected to its next hop untranslated, the TTL one
+/// lower and every checksum valid (the frames the packet builder makes), counted, and no
+/// flow made.
+fn routes_both_ways<const M: u32>(out_l4: &L4, in_l4: &L4) {
+    let t = router(M, 0, |_| {});
+    let out = from_inside::<M>(&Ipv4::new(BLUE, LAN), out_l4, PORT_A, LAN);
+    assert_eq!(fast::routed(&out, &t), Ok(Action::Redirect));
+    let want = packet::frame(NEXT_MAC, UP_MAC, &Ipv4::new(BLUE, LAN).ttl(63), out_l4);
+    assert_same(&out.frame.bytes(), &want);
+    assert_eq!(out.redirected.get(), Some((UPLINK, true)));
+    // Routed as the router would: from the port's bridge, with the packet's own addresses.
+    let q = out.queries.borrow()[0];
+    assert_eq!((q.ifindex, q.src, q.dst), (BRIDGE, wire(BLUE), wire(LAN)));
+
+    let inb = from_outside::<M>(&Ipv4::new(LAN, BLUE), in_l4, BLUE);
+    assert_eq!(fast::routed(&inb, &t), Ok(Action::Redirect));
+    let want = packet::frame(HOST_MAC, GW_MAC, &Ipv4::new(LAN, BLUE).ttl(63), in_l4);
+    assert_same(&inb.frame.bytes(), &want);
+    // To the port the host was seen behind (its outbound packet came in there).
+    assert_eq!(inb.redirected.get(), Some((PORT_A, true)));
+    let q = inb.queries.borrow()[0];
+    assert_eq!((q.ifindex, q.src, q.dst), (UPLINK, wire(LAN), wire(BLUE)));
+
+    let (c_out, c_in) = if M == FAST_XDP {
+        (NatCounter::FastOutXdp, NatCounter::FastInXdp)
+    } else {
+        (NatCounter::FastOutTc, NatCounter::FastInTc)
+    };
+    assert_eq!((t.counter(c_out), t.counter(c_in)), (1, 1));
+    assert!(t.flows().is_empty(), "plain forwarding keeps no flow");
+}
+
+#[test]
+fn routed_udp_goes_straight_to_its_next_hop_both_ways_untranslated_at_tc() {
+    routes_both_ways::<FAST_TC>(&L4::udp(5000, 7000, b"routed"), &L4::udp(7000, 5000, b"back"));
+}
+
+#[test]
+fn routed_udp_goes_straight_to_its_next_hop_both_ways_untranslated_in_xdp() {
+    routes_both_ways::<FAST_XDP>(&L4::udp(5000, 7000, b"routed"), &L4::udp(7000, 5000, b"back"));
+}
+
+#[test]
+fn routed_tcp_and_icmp_take_it_too_whatever_their_flags() {
+    // No state to advance: a SYN is forwarded like any segment, ICMP like any protocol.
+    routes_both_ways::<FAST_TC>(
+        &tcp(5000, 80, TCP_SYN, 7, 0, b""),
+        &tcp(80, 5000, TCP_SYN | TCP_ACK, 100, 8, b""),
+    );
+    routes_both_ways::<FAST_TC>(&L4::echo(false, 9, 1, b"ping"), &L4::echo(true, 9, 1, b"ping"));
+}
+
+/// What plain forwarding must leave to the kernel, from a bridge port (blue -> lan): the
+/// change to make, and the counter it is counted in (None: not the router's to route, not
+/// counted).
+#[expect(clippy::type_complexity, reason = "a table of cases")]
+fn routed_cases() -> Vec<(
+    &'static str,
+    Option<NatCounter>,
+    fn(&mut Ipv4, &mut AtHook<FAST_TC>, &MemTables),
+)> {
+    vec![
+        ("last hop", Some(NatCounter::SlowTtl), |ip, _, _| {
+            *ip = ip.clone().ttl(1)
+        }),
+        ("IP options", Some(NatCounter::SlowIpOptions), |ip, _, _| {
+            ip.options = vec![1, 1, 1, 0]
+        }),
+        ("fragment", Some(NatCounter::SlowFragment), |ip, _, _| {
+            ip.more_fragments = true
+        }),
+        ("no route", Some(NatCounter::SlowPolicy), |_, h, _| {
+            h.routes.clear()
+        }),
+        (
+            "unresolved neighbour",
+            Some(NatCounter::SlowNoNeighbour),
+            |_, h, _| h.routes[0].answer = netns_common::fwd::FIB_NO_NEIGH,
+        ),
+        ("too big", Some(NatCounter::SlowMtu), |_, h, _| {
+            h.routes[0].answer = netns_common::fwd::FIB_FRAG_NEEDED
+        }),
+        (
+            "back out the way it came",
+            Some(NatCounter::SlowPolicy),
+            |ip, h, _| {
+                // To red, on the same bridge, through the router's MAC: the kernel redirects.
+                ip.dst = RED;
+                h.routes = routes(LAN, RED);
+            },
+        ),
+        ("uplink down", Some(NatCounter::SlowPolicy), |_, _, t| {
+            t.ports.borrow_mut().get_mut(&UPLINK).expect("listed").flags = 0
+        }),
+        ("redirect refused", Some(NatCounter::RedirectFailed), |_, h, _| {
+            h.refuse_redirect = true
+        }),
+        ("another host's frame", None, |_, h, _| {
+            h.frame = Frame::new(
+                packet::frame(
+                    HOST_MAC,
+                    [2, 0, 0, 0, 0, 9],
+                    &Ipv4::new(BLUE, LAN),
+                    &L4::udp(1, 2, b"x"),
+                )
+                .to_vec(),
+            );
+            h.frame.ifindex = PORT_A;
+        }),
+    ]
+}
+
+#[test]
+fn what_the_kernel_would_not_forward_this_way_is_left_to_it_untouched_and_counted() {
+    for (name, want, setup) in routed_cases() {
+        let t = router(FAST_TC, 0, |_| {});
+        let mut ip = Ipv4::new(BLUE, LAN);
+        let l4 = L4::udp(5000, 7000, b"data");
+        // Twice (each setup is idempotent): once for the header, then on the hook built
+        // from it, so that the frame's checksums match its header.
+        let mut scratch = from_inside::<FAST_TC>(&ip, &l4, PORT_A, LAN);
+        setup(&mut ip, &mut scratch, &t);
+        let mut h = from_inside::<FAST_TC>(&ip, &l4, PORT_A, LAN);
+        setup(&mut ip, &mut h, &t);
+        let bytes = h.frame.bytes();
+        let before: Vec<u64> = NatCounter::ALL.iter().map(|c| t.counter(*c)).collect();
+        assert_eq!(fast::routed(&h, &t), Ok(Action::Pass), "{name}");
+        assert_eq!(h.frame.bytes(), bytes, "{name}: the packet is as it came");
+        assert!(
+            h.redirected.get().is_none() || want == Some(NatCounter::RedirectFailed),
+            "{name}: no redirect"
+        );
+        let moved: Vec<_> = NatCounter::ALL
+            .iter()
+            .zip(&before)
+            .filter(|(c, b)| t.counter(**c) != **b)
+            .map(|(c, _)| c)
+            .collect();
+        match want {
+            Some(c) => assert_eq!(moved, [&c], "{name}"),
+            None => assert!(moved.is_empty(), "{name}: counted {moved:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_bad_ip_header_checksum_is_the_kernels_to_drop() {
+    let t = router(FAST_TC, 0, |_| {});
+    let h = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"data"), PORT_A, LAN);
+    let mut bytes = h.frame.bytes().to_vec();
+    bytes[14 + 10] ^= 0x40;
+    let mut bad = AtHook::<FAST_TC>::new(Frame::new(bytes.clone()));
+    bad.frame.ifindex = PORT_A;
+    bad.routes = h.routes.clone();
+    assert_eq!(fast::routed(&bad, &t), Ok(Action::Pass));
+    assert_eq!(bad.frame.bytes(), bytes);
+    assert_eq!(t.counter(NatCounter::SlowIpChecksum), 1);
+}
+
+#[test]
+fn plain_forwarding_is_off_in_the_other_mode_and_on_ports_it_does_not_serve() {
+    let t = router(FAST_XDP, 0, |_| {});
+    let h = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), PORT_A, LAN);
+    assert_eq!(fast::routed(&h, &t), Ok(Action::Pass));
+    assert_eq!(h.redirected.get(), None);
+    let t = router(FAST_TC, 0, |_| {});
+    // A port the table does not know (not the bridge's, not the uplink).
+    let h = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), 99, LAN);
+    assert_eq!(fast::routed(&h, &t), Ok(Action::Pass));
+    assert_eq!(h.redirected.get(), None);
 }

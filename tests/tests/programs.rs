@@ -637,6 +637,7 @@ fn the_xdp_fast_path_passes_what_it_cannot_take_untouched() {
         bridge_refresh_ns: 0,
         bridge_ifindex: 0,
         hop_gen: 0,
+        ..FastConfig::default()
     };
     let Some(bed) = bed("pxdp", Some(fast)) else {
         return;
@@ -828,6 +829,7 @@ fn the_fast_path_rewrites_and_redirects_to_the_next_hop(xdp: bool) {
         bridge_refresh_ns: 0,
         bridge_ifindex: 0,
         hop_gen: 0,
+        ..FastConfig::default()
     })
     .unwrap();
     for l in [&port0, &up0] {
@@ -1029,6 +1031,7 @@ fn a_redirect_to_a_vanished_port_is_counted_and_left_to_the_slow_path() {
             bridge_refresh_ns: 0,
             bridge_ifindex: br0.index,
             hop_gen: 0,
+            ..FastConfig::default()
         })
         .unwrap();
         bed.set_port(

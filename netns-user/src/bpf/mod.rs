@@ -25,8 +25,8 @@ use netns_common::{
     names::{
         MAP_NAT_BINDINGS, MAP_NAT_DEVMAP, MAP_NAT_FLOWS, MAP_NAT_LAYOUT, MAP_UPLINK_COUNTERS, NAT_MAPS,
         PIN_NAT_MAINTAIN, PIN_ROOT, PROG_NAT_EGRESS, PROG_NAT_FAST_OUT, PROG_NAT_HAIRPIN, PROG_NAT_INGRESS,
-        PROG_NAT_MAINTAIN, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS, PROG_XDP_FAST_IN,
-        PROG_XDP_FAST_OUT, full_program_name,
+        PROG_NAT_MAINTAIN, PROG_ROUTE_FAST, PROG_UPLINK_COUNT_EGRESS, PROG_UPLINK_COUNT_INGRESS,
+        PROG_XDP_FAST_IN, PROG_XDP_FAST_OUT, PROG_XDP_ROUTE_FAST, full_program_name,
     },
     nat::NatConfig,
 };
@@ -306,6 +306,49 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
     res
 }
 
+/// Loads the object for plain forwarding (`--nat none` with a fast path): no NAT, only the
+/// routing program at the ingress of `ports` and `uplink` (TCX or XDP, as `fast.mode`
+/// says), with the fast path's configuration `fast`; maps and links pinned under
+/// `pin_dir(prefix)` (the counters, the port table and the FDB are the NAT's own maps, so
+/// `stats` reads them as for the NAT). A failure detaches whatever it attached and leaves
+/// no pin.
+pub fn attach_router(ns: &str, uplink: &str, ports: &[String], prefix: &str, fast: FastConfig) -> Result<()> {
+    let dir = prepare_pin_dir(prefix)?;
+    let res = netns::run_in(ns, || {
+        let counters = dir.join(MAP_UPLINK_COUNTERS);
+        // The NAT's tables are not used: the smallest the kernel takes.
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &LOG_OFF, false)
+            .map_max_entries(MAP_NAT_FLOWS, ROUTER_TABLE_ENTRIES)
+            .map_max_entries(MAP_NAT_BINDINGS, ROUTER_TABLE_ENTRIES)
+            .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
+            .load(object()?)
+            .map_err(EbpfError::Load)?;
+        let mut maps = pin_nat_maps(&ebpf, prefix)?;
+        maps.set_layout(LAYOUT_STAMP)?;
+        maps.set_fast_config(fast)?;
+        let all = ports.iter().map(String::as_str).chain([uplink]);
+        let links = if fast.mode == FAST_XDP {
+            maps.fill_devmap(all.clone())?;
+            let hooks: Vec<_> = all.map(|i| (PROG_XDP_ROUTE_FAST, i)).collect();
+            attach_xdp(&mut ebpf, &hooks)?
+        } else {
+            let hooks: Vec<_> = all.map(|i| (PROG_ROUTE_FAST, i, TcAttachType::Ingress)).collect();
+            attach_tcx(&mut ebpf, &hooks)?
+        };
+        pin_links(&dir, links)?;
+        // The agent's sweep runs it (on empty tables): one agent, whatever the dataplane.
+        pin_maintenance(&mut ebpf, &dir)
+    })?;
+    if res.is_err() {
+        let _ = remove_pins(prefix);
+    }
+    res
+}
+
+/// The size of the NAT's tables where no NAT runs (plain forwarding).
+const ROUTER_TABLE_ENTRIES: u32 = 64;
+
 /// Pins a fresh load's NAT maps under `pin_dir(prefix)` and opens them: how a new NAT's
 /// maps are filled, a lab's as the test kit's.
 pub fn pin_nat_maps(ebpf: &Ebpf, prefix: &str) -> Result<NatMaps> {
@@ -342,8 +385,10 @@ fn pin_maintenance(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
 const PINNED_PROGRAMS: &[&str] = &[
     PROG_UPLINK_COUNT_INGRESS,
     PROG_UPLINK_COUNT_EGRESS,
+    PROG_XDP_ROUTE_FAST,
     PROG_NAT_FAST_OUT,
     PROG_XDP_FAST_OUT,
+    PROG_ROUTE_FAST,
     PROG_NAT_HAIRPIN,
     PROG_NAT_INGRESS,
     PROG_XDP_FAST_IN,

@@ -3,10 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use netns_user::{
-    lab::{self, Lab},
-    nat::NatKind,
-};
+use netns_user::lab::{self, Lab};
 
 use super::{
     common::PrefixArg,
@@ -42,7 +39,7 @@ pub(super) fn exec(args: Args) -> Result<()> {
     let lab = Lab::open(&prefix.prefix)?;
     // Not refused on a kernel-NAT lab: it has the uplink's counters.
     let read = || -> Result<serde_json::Value> {
-        Ok(if lab.state.nat == NatKind::Ebpf {
+        Ok(if lab.runs_ebpf() {
             serde_json::to_value(netns_user::ops::conntrack::stats(&prefix.prefix)?)?
         } else {
             serde_json::json!({ "uplink": netns_user::bpf::read_uplink_counters(&prefix.prefix)? })

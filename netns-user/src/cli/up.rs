@@ -23,8 +23,10 @@ pub(super) struct Args {
     /// NAT in the router namespace.
     #[arg(long, value_enum, default_value_t = NatKind::Ebpf, conflicts_with_all = ["resume", "upgrade"])]
     nat: NatKind,
-    /// eBPF NAT only: where established flows skip the bridge and routing (overrides
-    /// the lab file's [nat.ebpf] fast_path; default tc).
+    /// With the eBPF NAT: where established flows skip the bridge and routing (overrides
+    /// the lab file's [nat.ebpf] fast_path; default tc). With --nat none: where routed
+    /// packets take an eBPF redirect driven by the kernel's FIB instead of the kernel's
+    /// forwarding ([nat] routed_fast_path; default off).
     #[arg(long, value_enum, conflicts_with_all = ["resume", "upgrade"])]
     fast_path: Option<netns_user::config::FastPath>,
     /// The lab exists: start its agent again if it is not running (after a crash or a
@@ -84,8 +86,17 @@ pub(super) fn exec(args: Args) -> Result<()> {
         }
         None => LabConfig::reference(),
     };
-    if let Some(fp) = fast_path {
-        ebpf_setting(&mut cfg, nat, "--fast-path")?.fast_path = fp;
+    match (nat, fast_path) {
+        (_, None) => {}
+        (NatKind::None, Some(fp)) => match cfg.nat.as_mut() {
+            Some(n) => n.routed_fast_path = fp,
+            None => bail!("--fast-path with --nat none: the lab file has no [nat] section (router, uplink)"),
+        },
+        (NatKind::Ebpf, Some(fp)) => ebpf_setting(&mut cfg, nat, "--fast-path")?.fast_path = fp,
+        (other, Some(_)) => bail!(
+            "--fast-path is for --nat ebpf (the NAT's fast path) or --nat none (eBPF forwarding \
+             without NAT), not for --nat {other}, whose NAT is the kernel's"
+        ),
     }
     if let Some(level) = log_level {
         ebpf_setting(&mut cfg, nat, "--log-level")?.log_level = level;

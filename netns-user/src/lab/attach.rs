@@ -114,6 +114,7 @@ impl Lab {
                     log_level: spec.log_level,
                     ..EbpfNatSpec::default()
                 },
+                routed_fast_path: FastPath::Off,
             }),
             attached: true,
         };

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::sys::netlink::{NetlinkError, NsSnapshot};
 use crate::{
     bpf::{self, EbpfError, UplinkCounters},
-    config::{self, ConfigError, LabConfig, LogLevel},
+    config::{self, ConfigError, FastPath, LabConfig, LogLevel},
     nat::{NatError, NatKind, NatTarget},
     ops::agent::{self, AgentError, Resumed},
     sys::netlink,
@@ -53,6 +53,11 @@ pub enum LabError {
     NoSuchLab(String),
     #[error("--nat {0} needs a [nat] section in the lab file")]
     NoNatSection(NatKind),
+    #[error(
+        "[nat] routed_fast_path is the forwarding of --nat none; with --nat {0} use [nat.ebpf] \
+         fast_path (the eBPF NAT's own)"
+    )]
+    RoutedWithNat(NatKind),
     #[error("lab state {path}: {detail}")]
     State { path: PathBuf, detail: String },
     #[error("sysctl {key} in namespace {ns}: {source}")]
@@ -157,6 +162,9 @@ impl Lab {
         config.validate()?;
         if nat != NatKind::None && config.nat.is_none() {
             return Err(LabError::NoNatSection(nat));
+        }
+        if nat != NatKind::None && config.nat.as_ref().is_some_and(|n| !n.routed_fast_path.is_off()) {
+            return Err(LabError::RoutedWithNat(nat));
         }
         let lab = Lab {
             config: config.clone(),
@@ -320,9 +328,15 @@ impl Lab {
             if let Some(backend) = self.state.nat.backend() {
                 progress(&format!("applying {} NAT in {router}", self.state.nat));
                 backend.apply(&target)?;
-                if agent::runs_beside(self.state.nat) {
-                    agent::start(self.prefix())?;
-                }
+            } else if target.nat.routed_fast_path != FastPath::Off {
+                progress(&format!(
+                    "attaching the eBPF forwarding ({}, no NAT) in {router}",
+                    target.nat.routed_fast_path.name()
+                ));
+                crate::nat::routed::apply(&target)?;
+            }
+            if self.runs_ebpf() {
+                agent::start(self.prefix())?;
             }
         }
         Ok(())
@@ -331,7 +345,7 @@ impl Lab {
     /// Brings back what runs beside the lab's NAT if it died (the eBPF NAT's agent).
     pub fn resume(&self) -> Result<Resumed> {
         require_root()?;
-        match (agent::runs_beside(self.state.nat), self.nat_target()) {
+        match (self.runs_ebpf(), self.nat_target()) {
             (true, Some(t)) => Ok(agent::resume(t.prefix)?),
             _ => Ok(Resumed::Nothing),
         }
@@ -386,6 +400,19 @@ impl Lab {
             Resumed::Started(pid) | Resumed::Running(pid) => format!("{done}\n  agent restarted (pid {pid})"),
             Resumed::Nothing => done,
         })
+    }
+
+    /// Whether eBPF programs carry the lab's routed traffic, with the NAT's counters and an
+    /// agent that keeps them in step with the router: the eBPF NAT, or plain forwarding with
+    /// a fast path.
+    pub fn runs_ebpf(&self) -> bool {
+        self.state.nat == NatKind::Ebpf
+            || (self.state.nat == NatKind::None
+                && self
+                    .config
+                    .nat
+                    .as_ref()
+                    .is_some_and(|n| n.routed_fast_path != FastPath::Off))
     }
 
     /// Where the lab's NAT lives, if it has a `[nat]` section.
@@ -460,6 +487,7 @@ impl Lab {
         let target = self.nat_target();
         let nat_rules = match (&target, self.state.nat.backend()) {
             (Some(t), Some(b)) => Some(b.describe(t)?),
+            (Some(t), None) => crate::nat::routed::describe(t)?,
             _ => None,
         };
         let ebpf_status = match &target {

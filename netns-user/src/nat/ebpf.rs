@@ -98,13 +98,17 @@ pub fn static_binding(f: &ForwardSpec) -> StaticBinding {
     }
 }
 
-/// The fast path's ports and configuration, if it is on: the uplink's ifindex and the MAC of
-/// the (first) internal bridge, the router's address on the internal side.
-fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatError> {
+/// The fast path's ports and configuration in mode `wanted`, if it is on: the uplink's
+/// ifindex and MAC and the MAC of the (first) internal bridge, the router's address on the
+/// internal side.
+pub(crate) fn fast_config(
+    t: &NatTarget,
+    wanted: FastPath,
+) -> Result<Option<(Vec<String>, FastConfig)>, NatError> {
     let Some((_, bridge)) = t.bridge_ports.first() else {
         return Ok(None);
     };
-    let mode = match t.nat.ebpf.fast_path {
+    let mode = match wanted {
         FastPath::Off => return Ok(None),
         wanted => fast_mode(wanted),
     };
@@ -128,6 +132,8 @@ fn fast_config(t: &NatTarget) -> Result<Option<(Vec<String>, FastConfig)>, NatEr
             bridge_refresh_ns: bridge_refresh_ns(gw.bridge_ageing_cs),
             bridge_ifindex: gw.index,
             hop_gen: 0,
+            uplink_mac: uplink.mac,
+            _pad: [0; 2],
         },
     )))
 }
@@ -227,6 +233,12 @@ pub fn sync_ports(maps: &mut NatMaps, links: &[LinkBrief]) -> Result<(), NatErro
             changed = true;
         }
     }
+    if let Some(up) = links.iter().find(|l| l.index == fc.uplink_ifindex)
+        && up.mac != fc.uplink_mac
+    {
+        fc.uplink_mac = up.mac;
+        changed = true;
+    }
     // Written after the ports: the generation it moves on makes flows drop the ports they
     // kept (see `HopCache`), and they must find the table as it is now.
     if changed {
@@ -255,7 +267,7 @@ fn peer_flags(t: &NatTarget) -> u16 {
 /// instance that frames redirected into its peer need (without it they are dropped), and
 /// TX checksum offload off, because XDP cannot tell a partial L4 checksum from a complete
 /// one and a partial one would arrive, and be dropped, as a bad checksum.
-fn prepare_xdp_peers(t: &NatTarget) -> Result<(), NatError> {
+pub(crate) fn prepare_xdp_peers(t: &NatTarget) -> Result<(), NatError> {
     for (ns, iface) in t.port_peers.iter().chain(&t.uplink_peer) {
         ethtool::set(ns, iface, Offload::Gro, true)?;
         ethtool::set(ns, iface, Offload::TxChecksum, false)?;
@@ -304,7 +316,7 @@ impl NatBackend for EbpfNat {
         if t.nat.ebpf.fast_path == FastPath::Xdp {
             prepare_xdp_peers(t)?;
         }
-        let mut fast = fast_config(t)?;
+        let mut fast = fast_config(t, t.nat.ebpf.fast_path)?;
         if let Some((_, fc)) = &mut fast
             && let Some(why) = firewall::forward_filter(&t.router_ns)?
         {

@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 pub mod kernel;
+pub mod routed;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,8 @@ pub enum NatError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NatKind {
-    /// No NAT: plain routing (outbound replies have no way back).
+    /// No NAT: plain routing (outbound replies have no way back), by the kernel or, with
+    /// --fast-path tc|xdp, by an eBPF redirect driven by the kernel's FIB.
     None,
     /// The kernel's NAT through iptables (MASQUERADE and DNAT rules).
     Iptables,

@@ -12,12 +12,7 @@ use std::{
 use netns_common::names::MAP_NAT_CONFIG;
 
 use super::{AgentError, client::answers};
-use crate::{bpf, nat::NatKind, sys::paths::state_dir};
-
-/// Whether a lab whose NAT is `kind` has an agent (only the eBPF NAT does).
-pub fn runs_beside(kind: NatKind) -> bool {
-    kind == NatKind::Ebpf
-}
+use crate::{bpf, sys::paths::state_dir};
 
 /// The agent's PID file, control socket and log.
 pub fn pid_file(prefix: &str) -> PathBuf {

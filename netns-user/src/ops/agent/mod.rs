@@ -30,7 +30,7 @@ mod server;
 mod trace_flag;
 
 pub use client::{answers, health, request, request_within, wait_ready};
-pub use lifecycle::{Resumed, log_path, pid, pid_file, resume, runs_beside, socket_path, start, stop};
+pub use lifecycle::{Resumed, log_path, pid, pid_file, resume, socket_path, start, stop};
 pub use log_rotation::LOG_MAX;
 pub use protocol::{CONNECTION_TIME, Filter, Health, MAX_REQUEST, Reply, Request};
 pub use server::run;

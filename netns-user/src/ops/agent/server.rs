@@ -87,7 +87,8 @@ impl Shared {
         // Held throughout: a live change waits, then sees the new address (and a forward
         // added meanwhile is not left on the old one).
         let cfg = self.config.lock().expect("not poisoned");
-        let Some(nat) = cfg.nat.as_ref() else {
+        // Plain forwarding has no external address to follow.
+        let Some(nat) = cfg.nat.as_ref().filter(|n| n.routed_fast_path.is_off()) else {
             return;
         };
         match sweeper::follow_uplink_address(&mut self.maps(), &self.prefix, nat, &self.router_ns) {
@@ -423,7 +424,7 @@ async fn firewall_loop(shared: Arc<Shared>) {
             .expect("not poisoned")
             .nat
             .as_ref()
-            .map(|n| n.ebpf.fast_path);
+            .map(|n| n.dataplane_fast_path());
         let Some(wanted) = wanted else { return };
         let s = shared.clone();
         let held = tokio::task::spawn_blocking(move || {
