@@ -616,7 +616,7 @@ impl BenchLab {
             netlink::in_ns(&lab.ns("lan"), |r| async move {
                 r.add_route(
                     "192.168.15.0/24".parse().expect("literal"),
-                    Some(Ipv4Addr::new(192, 168, 1, 2)),
+                    Some(Ipv4Addr::new(192, 168, 1, 2).into()),
                     None,
                 )
                 .await

@@ -1,6 +1,10 @@
 //! Address and name parsing shared by configuration and tools: pure, `no_std`, host-tested.
 
-use core::{fmt, net::Ipv4Addr, str::FromStr};
+use core::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -22,6 +26,12 @@ pub enum NetError {
     BadNameChar { ch: char },
     /// `.` and `..` are refused by the kernel as interface names.
     ReservedName,
+    /// No `/len` after an IPv6 address.
+    MissingPrefixLen6,
+    /// The part before `/` is not an IPv6 address.
+    BadAddress6,
+    /// An IPv6 prefix length not in 0..=128.
+    BadPrefixLen6,
 }
 
 impl fmt::Display for NetError {
@@ -38,6 +48,11 @@ impl fmt::Display for NetError {
             NetError::EmptyName => f.write_str("is empty"),
             NetError::BadNameChar { ch } => write!(f, "contains {ch:?}, which is not allowed"),
             NetError::ReservedName => f.write_str("is reserved"),
+            NetError::MissingPrefixLen6 => {
+                f.write_str("missing prefix length (write it as addr/len, e.g. fd00:15::1/64)")
+            }
+            NetError::BadAddress6 => f.write_str("not an IPv6 address"),
+            NetError::BadPrefixLen6 => f.write_str("prefix length must be 0 to 128"),
         }
     }
 }
@@ -103,6 +118,147 @@ impl FromStr for Ipv4Cidr {
 impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// The prefix length after `/`: plain digits (u8::from_str would take a leading '+'), at
+/// most `max`.
+fn prefix_len(len: &str, max: u8, err: NetError) -> Result<u8, NetError> {
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 {
+        return Err(err);
+    }
+    match u8::from_str(len) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(err),
+    }
+}
+
+/// An IPv6 interface address with its prefix length, as in `fd00:15::1/64` (the host part
+/// kept, as for [`Ipv4Cidr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv6Cidr {
+    /// Builds one, refusing a prefix length over 128.
+    pub const fn new(addr: Ipv6Addr, prefix_len: u8) -> Result<Self, NetError> {
+        if prefix_len > 128 {
+            return Err(NetError::BadPrefixLen6);
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    /// The netmask as an integer.
+    pub const fn mask(&self) -> u128 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.prefix_len as u32)
+        }
+    }
+
+    /// The network this address is on (host bits cleared).
+    pub const fn network(&self) -> Ipv6Cidr {
+        Ipv6Cidr {
+            addr: Ipv6Addr::from_bits(self.addr.to_bits() & self.mask()),
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    /// Whether `ip` lies in this address's network.
+    pub const fn contains(&self, ip: Ipv6Addr) -> bool {
+        ip.to_bits() & self.mask() == self.addr.to_bits() & self.mask()
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.trim().split_once('/').ok_or(NetError::MissingPrefixLen6)?;
+        let addr = Ipv6Addr::from_str(addr).map_err(|_| NetError::BadAddress6)?;
+        Ipv6Cidr::new(addr, prefix_len(len, 128, NetError::BadPrefixLen6)?)
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// An interface address or route destination of either family. Parsed as IPv6 when it
+/// holds a `:` (no IPv4 form does), so an IPv4 mistake reads as one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpCidr {
+    V4(Ipv4Cidr),
+    V6(Ipv6Cidr),
+}
+
+impl IpCidr {
+    pub const fn network(&self) -> IpCidr {
+        match self {
+            IpCidr::V4(c) => IpCidr::V4(c.network()),
+            IpCidr::V6(c) => IpCidr::V6(c.network()),
+        }
+    }
+
+    /// Whether `ip` lies in this address's network (never across families).
+    pub const fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (IpCidr::V4(c), IpAddr::V4(a)) => c.contains(a),
+            (IpCidr::V6(c), IpAddr::V6(a)) => c.contains(a),
+            _ => false,
+        }
+    }
+
+    pub const fn addr(&self) -> IpAddr {
+        match self {
+            IpCidr::V4(c) => IpAddr::V4(c.addr),
+            IpCidr::V6(c) => IpAddr::V6(c.addr),
+        }
+    }
+
+    pub const fn prefix_len(&self) -> u8 {
+        match self {
+            IpCidr::V4(c) => c.prefix_len,
+            IpCidr::V6(c) => c.prefix_len,
+        }
+    }
+
+    /// The IPv4 address, if it is one.
+    pub const fn v4(&self) -> Option<Ipv4Cidr> {
+        match self {
+            IpCidr::V4(c) => Some(*c),
+            IpCidr::V6(_) => None,
+        }
+    }
+
+    pub const fn is_ipv6(&self) -> bool {
+        matches!(self, IpCidr::V6(_))
+    }
+}
+
+impl FromStr for IpCidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            s.parse().map(IpCidr::V6)
+        } else {
+            s.parse().map(IpCidr::V4)
+        }
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidr::V4(c) => c.fmt(f),
+            IpCidr::V6(c) => c.fmt(f),
+        }
     }
 }
 
@@ -203,7 +359,35 @@ mod tests {
         assert_eq!(validate_ns_name(""), Err(NetError::EmptyName));
     }
 
+    #[test]
+    fn parses_ipv6_interface_addresses_and_says_what_is_wrong() {
+        let c: IpCidr = "fd00:15::1/64".parse().unwrap();
+        assert!(c.is_ipv6());
+        assert_eq!(c.network().to_string(), "fd00:15::/64");
+        assert!(c.contains("fd00:15::fe".parse().unwrap()));
+        assert!(!c.contains("fd00:1::2".parse().unwrap()));
+        assert!(
+            !c.contains("192.168.15.1".parse().unwrap()),
+            "never across families"
+        );
+        assert_eq!("fd00:15::1".parse::<IpCidr>(), Err(NetError::MissingPrefixLen6));
+        assert_eq!("fd00:15::g/64".parse::<IpCidr>(), Err(NetError::BadAddress6));
+        assert_eq!("fd00:15::1/129".parse::<IpCidr>(), Err(NetError::BadPrefixLen6));
+        assert_eq!("fd00:15::1/+64".parse::<IpCidr>(), Err(NetError::BadPrefixLen6));
+        // An IPv4 mistake is still told as one.
+        assert_eq!("192.168.15.1".parse::<IpCidr>(), Err(NetError::MissingPrefixLen));
+        assert_eq!("::/0".parse::<IpCidr>().unwrap().prefix_len(), 0);
+    }
+
     proptest! {
+        #[test]
+        fn ipv6_display_parse_round_trip(bits: u128, len in 0u8..=128, other: u128) {
+            let c = IpCidr::V6(Ipv6Cidr::new(Ipv6Addr::from_bits(bits), len).unwrap());
+            prop_assert_eq!(c.to_string().parse::<IpCidr>().unwrap(), c);
+            let IpCidr::V6(v6) = c else { unreachable!() };
+            prop_assert_eq!(v6.contains(Ipv6Addr::from_bits(other)), (other ^ bits) & v6.mask() == 0);
+        }
+
         #[test]
         fn display_parse_round_trip(bits: u32, len in 0u8..=32) {
             let c = Ipv4Cidr::new(Ipv4Addr::from_bits(bits), len).unwrap();

@@ -5,11 +5,11 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     str::FromStr,
 };
 
-use netns_common::net::{Ipv4Cidr, NetError, validate_ifname, validate_ns_name};
+use netns_common::net::{IpCidr, Ipv4Cidr, NetError, validate_ifname, validate_ns_name};
 use serde::{Deserialize, Serialize};
 
 /// The built-in default: the reference scenario.
@@ -49,16 +49,21 @@ pub enum ConfigError {
         "route to {to} in namespace {ns:?}: gateway {via} is on none of the namespace's \
          networks (a forgotten netmask, such as /24, on its address?)"
     )]
-    GatewayUnreachable { ns: String, to: Cidr, via: Ipv4Addr },
+    GatewayUnreachable { ns: String, to: IfAddr, via: IpAddr },
+    #[error(
+        "route to {to} in namespace {ns:?}: gateway {via} is of the other address family \
+         (an IPv6 default route is written to = \"::/0\")"
+    )]
+    RouteFamilyMismatch { ns: String, to: IfAddr, via: IpAddr },
     #[error(
         "route to {to} in namespace {ns:?}: host bits are set; the network is {}",
         to.0.network()
     )]
-    RouteNotNetwork { ns: String, to: Cidr },
+    RouteNotNetwork { ns: String, to: IfAddr },
     #[error("route to {to} in namespace {ns:?}: device {dev:?} is not an interface there")]
-    UnknownRouteDevice { ns: String, to: Cidr, dev: String },
+    UnknownRouteDevice { ns: String, to: IfAddr, dev: String },
     #[error("route to {to} in namespace {ns:?} has neither `via` nor `dev`")]
-    RouteWithoutNextHop { ns: String, to: Cidr },
+    RouteWithoutNextHop { ns: String, to: IfAddr },
     #[error(
         "sysctl {0:?}: only per-namespace keys under net.ipv4. and net.ipv6. are allowed, \
          written with dots"
@@ -144,6 +149,45 @@ pub fn store(prefix: &str, config: &LabConfig) -> Result<(), ConfigError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Cidr(pub Ipv4Cidr);
+
+/// An interface address or a route's destination, IPv4 (`a.b.c.d/len`, `default` for
+/// `0.0.0.0/0`) or IPv6 (`fd00:15::1/64`, `::/0` for the IPv6 default route).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfAddr(pub IpCidr);
+
+impl TryFrom<String> for IfAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl FromStr for IfAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains(':') {
+            return s.parse::<IpCidr>().map(IfAddr).map_err(|e| format!("{s:?}: {e}"));
+        }
+        // IPv4 as before: `default`, and the same words for its mistakes.
+        s.parse::<Cidr>().map(|c| IfAddr(IpCidr::V4(c.0)))
+    }
+}
+
+impl From<IfAddr> for String {
+    fn from(c: IfAddr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpCidr::V4(c) => Cidr(c).fmt(f),
+            IpCidr::V6(c) => c.fmt(f),
+        }
+    }
+}
 
 impl TryFrom<String> for Cidr {
     type Error = String;
@@ -238,7 +282,7 @@ pub struct BridgeSpec {
     pub namespace: String,
     pub name: String,
     #[serde(default)]
-    pub addresses: Vec<Cidr>,
+    pub addresses: Vec<IfAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -254,7 +298,7 @@ pub struct VethEnd {
     pub namespace: String,
     pub name: String,
     #[serde(default)]
-    pub addresses: Vec<Cidr>,
+    pub addresses: Vec<IfAddr>,
     /// A bridge in the same namespace to enslave this end to.
     #[serde(default)]
     pub master: Option<String>,
@@ -264,10 +308,10 @@ pub struct VethEnd {
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     pub namespace: String,
-    /// Destination network, or `default`.
-    pub to: Cidr,
+    /// Destination network: `default` (IPv4) or `::/0` (IPv6) for the default route.
+    pub to: IfAddr,
     #[serde(default)]
-    pub via: Option<Ipv4Addr>,
+    pub via: Option<IpAddr>,
     #[serde(default)]
     pub dev: Option<String>,
 }
@@ -529,7 +573,7 @@ pub struct ForwardSpec {
 pub struct Interface<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub addresses: &'a [Cidr],
+    pub addresses: &'a [IfAddr],
 }
 
 impl LabConfig {
@@ -652,13 +696,13 @@ impl LabConfig {
         bridges.chain(ends).collect()
     }
 
-    /// First address of the NAT uplink: the address SNAT translates to.
+    /// First IPv4 address of the NAT uplink: the address SNAT translates to.
     pub fn uplink_address(&self) -> Option<Ipv4Addr> {
         let nat = self.nat.as_ref()?;
         self.interfaces()
             .into_iter()
             .find(|i| i.namespace == nat.router && i.name == nat.uplink)
-            .and_then(|i| i.addresses.first().map(|c| c.0.addr))
+            .and_then(|i| i.addresses.iter().find_map(|c| c.0.v4()).map(|c| c.addr))
     }
 
     /// Checks a prefix for use with this lab: namespace names are prefix + name.
@@ -762,6 +806,13 @@ impl LabConfig {
                     });
                 }
                 None => {}
+                Some(via) if via.is_ipv6() != r.to.0.is_ipv6() => {
+                    return Err(ConfigError::RouteFamilyMismatch {
+                        ns: r.namespace.clone(),
+                        to: r.to,
+                        via,
+                    });
+                }
                 Some(via) => {
                     let on_link = self
                         .interfaces()
@@ -1032,6 +1083,72 @@ mod tests {
         assert!(err.to_string().contains("forgotten netmask"), "{err}");
     }
 
+    const DUAL_STACK_TOML: &str = include_str!("../labs/dual-stack.toml");
+
+    /// The dual-stack lab with `from` replaced by `to`, parsed.
+    fn dual(from: &str, to: &str) -> Result<LabConfig, ConfigError> {
+        assert!(DUAL_STACK_TOML.contains(from), "{from}");
+        LabConfig::parse(&DUAL_STACK_TOML.replacen(from, to, 1))
+    }
+
+    #[test]
+    fn the_dual_stack_lab_has_ipv6_beside_ipv4_and_round_trips() {
+        let cfg = dual("", "").unwrap();
+        let v6: Vec<String> = cfg
+            .interfaces()
+            .iter()
+            .flat_map(|i| i.addresses)
+            .filter(|a| a.0.is_ipv6())
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            v6,
+            [
+                "fd00:15::fe/64",
+                "fd00:15::1/64",
+                "fd00:15::2/64",
+                "fd00:1::2/64",
+                "fd00:1::3/64"
+            ]
+        );
+        // The uplink's IPv4 address is the SNAT address, whatever is listed first.
+        let cfg = dual(
+            "[\"192.168.1.2/24\", \"fd00:1::2/64\"]",
+            "[\"fd00:1::2/64\", \"192.168.1.2/24\"]",
+        )
+        .unwrap();
+        assert_eq!(cfg.uplink_address(), Some(Ipv4Addr::new(192, 168, 1, 2)));
+        let cfg = dual("", "").unwrap();
+        let back = LabConfig::parse(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+        assert!(cfg.to_toml().contains("\"::/0\""), "{}", cfg.to_toml());
+    }
+
+    #[test]
+    fn ipv6_mistakes_are_refused_with_the_line_or_the_route() {
+        let err = dual("\"fd00:15::1/64\"", "\"fd00:15::1\"").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("missing prefix length") && text.contains("fd00:15::1/64"),
+            "{text}"
+        );
+        assert!(text.contains("line"), "{text}");
+        let err = dual("\"fd00:15::1/64\"", "\"fd00:15::1/129\"").unwrap_err();
+        assert!(err.to_string().contains("0 to 128"), "{err}");
+        // Red's IPv6 gateway off every network of red's (a /128 address).
+        let err = dual("\"fd00:15::1/64\"", "\"fd00:15::1/128\"").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::GatewayUnreachable { ref ns, .. } if ns == "red"),
+            "{err}"
+        );
+        // `default` is IPv4's: an IPv6 gateway for it is the other family.
+        let err = dual("to = \"::/0\"", "to = \"default\"").unwrap_err();
+        assert!(matches!(err, ConfigError::RouteFamilyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("::/0"), "{err}");
+        let err = dual("to = \"::/0\"", "to = \"fd00:99::1/64\"").unwrap_err();
+        assert!(matches!(err, ConfigError::RouteNotNetwork { .. }), "{err}");
+    }
+
     #[test]
     fn long_interface_name_is_refused() {
         let err = replace("\"veth-red-br\"", "\"veth-red-bridge0\"").unwrap_err();
@@ -1096,7 +1213,7 @@ mod tests {
         cfg.routes.push(RouteSpec {
             namespace: "lan".into(),
             to: "10.0.0.1/8".parse().unwrap(),
-            via: Some(Ipv4Addr::new(192, 168, 1, 2)),
+            via: Some(Ipv4Addr::new(192, 168, 1, 2).into()),
             dev: None,
         });
         let err = cfg.validate().unwrap_err();

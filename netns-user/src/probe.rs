@@ -465,12 +465,15 @@ impl Roles {
             .interfaces()
             .into_iter()
             .find(|i| i.namespace == nat.router && i.name == nat.uplink)
-            .and_then(|i| i.addresses.first().copied())
+            .and_then(|i| i.addresses.iter().find_map(|a| a.0.v4()))
             .ok_or_else(|| ProbeError::NotInLab("uplink".into()))?;
         let owner = |ip: Ipv4Addr| {
             cfg.interfaces()
                 .into_iter()
-                .find(|i| i.namespace != nat.router && i.addresses.iter().any(|a| a.0.addr == ip))
+                .find(|i| {
+                    i.namespace != nat.router
+                        && i.addresses.iter().any(|a| a.0.v4().is_some_and(|a| a.addr == ip))
+                })
                 .map(|i| lab.ns(i.namespace))
         };
         let mut internal = Vec::new();
@@ -479,11 +482,12 @@ impl Roles {
             if i.namespace == nat.router {
                 continue;
             }
-            for a in i.addresses {
-                if nat.internal.iter().any(|n| n.0.contains(a.0.addr)) {
-                    internal.push((lab.ns(i.namespace), a.0.addr));
-                } else if uplink_net.0.contains(a.0.addr) && external.is_none() {
-                    external = Some((lab.ns(i.namespace), a.0.addr));
+            // The exchanges are IPv4's.
+            for a in i.addresses.iter().filter_map(|a| a.0.v4()) {
+                if nat.internal.iter().any(|n| n.0.contains(a.addr)) {
+                    internal.push((lab.ns(i.namespace), a.addr));
+                } else if uplink_net.contains(a.addr) && external.is_none() {
+                    external = Some((lab.ns(i.namespace), a.addr));
                 }
             }
         }

@@ -35,7 +35,7 @@ fn lab(tag: &str, mode: FastPath) -> LabGuard {
     cfg.routes.push(RouteSpec {
         namespace: "lan".into(),
         to: "192.168.15.0/24".parse().expect("literal"),
-        via: Some(ROUTER),
+        via: Some(ROUTER.into()),
         dev: None,
     });
     LabGuard::up_with(&cfg, tag, NatKind::None)

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use netns_user::{
     config::FastPath,
     lab::{Lab, LabStatus},
-    nat::NatKind,
     ops::conntrack::{FlowEntry, MappingEntry},
     probe::Check,
 };
@@ -18,12 +17,18 @@ pub(super) fn print_summary(lab: &Lab) {
     if let Some(addr) = lab.config.uplink_address() {
         println!("  router uplink address: {addr}");
     }
+    if let Some(n) = lab.config.nat.as_ref().filter(|n| !n.routed_fast_path.is_off()) {
+        println!(
+            "  forwarding: eBPF at {} (no NAT): routed packets skip the router's stack",
+            n.routed_fast_path.name()
+        );
+    }
     let xdp = lab
         .config
         .nat
         .as_ref()
-        .is_some_and(|n| n.ebpf.fast_path == FastPath::Xdp);
-    if lab.state.nat == NatKind::Ebpf && xdp {
+        .is_some_and(|n| n.dataplane_fast_path() == FastPath::Xdp);
+    if lab.runs_ebpf() && xdp {
         // A lab's ports are veths: see docs/fast-path.md for the measurement.
         println!(
             "  note: fast path xdp on veth ports: bulk TCP through the router is several times \

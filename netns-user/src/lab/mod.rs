@@ -102,6 +102,10 @@ pub fn require_root() -> Result<()> {
     }
 }
 
+/// The IPv6 default of a namespace's new links: whether they run duplicate address
+/// detection.
+const NO_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
+
 /// What a lab records about itself in `STATE_ROOT/<prefix>/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LabState {
@@ -251,9 +255,23 @@ impl Lab {
     fn build(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let cfg = &self.config;
         progress(&format!("creating {} namespaces", cfg.namespaces.len()));
+        let ipv6 = cfg
+            .interfaces()
+            .iter()
+            .any(|i| i.addresses.iter().any(|a| a.0.is_ipv6()));
         for ns in &self.state.namespaces {
             netns::create(ns)?;
             netlink::in_ns(ns, |r| async move { r.set_up("lo").await })?;
+            if ipv6 {
+                // No duplicate address detection on the links made next, so that their
+                // link-local addresses, which neighbour discovery and routers use, are
+                // usable at once too (a lab's own addresses are added without it).
+                netns::run_in(ns, || fs::write(NO_DAD, "0"))?.map_err(|source| LabError::Sysctl {
+                    ns: ns.clone(),
+                    key: "net.ipv6.conf.default.accept_dad".into(),
+                    source,
+                })?;
+            }
         }
 
         progress(&format!(
@@ -429,7 +447,8 @@ impl Lab {
                 i.namespace == nat.router
                     && i.addresses
                         .iter()
-                        .any(|a| nat.internal.iter().any(|n| n.0.contains(a.0.addr)))
+                        .filter_map(|a| a.0.v4())
+                        .any(|a| nat.internal.iter().any(|n| n.0.contains(a.addr)))
             })
             .map(|i| i.name.to_owned())
             .collect::<Vec<String>>();

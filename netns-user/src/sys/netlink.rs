@@ -1,13 +1,17 @@
 //! rtnetlink calls, each made from a thread inside the namespace it acts on.
 
-use std::{future::Future, net::Ipv4Addr, os::fd::RawFd};
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::RawFd,
+};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressHeaderFlags, AddressScope},
         link::{
             InfoBridge, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State,
         },
@@ -17,7 +21,7 @@ use rtnetlink::{
 use serde::Serialize;
 
 use crate::sys::netns::{self, NetnsError};
-use netns_common::net::Ipv4Cidr;
+use netns_common::net::{IpCidr, Ipv4Cidr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -145,27 +149,50 @@ impl Rtnl {
             .map_err(self.fail(format!("setting {name} up")))
     }
 
-    pub async fn add_address(&self, name: &str, cidr: Ipv4Cidr) -> Result<()> {
+    /// Adds `cidr` to interface `name`; an IPv6 one without duplicate address detection, so
+    /// that it is usable at once (a lab's addresses are unique by construction).
+    pub async fn add_address(&self, name: &str, cidr: IpCidr) -> Result<()> {
         let idx = self.link_index(name).await?;
-        self.handle
-            .address()
-            .add(idx, cidr.addr.into(), cidr.prefix_len)
-            .execute()
+        let mut req = self.handle.address().add(idx, cidr.addr(), cidr.prefix_len());
+        if cidr.is_ipv6() {
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        req.execute()
             .await
             .map_err(self.fail(format!("adding {cidr} to {name}")))
     }
 
-    pub async fn add_route(&self, to: Ipv4Cidr, via: Option<Ipv4Addr>, dev: Option<&str>) -> Result<()> {
-        let mut route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(to.addr, to.prefix_len);
-        if let Some(via) = via {
-            route = route.gateway(via);
-        }
-        if let Some(dev) = dev {
-            route = route.output_interface(self.link_index(dev).await?);
-        }
+    /// Adds a route to `to` through gateway `via` (of `to`'s family) and/or device `dev`.
+    pub async fn add_route(&self, to: IpCidr, via: Option<IpAddr>, dev: Option<&str>) -> Result<()> {
+        let oif = match dev {
+            Some(dev) => Some(self.link_index(dev).await?),
+            None => None,
+        };
+        let route = match (to, via) {
+            (IpCidr::V4(to), via) => {
+                let mut r = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(to.addr, to.prefix_len);
+                if let Some(IpAddr::V4(via)) = via {
+                    r = r.gateway(via);
+                }
+                if let Some(oif) = oif {
+                    r = r.output_interface(oif);
+                }
+                r.build()
+            }
+            (IpCidr::V6(to), via) => {
+                let mut r = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(to.addr, to.prefix_len);
+                if let Some(IpAddr::V6(via)) = via {
+                    r = r.gateway(via);
+                }
+                if let Some(oif) = oif {
+                    r = r.output_interface(oif);
+                }
+                r.build()
+            }
+        };
         self.handle
             .route()
-            .add(route.build())
+            .add(route)
             .execute()
             .await
             .map_err(self.fail(format!("adding route to {to}")))
@@ -265,7 +292,9 @@ impl Rtnl {
             })
     }
 
-    /// Links, addresses and IPv4 routes of the main table: what `status` shows.
+    /// Links, addresses (IPv4, and IPv6 of global scope: not the link-local ones every link
+    /// has) and routes of the main table of both families (not IPv6's link-local and
+    /// multicast ones): what `status` shows.
     pub async fn snapshot(&self) -> Result<NsSnapshot> {
         let links: Vec<LinkMessage> = self
             .handle
@@ -283,7 +312,7 @@ impl Rtnl {
             .try_collect()
             .await
             .map_err(self.fail("listing addresses"))?;
-        let routes: Vec<RouteMessage> = self
+        let mut routes: Vec<RouteMessage> = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -291,6 +320,15 @@ impl Rtnl {
             .try_collect()
             .await
             .map_err(self.fail("listing routes"))?;
+        let routes6: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.fail("listing IPv6 routes"))?;
+        routes.extend(routes6.into_iter().filter(|r| !link_local_route(r)));
 
         let name_of = |idx: u32| {
             links
@@ -328,7 +366,12 @@ impl Rtnl {
                 }
                 link.addresses = addrs
                     .iter()
-                    .filter(|a| a.header.index == l.header.index && a.header.family == AddressFamily::Inet)
+                    .filter(|a| {
+                        a.header.index == l.header.index
+                            && (a.header.family == AddressFamily::Inet
+                                || (a.header.family == AddressFamily::Inet6
+                                    && a.header.scope == AddressScope::Universe))
+                    })
                     .flat_map(|a| {
                         a.attributes.iter().filter_map(move |attr| match attr {
                             AddressAttribute::Address(ip) => Some(format!("{ip}/{}", a.header.prefix_len)),
@@ -346,7 +389,11 @@ impl Rtnl {
             .map(|r| {
                 let mut out = RouteStatus {
                     to: if r.header.destination_prefix_length == 0 {
-                        "default".to_owned()
+                        if r.header.address_family == AddressFamily::Inet6 {
+                            "::/0".to_owned()
+                        } else {
+                            "default".to_owned()
+                        }
                     } else {
                         String::new()
                     },
@@ -358,7 +405,11 @@ impl Rtnl {
                         RouteAttribute::Destination(RouteAddress::Inet(a)) => {
                             out.to = format!("{a}/{}", r.header.destination_prefix_length);
                         }
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                            out.to = format!("{a}/{}", r.header.destination_prefix_length);
+                        }
                         RouteAttribute::Gateway(RouteAddress::Inet(a)) => out.via = Some(a.to_string()),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => out.via = Some(a.to_string()),
                         RouteAttribute::Oif(i) => out.dev = Some(name_of(*i)),
                         _ => {}
                     }
@@ -371,6 +422,14 @@ impl Rtnl {
             routes: routes_out,
         })
     }
+}
+
+/// An IPv6 route every link has: to fe80::/64 (link-local), or multicast (ff00::/8).
+fn link_local_route(r: &RouteMessage) -> bool {
+    r.attributes.iter().any(|a| {
+        matches!(a, RouteAttribute::Destination(RouteAddress::Inet6(d))
+            if d.is_unicast_link_local() || d.is_multicast())
+    })
 }
 
 fn link_name(l: &LinkMessage) -> Option<String> {
