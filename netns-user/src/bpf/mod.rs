@@ -252,18 +252,8 @@ pub fn map_err(path: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
 /// in namespace `ns`, and pins maps and links under `pin_dir(prefix)`. A failure detaches
 /// whatever it attached and leaves no pin.
 pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, load: &NatLoad) -> Result<()> {
-    let dir = prepare_pin_dir(prefix)?;
-    let res = netns::run_in(ns, || {
-        // The uplink's counters are the ones `attach_uplink_counters` pinned: the fast path
-        // counts there what skips the uplink's own TC hook.
-        let counters = dir.join(MAP_UPLINK_COUNTERS);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &load.log_level, false)
-            .map_max_entries(MAP_NAT_FLOWS, load.flows)
-            .map_max_entries(MAP_NAT_BINDINGS, load.bindings)
-            .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
-            .load(object()?)
-            .map_err(EbpfError::Load)?;
+    in_pin_dir(ns, prefix, |dir| {
+        let mut ebpf = load_nat_object(dir, load.log_level, load.flows, load.bindings)?;
         // The maps are pinned first and filled through the one handle on them; nothing runs
         // them before the programs are attached below.
         let mut maps = pin_nat_maps(&ebpf, prefix)?;
@@ -297,13 +287,34 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
         let mut links = attach_tcx(&mut ebpf, &hooks)?;
         // XDP after TC: by the time frames skip the stack, the slow path is in place.
         links.extend(attach_xdp(&mut ebpf, &xdp_hooks)?);
-        pin_links(&dir, links)?;
-        pin_maintenance(&mut ebpf, &dir)
-    })?;
+        pin_links(dir, links)?;
+        pin_maintenance(&mut ebpf, dir)
+    })
+}
+
+/// Runs `f` in namespace `ns` with lab `prefix`'s pin directory ready; if it fails, nothing
+/// stays pinned (the links it attached go with their pins).
+fn in_pin_dir(ns: &str, prefix: &str, f: impl FnOnce(&Path) -> Result<()> + Send) -> Result<()> {
+    let dir = prepare_pin_dir(prefix)?;
+    let res = netns::run_in(ns, || f(&dir))?;
     if res.is_err() {
         let _ = remove_pins(prefix);
     }
     res
+}
+
+/// Loads the NAT's object with its diagnostics from `log_level` up and its tables sized
+/// `flows` and `bindings`. The uplink's counters are the ones `attach_uplink_counters`
+/// pinned in `dir`: the fast path counts there what skips the uplink's own TC hook.
+fn load_nat_object(dir: &Path, log_level: u8, flows: u32, bindings: u32) -> Result<Ebpf> {
+    let counters = dir.join(MAP_UPLINK_COUNTERS);
+    EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(MAP_NAT_FLOWS, flows)
+        .map_max_entries(MAP_NAT_BINDINGS, bindings)
+        .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
+        .load(object()?)
+        .map_err(EbpfError::Load)
 }
 
 /// Loads the object for plain forwarding (`--nat none` with a fast path): no NAT, only the
@@ -313,17 +324,9 @@ pub fn attach_nat(ns: &str, uplink: &str, internal: &[String], prefix: &str, loa
 /// `stats` reads them as for the NAT). A failure detaches whatever it attached and leaves
 /// no pin.
 pub fn attach_router(ns: &str, uplink: &str, ports: &[String], prefix: &str, fast: FastConfig) -> Result<()> {
-    let dir = prepare_pin_dir(prefix)?;
-    let res = netns::run_in(ns, || {
-        let counters = dir.join(MAP_UPLINK_COUNTERS);
-        // The NAT's tables are not used: the smallest the kernel takes.
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &LOG_OFF, false)
-            .map_max_entries(MAP_NAT_FLOWS, ROUTER_TABLE_ENTRIES)
-            .map_max_entries(MAP_NAT_BINDINGS, ROUTER_TABLE_ENTRIES)
-            .map_pin_path(MAP_UPLINK_COUNTERS, counters.as_path())
-            .load(object()?)
-            .map_err(EbpfError::Load)?;
+    in_pin_dir(ns, prefix, |dir| {
+        // The NAT's tables are not used: small ones.
+        let mut ebpf = load_nat_object(dir, LOG_OFF, ROUTER_TABLE_ENTRIES, ROUTER_TABLE_ENTRIES)?;
         let mut maps = pin_nat_maps(&ebpf, prefix)?;
         maps.set_layout(LAYOUT_STAMP)?;
         maps.set_fast_config(fast)?;
@@ -336,14 +339,10 @@ pub fn attach_router(ns: &str, uplink: &str, ports: &[String], prefix: &str, fas
             let hooks: Vec<_> = all.map(|i| (PROG_ROUTE_FAST, i, TcAttachType::Ingress)).collect();
             attach_tcx(&mut ebpf, &hooks)?
         };
-        pin_links(&dir, links)?;
+        pin_links(dir, links)?;
         // The agent's sweep runs it (on empty tables): one agent, whatever the dataplane.
-        pin_maintenance(&mut ebpf, &dir)
-    })?;
-    if res.is_err() {
-        let _ = remove_pins(prefix);
-    }
-    res
+        pin_maintenance(&mut ebpf, dir)
+    })
 }
 
 /// The size of the NAT's tables where no NAT runs (plain forwarding).
