@@ -16,7 +16,7 @@ use crate::{
     fwd::{
         FAST_XDP, FastConfig, FdbEntry, HopCache, IpFacts, LearnHint, MacKey, NextHop, PEER_PORTS,
         PEER_UPLINK, PORT_BRIDGE, PORT_UP, PortState, Slow, decrement_ttl, fast_ip, fast_tcp, fib_verdict,
-        partial_checksum, routable_ip,
+        kernel_would_route, partial_checksum, routable_ip,
     },
     nat::{BindingKey, DIR_IN, DIR_OUT, Flow, FlowKey, NatConfig, PROTO_TCP, PROTO_UDP},
     packet::{Action, IP_CSUM_OFF, IP_OFF, IpHdr, Packet, TCP_CSUM, TcpHead, UDP_CSUM, ip_header_ok},
@@ -743,6 +743,12 @@ fn route<P: Forwarding, T: FastTables>(
     if !ip_header_ok(ip) {
         return Err(Slow::IpChecksum);
     }
+    kernel_would_route(
+        ip.src.to_host(),
+        ip.dst.to_host(),
+        u16::from_be(ip.tot_len),
+        ctx.len(),
+    )?;
     // Ports for policy rules that match them (absent, or too short: none).
     let p: [WirePort; 2] = if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP {
         ctx.load(L4).unwrap_or_default()

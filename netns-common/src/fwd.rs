@@ -340,6 +340,26 @@ pub const fn routable_ip(f: &IpFacts) -> Result<(), Slow> {
     Ok(())
 }
 
+/// Whether the kernel's input path would route a packet from `src` to `dst` (host order) with
+/// IPv4 total length `tot_len` in a frame of `frame_len` bytes at all: it drops a total
+/// length past the frame or shorter than the header, and martians (a multicast, broadcast,
+/// `0.0.0.0/8` or loopback source; a `0.0.0.0/8` or loopback destination), which a FIB
+/// lookup does not refuse. Only plain forwarding needs the addresses checked: the NAT's fast
+/// path carries only flows the kernel's path made.
+pub const fn kernel_would_route(src: u32, dst: u32, tot_len: u16, frame_len: u32) -> Result<(), Slow> {
+    let tot = tot_len as u32;
+    if tot < 20 || tot + crate::packet::ETH_HLEN as u32 > frame_len {
+        return Err(Slow::Policy);
+    }
+    // 0.0.0.0/8 and 127.0.0.0/8 either way; multicast (224/4), class E and the limited
+    // broadcast (240/4) as a source.
+    let (s8, d8) = (src >> 24, dst >> 24);
+    if src >> 28 >= 0xe || s8 == 0 || s8 == 127 || d8 == 0 || d8 == 127 {
+        return Err(Slow::Policy);
+    }
+    Ok(())
+}
+
 /// Whether a packet may take the NAT's fast path, from its IPv4 header alone: routable, and
 /// TCP or UDP (the protocols whose flows it translates).
 pub const fn fast_ip(f: &IpFacts) -> Result<(), Slow> {
@@ -457,6 +477,43 @@ mod tests {
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 1, PROTO_UDP)), Err(Slow::Ttl));
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 0, PROTO_UDP)), Err(Slow::Ttl));
         assert_eq!(fast_ip(&ip_facts(0x45, 0, 64, PROTO_ICMP)), Err(Slow::Protocol));
+    }
+
+    #[test]
+    fn martians_and_lengths_past_the_frame_are_the_kernels() {
+        let a = |s: &str| u32::from(s.parse::<core::net::Ipv4Addr>().unwrap());
+        let ok = |src: &str, dst: &str| kernel_would_route(a(src), a(dst), 100, 114);
+        assert_eq!(ok("192.168.15.1", "192.168.1.3"), Ok(()));
+        assert_eq!(ok("10.0.0.1", "223.255.255.255"), Ok(()));
+        for (src, dst) in [
+            ("224.0.0.1", "192.168.1.3"),
+            ("239.1.2.3", "192.168.1.3"),
+            ("240.0.0.1", "192.168.1.3"),
+            ("255.255.255.255", "192.168.1.3"),
+            ("0.0.0.0", "192.168.1.3"),
+            ("0.1.2.3", "192.168.1.3"),
+            ("127.0.0.1", "192.168.1.3"),
+            ("192.168.15.1", "127.0.0.1"),
+            ("192.168.15.1", "0.0.0.9"),
+        ] {
+            assert_eq!(ok(src, dst), Err(Slow::Policy), "{src} -> {dst}");
+        }
+        let (s, d) = (a("192.168.15.1"), a("192.168.1.3"));
+        assert_eq!(
+            kernel_would_route(s, d, 100, 113),
+            Err(Slow::Policy),
+            "past the frame"
+        );
+        assert_eq!(
+            kernel_would_route(s, d, 19, 114),
+            Err(Slow::Policy),
+            "shorter than a header"
+        );
+        assert_eq!(
+            kernel_would_route(s, d, 60, 114),
+            Ok(()),
+            "padding after it is fine"
+        );
     }
 
     #[test]

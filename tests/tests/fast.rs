@@ -1095,6 +1095,13 @@ fn routed_cases() -> Vec<(
         ("redirect refused", Some(NatCounter::RedirectFailed), |_, h, _| {
             h.refuse_redirect = true
         }),
+        // A FIB lookup routes a martian; the kernel's input path drops it.
+        ("loopback source", Some(NatCounter::SlowPolicy), |ip, _, _| {
+            ip.src = Ipv4Addr::LOCALHOST
+        }),
+        ("multicast source", Some(NatCounter::SlowPolicy), |ip, _, _| {
+            ip.src = Ipv4Addr::new(224, 0, 0, 5)
+        }),
         ("another host's frame", None, |_, h, _| {
             h.frame = Frame::new(
                 packet::frame(
