@@ -781,8 +781,17 @@ fn route<P: Forwarding, T: FastTables>(
     if bridge_due {
         return Err(Slow::BridgeRefresh);
     }
+    // Into the peer only where the flags vouch for one in another namespace: the uplink's,
+    // or a bridge port's (found behind the bridge); any other interface gets a plain
+    // redirect (a peer redirect to it would be lost).
     let outbound = port == fc.uplink_ifindex;
-    let peer_flag = if outbound { PEER_UPLINK } else { PEER_PORTS };
+    let peer_flag = if outbound {
+        PEER_UPLINK
+    } else if port != hop.ifindex {
+        PEER_PORTS
+    } else {
+        0
+    };
     let peer = to_port && fc.flags & peer_flag != 0;
     prepare_redirect(ctx, port, peer)?;
     Ok((hop, peer, outbound))

@@ -352,9 +352,13 @@ pub const fn kernel_would_route(src: u32, dst: u32, tot_len: u16, frame_len: u32
         return Err(Slow::Policy);
     }
     // 0.0.0.0/8 and 127.0.0.0/8 either way; multicast (224/4), class E and the limited
-    // broadcast (240/4) as a source.
+    // broadcast (240/4) as a source; multicast and the limited broadcast as a destination
+    // (delivered locally or dropped, never forwarded).
     let (s8, d8) = (src >> 24, dst >> 24);
     if src >> 28 >= 0xe || s8 == 0 || s8 == 127 || d8 == 0 || d8 == 127 {
+        return Err(Slow::Policy);
+    }
+    if dst >> 28 == 0xe || dst == u32::MAX {
         return Err(Slow::Policy);
     }
     Ok(())
@@ -495,6 +499,9 @@ mod tests {
             ("127.0.0.1", "192.168.1.3"),
             ("192.168.15.1", "127.0.0.1"),
             ("192.168.15.1", "0.0.0.9"),
+            ("192.168.15.1", "224.0.0.1"),
+            ("192.168.15.1", "239.1.2.3"),
+            ("192.168.15.1", "255.255.255.255"),
         ] {
             assert_eq!(ok(src, dst), Err(Slow::Policy), "{src} -> {dst}");
         }

@@ -1102,6 +1102,23 @@ fn routed_cases() -> Vec<(
         ("multicast source", Some(NatCounter::SlowPolicy), |ip, _, _| {
             ip.src = Ipv4Addr::new(224, 0, 0, 5)
         }),
+        // Even where a route covers it (a default route, say).
+        (
+            "multicast destination",
+            Some(NatCounter::SlowPolicy),
+            |ip, h, _| {
+                ip.dst = Ipv4Addr::new(239, 1, 2, 3);
+                h.routes[0].dst = wire(ip.dst);
+            },
+        ),
+        (
+            "broadcast destination",
+            Some(NatCounter::SlowPolicy),
+            |ip, h, _| {
+                ip.dst = Ipv4Addr::BROADCAST;
+                h.routes[0].dst = wire(ip.dst);
+            },
+        ),
         ("another host's frame", None, |_, h, _| {
             h.frame = Frame::new(
                 packet::frame(
@@ -1175,4 +1192,24 @@ fn plain_forwarding_is_off_in_the_other_mode_and_on_ports_it_does_not_serve() {
     let h = from_inside::<FAST_TC>(&Ipv4::new(BLUE, LAN), &L4::udp(5000, 7000, b"x"), 99, LAN);
     assert_eq!(fast::routed(&h, &t), Ok(Action::Pass));
     assert_eq!(h.redirected.get(), None);
+}
+
+#[test]
+fn a_packet_routed_to_an_interface_that_is_neither_uplink_nor_bridge_port_gets_a_plain_redirect() {
+    // A third router interface (a dummy, a tunnel): the peer flags say nothing of it, and a
+    // peer redirect to an interface without a peer in another namespace is lost.
+    const OTHER: u32 = 30;
+    let t = router(FAST_TC, 0, |_| {});
+    t.ports.borrow_mut().insert(
+        OTHER,
+        PortState {
+            master: 0,
+            flags: PORT_UP,
+        },
+    );
+    let l4 = L4::udp(7000, 5000, b"elsewhere");
+    let mut h = from_outside::<FAST_TC>(&Ipv4::new(LAN, BLUE), &l4, BLUE);
+    h.routes[1].hop.ifindex = OTHER;
+    assert_eq!(fast::routed(&h, &t), Ok(Action::Redirect));
+    assert_eq!(h.redirected.get(), Some((OTHER, false)));
 }

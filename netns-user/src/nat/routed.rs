@@ -57,9 +57,12 @@ pub fn describe(t: &NatTarget) -> Result<Option<String>, NatError> {
     } else {
         "route_fast (TCX ingress)"
     };
+    // The first internal bridge's ports, as `fast_config` attaches.
+    let first = t.bridge_ports.first().map(|(_, b)| b);
     let ports: Vec<&str> = t
         .bridge_ports
         .iter()
+        .filter(|(_, b)| Some(b) == first)
         .map(|(p, _)| p.as_str())
         .chain([t.nat.uplink.as_str()])
         .collect();

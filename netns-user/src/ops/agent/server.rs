@@ -256,7 +256,8 @@ pub fn run(prefix: &str) -> Result<(), AgentError> {
             }
         }));
         let level = nat.ebpf.log_level;
-        if level != crate::config::LogLevel::Off {
+        // Plain forwarding loads its programs without diagnostics.
+        if level != crate::config::LogLevel::Off && nat.routed_fast_path.is_off() {
             match aya_log::EbpfLogger::init_from_id_with_logger(
                 bpf::nat_program_id(prefix).map_err(|e| fail(e.to_string()))?,
                 ProgramLog::default(),
